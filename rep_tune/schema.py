@@ -1,0 +1,185 @@
+"""Typed dataclass <-> dict conversion with validation errors that name file, field, expected and found.
+
+One mechanism for every YAML/JSON object rep-tune reads (RepConfig, DeviceProfile, Scenario,
+search spaces): the dataclass field types are the schema.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import types
+import typing
+from pathlib import Path
+from typing import Any, Literal, TypeVar, Union, get_args, get_origin, get_type_hints
+
+import yaml
+
+T = TypeVar("T")
+
+
+class SchemaError(ValueError):
+    """Bad input: names the source file, the field path, what was expected and what was found."""
+
+    def __init__(self, source: str | None, field: str, expected: str, found: Any):
+        self.source, self.field, self.expected, self.found = source, field, expected, found
+        where = f"{source}: " if source else ""
+        super().__init__(f"{where}field '{field}': expected {expected}, found {found!r}")
+
+
+def _type_name(tp: Any) -> str:
+    origin = get_origin(tp)
+    if origin is Literal:
+        return "one of " + ", ".join(repr(a) for a in get_args(tp))
+    if origin in (Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in get_args(tp))
+    if origin in (list, tuple):
+        args = get_args(tp)
+        return f"list of {_type_name(args[0])}" if args else "list"
+    if origin is dict:
+        k, v = get_args(tp) or (Any, Any)
+        return f"mapping of {_type_name(k)} to {_type_name(v)}"
+    if tp is type(None):
+        return "null"
+    return getattr(tp, "__name__", str(tp))
+
+
+def _convert(tp: Any, value: Any, field: str, source: str | None) -> Any:
+    origin = get_origin(tp)
+    if tp is Any:
+        return value
+    if origin in (Union, types.UnionType):
+        args = get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _convert(arg, value, field, source)
+            except SchemaError as e:
+                errors.append(e)
+        if len(errors) == 1:
+            raise errors[0]
+        raise SchemaError(source, field, _type_name(tp), value)
+    if origin is Literal:
+        if value not in get_args(tp):
+            raise SchemaError(source, field, _type_name(tp), value)
+        return value
+    if origin in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            raise SchemaError(source, field, _type_name(tp), value)
+        (item,) = get_args(tp)[:1] or (Any,)
+        out = [_convert(item, v, f"{field}[{i}]", source) for i, v in enumerate(value)]
+        return tuple(out) if origin is tuple else out
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise SchemaError(source, field, _type_name(tp), value)
+        kt, vt = get_args(tp) or (Any, Any)
+        return {_convert(kt, k, field, source): _convert(vt, v, f"{field}.{k}", source) for k, v in value.items()}
+    if dataclasses.is_dataclass(tp):
+        return from_dict(tp, value, source=source, prefix=field)
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise SchemaError(source, field, "bool (true/false)", value)
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise SchemaError(source, field, "int", value)
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise SchemaError(source, field, "number", value)
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise SchemaError(source, field, "string", value)
+        return value
+    if isinstance(tp, type) and not isinstance(value, tp):
+        raise SchemaError(source, field, _type_name(tp), value)
+    return value
+
+
+def from_dict(cls: type[T], data: Any, *, source: str | None = None, prefix: str = "") -> T:
+    """Build dataclass ``cls`` from a mapping; unknown keys and wrong types raise SchemaError.
+
+    After construction the object's ``validate(source)`` method runs, when it has one, for the
+    range checks that types cannot express.
+    """
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise SchemaError(source, prefix or "<top>", f"mapping for {cls.__name__}", data)
+    hints = get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls) if f.init}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise SchemaError(source, _join(prefix, unknown[0]), "one of " + ", ".join(sorted(names)), unknown[0])
+    kwargs = {k: _convert(hints[k], v, _join(prefix, k), source) for k, v in data.items()}
+    obj = cls(**kwargs)
+    if hasattr(obj, "validate") and not prefix:
+        obj.validate(source)
+    return obj
+
+
+def _join(prefix: str, name: str) -> str:
+    return f"{prefix}.{name}" if prefix else name
+
+
+def to_dict(obj: Any) -> Any:
+    """Plain-data form (dicts, lists, scalars) of a dataclass tree, for YAML/JSON."""
+    if dataclasses.is_dataclass(obj):
+        return {f.name: to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, (list, tuple)):
+        return [to_dict(v) for v in obj]
+    if isinstance(obj, dict):
+        return {k: to_dict(v) for k, v in obj.items()}
+    return obj
+
+
+def read_mapping(path: str | Path) -> dict:
+    """Read a YAML or JSON file into a mapping; parse errors name the file."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: no such file") from None
+    try:
+        data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+    except (yaml.YAMLError, json.JSONDecodeError) as e:
+        raise SchemaError(str(path), "<file>", "valid YAML/JSON", str(e).splitlines()[0]) from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise SchemaError(str(path), "<top>", "a mapping", type(data).__name__)
+    return data
+
+
+def write_mapping(data: dict, path: str | Path) -> Path:
+    """Write a mapping as YAML (or JSON when the suffix is .json), creating parent folders."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.suffix == ".json":
+        path.write_text(json.dumps(data, indent=2) + "\n")
+    else:
+        path.write_text(yaml.dump(data, Dumper=_Dumper, sort_keys=False, width=100))
+    return path
+
+
+class _Dumper(yaml.SafeDumper):
+    """Block-style mappings, flow-style lists of scalars (per-layer schedules stay on one line)."""
+
+
+def _represent_list(dumper: yaml.SafeDumper, data: list) -> yaml.Node:
+    flow = all(not isinstance(v, (dict, list)) for v in data)
+    return dumper.represent_sequence("tag:yaml.org,2002:seq", data, flow_style=flow)
+
+
+_Dumper.add_representer(list, _represent_list)
+_Dumper.add_representer(tuple, _represent_list)
+
+
+def check(cond: bool, source: str | None, field: str, expected: str, found: Any) -> None:
+    """Raise SchemaError unless ``cond``; the one-line form validate() methods use."""
+    if not cond:
+        raise SchemaError(source, field, expected, found)
