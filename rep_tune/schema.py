@@ -159,11 +159,15 @@ def write_mapping(data: dict, path: str | Path) -> Path:
     """Write a mapping as YAML (or JSON when the suffix is .json), creating parent folders."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    if path.suffix == ".json":
-        path.write_text(json.dumps(data, indent=2) + "\n")
-    else:
-        path.write_text(yaml.dump(data, Dumper=_Dumper, sort_keys=False, width=100))
+    path.write_text(dump_mapping(data, "json" if path.suffix == ".json" else "yaml"))
     return path
+
+
+def dump_mapping(data: dict, fmt: str = "yaml") -> str:
+    """The text write_mapping writes: JSON, or YAML with one-line lists of scalars."""
+    if fmt == "json":
+        return json.dumps(data, indent=2) + "\n"
+    return yaml.dump(data, Dumper=_Dumper, sort_keys=False, width=100)
 
 
 class _Dumper(yaml.SafeDumper):
