@@ -57,6 +57,8 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--data", default=None, help="folder with Fashion-MNIST IDX files")
+    p.add_argument("--resume", action="store_true",
+                   help="continue from the saved checkpoint and log (optimizer moments restart)")
     a = p.parse_args()
     torch.set_num_threads(a.threads)
     torch.manual_seed(a.seed)
@@ -75,7 +77,18 @@ def main() -> None:
     out = WEIGHTS_DIR / f"{a.model}.fmnist.safetensors"
     log = {"model": a.model, "data": str(root), "args": vars(a), "params": sum(p.numel() for p in model.parameters()),
            "epochs": []}
-    for epoch in range(a.epochs):
+    start = 0
+    if a.resume:
+        from safetensors.torch import load_file
+        model.load_state_dict(load_file(str(out)))
+        log["epochs"] = json.loads(out.with_suffix(".json").read_text())["epochs"]
+        start = len(log["epochs"])
+        log["resumed_at_epoch"] = start
+        for _ in range(start * steps_per_epoch):
+            sched.step()
+        for _ in range(start):
+            torch.randperm(len(xtr), generator=gen)
+    for epoch in range(start, a.epochs):
         model.train()
         t0 = time.time()
         perm = torch.randperm(len(xtr), generator=gen)

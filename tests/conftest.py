@@ -6,7 +6,8 @@ import os
 import pytest
 import torch
 
-torch.set_num_threads(min(2, os.cpu_count() or 1))
+# one thread: on a shared 2-core machine two threads spin-wait and run many times slower
+torch.set_num_threads(1)
 
 
 def _has_nvml_gpu() -> bool:

@@ -1,0 +1,230 @@
+"""``profile_device``: measure this machine and return a DeviceProfile (what ``rep-tune profile`` writes)."""
+from __future__ import annotations
+
+import datetime as dt
+import importlib
+import importlib.util
+import os
+import re
+import time
+from pathlib import Path
+from typing import Callable
+
+import torch
+from tqdm.auto import tqdm
+
+from rep_tune.device import Budgets, Calibration, DeviceProfile, Spec, shipped_profiles
+from rep_tune.profiler import probe
+from rep_tune.profiler.detect import estimated_cpu_power_w
+from rep_tune.profiler.jetson import is_jetson, jetson_model, power_mode
+from rep_tune.profiler.monitor import Monitor
+
+IDLE_FRACTION = 0.3          # idle / loaded power assumed when nothing can be measured (estimated)
+MEMORY_BUDGET_FRACTION = 0.8
+
+
+def _settings(kind: str, quick: bool) -> dict:
+    cpu = kind == "cpu"
+    return {"matmul_n": (512 if quick else 1024) if cpu else (2048 if quick else 8192),
+            "copy_mb": (64 if quick else 256) if cpu else (256 if quick else 1024),
+            "power_s": 0.3 if quick else 2.0, "reps": 2 if quick else 5,
+            "matmul_min_s": 0.0 if quick else 0.3}
+
+
+def _fit(profile: DeviceProfile) -> tuple[DeviceProfile, str]:
+    """Fill efficiency factors with the cost model's ``calibrate.fit`` when that module is present."""
+    if importlib.util.find_spec("rep_tune.cost") is None or importlib.util.find_spec("rep_tune.cost.calibrate") is None:
+        return profile, "cost model (rep_tune.cost.calibrate) not present: efficiency left empty"
+    fit = getattr(importlib.import_module("rep_tune.cost.calibrate"), "fit", None)
+    if fit is None:
+        return profile, "rep_tune.cost.calibrate has no fit(): efficiency left empty"
+    return fit(profile), "efficiency fitted by rep_tune.cost.calibrate.fit"
+
+
+def _datasheet_match(gpu_name: str) -> DeviceProfile | None:
+    """The shipped profile whose ``identity.match`` strings all occur in the GPU's name, if any."""
+    for path in shipped_profiles():
+        try:
+            prof = DeviceProfile.load(path)
+        except Exception:
+            continue
+        match = prof.identity.get("match") or []
+        if match and all(re.search(rf"\b{re.escape(m)}\b", gpu_name, re.I) for m in match):
+            return prof
+    return None
+
+
+def _power(monitor: Monitor, seconds: float, load: Callable[[], None]) -> tuple[float | None, float | None, str]:
+    """(idle W, loaded W, source) from two windows: sleeping, then running ``load`` repeatedly."""
+    with monitor.window("idle") as w:
+        time.sleep(seconds)
+    idle = w.result
+    with monitor.window("loaded") as w:
+        end = time.perf_counter() + seconds
+        while time.perf_counter() < end:
+            load()
+    loaded = w.result
+    if idle.total_energy is None or loaded.total_energy is None:
+        return None, None, "unavailable"
+    return (idle.total_energy.value / idle.elapsed_s, loaded.total_energy.value / loaded.elapsed_s,
+            loaded.total_energy.source)
+
+
+def profile_device(quick: bool = False, device: str | None = None, *, power_w: float | None = None,
+                   threads: int | None = None, progress: bool = True) -> DeviceProfile:
+    """Measure this machine: identity, matmul TFLOP/s per dtype, copy bandwidth, usable memory,
+    idle/loaded power, ViT-block calibration runs; then the cost model's fit when present.
+
+    ``power_w`` is only used when no energy counter is readable (energy then labelled estimated).
+    ``threads``: CPU threads to profile with (default: torch's, or 1 when the cores are busy).
+    """
+    before = torch.get_num_threads()
+    try:
+        return _profile(quick, device, power_w, threads, progress)
+    finally:
+        torch.set_num_threads(before)
+
+
+def _profile(quick: bool, device: str | None, power_w: float | None, threads: int | None,
+             progress: bool) -> DeviceProfile:
+    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda: torch sees no CUDA device here")
+    kind = "jetson" if is_jetson() else ("gpu" if dev.type == "cuda" else "cpu")
+    s = _settings("cpu" if dev.type == "cpu" else "gpu", quick)
+    grid = probe.calibration_grid("cpu" if dev.type == "cpu" else "gpu", quick)
+    dtypes = probe.supported_dtypes(dev)
+    bar = tqdm(total=4 + len(dtypes) + len(grid), desc="profile", disable=not progress, leave=False)
+
+    def step(text: str) -> None:
+        bar.set_postfix_str(text)
+        bar.update(1)
+
+    if dev.type == "cpu":
+        n_threads, why_threads = probe.pick_cpu_threads(threads)
+        torch.set_num_threads(n_threads)
+    ident = probe.identity(dev)
+    if dev.type == "cpu":
+        ident["threads_choice"] = why_threads
+    figure_sources: dict[str, str] = {}
+    if kind == "jetson":
+        ident.update(model=jetson_model(), power_mode=power_mode())
+    if dev.type == "cuda" and kind == "gpu":
+        try:
+            from rep_tune.profiler import nvml
+            ident["nvml"] = nvml.gpu_info(torch.cuda.current_device() if dev.index is None else dev.index)
+            ident["driver"] = ident["nvml"].get("driver")
+        except Exception as e:      # NVML absent or unusable: identity from torch only
+            ident["nvml"] = f"unavailable: {e}"
+    step("identity")
+
+    achieved: dict[str, float] = {}
+    for name in dtypes:
+        bar.set_postfix_str(f"matmul {name}")
+        # on CPU, half-precision matmuls are usually emulated (10-50x slower): a smaller size suffices
+        n = s["matmul_n"] // 2 if dev.type == "cpu" and name != "fp32" else s["matmul_n"]
+        achieved[name] = round(probe.matmul_tflops(dev, name, n, reps=s["reps"], min_s=s["matmul_min_s"]), 5)
+        step(f"matmul {name}")
+    bandwidth = round(probe.copy_bandwidth_gbs(dev, s["copy_mb"], reps=s["reps"]), 2)
+    step("bandwidth")
+    total_mb, usable_mb = probe.memory_mb(dev)
+    step("memory")
+
+    # power: measured/integrated where a counter exists, else an estimate labelled as such
+    guess = power_w if power_w is not None else (estimated_cpu_power_w() if dev.type == "cpu" else None)
+    monitor = Monitor.for_this_machine(power_w=guess, track_memory=False)
+    a = torch.randn(s["matmul_n"], s["matmul_n"], device=dev)
+
+    def load() -> None:
+        a @ a
+        probe.sync(dev)
+    try:
+        idle_w, loaded_w, psrc = _power(monitor, s["power_s"], load)
+    finally:
+        monitor.close()
+    if psrc == "estimated":
+        basis = f"{power_w:g} W given" if power_w is not None else (
+            f"{os.cpu_count()} cores x {guess / (os.cpu_count() or 1):g} W/core, a rough x86 figure")
+        idle_w = round(IDLE_FRACTION * loaded_w, 2)
+        figure_sources["spec.power_w"] = f"estimated ({basis}; no readable energy counter)"
+        figure_sources["spec.idle_power_w"] = f"estimated ({IDLE_FRACTION:g} x loaded power)"
+    elif psrc != "unavailable":
+        figure_sources["spec.power_w"] = f"{psrc} ({monitor.describe()}, matmul loop {s['power_s']:g} s)"
+        figure_sources["spec.idle_power_w"] = f"{psrc} ({monitor.describe()}, idle {s['power_s']:g} s)"
+    step("power")
+
+    dtype = "fp32" if dev.type == "cpu" else ("fp16" if torch.cuda.get_device_capability(dev)[0] >= 7 else "fp32")
+    runs = probe.run_grid(dev, grid, dtype, reps=s["reps"], progress=lambda t: step(t))
+    bar.close()
+
+    sheet = _datasheet_match(ident.get("gpu", "")) if dev.type == "cuda" else None
+    if sheet is not None:
+        peaks, bw_spec = dict(sheet.spec.peak_tflops), sheet.spec.memory_bandwidth_gbs
+        figure_sources["spec.peak_tflops"] = f"data sheet, from shipped profile {sheet.name!r}"
+        figure_sources["spec.memory_bandwidth_gbs"] = f"data sheet, from shipped profile {sheet.name!r}"
+    else:
+        peaks, bw_spec = dict(achieved), bandwidth
+        figure_sources["spec.peak_tflops"] = (f"measured: achieved {s['matmul_n']}^3 matmul per dtype (no data sheet); "
+                                              "a dtype slower than fp32 is emulated/unaccelerated here, not a peak")
+        figure_sources["spec.memory_bandwidth_gbs"] = f"measured: {s['copy_mb']} MB tensor copy"
+    figure_sources["spec.usable_memory_mb"] = ("measured: CUDA mem_get_info free" if dev.type == "cuda"
+                                               else "measured: psutil available RAM")
+    ident.update(achieved_tflops=achieved, achieved_bandwidth_gbs=bandwidth, figure_sources=figure_sources,
+                 quick=quick)
+    if dev.type == "cpu":
+        slow = [k for k, v in achieved.items() if k != "fp32" and v < achieved["fp32"]]
+        if slow:
+            ident["slow_dtypes"] = {k: f"{achieved[k]:.4g} TFLOPS achieved < fp32 {achieved['fp32']:.4g}: "
+                                       "no native support on this CPU, do not train in it" for k in slow}
+    usable = round(usable_mb, 1)
+    budgets = Budgets(
+        latency_ms=None, batch_size=16, peak_memory_mb=round(MEMORY_BUDGET_FRACTION * usable, 1), energy_j=None,
+        rationale=(f"Profiled machine: no latency budget by default (set one, or use a budget relative to a "
+                   f"baseline); peak memory {MEMORY_BUDGET_FRACTION:.0%} of the memory usable at profiling "
+                   f"time ({usable:.0f} MB), leaving room for the data loader and other processes."))
+    estimated = [k for k, v in figure_sources.items() if v.startswith("estimated")]
+    desc = (f"Measured by `rep-tune profile{' --quick' if quick else ''}` on {ident['host']} "
+            f"({ident.get('gpu') or ident['cpu']}). Telemetry: {monitor.describe()}. "
+            + (f"ESTIMATED figures (no counter): {', '.join(estimated)}." if estimated else "No estimated figures."))
+    profile = DeviceProfile(
+        name=f"local-{ident['host']}-{dev.type}", kind=kind, description=desc, dtype=dtype,
+        spec=Spec(peak_tflops=peaks, memory_bandwidth_gbs=bw_spec, memory_mb=round(total_mb, 1),
+                  usable_memory_mb=usable, power_w=None if loaded_w is None else round(loaded_w, 2),
+                  idle_power_w=None if idle_w is None else round(idle_w, 2), cpu=ident["cpu"]),
+        budgets=budgets,
+        calibration=Calibration(measured_on=f"{ident['host']} {dt.datetime.now().isoformat(timespec='seconds')}",
+                                dtype=dtype, runs=runs),
+        telemetry=monitor.telemetry if not monitor.estimated else "none",
+        identity=ident,
+        sources=[f"rep-tune profile ({'quick' if quick else 'full'}) on {ident['host']}"]
+                + ([f"data sheet peaks: {s_}" for s_ in sheet.sources] if sheet else []),
+    )
+    profile, how = _fit(profile)
+    profile.identity["efficiency_fit"] = how
+    return profile.validate()
+
+
+def summary(profile: DeviceProfile, path: str | Path | None = None) -> str:
+    """Human summary of a measured profile, saying which figures are estimated."""
+    fs = profile.identity.get("figure_sources", {})
+    tag = lambda key: f"  [{fs[key].split(' ', 1)[0].rstrip(':').upper()}]" if key in fs else ""   # noqa: E731
+    sp = profile.spec
+    lines = [f"device profile {profile.name} ({profile.kind}, dtype {profile.dtype})"]
+    if path:
+        lines.append(f"written to {path}")
+    peaks = ", ".join(f"{k} {v:.4g}" for k, v in sp.peak_tflops.items())
+    lines += [f"  matmul TFLOP/s: {peaks}{tag('spec.peak_tflops')}",
+              f"  memory bandwidth: {sp.memory_bandwidth_gbs:.4g} GB/s{tag('spec.memory_bandwidth_gbs')}",
+              f"  memory: {sp.memory_mb:.0f} MB total, {sp.usable_memory_mb or 0:.0f} MB usable{tag('spec.usable_memory_mb')}",
+              f"  power: idle {sp.idle_power_w} W{tag('spec.idle_power_w')}, loaded {sp.power_w} W{tag('spec.power_w')}",
+              f"  telemetry: {profile.telemetry}",
+              f"  calibration: {len(profile.calibration.runs) if profile.calibration else 0} ViT-block runs; "
+              f"efficiency {'fitted' if profile.calibrated else 'empty'} ({profile.identity.get('efficiency_fit', '')})",
+              f"  budgets: latency {profile.budgets.latency_ms} ms, peak memory {profile.budgets.peak_memory_mb} MB "
+              f"at batch {profile.budgets.batch_size}"]
+    for k, v in profile.identity.get("slow_dtypes", {}).items():
+        lines.append(f"  note: {k}: {v}")
+    est = [k for k, v in fs.items() if v.startswith("estimated")]
+    if est:
+        lines.append(f"  ESTIMATED (no energy counter readable here): {', '.join(est)}")
+    return "\n".join(lines)

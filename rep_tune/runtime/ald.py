@@ -1,0 +1,42 @@
+"""ALD: adaptive layer dropping; which blocks run at a training iteration.
+
+Keep probabilities come from ``rep_tune.schedule`` (the cost model uses the same numbers).
+Draws come from a private seeded CPU generator: the same seed and the same sequence of
+training forwards give the same drop pattern, whatever else uses the global RNG.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+
+from rep_tune.config import AldConfig
+from rep_tune.schedule import keep_probabilities
+
+
+class LayerDropper:
+    """Samples, per training iteration, which blocks run (True) or are skipped as identity (False)."""
+
+    def __init__(self, cfg: AldConfig, merge: Sequence[int], mergeable: int,
+                 protected_blocks: Sequence[int] = (), seed: int = 0) -> None:
+        self.cfg = cfg
+        self.merge, self.mergeable = list(merge), int(mergeable)
+        self.protected = sorted(set(protected_blocks))
+        self.depth = len(self.merge)
+        self.generator = torch.Generator(device="cpu").manual_seed(int(seed))
+
+    def probabilities(self, t: int) -> list[float]:
+        """Keep probability of every block at iteration t (1.0 for prompt-carrying blocks, or ALD off)."""
+        if not self.cfg.enabled:
+            return [1.0] * self.depth
+        c = self.cfg
+        return keep_probabilities(t, self.merge, self.mergeable, c.theta_min, c.gamma, c.tau, c.alpha,
+                                  self.protected)
+
+    def sample(self, t: int) -> list[bool]:
+        """Bernoulli(theta(t, l)) per block; draws one number per block every call (fixed stream use)."""
+        p = self.probabilities(t)
+        if not self.cfg.enabled:
+            return [True] * self.depth
+        u = torch.rand(self.depth, generator=self.generator).tolist()
+        return [pi >= 1.0 or ui < pi for ui, pi in zip(u, p)]

@@ -1,0 +1,156 @@
+"""RepModel: the REP forward pass over a frozen timm VisionTransformer.
+
+Drives the backbone's pieces itself (patch_embed, _pos_embed, a per-block loop with AToM,
+ALD and prefix prompts, final norm) so that merged tokens really shrink later blocks and
+dropped blocks are really skipped. Only prompts, keys and the new head train.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Hashable, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from rep_tune.config import RepConfig
+from rep_tune.runtime.ald import LayerDropper
+from rep_tune.runtime.atom import TokenState, block_forward
+from rep_tune.runtime.backbone import load_backbone
+from rep_tune.runtime.prompts import DualPromptPrefixes, L2PPool
+from rep_tune.runtime.selection import QueryCache, cls_feature, projection
+from rep_tune.schedule import effective_merges, tokens_per_block
+
+
+@dataclass
+class RepOutput:
+    """One forward: logits, the pull-constraint loss term to add, and what really ran.
+
+    ``pull_loss`` is already ``-pull_coeff * reduce_sim``: the training loss is
+    ``cross_entropy(logits, y) + pull_loss``. ``tokens[l]`` is the number of tokens entering
+    block l (for a skipped block: the number that would have), ``ran[l]`` whether it ran.
+    """
+
+    logits: Tensor
+    pull_loss: Tensor
+    tokens: list[int] = field(default_factory=list)
+    ran: list[bool] = field(default_factory=list)
+    prompt_idx: Tensor | None = None
+
+
+class RepModel(nn.Module):
+    """REP on a frozen timm ViT: L2P or DualPrompt, swift selection, AToM, ALD (see CONTRACTS.md)."""
+
+    def __init__(self, config: RepConfig, num_classes: int) -> None:
+        super().__init__()
+        self.config = config
+        b, s, p = config.backbone, config.selection, config.prompt
+        # frozen, shared per process: registered as submodules so .to(device) moves them, never copied
+        self.backbone = load_backbone(b.name, pretrained=b.pretrained, checkpoint=b.checkpoint, img_size=b.img_size)
+        D, H = self.backbone.embed_dim, self.backbone.blocks[0].attn.num_heads
+        self.depth = len(self.backbone.blocks)
+        self.surrogate = (load_backbone(s.surrogate, pretrained=s.pretrained, checkpoint=s.checkpoint)
+                          if s.surrogate else None)
+        self.surrogate_key: Hashable = (
+            ("surrogate", s.surrogate, s.pretrained, s.checkpoint) if s.surrogate
+            else ("backbone", b.name, b.pretrained, b.checkpoint, b.img_size))
+        d = self.surrogate.embed_dim if self.surrogate is not None else D
+        self.register_buffer("projection", projection(d, D, s.projection_seed) if d != D else None, persistent=False)
+
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(config.training.seed)
+            g = torch.Generator().manual_seed(config.training.seed)
+            if p.method == "l2p":
+                self.prompt = L2PPool(p.pool_size, p.length, D, p.top_k, p.batchwise, p.pull_coeff, generator=g)
+            else:
+                self.prompt = DualPromptPrefixes(D, H, p.g_layers, p.g_length, p.e_layers, p.pool_size,
+                                                 p.length, p.top_k, p.pull_coeff, generator=g)
+            self.head = nn.Linear(D, num_classes)
+            # as timm/L2P: small head init, zero bias, so classes of future tasks do not win argmax
+            nn.init.trunc_normal_(self.head.weight, std=0.02, generator=g)
+            nn.init.zeros_(self.head.bias)
+
+        # token layout: [prefix (CLS), L2P prompts, patches]; the first n_protected never merge
+        self.n_prefix = self.backbone.num_prefix_tokens
+        self.n_prompt = p.prompt_tokens()
+        self.protect_prompts = config.atom.protect_prompts
+        self.n_protected = self.n_prefix + (self.n_prompt if self.protect_prompts else 0)
+        self.mergeable = self.backbone.patch_embed.num_patches + (0 if self.protect_prompts else self.n_prompt)
+        self.merges = effective_merges(config.merge_schedule, self.mergeable)
+        self.planned_tokens = tokens_per_block(self.n_protected, self.mergeable, config.merge_schedule)
+        self.dropper = LayerDropper(config.ald, config.merge_schedule, self.mergeable,
+                                    p.prompt_layers(), seed=config.training.seed)
+
+    # ---- frozen parts stay in eval mode ---------------------------------------------------
+    def train(self, mode: bool = True) -> "RepModel":
+        super().train(mode)
+        self.backbone.eval()
+        if self.surrogate is not None:
+            self.surrogate.eval()
+        return self
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        """Prompts, keys and head: everything the optimiser may touch."""
+        return list(self.prompt.parameters()) + list(self.head.parameters())
+
+    # ---- selection query ------------------------------------------------------------------
+    @torch.no_grad()
+    def surrogate_features(self, x: Tensor) -> Tensor:
+        """(B, d) raw, cacheable query part: surrogate CLS, or the backbone's own CLS (baseline)."""
+        return cls_feature(self.surrogate if self.surrogate is not None else self.backbone, x)
+
+    @torch.no_grad()
+    def query(self, x: Tensor, *, ids: Sequence[int] | Tensor | None = None, dataset_key: Hashable = None,
+              cache: QueryCache | None = None) -> Tensor:
+        """(B, D) selection query. ``cache=None`` bypasses caching (required for random augmentation);
+        with a cache, ``ids`` and ``dataset_key`` name the samples (deterministic pipeline only)."""
+        if cache is None:
+            feats = self.surrogate_features(x)
+        else:
+            if ids is None or dataset_key is None:
+                raise ValueError("RepModel.query: a cache needs the batch's sample ids and a dataset_key")
+            feats = cache.features(self.surrogate_key, dataset_key, ids, x, self.surrogate_features)
+        return feats @ self.projection if self.projection is not None else feats
+
+    # ---- forward --------------------------------------------------------------------------
+    def forward(self, x: Tensor, query: Tensor | None = None, *, task_id: int | None = None,
+                iteration: int = 0) -> RepOutput:
+        """Prompted, merged, layer-dropped forward; ALD only in training mode."""
+        if query is None:
+            query = self.query(x)
+        bb = self.backbone
+        h = bb.norm_pre(bb.patch_drop(bb._pos_embed(bb.patch_embed(x))))
+        B = h.shape[0]
+        sel = self.prompt.select(query, task_id) if isinstance(self.prompt, DualPromptPrefixes) \
+            else self.prompt.select(query)
+        prefixes: dict[int, tuple[Tensor, Tensor]] = {}
+        state = TokenState()
+        if isinstance(self.prompt, L2PPool):
+            prompts = self.prompt.tokens(sel.idx).to(h.dtype)
+            h = torch.cat([h[:, :self.n_prefix], prompts, h[:, self.n_prefix:]], dim=1)
+            if not self.protect_prompts:
+                n_patch = h.shape[1] - self.n_prefix - self.n_prompt
+                state.mass = torch.cat([h.new_ones(B, self.n_prompt, 1), h.new_zeros(B, n_patch, 1)], dim=1)
+        else:
+            prefixes = self.prompt.prefixes(sel.idx, B)
+
+        ran = self.dropper.sample(iteration) if self.training else [True] * self.depth
+        tokens = []
+        for l, blk in enumerate(bb.blocks):
+            tokens.append(h.shape[1])
+            if not ran[l]:
+                continue   # skipped block: identity, nothing computed or kept for backward
+            h, state = block_forward(blk, h, r=min(self.merges[l], (h.shape[1] - self.n_protected) // 2),
+                                     n_protected=self.n_protected, state=state,
+                                     prop_attn=self.config.atom.prop_attn, prefix=prefixes.get(l))
+        h = bb.norm(h)
+        logits = self.head(self._pool(h, state))
+        return RepOutput(logits, sel.pull_loss, tokens, ran, sel.idx)
+
+    def _pool(self, h: Tensor, state: TokenState) -> Tensor:
+        """L2P: mean of the prompt-token outputs (head_type 'prompt'); DualPrompt: CLS."""
+        if not isinstance(self.prompt, L2PPool):
+            return h[:, 0]
+        if state.mass is None:
+            return h[:, self.n_prefix:self.n_prefix + self.n_prompt].mean(dim=1)
+        body = h[:, self.n_prefix:]                      # unprotected prompts may have merged
+        return (body * state.mass).sum(dim=1) / state.mass.sum(dim=1)

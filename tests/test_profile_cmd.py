@@ -1,0 +1,49 @@
+"""`rep-tune profile --quick` for real on this machine's CPU, and `rep-tune devices`."""
+from __future__ import annotations
+
+import pytest
+
+from rep_tune.cli import main
+from rep_tune.device import DeviceProfile
+
+
+@pytest.fixture(scope="module")
+def quick_profile(tmp_path_factory):
+    out = tmp_path_factory.mktemp("prof") / "local.yaml"
+    rc = main(["profile", "--quick", "--device", "cpu", "--out", str(out), "--no-progress", "--watts", "20"])
+    assert rc == 0
+    return out
+
+
+def test_quick_cpu_profile_is_valid_and_labelled(quick_profile, capsys):
+    p = DeviceProfile.load(quick_profile)
+    assert p.kind == "cpu" and p.dtype == "fp32" and p.telemetry in ("none", "rapl")
+    assert p.spec.peak_tflops["fp32"] > 0 and p.spec.memory_bandwidth_gbs > 0
+    assert 0 < p.spec.usable_memory_mb <= p.spec.memory_mb
+    assert p.budgets.peak_memory_mb == pytest.approx(0.8 * p.spec.usable_memory_mb, rel=1e-3)
+    assert p.budgets.latency_ms is None and p.budgets.rationale
+    fs = p.identity["figure_sources"]
+    assert fs["spec.peak_tflops"].startswith("measured")
+    if p.telemetry == "none":            # no counter here: power figures must say estimated
+        assert fs["spec.power_w"].startswith("estimated") and "20 W given" in fs["spec.power_w"]
+        assert p.spec.power_w == pytest.approx(20.0, rel=0.05)
+        assert p.spec.idle_power_w < p.spec.power_w
+        assert "ESTIMATED" in p.description
+
+
+def test_quick_profile_has_calibration_runs(quick_profile):
+    p = DeviceProfile.load(quick_profile)
+    runs = p.calibration.runs
+    assert len(runs) >= 8
+    assert {r.tokens for r in runs} >= {17, 65, 197} and {r.batch for r in runs} >= {1, 16}
+    assert len({r.embed_dim for r in runs}) >= 2
+    assert all(r.fwd_ms > 0 and r.fwd_bwd_ms > 0 and r.dtype == "fp32" for r in runs)
+    big = max(runs, key=lambda r: r.batch * r.tokens * r.embed_dim)
+    small = min(runs, key=lambda r: r.batch * r.tokens * r.embed_dim)
+    assert big.fwd_bwd_ms > small.fwd_ms
+
+
+def test_devices_cli_lists_user_profile(quick_profile, capsys):
+    assert main(["devices", "--dir", str(quick_profile.parent)]) == 0
+    out = capsys.readouterr().out
+    assert "jetson_orin " in out and "local-" in out and "(user)" in out
