@@ -1,0 +1,105 @@
+"""`rep-tune train`: run REP continual learning for one config and report accuracy and cost.
+
+With no flags: the embedded offline benchmark (preset paper, L2P, Split Digits in 5 tasks,
+the embedded backbone and surrogate), a few minutes on 2 CPU cores.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import time
+from pathlib import Path
+
+from rep_tune.config import PRESETS, EMBEDDED_BACKBONE
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", metavar="C.yaml", help="a RepConfig file (wins over --preset/--method/--backbone)")
+    p.add_argument("--preset", choices=PRESETS, default="paper", help="starting point when no --config (default paper)")
+    p.add_argument("--method", choices=("l2p", "dualprompt"), default="l2p", help="prompt method of the preset")
+    p.add_argument("--backbone", default=EMBEDDED_BACKBONE, help=f"timm ViT name of the preset (default {EMBEDDED_BACKBONE})")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config field, e.g. --set training.epochs=1 (repeatable; YAML values)")
+    p.add_argument("--scenario", metavar="S.yaml", help="a Scenario file (wins over --dataset/--tasks)")
+    p.add_argument("--dataset", default="digits",
+                   choices=("digits", "fashion-mnist", "cifar100", "imagenet-r", "folder"))
+    p.add_argument("--tasks", type=int, default=5, help="number of tasks (default 5)")
+    p.add_argument("--data-path", help="dataset folder (cifar100, imagenet-r, folder, fashion-mnist)")
+    p.add_argument("--download", action="store_true", help="let torchvision download the dataset if absent")
+    p.add_argument("--out", metavar="DIR", help="output folder (default runs/train-<date>-<time>)")
+    p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda when available, else cpu)")
+    p.add_argument("--no-query-cache", action="store_true", help="compute every selection query (no per-sample cache)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def _value(text: str):
+    import yaml
+    return yaml.safe_load(text)
+
+
+def build_config(args: argparse.Namespace):
+    """The RepConfig the flags describe (validated)."""
+    from rep_tune.config import RepConfig, preset
+    cfg = RepConfig.load(args.config) if args.config else preset(args.preset, args.method, args.backbone)
+    overrides = {}
+    for item in args.set:
+        if "=" not in item:
+            raise ValueError(f"--set: expected KEY=VALUE, found {item!r}")
+        k, v = item.split("=", 1)
+        overrides[k.strip()] = _value(v)
+    if overrides:
+        try:
+            cfg = cfg.replace(**overrides)
+        except KeyError as e:
+            raise ValueError(f"--set: unknown config field {e}") from None
+    return cfg.validate(args.config)
+
+
+def build_scenario(args: argparse.Namespace):
+    from rep_tune.data.scenario import Scenario
+    if args.scenario:
+        return Scenario.load(args.scenario).validate(args.scenario)
+    return Scenario(dataset=args.dataset, n_tasks=args.tasks, data_path=args.data_path,
+                    download=args.download).validate("command line")
+
+
+def format_matrix(acc) -> str:
+    n = len(acc)
+    lines = ["after \\ on " + " ".join(f"{'T' + str(j):>6}" for j in range(n))]
+    for i, row in enumerate(acc):
+        cells = " ".join("     ." if (isinstance(v, float) and math.isnan(v)) or v is None else f"{100 * v:6.1f}"
+                         for v in row)
+        lines.append(f"{'task ' + str(i):<11}" + cells)
+    return "\n".join(lines)
+
+
+def run(args: argparse.Namespace) -> int:
+    from rep_tune.runtime.learner import train
+    from rep_tune.schema import write_mapping
+
+    cfg = build_config(args)
+    scenario = build_scenario(args)
+    out = Path(args.out or f"runs/train-{time.strftime('%Y%m%d-%H%M%S')}")
+    out.mkdir(parents=True, exist_ok=True)
+    cfg.save(out / "config.yaml")
+    scenario.save(out / "scenario.yaml")
+    print(f"config {cfg.name}: backbone {cfg.backbone.name}, surrogate {cfg.selection.surrogate}, "
+          f"method {cfg.prompt.method}, AToM {'on' if cfg.atom.enabled and any(cfg.merge_schedule) else 'off'}, "
+          f"ALD {'on' if cfg.ald.enabled else 'off'}")
+    print(f"scenario: {scenario.dataset}, {scenario.n_tasks} tasks")
+    res = train(cfg, scenario, device=args.device, progress=not args.quiet,
+                use_query_cache=False if args.no_query_cache else None)
+    print("\naccuracy (%) on each task's test set")
+    print(format_matrix(res.acc_matrix.tolist()))
+    print(f"\nfinal average accuracy   {100 * res.final_acc:.2f} %")
+    print(f"average incremental acc  {100 * res.avg_incremental_acc:.2f} %")
+    print(f"forgetting               {100 * res.forgetting:.2f} %")
+    for name, fig in (("time per iteration", res.cost.latency_ms), ("peak memory", res.cost.peak_memory_mb)):
+        if fig is not None:
+            print(f"{name:<24} {fig.value:.4g} {fig.unit}  [{fig.source}: {fig.detail}; machine {fig.machine}]")
+    print(f"query cache              {res.query_cache.get('reason')}")
+    print(f"{res.iterations} iterations in {res.seconds:.1f} s on {res.device}")
+    data = {"scenario": scenario.to_dict(), **res.to_dict()}
+    path = write_mapping(data, out / "results.yaml")
+    print(f"\nresults: {path}")
+    return 0

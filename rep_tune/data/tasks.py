@@ -1,0 +1,182 @@
+"""Class-incremental task streams: class order, even split into tasks, model-ready splits.
+
+``build_tasks(scenario, img_size)`` is the one entry point. Labels are renumbered by class
+order, so task i holds a contiguous range of labels and ``TaskSet.class_order[label]`` gives the
+dataset's own class id back. Every sample keeps a stable id (its index in the dataset's files)
+so the per-sample query cache can key on (``TaskSet.key``, id).
+Results are cached per process: a search's many trials share one load.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Iterator, Sequence
+
+import numpy as np
+import torch
+
+from rep_tune.data.images import FileImages, ImageStore, Rendering, TensorImages
+from rep_tune.data.raw import RawDataset, RawSplit
+from rep_tune.data.scenario import Scenario
+
+EMBEDDED_NORM = ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
+
+
+@dataclass
+class Split:
+    """Model-ready images, labels (renumbered by class order) and stable sample ids."""
+
+    images: ImageStore
+    labels: torch.Tensor   # int64 (N,)
+    ids: torch.Tensor      # int64 (N,)
+
+    def __len__(self) -> int:
+        return int(self.labels.shape[0])
+
+    def batch(self, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(images, labels, ids) at the given positions."""
+        return self.images.batch(index), self.labels[index], self.ids[index]
+
+
+@dataclass
+class Task:
+    """One task of the stream: its classes (renumbered labels) and its train/test splits."""
+
+    task_id: int
+    classes: list[int]
+    train: Split
+    test: Split
+
+
+@dataclass
+class TaskSet:
+    """The whole stream, with what identifies it (``key``) and how images were rendered."""
+
+    key: str                   # dataset identity + rendering: the query cache's dataset key
+    dataset: str
+    tasks: list[Task]
+    class_order: list[int]     # renumbered label -> dataset class id
+    class_names: list[str]     # in renumbered order
+    rendering: Rendering
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_order)
+
+    @property
+    def n_tasks(self) -> int:
+        return len(self.tasks)
+
+    def __len__(self) -> int:
+        return len(self.tasks)
+
+    def __getitem__(self, i: int) -> Task:
+        return self.tasks[i]
+
+    def __iter__(self) -> Iterator[Task]:
+        return iter(self.tasks)
+
+
+def class_order(num_classes: int, seed: int) -> list[int]:
+    """Dataset class ids in stream order: natural for seed -1, else a seeded permutation."""
+    if seed == -1:
+        return list(range(num_classes))
+    return [int(c) for c in np.random.RandomState(seed).permutation(num_classes)]
+
+
+def split_classes(n_classes: int, n_tasks: int) -> list[list[int]]:
+    """Renumbered labels 0..n_classes-1 in n_tasks contiguous, as-even-as-possible groups."""
+    if not 1 <= n_tasks <= n_classes:
+        raise ValueError(f"scenario n_tasks: expected 1..{n_classes} (the number of classes), found {n_tasks}")
+    return [[int(c) for c in g] for g in np.array_split(np.arange(n_classes), n_tasks)]
+
+
+def backbone_normalization(name: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Mean/std the backbone expects: 0.5/0.5 for the embedded ViTs, timm's pretrained_cfg otherwise."""
+    base = name.split(".")[0]
+    if base in ("vit_micro_patch4_32", "vit_pico_patch4_32"):
+        return EMBEDDED_NORM
+    try:
+        from timm.models import get_pretrained_cfg
+        cfg = get_pretrained_cfg(name)
+    except Exception:
+        cfg = None
+    if cfg is None:
+        return EMBEDDED_NORM
+    return tuple(float(v) for v in cfg.mean), tuple(float(v) for v in cfg.std)
+
+
+def load_raw(scenario: Scenario) -> RawDataset:
+    """Dispatch to the dataset's loader."""
+    if scenario.dataset == "digits":
+        from rep_tune.data import digits as mod
+    elif scenario.dataset == "fashion-mnist":
+        from rep_tune.data import fashion_mnist as mod
+    elif scenario.dataset == "cifar100":
+        from rep_tune.data import cifar100 as mod
+    elif scenario.dataset in ("imagenet-r", "folder"):
+        from rep_tune.data import folder as mod
+    else:
+        raise ValueError(f"scenario dataset: expected digits, fashion-mnist, cifar100, imagenet-r or folder, "
+                         f"found {scenario.dataset!r}")
+    return mod.load(scenario)
+
+
+def _cap_per_class(labels: np.ndarray, cap: int | None) -> np.ndarray:
+    """Positions keeping the first ``cap`` samples of every class (all when cap is None)."""
+    if cap is None:
+        return np.arange(len(labels))
+    keep, seen = [], {}
+    for i, c in enumerate(labels.tolist()):
+        if seen.get(c, 0) < cap:
+            keep.append(i)
+            seen[c] = seen.get(c, 0) + 1
+    return np.asarray(keep, dtype=np.int64)
+
+
+def _store(images: torch.Tensor | list[str], rendering: Rendering) -> ImageStore:
+    return TensorImages(images, rendering) if isinstance(images, torch.Tensor) else FileImages(images, rendering)
+
+
+def _task_split(raw: RawSplit, new_label: np.ndarray, classes: Sequence[int], rendering: Rendering) -> Split:
+    lab = new_label[raw.labels]
+    pos = np.flatnonzero(np.isin(lab, classes))
+    part = raw.take(pos)
+    return Split(_store(part.images, rendering), torch.as_tensor(lab[pos]), torch.as_tensor(part.ids))
+
+
+def build_tasks(scenario: Scenario, img_size: int, in_chans: int = 3, *,
+                mean: Sequence[float] = EMBEDDED_NORM[0], std: Sequence[float] = EMBEDDED_NORM[1],
+                cache: bool = True) -> TaskSet:
+    """The scenario's task stream, rendered for a backbone of input ``img_size`` and ``in_chans``.
+
+    ``scenario.image_size`` wins over ``img_size`` when set. Cached per process on
+    (scenario, size, channels, mean, std) unless ``cache`` is false.
+    """
+    scenario.validate()
+    size = scenario.image_size or img_size
+    rendering = Rendering(int(size), int(in_chans), tuple(float(m) for m in mean), tuple(float(s) for s in std))
+    key = (json.dumps(scenario.to_dict(), sort_keys=True), rendering)
+    if cache and key in _CACHE:
+        return _CACHE[key]
+    raw = load_raw(scenario)
+    order = class_order(raw.num_classes, scenario.class_order_seed)
+    new_label = np.empty(raw.num_classes, dtype=np.int64)
+    new_label[order] = np.arange(raw.num_classes)
+    train_raw = raw.train.take(_cap_per_class(raw.train.labels, scenario.max_per_class))
+    tasks = [Task(i, group, _task_split(train_raw, new_label, group, rendering),
+                  _task_split(raw.test, new_label, group, rendering))
+             for i, group in enumerate(split_classes(raw.num_classes, scenario.n_tasks))]
+    ts = TaskSet(f"{raw.key}|{rendering.key()}", raw.name, tasks, order, [raw.class_names[c] for c in order],
+                 rendering)
+    if cache:
+        _CACHE[key] = ts
+    return ts
+
+
+_CACHE: dict[tuple, TaskSet] = {}
+
+
+def clear_cache() -> None:
+    """Forget cached task sets (tests, or to free memory)."""
+    _CACHE.clear()

@@ -1,0 +1,255 @@
+"""The class-incremental training loop: train prompts/keys/head task by task, evaluate, report.
+
+``train(config, scenario)`` is the runtime's one entry point for the search and the CLI. It
+knows nothing of search or devices: callbacks (e.g. an optuna pruner) see the result after
+every task and may raise to stop the run. What does not depend on the config is built once
+per process: the task data (rep_tune.data.tasks caches it), the frozen backbones
+(backbone.load_backbone caches them) and the per-sample selection queries (selection.process_cache).
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+
+from rep_tune.config import RepConfig
+from rep_tune.data.scenario import Scenario
+from rep_tune.data.tasks import TaskSet, backbone_normalization, build_tasks
+from rep_tune.figures import Cost
+from rep_tune.runtime import metrics
+from rep_tune.runtime.measure import IterationTimer, PeakMemory, make_cost, resident_bytes
+from rep_tune.runtime.step import NonFiniteLoss, class_mask, make_optimizer, train_step
+
+WARMUP_ITERS = 3     # first iterations of the run left out of the time per iteration
+PROBE_AT = 3         # iteration (within each task) whose peak memory is probed; not timed
+
+__all__ = ["train", "TrainResult", "TaskRecord", "NonFiniteLoss", "load_tasks"]
+
+
+@dataclass
+class TaskRecord:
+    """What happened in one task: iterations, time, mean training loss, accuracy on seen tasks."""
+
+    task_id: int
+    classes: list[int]
+    iterations: int
+    train_seconds: float
+    eval_seconds: float
+    mean_loss: float
+    accuracy: list[float]          # accuracy on tasks 0..task_id after this task
+    blocks_run: float              # mean blocks computed per training iteration (ALD)
+
+
+@dataclass
+class TrainResult:
+    """Accuracy matrix, metrics and measured cost of a (possibly partial) run."""
+
+    acc_matrix: np.ndarray         # (n_tasks, n_tasks): row i after task i, col j; NaN where not evaluated
+    final_acc: float               # metrics over the tasks done so far (all of them when finished)
+    avg_incremental_acc: float
+    forgetting: float
+    cost: Cost
+    iterations: int
+    seconds: float
+    per_task: list[TaskRecord] = field(default_factory=list)
+    query_cache: dict[str, Any] = field(default_factory=dict)   # used, reason, hits, misses
+    device: str = "cpu"
+    config_name: str = ""
+
+    @property
+    def tasks_done(self) -> int:
+        return len(self.per_task)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data for YAML/JSON (NaN entries of the matrix become null)."""
+        def fig(f):
+            return None if f is None else {"value": round(f.value, 6), "unit": f.unit, "source": f.source,
+                                           "detail": f.detail, "machine": f.machine}
+        return {
+            "config": self.config_name,
+            "device": self.device,
+            "tasks_done": self.tasks_done,
+            "final_acc": self.final_acc,
+            "avg_incremental_acc": self.avg_incremental_acc,
+            "forgetting": self.forgetting,
+            "acc_matrix": [[None if math.isnan(v) else round(float(v), 6) for v in row] for row in self.acc_matrix],
+            "iterations": self.iterations,
+            "seconds": round(self.seconds, 3),
+            "cost": {"scope": self.cost.scope, "latency_ms": fig(self.cost.latency_ms),
+                     "peak_memory_mb": fig(self.cost.peak_memory_mb),
+                     "extras": {k: float(v) for k, v in self.cost.extras.items()}},
+            "query_cache": dict(self.query_cache),
+            "per_task": [{"task_id": r.task_id, "classes": list(r.classes), "iterations": r.iterations,
+                          "train_seconds": round(r.train_seconds, 3), "eval_seconds": round(r.eval_seconds, 3),
+                          "mean_loss": round(r.mean_loss, 6), "accuracy": [round(a, 6) for a in r.accuracy],
+                          "blocks_run": round(r.blocks_run, 3)} for r in self.per_task],
+        }
+
+
+Callback = Callable[[int, TrainResult], None]
+
+
+def load_tasks(config: RepConfig, scenario: Scenario) -> TaskSet:
+    """The scenario rendered for the config's backbone (cached per process)."""
+    arch = config.backbone.arch
+    mean, std = backbone_normalization(config.backbone.name)
+    return build_tasks(scenario, config.backbone.img_size or arch.img_size, arch.in_chans, mean=mean, std=std)
+
+
+def _resolve_device(device: torch.device | str | None) -> torch.device:
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def _query_cache_plan(config: RepConfig, use_query_cache: bool | None) -> tuple[bool, str]:
+    """Whether to cache queries, and why (said in the result)."""
+    if use_query_cache is False:
+        return False, "bypassed: turned off by the caller"
+    if use_query_cache is True:
+        return True, "on: requested by the caller (input pipeline is deterministic)"
+    if not config.selection.cache:
+        return False, "bypassed: selection.cache is false"
+    # the input pipeline (rep_tune.data) is deterministic: no random augmentation
+    return True, "on: deterministic input pipeline (no augmentation)"
+
+
+@torch.no_grad()
+def _evaluate(model, split, ts: TaskSet, batch_size: int, device: torch.device, cache) -> float:
+    """Top-1 accuracy on a test split, all classes competing (class-incremental), all blocks run."""
+    model.eval()
+    correct = 0
+    for start in range(0, len(split), batch_size):
+        idx = torch.arange(start, min(start + batch_size, len(split)))
+        x, y, ids = split.batch(idx)
+        x, y = x.to(device, non_blocking=True), y.to(device)
+        q = model.query(x, ids=ids, dataset_key=ts.key, cache=cache) if cache is not None else model.query(x)
+        correct += int((model(x, q).logits.argmax(-1) == y).sum())
+    return correct / max(1, len(split))
+
+
+def train(config: RepConfig, scenario: Scenario, *, callbacks: Sequence[Callback] = (),
+          device: torch.device | str | None = None, progress: bool = True,
+          use_query_cache: bool | None = None) -> TrainResult:
+    """Train ``config`` on ``scenario`` task by task; evaluate on all seen tasks after each.
+
+    Per task: ``training.epochs`` passes over the task's training set (capped at
+    ``training.iters_per_task`` iterations), loss = CE (logits outside the task masked when
+    ``training.train_mask``) + pull loss, optimiser re-created per task. ALD's t counts
+    iterations within the task when ``ald.reset_per_task``, else over the run.
+    Callbacks run after each task's evaluation and may raise to stop the run.
+    Raises NonFiniteLoss when the loss becomes NaN/inf.
+    """
+    from tqdm.auto import tqdm
+
+    from rep_tune.runtime.model import RepModel
+    from rep_tune.runtime.selection import process_cache
+
+    config.validate()
+    dev = _resolve_device(device)
+    t_start = time.perf_counter()
+    ts = load_tasks(config, scenario)
+    tc = config.training
+    torch.manual_seed(tc.seed)
+    gen = torch.Generator().manual_seed(tc.seed)
+    model = RepModel(config, ts.num_classes).to(dev)
+    use_cache, reason = _query_cache_plan(config, use_query_cache)
+    cache = process_cache() if use_cache else None
+    hits0, misses0 = (cache.hits, cache.misses) if cache else (0, 0)
+
+    n = ts.n_tasks
+    acc = np.full((n, n), np.nan)
+    plan = []
+    for task in ts:
+        per_epoch = math.ceil(len(task.train) / tc.batch_size)
+        total = per_epoch * tc.epochs
+        plan.append(min(total, tc.iters_per_task) if tc.iters_per_task else total)
+    timer = IterationTimer(dev)
+    timed_blocks: list[int] = []
+    peak_bytes = 0
+    records: list[TaskRecord] = []
+    global_t = 0
+    bar = tqdm(total=sum(plan), desc="train", unit="it", disable=not progress, dynamic_ncols=True)
+    result: TrainResult | None = None
+    try:
+        for task, n_iter in zip(ts, plan):
+            model.train()
+            opt = make_optimizer(config, model.trainable_parameters())
+            mask = class_mask(ts.num_classes, task.classes, dev) if tc.train_mask else None
+            bar.set_description(f"task {task.task_id + 1}/{n}")
+            t0 = time.perf_counter()
+            losses, blocks, k = [], [], 0
+            probe_at = min(PROBE_AT, n_iter - 1)
+            while k < n_iter:
+                order = torch.randperm(len(task.train), generator=gen)
+                for start in range(0, len(order), tc.batch_size):
+                    if k >= n_iter:
+                        break
+                    t = k if config.ald.reset_per_task else global_t
+                    probe = k == probe_at             # memory-probed (profiled on CPU): not timed
+                    timed = not probe and global_t >= WARMUP_ITERS
+                    base = resident_bytes([model], [opt]) if probe else 0
+                    with PeakMemory(dev) if probe else contextlib.nullcontext() as pm:
+                        if timed:
+                            timer.start()
+                        x, y, ids = task.train.batch(order[start:start + tc.batch_size])
+                        x, y = x.to(dev, non_blocking=True), y.to(dev)
+                        q = model.query(x, ids=ids, dataset_key=ts.key, cache=cache) if cache is not None \
+                            else model.query(x)
+                        try:
+                            loss, out = train_step(model, opt, x, y, query=q, iteration=t, task_id=task.task_id,
+                                                   mask=mask, clip_grad=tc.clip_grad)
+                        except NonFiniteLoss as e:
+                            raise NonFiniteLoss(f"{config.name}: {e}") from None
+                        if timed:
+                            timer.stop()
+                            timed_blocks.append(sum(out.ran))
+                    if probe:
+                        peak_bytes = max(peak_bytes, base + pm.transient_bytes)
+                    losses.append(loss)
+                    blocks.append(sum(out.ran))
+                    k += 1
+                    global_t += 1
+                    bar.update(1)
+                    if k % 10 == 0:
+                        bar.set_postfix(loss=f"{loss:.3f}")
+            train_s = time.perf_counter() - t0
+            t1 = time.perf_counter()
+            for j in range(task.task_id + 1):
+                acc[task.task_id, j] = _evaluate(model, ts[j].test, ts, tc.eval_batch_size, dev, cache)
+            records.append(TaskRecord(task.task_id, list(task.classes), n_iter, train_s, time.perf_counter() - t1,
+                                      float(np.mean(losses)) if losses else float("nan"),
+                                      [float(a) for a in acc[task.task_id, :task.task_id + 1]],
+                                      float(np.mean(blocks)) if blocks else 0.0))
+            bar.set_postfix(acc=f"{np.mean(acc[task.task_id, :task.task_id + 1]):.3f}")
+            result = _result(config, acc, records, timer, timed_blocks, peak_bytes, dev, global_t,
+                             time.perf_counter() - t_start, use_cache, reason, cache, hits0, misses0)
+            for cb in callbacks:
+                cb(task.task_id, result)
+    finally:
+        bar.close()
+    return result
+
+
+def _result(config, acc, records, timer, timed_blocks, peak_bytes, dev, iterations, seconds,
+            use_cache, reason, cache, hits0, misses0) -> TrainResult:
+    done = len(records)
+    sub = acc[:done, :done]
+    m = metrics.summarize(sub)
+    lat = timer.summary_ms(0, "median")
+    extras = {"timed_iterations": len(timer.times), "warmup_iterations": WARMUP_ITERS,
+              "blocks_run": float(np.mean(timed_blocks)) if timed_blocks else float("nan"),
+              "batch_size": config.training.batch_size}
+    cost = make_cost(lat, peak_bytes or None, dev,
+                     f"median over the run's iterations after {WARMUP_ITERS} warm-up, batch {config.training.batch_size}",
+                     extras)
+    qc = {"used": use_cache, "reason": reason}
+    if cache is not None:
+        qc.update(hits=cache.hits - hits0, misses=cache.misses - misses0)
+    return TrainResult(acc.copy(), m["final_acc"], m["avg_incremental_acc"], m["forgetting"], cost, iterations,
+                       seconds, list(records), qc, str(dev), config.name)
