@@ -1,0 +1,194 @@
+"""The search end to end with the real trainer on tiny settings (2 tasks, 2 iterations per task).
+
+The trainer is wrapped by a counter (the real ``runtime.learner.train`` runs underneath).
+"""
+from __future__ import annotations
+
+import io
+import math
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from rep_tune.cli import main
+from rep_tune.config import RepConfig
+from rep_tune.data.scenario import Scenario
+from rep_tune.runtime.learner import train
+from rep_tune.search.optuna_backend import storage_url
+from rep_tune.search.run import SearchSettings, search
+from rep_tune.search.space import config_hash
+from rep_tune.search.targets import load_targets
+
+DEVICES = ["profiles/jetson_orin.yaml", "profiles/cpu_x86_generic.yaml"]
+TINY = {"training.epochs": 1, "training.iters_per_task": 2, "training.batch_size": 8, "training.eval_batch_size": 256}
+
+
+def _pretrained() -> dict:
+    from rep_tune.runtime.backbone import WEIGHTS_DIR
+    have = all((WEIGHTS_DIR / f"{n}.fmnist.safetensors").exists() for n in ("vit_micro_patch4_32", "vit_pico_patch4_32"))
+    return {} if have else {"backbone.pretrained": False, "selection.pretrained": False}
+
+
+class Counting:
+    """The real trainer, counting calls; optionally raising on chosen calls."""
+
+    def __init__(self, fail: dict[int, BaseException] | None = None):
+        self.hashes: list[str] = []
+        self.fail = fail or {}
+
+    def __call__(self, config, scenario, **kw):
+        self.hashes.append(config_hash(config))
+        if len(self.hashes) in self.fail:
+            raise self.fail[len(self.hashes)]
+        return train(config, scenario, **kw)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """2 shared cores: oversubscribed OpenMP threads make training ~5x slower."""
+    import torch
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def _settings(run_dir, **kw) -> SearchSettings:
+    base = dict(devices=DEVICES, scenario=Scenario(n_tasks=2, max_per_class=8, test_fraction=0.1),
+                overrides={**TINY, **_pretrained()}, n_trials=4, timeout=None, run_dir=str(run_dir),
+                budgets={"latency_ms": "0.7x", "peak_memory_mb": "0.7x"}, progress=False, seed=3)
+    base.update(kw)
+    return SearchSettings(**base)
+
+
+@pytest.fixture(scope="module")
+def searched(tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("search") / "run"
+    trainer = Counting(fail={3: RuntimeError("CUDA out of memory (simulated)")})
+    out = io.StringIO()
+    outcome = search(_settings(run_dir), train_fn=trainer, out=out)
+    return outcome, trainer, out.getvalue()
+
+
+@pytest.mark.slow
+def test_prescreened_trials_are_never_trained(searched):
+    outcome, trainer, _ = searched
+    trials = outcome.study.get_trials()
+    pre = [t for t in trials if t.user_attrs.get("prescreened")]
+    trained = [t for t in trials if t.user_attrs.get("trained")]
+    assert pre, "the tight budgets should rule some candidates out"
+    assert len(trainer.hashes) == len(trained)                       # one trainer call per trained trial
+    assert not {t.user_attrs["config_hash"] for t in pre} & set(trainer.hashes)
+    for t in pre:
+        assert t.state == TrialState.COMPLETE and t.value == 0.0 and "train_seconds" not in t.user_attrs
+        assert any(v > 0 for v in t.constraints.values()) and "on " in t.user_attrs["prescreen_reason"]
+    # 4 trained trials counted (one crashed), plus the two references first
+    assert sum(1 for t in trained if t.state != TrialState.FAIL or "error" in t.user_attrs) == 4
+    assert [trials[0].user_attrs.get("role"), trials[1].user_attrs.get("role")] == ["paper", "baseline"]
+
+
+@pytest.mark.slow
+def test_crashed_trial_is_failed_not_the_search(searched):
+    outcome, _, _ = searched
+    failed = [t for t in outcome.study.get_trials() if t.state == TrialState.FAIL]
+    assert len(failed) == 1 and "out of memory" in failed[0].user_attrs["error"]
+
+
+@pytest.mark.slow
+def test_constraints_recorded_for_every_device(searched):
+    outcome, _, _ = searched
+    for t in outcome.study.get_trials(states=(TrialState.COMPLETE,)):
+        for target in outcome.targets:
+            key = target.key
+            for m, b in target.budgets.budgets.items():
+                value = t.user_attrs[f"{m}@{key}"]
+                assert t.constraints[f"{m}@{key}"] == pytest.approx(value / b.value - 1, abs=1e-6)
+            feasible = all(t.constraints[f"{m}@{key}"] <= 0 for m in target.budgets.budgets)
+            assert t.user_attrs[f"feasible@{key}"] == feasible
+            assert t.user_attrs[f"latency_ms_source@{key}"] in ("predicted", "estimated")
+
+
+@pytest.mark.slow
+def test_outputs_per_device_fit_their_budgets(searched):
+    outcome, _, text = searched
+    run = outcome.run_dir
+    assert (run / "trials.csv").exists() and "run folder" in text and "budgets applied" in text
+    written = 0
+    for target in outcome.targets:
+        key = target.key
+        assert (run / f"pareto_{key}.csv").exists() and (run / f"pareto_{key}.png").stat().st_size > 1000
+        best = outcome.bests[key]
+        if best is None:
+            assert not (run / f"best_{key}.yaml").exists()
+            continue
+        written += 1
+        cfg = RepConfig.load(run / f"best_{key}.yaml")
+        assert cfg.target["device"] == target.profile.name
+        for m in ("latency_ms", "peak_memory_mb"):
+            assert cfg.expected[m]["value"] <= cfg.target["budgets"][m]["value"]
+            assert cfg.expected[m]["source"] in ("predicted", "estimated", "measured")
+        assert cfg.expected["final_acc"]["value"] == pytest.approx(best.value, abs=1e-3)
+        assert {"paper", "baseline"} <= {k.removeprefix("gain_over_") for k in cfg.expected if k.startswith("gain_over_")}
+        assert cfg.provenance["trial"] == best.number
+        assert cfg.provenance["profile_checksum"] == target.profile.checksum()
+        assert cfg.provenance["study_name"] == outcome.study.study_name
+    assert written >= 1
+    # the storage opens as is (what optuna-dashboard does)
+    loaded = optuna.load_study(study_name=outcome.study.study_name, storage=storage_url(run))
+    assert len(loaded.trials) == len(outcome.study.trials)
+
+
+@pytest.mark.slow
+def test_resume_keeps_every_finished_trial(tmp_path):
+    run_dir = tmp_path / "run"
+    first = Counting(fail={3: KeyboardInterrupt()})        # killed while starting the 3rd training
+    with pytest.raises(KeyboardInterrupt):
+        search(_settings(run_dir, n_trials=3, devices=DEVICES[1:]), train_fn=first, out=io.StringIO())
+    before = {t.number: (t.state, t.value) for t in
+              optuna.load_study(study_name=None, storage=storage_url(run_dir)).trials if t.state.is_finished()}
+    assert sum(s == TrialState.COMPLETE for s, _ in before.values()) >= 2
+    second = Counting()
+    outcome = search(SearchSettings.resume(run_dir, progress=False), train_fn=second, out=io.StringIO())
+    after = {t.number: (t.state, t.value) for t in outcome.study.trials}
+    for number, (state, value) in before.items():
+        assert after[number][0] == state and (value is None or math.isclose(after[number][1], value))
+    trained = [t for t in outcome.study.trials if t.user_attrs.get("trained") and t.state == TrialState.COMPLETE]
+    assert len(trained) == 3 and len(second.hashes) == 1          # only the missing trial was trained
+    assert outcome.targets[0].budgets.to_dict() == SearchSettings.resume(run_dir).resolved_budgets[outcome.targets[0].key]
+
+
+def test_cli_defaults_and_bad_budget(capsys):
+    import argparse
+
+    from rep_tune.cli.search import add_arguments, settings_from_args
+    p = argparse.ArgumentParser()
+    add_arguments(p)
+    s = settings_from_args(p.parse_args(["--device", "profiles/jetson_orin.yaml"]))
+    assert s.n_trials == 16 and s.timeout == 600 and s.sampler == "tpe" and s.budgets == {} and s.prescreen
+    assert s.overrides["training.iters_per_task"] == 12
+    assert main(["search", "--device", "profiles/jetson_orin.yaml", "--latency-budget", "fast"]) == 2
+    assert "latency-budget" in capsys.readouterr().err
+
+
+def test_targets_from_folder_and_names():
+    targets = load_targets(["profiles/"])
+    assert "jetson_orin" in [t.key for t in targets] and not any(t.local for t in targets)
+    assert [t.key for t in load_targets(["jetson_orin"])] == ["jetson_orin"]
+    with pytest.raises(FileNotFoundError, match="no such device profile"):
+        load_targets(["profiles/nope.yaml"])
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not __import__("os").environ.get("REP_TUNE_RAY_TEST"),
+                    reason="starting Ray takes minutes on 2 shared cores; set REP_TUNE_RAY_TEST=1 to run")
+def test_ray_backend_keeps_constraints_and_prescreening(tmp_path):
+    trainer = Counting()
+    outcome = search(_settings(tmp_path / "ray", n_trials=3, devices=DEVICES[1:], backend="ray", n_workers=2),
+                     train_fn=trainer, out=io.StringIO())
+    trials = outcome.study.trials
+    trained = [t for t in trials if t.user_attrs.get("trained")]
+    assert len(trained) == 3 and all(t.state == TrialState.COMPLETE for t in trained)
+    assert all(t.constraints for t in trials if t.state == TrialState.COMPLETE)
+    assert all(len(t.intermediate_values) == 2 for t in trained)          # per-task reports from the workers
+    assert not any(t.user_attrs.get("trained") for t in trials if t.user_attrs.get("prescreened"))
