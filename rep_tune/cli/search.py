@@ -11,6 +11,7 @@ import argparse
 
 import yaml
 
+from rep_tune.cli.common import add_threads_argument, set_threads
 from rep_tune.data.scenario import Scenario
 from rep_tune.search.optuna_backend import SAMPLERS
 
@@ -44,8 +45,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--backend", choices=("optuna", "ray"), default="optuna")
     p.add_argument("--run-dir", help="run folder (default runs/search-<device>-<timestamp>)")
     p.add_argument("--resume", metavar="RUN_DIR", help="resume (or join) the search in RUN_DIR")
-    p.add_argument("--threads", type=int, help="torch CPU threads per worker (default: 1 when the cores are busy, "
-                                               "else torch's default; oversubscribed OpenMP threads are 5x slower)")
+    add_threads_argument(p)
     p.add_argument("--no-progress", action="store_true")
 
 
@@ -76,27 +76,13 @@ def settings_from_args(args: argparse.Namespace):
         progress=not args.no_progress)
 
 
-def _threads(requested: int | None) -> int:
-    """Torch threads: as requested, else 1 when other work keeps the cores busy."""
-    import os
-
-    import torch
-
-    if requested:
-        return requested
-    busy = os.getloadavg()[0] >= 0.5 * (os.cpu_count() or 1)
-    return 1 if busy else torch.get_num_threads()
-
-
 def run(args: argparse.Namespace) -> int:
-    import torch
 
     from rep_tune.search.budgets import parse_budget
     from rep_tune.search.run import search
 
     settings = settings_from_args(args)
-    threads = _threads(args.threads)
-    torch.set_num_threads(threads)
+    threads = set_threads(args.threads)
     print(f"torch threads: {threads}")
     for metric, text in settings.budgets.items():
         parse_budget(text, metric)          # bad budget text stops before any work

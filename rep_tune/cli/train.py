@@ -10,6 +10,7 @@ import math
 import time
 from pathlib import Path
 
+from rep_tune.cli.common import add_threads_argument, set_threads
 from rep_tune.config import PRESETS, EMBEDDED_BACKBONE
 
 
@@ -30,6 +31,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda when available, else cpu)")
     p.add_argument("--no-query-cache", action="store_true", help="compute every selection query (no per-sample cache)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_threads_argument(p)
 
 
 def _value(text: str):
@@ -79,6 +81,7 @@ def run(args: argparse.Namespace) -> int:
 
     cfg = build_config(args)
     scenario = build_scenario(args)
+    set_threads(args.threads)
     out = Path(args.out or f"runs/train-{time.strftime('%Y%m%d-%H%M%S')}")
     out.mkdir(parents=True, exist_ok=True)
     cfg.save(out / "config.yaml")
