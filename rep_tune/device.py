@@ -64,7 +64,8 @@ class Calibration:
     measured_on: str = ""              # host and date
     dtype: str = "fp32"
     efficiency: dict[str, float] = field(default_factory=dict)   # {"matmul": .., "attention": .., "elementwise": ..}
-    overhead_ms: float = 0.0           # fixed per-iteration overhead (launches, optimizer step, python)
+    overhead_ms: float = 0.0           # fixed per-iteration overhead (optimizer step, python)
+    launch_ms: float | None = None     # time per kernel launch (dominates tiny blocks on CPU and Jetson)
     memory_overhead_mb: float = 0.0    # framework / allocator overhead
     runs: list[CalibrationRun] = field(default_factory=list)
     fit_error: dict[str, float] = field(default_factory=dict)    # e.g. {"latency_median_rel": 0.06}

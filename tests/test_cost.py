@@ -21,8 +21,8 @@ def cpu_profile(calibrated: bool = False, **budgets) -> DeviceProfile:
                          spec=Spec(peak_tflops={"fp32": 0.1}, memory_bandwidth_gbs=20.0, power_w=50.0),
                          budgets=Budgets(**budgets))
     if calibrated:
-        prof.calibration = Calibration(efficiency={"matmul": 0.5, "attention": 0.25, "elementwise": 0.5,
-                                                   "op_ms": 0.01}, overhead_ms=1.0, memory_overhead_mb=2.0)
+        prof.calibration = Calibration(efficiency={"matmul": 0.5, "attention": 0.25, "elementwise": 0.5},
+                                       launch_ms=0.01, overhead_ms=1.0, memory_overhead_mb=2.0)
     return prof
 
 
@@ -161,7 +161,8 @@ def test_dropped_block_does_not_merge():
 # ---- calibration -------------------------------------------------------------------------------
 def test_fit_recovers_known_efficiencies():
     prof = cpu_profile()
-    truth = {"matmul": 0.6, "attention": 0.3, "elementwise": 0.4, "op_ms": 0.02}
+    truth = {"matmul": 0.6, "attention": 0.3, "elementwise": 0.4}
+    launch = 0.02
     peak, bw = peak_flops(prof), prof.spec.memory_bandwidth_gbs * 1e9
     runs = []
     for d, h in ((64, 2), (96, 3), (192, 3)):
@@ -173,7 +174,7 @@ def test_fit_recovers_known_efficiencies():
 
                     def ms(w, ops, blocks=blocks):
                         return blocks * (w[0] / (peak * truth["matmul"]) * 1e3 + w[1] / (peak * truth["attention"]) * 1e3
-                                         + w[2] / (bw * truth["elementwise"]) * 1e3 + ops * truth["op_ms"]) + 0.5
+                                         + w[2] / (bw * truth["elementwise"]) * 1e3 + ops * launch) + 0.5
                     r.fwd_ms = ms(f, OPS_BLOCK_FWD)
                     r.fwd_bwd_ms = ms(tuple(a + c for a, c in zip(f, bk)), OPS_BLOCK_FWD + OPS_BLOCK_BWD)
                     runs.append(r)
@@ -181,6 +182,7 @@ def test_fit_recovers_known_efficiencies():
     out = fit(prof)
     for k, v in truth.items():
         assert out.calibration.efficiency[k] == pytest.approx(v, rel=1e-6)
+    assert out.calibration.launch_ms == pytest.approx(launch, rel=1e-6)
     assert out.calibration.overhead_ms == pytest.approx(0.5, rel=1e-6)
     assert out.calibration.fit_error["latency_median_rel"] < 1e-9
     assert out.calibrated and not prof.calibrated                    # a copy; the input is untouched

@@ -1,7 +1,7 @@
 """Fit a device's efficiency factors and overheads from timed ViT-block runs (CalibrationRun).
 
 Model (the one rep_tune.cost.latency predicts with), per run of ``blocks`` blocks:
-    ms = blocks * (mm / (peak * e_mm) + att / (peak * e_att) + bytes / (bw * e_ew) + ops * op_ms) + c0
+    ms = blocks * (mm / (peak * e_mm) + att / (peak * e_att) + bytes / (bw * e_ew) + ops * launch_ms) + c0
 fitted by non-negative least squares on relative error (each row divided by its measurement).
 Memory: the run's peak above the activations and workspace the memory model counts is the
 framework overhead (median over runs).
@@ -67,7 +67,7 @@ def fit(profile):
     """Return a copy of ``profile`` whose calibration holds fitted efficiency, overheads and fit error.
 
     ``calibration.efficiency`` gets matmul, attention, elementwise (fractions of the spec peaks)
-    and ``op_ms`` (time per kernel launch). Raises ValueError without timed runs.
+    and ``launch_ms`` the time per kernel launch. Raises ValueError without timed runs.
     """
     out = copy.deepcopy(profile)
     cal = out.calibration
@@ -84,8 +84,8 @@ def fit(profile):
         "matmul": float(min(1.0 / x[0], MAX_EFFICIENCY)) if x[0] > 0 else MAX_EFFICIENCY,
         "attention": float(min(1.0 / x[1], MAX_EFFICIENCY)) if x[1] > 0 else MAX_EFFICIENCY,
         "elementwise": float(min(1.0 / x[2], MAX_EFFICIENCY)) if x[2] > 0 else MAX_EFFICIENCY,
-        "op_ms": float(x[3]),
     }
+    cal.launch_ms = float(x[3])
     cal.overhead_ms = float(x[4])
     cal.fit_error = {"latency_median_rel": float(np.median(rel)),
                      "latency_p90_rel": float(np.percentile(rel, 90)), "latency_runs": float(len(y))}

@@ -10,9 +10,9 @@ from dataclasses import dataclass
 
 # Spec-only defaults: fraction of peak a framework typically reaches, launch cost per kernel.
 DEFAULT_EFFICIENCY = {
-    "gpu": {"matmul": 0.5, "attention": 0.3, "elementwise": 0.6, "op_ms": 0.008},
-    "jetson": {"matmul": 0.35, "attention": 0.2, "elementwise": 0.5, "op_ms": 0.03},
-    "cpu": {"matmul": 0.4, "attention": 0.2, "elementwise": 0.3, "op_ms": 0.006},
+    "gpu": {"matmul": 0.5, "attention": 0.3, "elementwise": 0.6, "launch_ms": 0.008},
+    "jetson": {"matmul": 0.35, "attention": 0.2, "elementwise": 0.5, "launch_ms": 0.03},
+    "cpu": {"matmul": 0.4, "attention": 0.2, "elementwise": 0.3, "launch_ms": 0.006},
 }
 CLASSES = ("matmul", "attention", "elementwise")
 
@@ -56,6 +56,8 @@ def rates(profile, dtype: str | None = None) -> Rates:
     """Per-unit times of ``profile`` (calibrated factors when present)."""
     e = efficiencies(profile)
     pf, bw = peak_flops(profile, dtype), bandwidth(profile)
-    overhead = profile.calibration.overhead_ms if profile.calibrated else 0.0
+    cal = profile.calibration if profile.calibrated else None
+    overhead = cal.overhead_ms if cal else 0.0
+    launch = cal.launch_ms if cal and cal.launch_ms is not None else e["launch_ms"]
     return Rates(matmul=1e3 / (pf * e["matmul"]), attention=1e3 / (pf * e["attention"]),
-                 elementwise=1e3 / (bw * e["elementwise"]), op=e["op_ms"], overhead=overhead)
+                 elementwise=1e3 / (bw * e["elementwise"]), op=launch, overhead=overhead)
