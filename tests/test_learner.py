@@ -97,8 +97,9 @@ def test_end_to_end_digits_learns():
     res = train(cfg, Scenario(dataset="digits", n_tasks=5), progress=False)
     assert res.acc_matrix.shape == (5, 5)
     # chance is 0.1 (argmax over all 10 classes); rehearsal-free class-incremental learning on a
-    # small Fashion-MNIST backbone forgets a lot, so the bar is 2x chance at the end, 3.5x on average
-    assert res.final_acc > 0.2, res.acc_matrix
-    assert res.avg_incremental_acc > 0.35, res.acc_matrix
-    assert res.acc_matrix[0, 0] > 0.6, res.acc_matrix     # the first task is learnt
+    # small Fashion-MNIST backbone forgets a lot. Measured with the committed weights: final 0.33,
+    # average incremental 0.51, first task 0.94; the bars leave room for numeric drift only.
+    assert res.final_acc > 0.25, res.acc_matrix
+    assert res.avg_incremental_acc > 0.42, res.acc_matrix
+    assert res.acc_matrix[0, 0] > 0.8, res.acc_matrix     # the first task is learnt
     assert not math.isnan(res.forgetting)
