@@ -53,14 +53,19 @@ class TaskPercentilePruner(BasePruner):
         return trial.intermediate_values[step] < float(np.percentile(others, self.percentile))
 
 
+STARTUP_TRIALS = 4
+
+
 def make_sampler(name: str, seed: int | None) -> optuna.samplers.BaseSampler:
     """TPE (default; multivariate, grouped for the conditional space, constant liar for parallel
     workers), GP, NSGA-II or random. All read the constraints set with ``trial.set_constraint``."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         if name == "tpe":
+            # few random start-up trials: budgets are tens of trained trials, the two enqueued
+            # references and every pre-screened (free) trial already count as observations
             return optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True, constant_liar=True,
-                                              n_startup_trials=8)
+                                              n_startup_trials=STARTUP_TRIALS)
         if name == "gp":
             # GP models the parameters every trial shares; conditional ones (AToM form, ALD on/off) fall
             # back to independent random sampling, by design of Optuna's GPSampler
