@@ -63,21 +63,16 @@ class Evaluation:
     trial_number: int | None = None
 
 
-def percent_scale(acc_matrix: Any) -> float:
-    """100 when the runtime reports accuracies as fractions in [0, 1], else 1."""
-    vals = [float(v) for row in acc_matrix for v in row if not math.isnan(float(v))]
-    return 100.0 if not vals or max(abs(v) for v in vals) <= 1.0 else 1.0
-
-
-def _pct(x: float | None, scale: float) -> float | None:
-    return None if x is None else float(x) * scale
+def _pct(x: float | None) -> float | None:
+    """TrainResult accuracies are fractions in [0, 1]; the study and reports use percent."""
+    return None if x is None else float(x) * 100.0
 
 
 def running_accuracy(acc_matrix: Any, task: int) -> float:
     """Average accuracy over tasks 0..task after training task ``task`` (row ``task``), in %."""
     row = [float(v) for v in list(acc_matrix[task])[: task + 1]]
     vals = [v for v in row if not math.isnan(v)]
-    return sum(vals) / len(vals) * percent_scale(acc_matrix) if vals else float("nan")
+    return sum(vals) / len(vals) * 100.0 if vals else float("nan")
 
 
 class Trainer:
@@ -134,16 +129,15 @@ class Trainer:
             with self._lock:
                 self.cache[h] = ev
             raise
-        scale = percent_scale(result.acc_matrix)
-        final = _pct(result.final_acc, scale)
+        final = _pct(result.final_acc)
         if final is None or math.isnan(final):
             raise FloatingPointError("training produced a NaN accuracy (diverged)")
         ev.state, ev.final_acc = "complete", final
-        ev.forgetting = _pct(getattr(result, "forgetting", None), scale)
-        ev.avg_incremental_acc = _pct(getattr(result, "avg_incremental_acc", None), scale)
-        ev.measured = getattr(result, "cost", None)
-        ev.iterations = int(getattr(result, "iterations", 0) or 0)
-        ev.seconds = float(getattr(result, "seconds", 0.0) or (time.perf_counter() - t0))
+        ev.forgetting = _pct(result.forgetting)
+        ev.avg_incremental_acc = _pct(result.avg_incremental_acc)
+        ev.measured = result.cost
+        ev.iterations = int(result.iterations)
+        ev.seconds = float(result.seconds)
         with self._lock:
             self.cache[h] = ev
         return ev
