@@ -20,12 +20,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="rep-tune", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, help_text in COMMANDS.items():
-        try:
-            module = importlib.import_module(f"rep_tune.cli.{name}")
-        except ModuleNotFoundError as e:
-            if e.name != f"rep_tune.cli.{name}":
-                raise
-            continue
+        module = importlib.import_module(f"rep_tune.cli.{name}")
         p = sub.add_parser(name, help=help_text, description=help_text)
         module.add_arguments(p)
         p.set_defaults(_run=module.run)
