@@ -104,6 +104,7 @@ class AldConfig:
     tau: int = 16
     alpha: float = 0.9
     reset_per_task: bool = True      # t counts iterations within the current task
+    schedule: Literal["ald", "pld"] = "ald"   # pld: DeepSpeed progressive layer dropping (depth-linear, no tau/alpha)
 
 
 @dataclass
@@ -120,6 +121,7 @@ class TrainingConfig:
     train_mask: bool = True          # mask logits of classes outside the current task while training
     eval_batch_size: int = 128
     seed: int = 0
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"   # autocast dtype of the frozen backbone's compute
 
     @property
     def effective_lr(self) -> float:

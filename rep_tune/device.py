@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from rep_tune.figures import METRICS, metric
 from rep_tune.schema import check, from_dict, read_mapping, to_dict, write_mapping
 
 PROFILE_VERSION = 1
@@ -30,15 +31,81 @@ class Spec:
     cpu: str | None = None
 
 
-@dataclass
+@dataclass(init=False)
 class Budgets:
-    """What one training iteration may cost on this device. Absolute (ms, MB, J) at ``batch_size``."""
+    """What one training iteration may cost on this device: one limit per registered cost metric
+    (``rep_tune.figures.METRICS``: latency_ms, peak_memory_mb, energy_j, ...), absolute, at
+    ``batch_size``. In the file the limits are flat keys (``latency_ms: 95``); unset = no limit.
+    """
 
-    latency_ms: float | None = None    # per training iteration at batch_size
     batch_size: int = 16
-    peak_memory_mb: float | None = None
-    energy_j: float | None = None      # per training iteration, optional
     rationale: str = ""                # why these numbers
+    limits: dict[str, float | None] = field(default_factory=dict)
+
+    def __init__(self, batch_size: int = 16, rationale: str = "", limits: dict[str, float | None] | None = None,
+                 **metric_limits: float | None) -> None:
+        object.__setattr__(self, "batch_size", batch_size)
+        object.__setattr__(self, "rationale", rationale)
+        object.__setattr__(self, "limits", {})
+        for name, value in {**dict(limits or {}), **metric_limits}.items():
+            setattr(self, name, value)
+
+    def __getattr__(self, name: str) -> float | None:
+        if name in METRICS:
+            return self.__dict__.get("limits", {}).get(name)
+        raise AttributeError(name)
+
+    def __setattr__(self, name: str, value) -> None:
+        if name in ("batch_size", "rationale", "limits"):
+            object.__setattr__(self, name, value)
+        else:
+            metric(name)                   # KeyError naming the known metrics
+            self.limits[name] = value
+
+    def items(self) -> list[tuple[str, float]]:
+        """(metric, limit) for every set limit, in registry order."""
+        return [(m, self.limits[m]) for m in METRICS if self.limits.get(m) is not None]
+
+    @classmethod
+    def __schema_in__(cls, data: dict, source: str | None, prefix: str) -> dict:
+        allowed = ("batch_size", "rationale", *METRICS)
+        for key in data:
+            check(key in allowed or key == "limits", source, f"{prefix}.{key}" if prefix else key,
+                  "one of " + ", ".join(allowed), key)
+        limits = dict(data.pop("limits", None) or {})
+        limits.update({k: data.pop(k) for k in list(data) if k in METRICS})
+        data["limits"] = limits
+        return data
+
+    def __schema_out__(self, plain: dict) -> dict:
+        return {**{m: self.limits.get(m) for m in METRICS}, "batch_size": self.batch_size,
+                "rationale": self.rationale}
+
+
+@dataclass
+class Workload:
+    """The training workload the budgets were written for: what is deployed on the device.
+
+    A search trains a *proxy* for accuracy (the embedded backbone by default) and prices the same
+    knobs on this workload with the cost model: ``backbone``/``surrogate`` at ``img_size``, at the
+    deployment's schedule (``epochs`` passes over ``images_per_task`` images per task, capped at
+    ``iters_per_task``), so ALD's decay and the query cache's first epoch are priced as deployed.
+    The batch size is ``budgets.batch_size``.
+    """
+
+    backbone: str = "vit_base_patch16_224"
+    surrogate: str | None = "vit_tiny_patch16_224"
+    img_size: int = 224
+    epochs: int = 5
+    images_per_task: int = 5000       # Split CIFAR-100 in 10 tasks: 5,000 training images per task
+    iters_per_task: int | None = None  # cap (the reference runtime's --budget_per_task); None = no cap
+    num_classes: int = 100
+    dataset: str = "cifar100"
+
+    def iterations(self, batch_size: int) -> int:
+        """Training iterations per task at ``batch_size``: ceil(epochs * images / batch), capped."""
+        n = -(-self.epochs * self.images_per_task // batch_size)
+        return min(n, self.iters_per_task) if self.iters_per_task else n
 
 
 @dataclass
@@ -82,6 +149,7 @@ class DeviceProfile:
     dtype: str = "fp32"                # dtype REP training runs in on this device
     spec: Spec = field(default_factory=Spec)
     budgets: Budgets = field(default_factory=Budgets)
+    workload: Workload = field(default_factory=Workload)
     calibration: Calibration | None = None
     telemetry: Literal["nvml", "jetson-ina3221", "rapl", "none"] = "none"
     identity: dict[str, Any] = field(default_factory=dict)   # model, driver, power mode, host
@@ -97,8 +165,7 @@ class DeviceProfile:
         check(self.spec.memory_bandwidth_gbs >= 0, source, "spec.memory_bandwidth_gbs", "number >= 0", self.spec.memory_bandwidth_gbs)
         b = self.budgets
         check(b.batch_size >= 1, source, "budgets.batch_size", "int >= 1", b.batch_size)
-        for name in ("latency_ms", "peak_memory_mb", "energy_j"):
-            v = getattr(b, name)
+        for name, v in b.limits.items():
             check(v is None or v > 0, source, f"budgets.{name}", "number > 0 or null", v)
         if self.spec.usable_memory_mb and b.peak_memory_mb:
             check(b.peak_memory_mb <= self.spec.usable_memory_mb, source, "budgets.peak_memory_mb",

@@ -1,5 +1,10 @@
-"""Cost figures that never travel without their source.
+"""Cost metrics and the figures that never travel without their source.
 
+``METRICS`` is the one registry of cost metrics (latency, peak memory, energy, ...): budgets,
+constraints, verdicts, CLI flags, trial records, CSV columns and plots all iterate over it, so a
+new metric is one ``register_metric`` call (plus the code that measures or predicts it).
+
+Sources of a figure:
 measured:    read from a counter or timer on the machine that ran the work
 integrated:  power samples integrated over time (NVML polling, INA3221 rails)
 predicted:   from the calibrated cost model
@@ -7,10 +12,74 @@ estimated:   from a spec-sheet power or an uncalibrated model (no counter availa
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Iterator, Literal, Mapping
 
 Source = Literal["measured", "integrated", "predicted", "estimated"]
+SOURCES: tuple[str, ...] = ("measured", "integrated", "predicted", "estimated")
+
+
+@dataclass(frozen=True)
+class Metric:
+    """A cost metric of one training iteration: its key, unit, CLI flag and how budgets treat it.
+
+    ``name`` is the key everywhere (``Cost`` attribute, ``budgets.<name>`` in a profile, the
+    constraint ``<name>@<device>``); ``flag`` is the CLI budget option (``--<flag>-budget``);
+    ``scales`` maps the unit suffixes a budget may be written in to factors into ``unit``;
+    ``default_relative`` is the budget applied, relative to the baseline's cost, when neither the
+    user nor the profile sets a binding one (None: the metric is constrained only when asked).
+    """
+
+    name: str
+    unit: str
+    flag: str
+    label: str
+    scales: Mapping[str, float]
+    default_relative: float | None = None
+    lower_is_better: bool = True
+
+    def parse_value(self, number: float, unit: str | None) -> float:
+        """``number`` in ``unit`` (one of ``scales``, case-insensitive) converted to this metric's unit."""
+        u = (unit or self.unit).lower()
+        if u not in self.scales:
+            raise ValueError(f"--{self.flag}-budget: unit {unit!r} is not one of {', '.join(self.scales)}")
+        return number * self.scales[u]
+
+
+METRICS: dict[str, Metric] = {}
+
+
+def register_metric(metric: Metric) -> Metric:
+    """Add ``metric`` to the registry (replacing one of the same name) and return it."""
+    METRICS[metric.name] = metric
+    return metric
+
+
+def unregister_metric(name: str) -> None:
+    """Remove a metric (tests that register a hypothetical one clean up with this)."""
+    METRICS.pop(name, None)
+
+
+def metric(name: str) -> Metric:
+    """The registered metric ``name``; KeyError naming the known ones otherwise."""
+    try:
+        return METRICS[name]
+    except KeyError:
+        raise KeyError(f"unknown cost metric {name!r}: expected one of {', '.join(METRICS)}") from None
+
+
+def metric_names() -> tuple[str, ...]:
+    return tuple(METRICS)
+
+
+LATENCY = register_metric(Metric("latency_ms", "ms", "latency", "time per training iteration",
+                                 {"ms": 1.0, "s": 1000.0, "us": 1e-3}, default_relative=0.8))
+MEMORY = register_metric(Metric("peak_memory_mb", "MB", "memory", "peak training memory",
+                                {"mb": 1.0, "mib": 1.0, "gb": 1024.0, "gib": 1024.0, "kb": 1 / 1024},
+                                default_relative=0.8))
+ENERGY = register_metric(Metric("energy_j", "J", "energy", "energy per training iteration",
+                                {"j": 1.0, "mj": 1e-3, "kj": 1e3}))
 
 
 @dataclass
@@ -23,25 +92,68 @@ class Figure:
     detail: str = ""     # e.g. "CUDA allocator peak", "RAPL package-0", "uncalibrated"
     machine: str = ""    # host or profile name
 
+    def __post_init__(self) -> None:
+        if self.source not in SOURCES:
+            raise ValueError(f"figure source: expected one of {', '.join(SOURCES)}, found {self.source!r}")
+
     def __str__(self) -> str:
         return f"{self.value:.4g} {self.unit} ({self.source}{', ' + self.detail if self.detail else ''})"
 
+    def to_dict(self) -> dict[str, Any]:
+        return {"value": None if not math.isfinite(self.value) else round(float(self.value), 6), "unit": self.unit,
+                "source": self.source, "detail": self.detail, "machine": self.machine}
 
-@dataclass
+
 class Cost:
-    """Cost of one training iteration of a RepConfig at its batch size (or of a whole run, per ``scope``)."""
+    """Cost of one training iteration of a RepConfig at its batch size (or of a whole run, per ``scope``).
 
-    latency_ms: Figure | None = None
-    peak_memory_mb: Figure | None = None
-    energy_j: Figure | None = None
-    scope: str = "iteration"
-    extras: dict[str, float] = field(default_factory=dict)   # e.g. flops, tokens, blocks run
+    Holds one optional Figure per registered metric: ``cost.latency_ms``, ``cost["energy_j"]``,
+    ``Cost(latency_ms=Figure(...))``. Unknown metric names are refused.
+    """
+
+    def __init__(self, figures: Mapping[str, Figure | None] | None = None, *, scope: str = "iteration",
+                 extras: dict[str, float] | None = None, **named: Figure | None) -> None:
+        self.figures: dict[str, Figure] = {}
+        for name, fig in {**dict(figures or {}), **named}.items():
+            metric(name)                       # refuses unknown names
+            if fig is not None:
+                self.figures[name] = fig
+        self.scope = scope
+        self.extras: dict[str, float] = dict(extras or {})
+
+    def __getattr__(self, name: str) -> Figure | None:
+        if name in METRICS:
+            return self.__dict__.get("figures", {}).get(name)
+        raise AttributeError(name)
+
+    def __getitem__(self, name: str) -> Figure | None:
+        metric(name)
+        return self.figures.get(name)
+
+    def get(self, name: str) -> Figure | None:
+        return self.figures.get(name)
+
+    def items(self) -> Iterator[tuple[str, Figure]]:
+        """(metric name, figure) in registry order, for the figures present."""
+        return ((m, self.figures[m]) for m in METRICS if m in self.figures)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Cost) and (self.figures, self.scope, self.extras) == (other.figures, other.scope, other.extras)
+
+    def __repr__(self) -> str:
+        figs = ", ".join(f"{k}={v}" for k, v in self.items())
+        return f"Cost({figs}, scope={self.scope!r})"
 
     def as_row(self) -> dict:
-        """Flat dict for CSV/YAML: value and source of each figure."""
+        """Flat dict for CSV/YAML: value and source of each registered metric."""
         row: dict = {}
-        for name in ("latency_ms", "peak_memory_mb", "energy_j"):
-            f = getattr(self, name)
+        for name in METRICS:
+            f = self.figures.get(name)
             row[name] = None if f is None else round(f.value, 6)
             row[f"{name}_source"] = None if f is None else f.source
         return row
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data: scope, each figure with its source, extras."""
+        return {"scope": self.scope, **{m: f.to_dict() for m, f in self.items()},
+                "extras": {k: float(v) for k, v in self.extras.items()}}

@@ -58,23 +58,44 @@ def keep_probability(t: int, merged: int, theta_min: float, gamma: float, tau: i
     return a * ((1.0 - theta_min) * math.exp(-gamma * t) + theta_min)
 
 
-def keep_probabilities(t: int, merge: Sequence[int], mergeable: int, theta_min: float, gamma: float,
-                       tau: int, alpha: float, protected_blocks: Sequence[int] = ()) -> list[float]:
-    """Keep probability of every block at iteration t; protected blocks always run (1.0)."""
-    prot = set(protected_blocks)
-    return [1.0 if i in prot else keep_probability(t, m, theta_min, gamma, tau, alpha)
+def pld_keep_probability(theta_t: float, block: int, depth: int) -> float:
+    """DeepSpeed progressive layer dropping: block i (0-based) of L keeps 1 - (i + 1) / L * (1 - theta(t)).
+
+    theta(t) = (1 - theta_min) * exp(-gamma t) + theta_min falls over time; the keep probability
+    falls linearly with depth, the last block reaching theta(t). No token-dependent term.
+    """
+    return 1.0 - (block + 1) / depth * (1.0 - theta_t)
+
+
+def _keep_all(theta_t: float, merge: Sequence[int], mergeable: int, tau: int, alpha: float,
+              protected_blocks: Sequence[int], kind: str) -> list[float]:
+    prot, depth = set(protected_blocks), len(merge)
+    if kind == "pld":
+        return [1.0 if i in prot else pld_keep_probability(theta_t, i, depth) for i in range(depth)]
+    if kind != "ald":
+        raise ValueError(f"ald.schedule: expected 'ald' or 'pld', found {kind!r}")
+    return [1.0 if i in prot else (alpha if m > tau else 1.0) * theta_t
             for i, m in enumerate(merged_before(merge, mergeable))]
 
 
+def keep_probabilities(t: int, merge: Sequence[int], mergeable: int, theta_min: float, gamma: float,
+                       tau: int, alpha: float, protected_blocks: Sequence[int] = (), kind: str = "ald") -> list[float]:
+    """Keep probability of every block at iteration t; protected blocks always run (1.0).
+
+    ``kind`` 'ald' is REP's adaptive layer dropping, 'pld' DeepSpeed's progressive layer dropping.
+    """
+    theta_t = (1.0 - theta_min) * math.exp(-gamma * t) + theta_min
+    return _keep_all(theta_t, merge, mergeable, tau, alpha, protected_blocks, kind)
+
+
 def mean_keep_probabilities(iterations: int, merge: Sequence[int], mergeable: int, theta_min: float,
-                            gamma: float, tau: int, alpha: float, protected_blocks: Sequence[int] = ()) -> list[float]:
-    """Per-block keep probability averaged over iterations t = 0..iterations-1 (closed form)."""
+                            gamma: float, tau: int, alpha: float, protected_blocks: Sequence[int] = (),
+                            kind: str = "ald") -> list[float]:
+    """Per-block keep probability averaged over iterations t = 0..iterations-1 (closed form).
+
+    Both schedules are linear in theta(t), so the mean uses the mean of exp(-gamma t).
+    """
     n = max(1, iterations)
     # mean of exp(-gamma t) over t = 0..n-1
     decay = 1.0 if gamma == 0 else (1 - math.exp(-gamma * n)) / (n * (1 - math.exp(-gamma)))
-    prot = set(protected_blocks)
-    out = []
-    for i, m in enumerate(merged_before(merge, mergeable)):
-        a = alpha if m > tau else 1.0
-        out.append(1.0 if i in prot else a * ((1 - theta_min) * decay + theta_min))
-    return out
+    return _keep_all((1 - theta_min) * decay + theta_min, merge, mergeable, tau, alpha, protected_blocks, kind)

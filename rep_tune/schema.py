@@ -110,6 +110,14 @@ def from_dict(cls: type[T], data: Any, *, source: str | None = None, prefix: str
         data = {}
     if not isinstance(data, dict):
         raise SchemaError(source, prefix or "<top>", f"mapping for {cls.__name__}", data)
+    dispatch = getattr(cls, "__schema_dispatch__", None)
+    if dispatch is not None:               # a tagged union: the data picks the concrete class
+        concrete = dispatch(data, source, prefix)
+        if concrete is not cls:
+            return from_dict(concrete, data, source=source, prefix=prefix)
+    hook = getattr(cls, "__schema_in__", None)
+    if hook is not None:                   # the class maps its file form onto its fields
+        data = hook(dict(data), source, prefix)
     hints = get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls) if f.init}
     unknown = sorted(set(data) - names)
@@ -129,7 +137,9 @@ def _join(prefix: str, name: str) -> str:
 def to_dict(obj: Any) -> Any:
     """Plain-data form (dicts, lists, scalars) of a dataclass tree, for YAML/JSON."""
     if dataclasses.is_dataclass(obj):
-        return {f.name: to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+        plain = {f.name: to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+        hook = getattr(obj, "__schema_out__", None)
+        return hook(plain) if hook is not None else plain
     if isinstance(obj, (list, tuple)):
         return [to_dict(v) for v in obj]
     if isinstance(obj, dict):

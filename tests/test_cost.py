@@ -210,8 +210,8 @@ def test_sources():
 
 # ---- verdict -----------------------------------------------------------------------------------
 def _cost(lat=100.0, mem=50.0, energy=None) -> Cost:
-    return Cost(Figure(lat, "ms", "predicted"), Figure(mem, "MB", "predicted"),
-                None if energy is None else Figure(energy, "J", "estimated"), extras={"batch_size": 16})
+    return Cost(latency_ms=Figure(lat, "ms", "predicted"), peak_memory_mb=Figure(mem, "MB", "predicted"),
+                energy_j=None if energy is None else Figure(energy, "J", "estimated"), extras={"batch_size": 16})
 
 
 def test_verdict_edges():

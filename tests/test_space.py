@@ -110,7 +110,7 @@ def test_parse_budget():
 
 
 def _cost(lat: float, mem: float, source: str = "predicted") -> Cost:
-    return Cost(Figure(lat, "ms", source), Figure(mem, "MB", source))
+    return Cost(latency_ms=Figure(lat, "ms", source), peak_memory_mb=Figure(mem, "MB", source))
 
 
 def test_resolve_relative_absolute_and_default():

@@ -140,7 +140,7 @@ def keep_probs(config, merge: list[int], mergeable: int, *, t: int | None, iters
 
 
 def _ald_key(d) -> tuple | None:
-    return (d.theta_min, d.gamma, d.tau, d.alpha) if d.enabled else None
+    return (d.theta_min, d.gamma, d.tau, d.alpha, d.schedule) if d.enabled else None
 
 
 @lru_cache(maxsize=4096)
@@ -152,9 +152,9 @@ def _schedule(merge: tuple, mergeable: int, n_prot: int, ald: tuple | None, t: i
     if ald is None:
         keep = [1.0] * len(merge)
     elif t is not None:
-        keep = schedule.keep_probabilities(t, merge, mergeable, *ald, protected)
+        keep = schedule.keep_probabilities(t, merge, mergeable, *ald[:4], protected, kind=ald[4])
     else:
-        keep = schedule.mean_keep_probabilities(iters, merge, mergeable, *ald, protected)
+        keep = schedule.mean_keep_probabilities(iters, merge, mergeable, *ald[:4], protected, kind=ald[4])
     return tuple(eff), tuple(toks), tuple(keep)
 
 

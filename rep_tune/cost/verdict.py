@@ -3,8 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-BUDGET_FIELDS = (("latency_ms", "latency_ms", "ms"), ("peak_memory_mb", "peak_memory_mb", "MB"),
-                 ("energy_j", "energy_j", "J"))
+from rep_tune.figures import METRICS
 
 
 @dataclass
@@ -57,11 +56,9 @@ def verdict(cost, budgets, margin: float = 0.0) -> Verdict:
     ``cost`` should be predicted at ``budgets.batch_size`` (see ``check``).
     """
     checks = []
-    for name, attr, unit in BUDGET_FIELDS:
-        limit = getattr(budgets, name)
-        if limit is None:
-            continue
-        fig = getattr(cost, attr)
+    for name, limit in budgets.items():
+        unit = METRICS[name].unit
+        fig = cost.get(name)
         if fig is None:
             checks.append(BudgetCheck(name, limit, None, unit, None, None, False, float("nan")))
             continue

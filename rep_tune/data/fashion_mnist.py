@@ -45,3 +45,26 @@ def load(scenario: Scenario) -> RawDataset:
     train = RawSplit(pad_to_32(xtr), ytr, np.arange(len(ytr)))
     test = RawSplit(pad_to_32(xte), yte, TEST_ID_OFFSET + np.arange(len(yte)))
     return RawDataset("fashion-mnist", f"fashion-mnist:{root.resolve()}", train, test, list(CLASSES))
+
+# ---- the pre-training / continual-learning split of the official training set ----------------
+# The embedded backbones are pre-trained on PRETRAIN (50,000 images); the continual benchmark
+# trains on the held-out rest (HOLDOUT_PER_CLASS per class = 10,000 images) and tests on the
+# official 10,000-image test set. No image the benchmark trains or tests on was seen in
+# pre-training: the analogue of ImageNet-21k -> CIFAR-100 in L2P/REP (same kind of classes,
+# other images). One definition, used by the scenario and by scripts/train_embedded_backbone.py.
+HOLDOUT_PER_CLASS = 1000
+HOLDOUT_SEED = 2025
+
+
+def holdout_split(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(pretrain positions, held-out positions) of the official training set, sorted.
+
+    Per class, a seeded permutation (``HOLDOUT_SEED``) picks ``HOLDOUT_PER_CLASS`` images for the
+    continual benchmark; the rest are for pre-training. Deterministic on any machine.
+    """
+    labels = np.asarray(labels)
+    rng = np.random.RandomState(HOLDOUT_SEED)
+    held = [rng.permutation(np.flatnonzero(labels == c))[:HOLDOUT_PER_CLASS] for c in np.unique(labels)]
+    held_out = np.sort(np.concatenate(held))
+    pretrain = np.setdiff1d(np.arange(len(labels)), held_out)
+    return pretrain, held_out

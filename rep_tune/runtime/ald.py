@@ -31,7 +31,7 @@ class LayerDropper:
             return [1.0] * self.depth
         c = self.cfg
         return keep_probabilities(t, self.merge, self.mergeable, c.theta_min, c.gamma, c.tau, c.alpha,
-                                  self.protected)
+                                  self.protected, kind=c.schedule)
 
     def sample(self, t: int) -> list[bool]:
         """Bernoulli(theta(t, l)) per block; draws one number per block every call (fixed stream use)."""

@@ -23,6 +23,10 @@ EMBEDDED = {
     "vit_micro_patch4_32": dict(img_size=32, patch_size=4, embed_dim=96, depth=12, num_heads=3),
     # selection surrogate: 6 blocks, width 64, 2 heads (about 4x cheaper than the backbone)
     "vit_pico_patch4_32": dict(img_size=32, patch_size=4, embed_dim=64, depth=6, num_heads=2),
+    # update backbone with ViT/16@224's token layout: 12 blocks, 28 px, patch 2 -> 14x14 = 196 patches + CLS
+    "vit_micro_patch2_28": dict(img_size=28, patch_size=2, embed_dim=96, depth=12, num_heads=3),
+    # selection surrogate: 6 blocks, width 64, same 196-patch grid
+    "vit_pico_patch2_28": dict(img_size=28, patch_size=2, embed_dim=64, depth=6, num_heads=2),
 }
 
 
@@ -30,7 +34,7 @@ def _cfg(name: str) -> dict:
     return {
         "file": str(WEIGHTS_DIR / f"{name}.fmnist.safetensors"),
         "num_classes": 10,
-        "input_size": (3, 32, 32),
+        "input_size": (3, EMBEDDED[name]["img_size"], EMBEDDED[name]["img_size"]),
         "mean": (0.5, 0.5, 0.5),
         "std": (0.5, 0.5, 0.5),
         "crop_pct": 1.0,
@@ -62,6 +66,18 @@ def vit_micro_patch4_32(pretrained: bool = False, **kwargs) -> VisionTransformer
 def vit_pico_patch4_32(pretrained: bool = False, **kwargs) -> VisionTransformer:
     """Embedded selection surrogate (0.3M parameters), pre-trained on Fashion-MNIST."""
     return _create("vit_pico_patch4_32", pretrained, **kwargs)
+
+
+@register_model
+def vit_micro_patch2_28(pretrained: bool = False, **kwargs) -> VisionTransformer:
+    """Embedded update backbone with ViT/16@224's 196-patch layout, pre-trained on Fashion-MNIST."""
+    return _create("vit_micro_patch2_28", pretrained, **kwargs)
+
+
+@register_model
+def vit_pico_patch2_28(pretrained: bool = False, **kwargs) -> VisionTransformer:
+    """Embedded selection surrogate (6 blocks, width 64, 196 patches), pre-trained on Fashion-MNIST."""
+    return _create("vit_pico_patch2_28", pretrained, **kwargs)
 
 
 # ---- loading: once per process, frozen ----------------------------------------------------
