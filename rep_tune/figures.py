@@ -75,7 +75,7 @@ def metric_names() -> tuple[str, ...]:
 
 LATENCY = register_metric(Metric("latency_ms", "ms", "latency", "time per training iteration",
                                  {"ms": 1.0, "s": 1000.0, "us": 1e-3}, default_relative=0.8))
-MEMORY = register_metric(Metric("peak_memory_mb", "MB", "memory", "peak training memory",
+MEMORY = register_metric(Metric("peak_memory_mb", "MiB", "memory", "peak training memory (MiB = 2**20 bytes)",
                                 {"mb": 1.0, "mib": 1.0, "gb": 1024.0, "gib": 1024.0, "kb": 1 / 1024},
                                 default_relative=0.8))
 ENERGY = register_metric(Metric("energy_j", "J", "energy", "energy per training iteration",

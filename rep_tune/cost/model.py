@@ -67,5 +67,5 @@ def predict(config, profile, *, iters_per_task: int | None = None, t: int | None
         optimizer_state=c.optimizer_state, workspace_mb=c.dtype_bytes * c.transient_elems / MB,
     )
     return Cost(latency_ms=Figure(lat, "ms", source, detail, machine),
-                peak_memory_mb=Figure(mem, "MB", source, detail + "; worst case over ALD", machine),
+                peak_memory_mb=Figure(mem, "MiB", source, detail + "; worst case over ALD", machine),
                 energy_j=energy, scope="iteration", extras=extras)
