@@ -30,7 +30,7 @@ from pathlib import Path
 import torch
 
 from rep_tune.data.scenario import Scenario
-from rep_tune.search.optuna_backend import is_trained
+from rep_tune.search.record import read_all
 from rep_tune.search.run import SearchSettings, search
 
 
@@ -51,39 +51,39 @@ def run_one(method: str, seed: int, args, root: Path) -> dict:
         overrides={"training.epochs": 1, "training.iters_per_task": args.iters_per_task, **_pretrained()},
         n_trials=args.trials, timeout=None, sampler="tpe" if rep else "random", seed=seed,
         pruner="percentile" if rep else "none", prescreen=rep, references=rep, margin=args.margin,
-        run_dir=str(root / f"{method}-seed{seed}"), progress=False)
+        deploy_backbone=args.deploy_backbone, run_dir=str(root / f"{method}-seed{seed}"), progress=False)
     t0 = time.perf_counter()
     outcome = search(settings, out=io.StringIO())
     wall = time.perf_counter() - t0
     target = outcome.targets[0]
     key = target.key
-    trials = sorted(outcome.study.get_trials(deepcopy=False), key=lambda t: t.number)
+    recs = sorted(read_all(outcome.study.get_trials(deepcopy=False)), key=lambda r: r.number)
     curve, best, wasted, ref_s, n_pre, n_pruned = [], float("-inf"), 0.0, 0.0, 0, 0
     paper = None
-    for t in trials:
-        ua = t.user_attrs
-        n_pre += bool(ua.get("prescreened"))
-        if ua.get("role") == "paper" and t.value is not None:
-            paper = t
-        if not is_trained(t):
+    for r in recs:
+        n_pre += r.prescreened
+        if r.role == "paper" and r.scored:
+            paper = r
+        if not r.paid:
             continue
-        n_pruned += t.state.name == "PRUNED"
-        secs = float(ua.get("train_seconds") or 0.0)
-        ruled_out = any(ua.get(f"predicted_{m}@{key}", 0) > b.value * (1 + args.margin)
+        n_pruned += r.state.name == "PRUNED"
+        secs = float(r.train_seconds or 0.0)
+        pred = r.devices[key].predicted if key in r.devices else {}
+        ruled_out = any(m in pred and pred[m].value > b.value * (1 + args.margin)
                         for m, b in target.budgets.budgets.items())
-        if ua.get("role"):
+        if r.role:
             ref_s += secs
         elif ruled_out:
             wasted += secs
-        if t.state.name == "COMPLETE" and ua.get(f"feasible@{key}") and t.value is not None:
-            best = max(best, t.value)
+        if r.scored and r.feasible(key):
+            best = max(best, 100 * r.final_acc)
         curve.append(best)
     b = outcome.bests.get(key)
     vs_paper = None
     if b is not None and paper is not None:
-        vs_paper = {"acc_points": b.value - paper.value,
-                    "latency_ratio": b.user_attrs[f"latency_ms@{key}"] / paper.user_attrs[f"latency_ms@{key}"],
-                    "paper_feasible": bool(paper.user_attrs.get(f"feasible@{key}"))}
+        vs_paper = {"acc_points": 100 * (b.final_acc - paper.final_acc),
+                    "latency_ratio": b.value_of("latency_ms", key) / paper.value_of("latency_ms", key),
+                    "paper_feasible": paper.feasible(key)}
     return {"method": method, "seed": seed, "curve": curve, "best": best if best > float("-inf") else None,
             "wasted_s": wasted, "ref_s": ref_s, "prescreened": n_pre, "pruned": n_pruned, "wall_s": wall,
             "vs_paper": vs_paper, "budgets": target.budgets.describe(), "run_dir": settings.run_dir}
@@ -104,6 +104,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--iters-per-task", type=int, default=6)
     p.add_argument("--max-per-class", type=int, default=40)
     p.add_argument("--margin", type=float, default=0.1)
+    p.add_argument("--deploy-backbone", default=None,
+                   help="deployment backbone costs are priced on (default: the profile's workload)")
     p.add_argument("--out", default="runs/bench_search")
     p.add_argument("--threads", type=int, default=1, help="torch threads (1: the cores are shared)")
     args = p.parse_args(argv)

@@ -120,11 +120,12 @@ def test_resolve_relative_absolute_and_default():
                              "peak_memory_mb": parse_budget("30", "peak_memory_mb")})
     assert b.budgets["latency_ms"].value == pytest.approx(12.0) and b.budgets["latency_ms"].relative == 0.6
     assert b.budgets["peak_memory_mb"].value == 30.0 and b.budgets["peak_memory_mb"].relative is None
-    # no flags: the profile's budgets do not bind the tiny baseline -> default relative budgets, with a note
+    # no flags: the profile's absolute budgets bind as written, even when the baseline fits them (a note
+    # says so); no fallback to relative budgets (issue 8: costs are priced on the deployment they were written for)
     d = resolve(prof, base)
-    assert d.budgets["latency_ms"].value == pytest.approx(16.0)
-    assert d.budgets["peak_memory_mb"].value == pytest.approx(32.0)
-    assert len(d.notes) == 2 and "does not bind" in d.notes[0]
+    assert d.budgets["latency_ms"].value == 95.0
+    assert d.budgets["peak_memory_mb"].value == 45000.0
+    assert len(d.notes) == 2 and "fits it already" in d.notes[0]
     # a binding profile budget is kept as is
     k = resolve(prof, _cost(120.0, 40.0))
     assert k.budgets["latency_ms"].value == 95.0 and "profile" in k.budgets["latency_ms"].basis

@@ -1,16 +1,19 @@
-"""Hardware-aware search over REP configs (Optuna; optional Ray Tune driver).
+"""Hardware-aware search over REP configs: one trial loop, Optuna storage, local-thread or Ray executors.
 
     space.py          SearchSpace: search_spaces/*.yaml -> Optuna distributions -> RepConfig
-    budgets.py        absolute / relative-to-baseline budgets, resolved per device
-    targets.py        device profiles as search targets; measured vs predicted cost
-    objective.py      Trainer (train once per config), prescreen, Objective (constraints, pruning)
-    optuna_backend.py storage (SQLite + heartbeat), samplers, TaskPercentilePruner, optimize loop
-    ray_backend.py    the same objective driven through Ray workers (ask/tell, constraints kept)
+    budgets.py        absolute / relative-to-baseline budgets per device (iterates figures.METRICS)
+    targets.py        devices as targets: the deployment each prices on (proxy accuracy, deployment cost)
+    record.py         the trial record: every attribute key, how it is written and read (TrialRecord)
+    objective.py      Trainer (one training), prescreen, Objective (plan each trial, finish it)
+    loop.py           run_trials: the one trial loop; the Executor interface; ThreadExecutor
+    ray_backend.py    RayExecutor: the same loop, trainings as Ray tasks
+    optuna_backend.py shared SQLite storage, samplers, TaskPercentilePruner, counting, liveness
     report.py         best_<device>.yaml, pareto_<device>.csv/.png, trials.csv, summary table
-    run.py            search(settings): the whole flow, and resume
+    run.py            SearchSettings (the defaults) and search(settings): the whole flow, resume, join
 """
 from rep_tune.search.budgets import BudgetRequest, DeviceBudgets, parse_budget, resolve
 from rep_tune.search.objective import Objective, Trainer, prescreen
+from rep_tune.search.record import TrialRecord
 from rep_tune.search.space import SearchSpace, config_hash
 from rep_tune.search.targets import Target, load_targets
 
@@ -22,6 +25,7 @@ __all__ = [
     "SearchSpace",
     "Target",
     "Trainer",
+    "TrialRecord",
     "config_hash",
     "load_targets",
     "parse_budget",

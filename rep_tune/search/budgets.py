@@ -1,34 +1,39 @@
 """Budgets the search applies per target device: absolute, or relative to the baseline's cost.
 
-A profile's budgets are written for real workloads (ViT-Ti/B at 224 px). The embedded default's
-tiny backbone meets them with any config, so a search under them shows no trade-off. Budgets
-can therefore be given relative to the cost of the *baseline* preset (no surrogate, no AToM,
-no ALD) on the same device: ``--latency-budget 0.6x`` means 60% of the baseline's latency per
-training iteration there (its predicted cost, or its measured cost when the target is this
-machine). The resolved absolute value is what constraints use and what outputs record.
+Every metric comes from the one registry ``rep_tune.figures.METRICS`` (name, unit, CLI flag,
+unit suffixes, default relative budget); nothing here names a metric.
 
-Default policy when no budget flag is given, per metric:
-  * the profile's absolute budget when it binds (the baseline's cost exceeds it);
-  * otherwise DEFAULT_RELATIVE (latency 0.8x, memory 0.8x of the baseline), with a note saying
-    the profile's budget did not bind. Energy is constrained only when a budget is given
-    (by flag or by the profile).
+Policy per device and metric, in order:
+  1. a flag (``--latency-budget 0.6x`` relative to the baseline's cost on that device, or an
+     absolute ``250ms``) wins;
+  2. else the profile's absolute budget binds, as written: the costs it is compared with are the
+     deployment's (the profile's ``workload`` backbone at its schedule, see ``targets``), which is
+     what the budget was written for. There is no fallback to a relative budget when the baseline
+     already fits it: a note says so, and the search then answers "the most accurate config
+     within the budget";
+  3. else (the profile sets no budget for the metric, e.g. ``--device local`` or a fresh
+     ``rep-tune profile``), the metric's ``default_relative`` ratio of the baseline's cost
+     (latency 0.8x, memory 0.8x), with a note, so that a profile without budgets still asks for a
+     trade-off; a metric without a default (energy) is then unconstrained.
+
+The baseline's cost is the prediction on the deployment (or the measurement, for a local target).
+The resolved absolute values are what the constraints use and what the outputs record.
 """
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass, field
 
 from rep_tune.device import DeviceProfile
-from rep_tune.figures import Cost
+from rep_tune.figures import METRICS, Cost, metric
 
-METRICS = ("latency_ms", "peak_memory_mb", "energy_j")
-UNITS = {"latency_ms": "ms", "peak_memory_mb": "MB", "energy_j": "J"}
-SHORT = {"latency_ms": "latency", "peak_memory_mb": "memory", "energy_j": "energy"}
-DEFAULT_RELATIVE = {"latency_ms": 0.8, "peak_memory_mb": 0.8}
-_UNIT_SCALE = {"latency_ms": {"ms": 1.0, "s": 1000.0, "us": 1e-3},
-               "peak_memory_mb": {"mb": 1.0, "mib": 1.0, "gb": 1024.0, "gib": 1024.0, "kb": 1 / 1024},
-               "energy_j": {"j": 1.0, "mj": 1e-3, "kj": 1e3}}
 _BUDGET = re.compile(r"^\s*(?P<num>[0-9]*\.?[0-9]+(?:[eE][-+]?\d+)?)\s*(?P<unit>[a-zA-Z]*)\s*$")
+
+
+def flag(metric_name: str) -> str:
+    """The CLI option of a metric's budget: ``--latency-budget``."""
+    return f"--{metric(metric_name).flag}-budget"
 
 
 @dataclass(frozen=True)
@@ -40,34 +45,34 @@ class BudgetRequest:
     relative: bool
 
     def __str__(self) -> str:
-        return f"{self.value:g}x baseline" if self.relative else f"{self.value:g} {UNITS[self.metric]}"
+        return f"{self.value:g}x baseline" if self.relative else f"{self.value:g} {METRICS[self.metric].unit}"
 
 
-def parse_budget(text: str, metric: str) -> BudgetRequest:
+def parse_budget(text: str, metric_name: str) -> BudgetRequest:
     """Parse ``0.6x`` / ``60%`` (relative) or ``250`` / ``250ms`` / ``2GB`` (absolute, in the metric's unit)."""
+    spec = metric(metric_name)
     s = str(text).strip().lower()
     if s.endswith("%"):
-        return BudgetRequest(metric, _positive(s[:-1], text, metric) / 100.0, True)
+        return BudgetRequest(metric_name, _positive(s[:-1], text, metric_name) / 100.0, True)
     if s.endswith("x"):
-        return BudgetRequest(metric, _positive(s[:-1], text, metric), True)
+        return BudgetRequest(metric_name, _positive(s[:-1], text, metric_name), True)
     m = _BUDGET.match(s)
     if not m:
-        raise ValueError(f"--{SHORT[metric]}-budget: expected a number with an optional unit "
-                         f"({', '.join(_UNIT_SCALE[metric])}) or a ratio like 0.6x, found {text!r}")
-    unit = m["unit"] or UNITS[metric].lower()
-    scale = _UNIT_SCALE[metric].get(unit)
-    if scale is None:
-        raise ValueError(f"--{SHORT[metric]}-budget: unit {m['unit']!r} not one of {', '.join(_UNIT_SCALE[metric])}")
-    return BudgetRequest(metric, _positive(m["num"], text, metric) * scale, False)
+        raise ValueError(f"{flag(metric_name)}: expected a number with an optional unit "
+                         f"({', '.join(spec.scales)}) or a ratio like 0.6x, found {text!r}")
+    unit = m["unit"] or spec.unit.lower()
+    if unit not in spec.scales:
+        raise ValueError(f"{flag(metric_name)}: unit {m['unit']!r} is not one of {', '.join(spec.scales)}")
+    return BudgetRequest(metric_name, _positive(m["num"], text, metric_name) * spec.scales[unit], False)
 
 
-def _positive(num: str, text: str, metric: str) -> float:
+def _positive(num: str, text: str, metric_name: str) -> float:
     try:
         v = float(num)
     except ValueError:
-        raise ValueError(f"--{SHORT[metric]}-budget: expected a positive number, found {text!r}") from None
-    if v <= 0:
-        raise ValueError(f"--{SHORT[metric]}-budget: expected a positive number, found {text!r}")
+        raise ValueError(f"{flag(metric_name)}: expected a positive number, found {text!r}") from None
+    if not (math.isfinite(v) and v > 0):
+        raise ValueError(f"{flag(metric_name)}: expected a positive finite number, found {text!r}")
     return v
 
 
@@ -82,7 +87,7 @@ class ResolvedBudget:
     baseline: float | None = None       # the baseline's cost it was resolved against
 
     def to_dict(self) -> dict:
-        return {"value": round(self.value, 6), "unit": UNITS[self.metric], "basis": self.basis,
+        return {"value": round(self.value, 6), "unit": METRICS[self.metric].unit, "basis": self.basis,
                 "relative": self.relative, "baseline": None if self.baseline is None else round(self.baseline, 6)}
 
 
@@ -99,42 +104,51 @@ class DeviceBudgets:
         return {"batch_size": self.batch_size, **{m: b.to_dict() for m, b in self.budgets.items()},
                 "notes": list(self.notes)}
 
+    @classmethod
+    def from_dict(cls, device: str, data: dict) -> DeviceBudgets:
+        """Inverse of ``to_dict`` (run.yaml keeps the budgets a run resolved, for resume)."""
+        return cls(device, int(data["batch_size"]), {
+            m: ResolvedBudget(m, float(v["value"]), v["basis"], v.get("relative"), v.get("baseline"))
+            for m, v in data.items() if m in METRICS}, list(data.get("notes", [])))
+
+    def limits(self) -> dict[str, float]:
+        """metric -> absolute limit."""
+        return {m: b.value for m, b in self.budgets.items()}
+
     def describe(self) -> str:
-        parts = [f"{SHORT[m]} <= {b.value:.4g} {UNITS[m]} [{b.basis}]" for m, b in self.budgets.items()]
+        parts = [f"{METRICS[m].flag} <= {b.value:.4g} {METRICS[m].unit} [{b.basis}]" for m, b in self.budgets.items()]
         return f"{self.device}: " + ("; ".join(parts) if parts else "no budget")
 
 
-def resolve(profile: DeviceProfile, baseline: Cost, requests: dict[str, BudgetRequest] | None = None,
-            *, default_relative: dict[str, float] | None = None) -> DeviceBudgets:
+def resolve(profile: DeviceProfile, baseline: Cost, requests: dict[str, BudgetRequest] | None = None) -> DeviceBudgets:
     """Absolute budgets on ``profile`` from the user's requests, the profile and the baseline's cost there."""
     requests = requests or {}
-    defaults = DEFAULT_RELATIVE if default_relative is None else default_relative
     out = DeviceBudgets(profile.name, profile.budgets.batch_size)
-    for metric in METRICS:
-        fig = getattr(baseline, metric)
+    for name, spec in METRICS.items():
+        fig = baseline.get(name)
         base = None if fig is None else float(fig.value)
         src = "" if fig is None else fig.source
-        req = requests.get(metric)
+        unit = spec.unit
+        req = requests.get(name)
+        absolute = profile.budgets.limits.get(name)
         if req is not None and req.relative:
             if base is None:
-                raise ValueError(f"--{SHORT[metric]}-budget {req}: the baseline has no {metric} figure on {profile.name}")
-            out.budgets[metric] = ResolvedBudget(metric, req.value * base, f"{req.value:g}x baseline ({src} {base:.4g} {UNITS[metric]})",
-                                                 req.value, base)
+                raise ValueError(f"{flag(name)} {req}: the baseline has no {name} figure on {profile.name}")
+            out.budgets[name] = ResolvedBudget(name, req.value * base, f"{req.value:g}x baseline ({src} {base:.4g} {unit})",
+                                               req.value, base)
         elif req is not None:
-            out.budgets[metric] = ResolvedBudget(metric, req.value, "--" + SHORT[metric] + "-budget", None, base)
-        else:
-            absolute = getattr(profile.budgets, metric)
-            if absolute is not None and (base is None or base > absolute):
-                out.budgets[metric] = ResolvedBudget(metric, float(absolute), f"profile budgets.{metric}", None, base)
-            elif metric in defaults and base is not None:
-                ratio = defaults[metric]
-                out.budgets[metric] = ResolvedBudget(metric, ratio * base, f"default {ratio:g}x baseline ({src} {base:.4g} {UNITS[metric]})",
-                                                     ratio, base)
-                if absolute is not None:
-                    out.notes.append(f"profile budgets.{metric} = {absolute:g} {UNITS[metric]} does not bind "
-                                     f"(the baseline needs {base:.4g}): applied {ratio:g}x baseline instead")
-            elif absolute is not None:
-                out.budgets[metric] = ResolvedBudget(metric, float(absolute), f"profile budgets.{metric}", None, base)
+            out.budgets[name] = ResolvedBudget(name, req.value, flag(name), None, base)
+        elif absolute is not None:
+            out.budgets[name] = ResolvedBudget(name, float(absolute), f"profile budgets.{name}", None, base)
+            if base is not None and base <= absolute:
+                out.notes.append(f"profile budgets.{name} = {absolute:g} {unit}: the baseline fits it already "
+                                 f"({src} {base:.4g} {unit}); the search looks for the most accurate config within it")
+        elif spec.default_relative is not None and base is not None:
+            ratio = spec.default_relative
+            out.budgets[name] = ResolvedBudget(name, ratio * base, f"default {ratio:g}x baseline ({src} {base:.4g} {unit})",
+                                               ratio, base)
+            out.notes.append(f"profile {profile.name} sets no budgets.{name}: applied {ratio:g}x the baseline's "
+                             f"(set one with {flag(name)})")
     return out
 
 

@@ -1,29 +1,38 @@
-"""The search objective: sample -> pre-screen -> train once -> report per task -> constraints.
+"""The objective: plan each asked trial (pre-screened / refused / cached replay / train / wait), and
+finish it (record, constraints, tell). Trainings themselves run on an executor (``loop.py``).
 
-One objective, the final average accuracy (percent) after the last task, so Optuna's pruners
-work; forgetting, training time and every cost figure are user attributes. Latency, memory
-(and energy when budgeted) are constraints ``latency_ms@<device> = cost / budget - 1`` (<= 0
-feasible, see ``budgets.violation``), set with Optuna 5's ``trial.set_constraint`` for every
-target device. With several devices the sampler sees the whole vector; the best config per
-device is chosen from the per-device user attributes (``feasible@<device>``).
+One objective value (see ``record.objective_value``): the final average accuracy after the last
+task when the config meets every budget, else that accuracy minus 1, so that Optuna's pruners work
+on per-task reports and every infeasible trial ranks below every feasible one. Latency, memory
+(and energy when budgeted) are constraints ``<metric>@<device> = cost / budget - 1`` (<= 0
+feasible) for every target device; the best config per device is chosen from ``feasible@<device>``.
 
-Pre-screening: the cost model prices the candidate on every target *before* training. When it
-is over a budget by more than ``margin`` on every target, the trial is never trained: it
-completes with the placeholder accuracy ``PRESCREEN_VALUE`` (0.0), its predicted constraints,
-``prescreened = True`` and the reason. TPE and GP rank infeasible trials by their constraint
-violation, not by the value, so the placeholder does not mislead them; reports exclude
-prescreened trials.
+Plans, decided in the driver for each asked trial:
 
-Accuracy is device-independent: a config (by ``config_hash``) is trained at most once per run;
-a repeat proposal replays the cached per-task reports and result (``cached_from``). The cache is
-rebuilt from the study's storage on resume.
+  refused      the space or the deployment mapping rejects the config (``MappingError``): FAIL
+               with ``error``, never trained.
+  prescreened  the cost model puts it over budget by more than ``margin`` on every target: it is
+               never trained; COMPLETE with ``PRESCREENED_VALUE``, its predicted constraints and the
+               reason. TPE/NSGA-II rank infeasible trials by their violations. Reference points
+               (``role``) are trained anyway, so results state their gain over both.
+  cached       the config (by ``config_hash``) was trained before, in this process or any process
+               sharing the study: its per-task reports and result are replayed (``cached_from``).
+  train        this trial trains the config; the executor runs it and the driver finishes it.
+  wait         another live trial (any process) is training the same config: this one waits for
+               its result and replays it; if that trial dies, this one plans again.
+
+Deciding *train* vs *wait* across processes (no config trained twice): a trial first writes its
+claim (``config_hash``), then reads the other live claims of that hash and writes its decision
+(``trained``). It waits for a result when another claim decided to train or has a lower trial
+number; otherwise it waits (briefly) for the higher-numbered undecided claims to decide, and
+trains unless one of them did. Since each trial writes before it reads, of two concurrent claims
+at least one sees the other, so at most one trains; the lowest live claim trains when no other
+does. Only Optuna's storage API is used, so it holds for any storage several processes share.
 
 Per-task reports: after task t the running average accuracy over the tasks seen so far is
-reported at step t; every config sees the same class order, so values at one step compare.
-
-Failures: an exception in training (OOM, NaN loss, a bad combination) is recorded in the trial's
-``error`` attribute and re-raised; the backend runs with ``catch=(Exception,)`` so the trial is
-FAIL and the search goes on.
+reported at step t (a fraction); every config sees the same class order, so values at one step
+compare. Failures: an exception in training is recorded in ``error`` and the trial FAILs; the
+search goes on.
 """
 from __future__ import annotations
 
@@ -35,48 +44,59 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import optuna
+from optuna.trial import FrozenTrial, TrialState
 
 from rep_tune.config import RepConfig
 from rep_tune.data.scenario import Scenario
-from rep_tune.figures import Cost, Figure
-from rep_tune.search.budgets import METRICS, UNITS, violation
+from rep_tune.figures import METRICS, Cost
+from rep_tune.search import record
+from rep_tune.search.record import RecordWriter, TrialRecord
 from rep_tune.search.space import SearchSpace, config_hash
 from rep_tune.search.targets import Target
 
-PRESCREEN_VALUE = 0.0
 NUM_CLASSES = {"digits": 10, "fashion-mnist": 10, "cifar100": 100, "imagenet-r": 200}
+DECIDE_WAIT_S = 10.0          # longest wait for another claim's decision (they decide within milliseconds)
 
 
 @dataclass
 class Evaluation:
-    """What training one config produced (device-independent, except ``measured``)."""
+    """What training one config produced (device-independent, except ``measured``). Fractions."""
 
     config_hash: str
     state: str                                   # complete | pruned
-    task_acc: list[float] = field(default_factory=list)   # running average accuracy after each task (%)
-    final_acc: float | None = None               # %
-    forgetting: float | None = None              # points
-    avg_incremental_acc: float | None = None     # %
+    task_acc: list[float] = field(default_factory=list)   # running average accuracy after each task
+    final_acc: float | None = None
+    forgetting: float | None = None
+    avg_incremental_acc: float | None = None
     measured: Cost | None = None
     seconds: float = 0.0
     iterations: int = 0
-    trial_number: int | None = None
+    trial_number: int | None = None              # the trial that trained it (None: trained outside a trial)
+    pruned_at_task: int | None = None
+    stopped: str | None = None
 
-
-def _pct(x: float | None) -> float | None:
-    """TrainResult accuracies are fractions in [0, 1]; the study and reports use percent."""
-    return None if x is None else float(x) * 100.0
+    @classmethod
+    def from_record(cls, r: TrialRecord) -> Evaluation:
+        """A finished trial's result, for replay in another trial (any process)."""
+        complete = r.state == TrialState.COMPLETE
+        return cls(r.config_hash or "", "complete" if complete else "pruned", list(r.task_acc), r.final_acc,
+                   r.forgetting, r.avg_incremental_acc, r.measured, float(r.train_seconds or 0.0),
+                   int(r.iterations or 0), r.cached_from if r.cached_from is not None else r.number,
+                   r.pruned_at_task, r.stopped)
 
 
 def running_accuracy(acc_matrix: Any, task: int) -> float:
-    """Average accuracy over tasks 0..task after training task ``task`` (row ``task``), in %."""
+    """Average accuracy over tasks 0..task after training task ``task`` (row ``task``), a fraction."""
     row = [float(v) for v in list(acc_matrix[task])[: task + 1]]
     vals = [v for v in row if not math.isnan(v)]
-    return sum(vals) / len(vals) * 100.0 if vals else float("nan")
+    return sum(vals) / len(vals) if vals else float("nan")
 
 
 class Trainer:
-    """Trains configs on one scenario, each at most once (cache by config hash); thread-safe."""
+    """Trains one config on the scenario (``train_fn`` is the seam tests replace); thread-safe.
+
+    ``cache`` holds this process's results by config hash; the study's storage holds everyone's.
+    """
 
     def __init__(self, scenario: Scenario, train_fn: Callable | None = None, *, progress: bool = False):
         self.scenario = scenario
@@ -87,9 +107,10 @@ class Trainer:
         self._lock = threading.Lock()
 
     def __getstate__(self) -> dict:
-        """Picklable for Ray workers: the lock is recreated, the cache travels."""
+        """Picklable for Ray workers: the lock is recreated, the cache stays with the driver."""
         state = dict(self.__dict__)
         state.pop("_lock")
+        state["cache"] = {}
         return state
 
     def __setstate__(self, state: dict) -> None:
@@ -107,8 +128,13 @@ class Trainer:
         with self._lock:
             return self.cache.get(cfg_hash)
 
+    def remember(self, ev: Evaluation) -> None:
+        with self._lock:
+            self.cache[ev.config_hash] = ev
+
     def train(self, config: RepConfig, on_task: Callable[[int, float], None] | None = None) -> Evaluation:
-        """Train ``config``; ``on_task(task, running_acc)`` after each task may raise TrialPruned."""
+        """Train ``config``; ``on_task(task, running_acc)`` after each task may raise TrialPruned,
+        which is re-raised with the partial Evaluation as its ``evaluation`` attribute."""
         h = config_hash(config)
         ev = Evaluation(h, "pruned")
         t0 = time.perf_counter()
@@ -124,40 +150,21 @@ class Trainer:
             self.calls += 1
         try:
             result = self.train_fn(config, self.scenario, callbacks=(callback,), progress=self.progress)
-        except optuna.TrialPruned:
+        except optuna.TrialPruned as e:
             ev.seconds = time.perf_counter() - t0
-            with self._lock:
-                self.cache[h] = ev
+            e.evaluation = ev
             raise
-        final = _pct(result.final_acc)
+        final = None if result.final_acc is None else float(result.final_acc)
         if final is None or math.isnan(final):
             raise FloatingPointError("training produced a NaN accuracy (diverged)")
         ev.state, ev.final_acc = "complete", final
-        ev.forgetting = _pct(result.forgetting)
-        ev.avg_incremental_acc = _pct(result.avg_incremental_acc)
+        ev.forgetting = None if result.forgetting is None else float(result.forgetting)
+        ev.avg_incremental_acc = None if result.avg_incremental_acc is None else float(result.avg_incremental_acc)
         ev.measured = result.cost
         ev.iterations = int(result.iterations)
         ev.seconds = float(result.seconds)
-        with self._lock:
-            self.cache[h] = ev
+        self.remember(ev)
         return ev
-
-    def restore(self, trials: Sequence[optuna.trial.FrozenTrial]) -> None:
-        """Refill the cache from a study's finished trained trials (resume)."""
-        for t in trials:
-            ua = t.user_attrs
-            h = ua.get("config_hash")
-            if not h or ua.get("prescreened") or h in self.cache:
-                continue
-            if t.state == optuna.trial.TrialState.COMPLETE and t.value is not None:
-                self.cache[h] = Evaluation(h, "complete", [t.intermediate_values[k] for k in sorted(t.intermediate_values)],
-                                           float(t.value), ua.get("forgetting"), ua.get("avg_incremental_acc"),
-                                           _cost_from_attrs(ua), float(ua.get("train_seconds", 0.0)), 0, t.number)
-
-
-def _cost_from_attrs(ua: dict) -> Cost | None:
-    figs = {m: Figure(ua[f"measured_{m}"], UNITS[m], "measured") for m in METRICS if ua.get(f"measured_{m}") is not None}
-    return Cost(**figs) if figs else None
 
 
 @dataclass
@@ -174,125 +181,208 @@ def prescreen(predicted: dict[str, Cost], targets: Sequence[Target], margin: flo
     for t in targets:
         over = []
         for m, b in (t.budgets.budgets.items() if t.budgets else []):
-            fig = getattr(predicted[t.key], m)
+            fig = predicted[t.key].get(m)
             if fig is not None and fig.value > b.value * (1.0 + margin):
-                over.append(f"{m} {fig.value:.4g} > {b.value:.4g} {UNITS[m]} (+{100 * (fig.value / b.value - 1):.0f}%) on {t.key}")
+                over.append(f"{m} {fig.value:.4g} > {b.value:.4g} {METRICS[m].unit} "
+                            f"(+{100 * (fig.value / b.value - 1):.0f}%) on {t.key}")
         reasons += over
         any_ok |= not over
     return Screen(any_ok or not targets, [] if any_ok else reasons)
 
 
+# ---- plans -----------------------------------------------------------------------------------
+REFUSED, PRESCREENED, CACHED, TRAIN, WAIT = "refused", "prescreened", "cached", "train", "wait"
+
+
+@dataclass
+class Plan:
+    """What the driver decided for one asked trial."""
+
+    kind: str
+    trial: optuna.Trial
+    config: RepConfig | None = None
+    config_hash: str | None = None
+    predicted: dict[str, Cost] = field(default_factory=dict)
+    source: Evaluation | None = None      # CACHED: the result replayed
+    reason: str = ""                      # REFUSED: why
+
+    @property
+    def number(self) -> int:
+        return self.trial.number
+
+
+@dataclass
+class Outcome:
+    """How a training ended (what an executor returns for one job)."""
+
+    evaluation: Evaluation | None
+    state: str                 # complete | pruned | failed
+    message: str = ""
+
+
 class Objective:
-    """Callable for ``study.optimize``; also the unit the Ray backend runs."""
+    """Plans and finishes trials; the trial loop (``loop.run_trials``) drives it."""
 
     def __init__(self, space: SearchSpace, base: RepConfig, targets: Sequence[Target], trainer: Trainer,
                  *, margin: float = 0.1, prescreen: bool = True):
         self.space, self.base, self.targets, self.trainer = space, base, list(targets), trainer
         self.margin, self.use_prescreen = margin, prescreen
         self.num_classes = NUM_CLASSES.get(trainer.scenario.dataset)
-        self.deadline: float | None = None     # time.monotonic() after which a training stops at its next task
+        self.constraint_order: list[str] = []
+        self.owner = record.this_process()
 
-    # ---- pieces reused by the Ray backend --------------------------------------------------
-    def propose(self, trial: optuna.trial.BaseTrial) -> tuple[RepConfig, dict[str, Cost], Screen]:
-        """Sample a config, price it on every target and pre-screen it (records attrs)."""
-        cfg = self.space.sample(trial, self.base)
-        cfg.name = f"{self.space.name}-trial{trial.number}"
-        trial.set_user_attr("config", cfg.to_dict())
-        trial.set_user_attr("config_hash", config_hash(cfg))
-        predicted = {t.key: t.predict(cfg, self.num_classes) for t in self.targets}
-        for t in self.targets:
-            for m in METRICS:
-                fig = getattr(predicted[t.key], m)
-                if fig is not None:
-                    trial.set_user_attr(f"predicted_{m}@{t.key}", round(fig.value, 6))
-                    trial.set_user_attr(f"predicted_source@{t.key}", fig.source)
-        screen = prescreen(predicted, self.targets, self.margin) if self.use_prescreen else Screen(True, [])
-        if not screen.train and trial.user_attrs.get("role"):
-            # reference points (paper default, baseline) are trained anyway: results state gains over both
-            trial.set_user_attr("over_budget_reference", "; ".join(screen.reasons))
-            screen = Screen(True, [])
-        trial.set_user_attr("prescreened", not screen.train)
-        if not screen.train:
-            trial.set_user_attr("prescreen_reason", "; ".join(screen.reasons))
-        return cfg, predicted, screen
+    @property
+    def n_tasks(self) -> int:
+        return int(self.trainer.scenario.n_tasks)
 
-    def record_costs(self, trial: optuna.trial.BaseTrial, predicted: dict[str, Cost], measured: Cost | None) -> None:
-        """Per-device cost attrs (value + source) and constraints ``cost / budget - 1``."""
-        if measured is not None:
-            for m in METRICS:
-                fig = getattr(measured, m)
-                if fig is not None:
-                    trial.set_user_attr(f"measured_{m}", round(fig.value, 6))
-        for t in self.targets:
-            cost = measured if (t.local and measured is not None) else predicted[t.key]
-            feasible = True
-            for m in METRICS:
-                fig = getattr(cost, m) or getattr(predicted[t.key], m)
-                if fig is None:
-                    continue
-                trial.set_user_attr(f"{m}@{t.key}", round(fig.value, 6))
-                trial.set_user_attr(f"{m}_source@{t.key}", fig.source)
-                b = t.budgets.budgets.get(m) if t.budgets else None
-                if b is not None:
-                    v = violation(fig.value, b.value)
-                    trial.set_constraint(f"{m}@{t.key}", v)
-                    feasible &= v <= 0
-            trial.set_user_attr(f"feasible@{t.key}", feasible)
-
-    # ---- the objective ---------------------------------------------------------------------
-    def __call__(self, trial: optuna.Trial) -> float:
+    # ---- planning ------------------------------------------------------------------------
+    def plan(self, study: optuna.Study, trial: optuna.Trial) -> Plan:
+        """Sample, price and pre-screen ``trial``'s config, then decide how it is evaluated (records attrs)."""
+        w = RecordWriter.of(trial)
+        w.owner(self.owner)
         try:
-            cfg, predicted, screen = self.propose(trial)
-        except (ValueError, KeyError) as e:
-            trial.set_user_attr("error", f"{type(e).__name__}: {e}")
-            raise
+            cfg = self.space.sample(trial, self.base)
+            cfg.name = f"{self.space.name}-trial{trial.number}"
+            for t in self.targets:
+                t.check(cfg)
+            h = config_hash(cfg)
+            predicted = {t.key: t.predict(cfg, self.num_classes) for t in self.targets}
+        except (ValueError, KeyError) as e:       # MappingError is a ValueError
+            w.error(e)
+            w.decided(False)
+            return Plan(REFUSED, trial, reason=f"{type(e).__name__}: {e}")
+        for key, cost in predicted.items():
+            w.priced(key, cost)
+        screen = prescreen(predicted, self.targets, self.margin) if self.use_prescreen else Screen(True, [])
+        role = trial.user_attrs.get(record.ROLE)
+        if not screen.train and role:
+            w.over_budget_reference(screen.reasons)
+            screen = Screen(True, [])
+        w.planned(cfg.to_dict(), h)
         if not screen.train:
-            self.record_costs(trial, predicted, None)
-            trial.set_user_attr("trained", False)
-            return PRESCREEN_VALUE
-        return self.complete(trial, cfg, predicted)
+            w.prescreened(screen.reasons)
+            return Plan(PRESCREENED, trial, cfg, h, predicted)
+        plan = Plan(TRAIN, trial, cfg, h, predicted)
+        return self.decide(study, plan)
 
-    def complete(self, trial: optuna.trial.BaseTrial, cfg: RepConfig, predicted: dict[str, Cost]) -> float:
-        """Train (or replay from the cache) a screened-in config, reporting per task; set constraints."""
-        h = config_hash(cfg)
-        cached = self.trainer.cached(h)
+    def lookup(self, study: optuna.Study, h: str, me: int) -> Evaluation | None:
+        """A finished result for config ``h``: this process's cache, else any finished trial in the study."""
+        ev = self.trainer.cached(h)
+        if ev is not None:
+            return ev
+        for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)):
+            if t.number == me or t.user_attrs.get(record.CONFIG_HASH) != h:
+                continue
+            r = TrialRecord.read(t)
+            if r.prescreened or r.stopped or (r.final_acc is None and r.state == TrialState.COMPLETE):
+                continue
+            if r.trained or r.cached_from is not None:
+                return Evaluation.from_record(r)
+        return None
 
-        def on_task(task: int, acc: float) -> None:
-            trial.report(acc, task)
-            if self.deadline is not None and time.monotonic() > self.deadline and task < self.trainer.scenario.n_tasks - 1:
-                trial.set_user_attr("stopped", "search timeout")
-                self.record_costs(trial, predicted, None)
-                raise optuna.TrialPruned(f"search timeout after task {task}")
-            if trial.should_prune():
-                trial.set_user_attr("pruned_at_task", task)
-                self.record_costs(trial, predicted, None)
-                raise optuna.TrialPruned(f"running accuracy {acc:.2f}% after task {task}")
+    def decide(self, study: optuna.Study, plan: Plan) -> Plan:
+        """CACHED if a result exists, else the claim protocol (module docstring): TRAIN or WAIT."""
+        w = RecordWriter.of(plan.trial)
+        me, h = plan.number, plan.config_hash
+        src = self.lookup(study, h, me)
+        if src is not None:
+            if src.trial_number is None:          # trained in this process outside a trial (baseline budgets)
+                w.decided(True)
+                return Plan(CACHED, plan.trial, plan.config, h, plan.predicted, src)
+            w.cached_from(src.trial_number)
+            return Plan(CACHED, plan.trial, plan.config, h, plan.predicted, src)
+        give_up = time.monotonic() + DECIDE_WAIT_S
+        while True:
+            others = [r for r in self._claims(study, h) if r.number != me]
+            if any(r.trained for r in others) or any(r.number < me for r in others):
+                w.decided(False)
+                return Plan(WAIT, plan.trial, plan.config, h, plan.predicted)
+            if all(r.trained is not None for r in others) or time.monotonic() > give_up:
+                w.decided(True)
+                return Plan(TRAIN, plan.trial, plan.config, h, plan.predicted)
+            time.sleep(0.05)
 
-        if cached is not None:
-            trial.set_user_attr("cached_from", cached.trial_number)
-            trial.set_user_attr("trained", False)
-            for task, acc in enumerate(cached.task_acc):
-                trial.report(acc, task)
-            if cached.state != "complete":
-                self.record_costs(trial, predicted, None)
-                raise optuna.TrialPruned("cached: pruned before")
-            ev = cached
-        else:
-            trial.set_user_attr("trained", True)
-            try:
-                ev = self.trainer.train(cfg, on_task)
-            except optuna.TrialPruned:
-                done = self.trainer.cached(h)
-                if done is not None:
-                    done.trial_number = trial.number
-                    trial.set_user_attr("train_seconds", round(done.seconds, 3))
-                raise
-            except Exception as e:   # a crash is a failed trial, not a failed search
-                trial.set_user_attr("error", f"{type(e).__name__}: {str(e)[:300]}")
-                raise
-            ev.trial_number = trial.number
-            trial.set_user_attr("train_seconds", round(ev.seconds, 3))
-        self.record_costs(trial, predicted, ev.measured)
-        trial.set_user_attr("forgetting", ev.forgetting)
-        trial.set_user_attr("avg_incremental_acc", ev.avg_incremental_acc)
-        return float(ev.final_acc)
+    def _claims(self, study: optuna.Study, h: str) -> list[TrialRecord]:
+        """Live claims of config ``h``: RUNNING trials that carry it, not pre-screened, owner not gone."""
+        out = []
+        for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            if t.user_attrs.get(record.CONFIG_HASH) != h:
+                continue
+            r = TrialRecord.read(t)
+            if r.prescreened or record.owner_alive(r.owner) is False:
+                continue
+            out.append(r)
+        return out
+
+    def recheck(self, study: optuna.Study, plan: Plan) -> Plan | None:
+        """For a WAIT plan: CACHED once the result exists, a fresh decision when no live trial trains
+        the config any more, else None (keep waiting)."""
+        src = self.lookup(study, plan.config_hash, plan.number)
+        if src is not None and src.trial_number is not None:
+            RecordWriter.of(plan.trial).cached_from(src.trial_number)
+            return Plan(CACHED, plan.trial, plan.config, plan.config_hash, plan.predicted, src)
+        if any(r.trained for r in self._claims(study, plan.config_hash) if r.number != plan.number):
+            return None
+        return self.decide(study, plan)
+
+    # ---- finishing -----------------------------------------------------------------------
+    def record_costs(self, trial: optuna.trial.BaseTrial, predicted: dict[str, Cost], measured: Cost | None) -> bool:
+        """Per-device figures (value + source) and constraints; returns feasibility on every device."""
+        per_device = {}
+        for t in self.targets:
+            cost = predicted[t.key]
+            if t.local and measured is not None:
+                cost = Cost({m: measured.get(m) or predicted[t.key].get(m) for m in METRICS})
+            per_device[t.key] = (cost, t.budgets.limits() if t.budgets else {})
+        return RecordWriter.of(trial).costs(per_device, self.constraint_order)
+
+    def finish_prescreened(self, study: optuna.Study, plan: Plan) -> None:
+        feasible = self.record_costs(plan.trial, plan.predicted, None)
+        study.tell(plan.trial, record.objective_value(None, feasible), skip_if_finished=True)
+
+    def finish_refused(self, study: optuna.Study, plan: Plan) -> None:
+        study.tell(plan.trial, state=TrialState.FAIL, skip_if_finished=True)
+
+    def replay(self, study: optuna.Study, plan: Plan) -> None:
+        """Report the cached result's per-task values (the pruner sees them) and finish like a training."""
+        src = plan.source
+        for task, acc in enumerate(src.task_acc):
+            plan.trial.report(acc, task)
+        # a result trained in this process outside any trial (the baseline, for relative budgets) is
+        # this trial's own training
+        self.finish(study, plan, Outcome(src, src.state), replayed=src.trial_number is not None)
+
+    def finish(self, study: optuna.Study, plan: Plan, outcome: Outcome, *, replayed: bool = False) -> None:
+        """Record a training's outcome (or a replay) and tell Optuna."""
+        trial, w, ev = plan.trial, RecordWriter.of(plan.trial), outcome.evaluation
+        if ev is not None:
+            if not replayed:
+                ev.trial_number = plan.number
+                self.trainer.remember(ev)
+            w.result(ev.final_acc, ev.forgetting, ev.avg_incremental_acc, None if replayed else ev.seconds,
+                     None if replayed else ev.iterations, None if replayed else ev.measured)
+        if outcome.state == "failed":
+            w.error(outcome.message or "training failed")
+            study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
+            return
+        if outcome.state == "pruned":
+            w.pruned(ev.pruned_at_task if ev else None, ev.stopped if ev else None)
+            self.record_costs(trial, plan.predicted, None)
+            study.tell(trial, state=TrialState.PRUNED, skip_if_finished=True)
+            return
+        feasible = self.record_costs(trial, plan.predicted, ev.measured)
+        study.tell(trial, record.objective_value(ev.final_acc, feasible), skip_if_finished=True)
+
+    def interrupted(self, study: optuna.Study, plan: Plan, why: str) -> None:
+        """Fail a trial whose training was cut off (not counted as trained: a resumed run retrains it)."""
+        RecordWriter.of(plan.trial).interrupted(why)
+        study.tell(plan.trial, state=TrialState.FAIL, skip_if_finished=True)
+
+
+def restore(trainer: Trainer, trials: Sequence[FrozenTrial]) -> None:
+    """Refill a process's cache from a study's finished trained trials (resume): optional, since
+    ``Objective.lookup`` also reads the storage; it keeps replays local after a restart."""
+    for t in trials:
+        r = TrialRecord.read(t)
+        if r.config_hash and r.trained and r.state == TrialState.COMPLETE and r.final_acc is not None:
+            trainer.cache.setdefault(r.config_hash, Evaluation.from_record(r))

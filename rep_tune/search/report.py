@@ -1,9 +1,17 @@
-"""Reports of a search: best feasible config per device, Pareto CSV/PNG, trials.csv, summary table.
+"""Reports of a search: deployable best config per device, Pareto CSV/PNG, trials.csv, summary table.
 
-Only trained trials with an accuracy (COMPLETE, not prescreened) are candidates; "best for
-device D" is the most accurate one whose ``feasible@D`` attribute is true, so several devices
-share one set of trained trials. The Pareto front maximises accuracy and minimises latency and
-peak memory on D (all trained trials, feasible or not; budgets drawn as lines).
+Every trial is read through ``record.TrialRecord``. Only trials with an accuracy (COMPLETE, not
+pre-screened) are candidates; "best for device D" is the most accurate one whose
+``feasible@D`` is true, so several devices share one set of trained trials. The Pareto front
+maximises accuracy and minimises every cost metric on D (all scored trials, feasible or not).
+
+``best_<device>.yaml`` is what a user deploys: the config's knobs on the *deployment* (the
+profile's workload backbone and surrogate, its epochs and iteration budget, its batch size; the
+proxy itself at the deployment schedule for a local target), ``target`` (device, budgets,
+deployment), ``expected`` (accuracy labelled ``direct`` or ``proxy`` with the proxy's backbone and
+scenario; each cost figure with its source) and ``provenance`` (study, trial, profile checksum,
+and the search's reduced fidelity, which is *not* the deployment's). Accuracies are fractions in
+files; tables and plots show percent.
 """
 from __future__ import annotations
 
@@ -20,8 +28,10 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from rep_tune.config import RepConfig
-from rep_tune.search.budgets import METRICS, UNITS
+from rep_tune.figures import METRICS
+from rep_tune.search import record
 from rep_tune.search.optuna_backend import is_trained, storage_url
+from rep_tune.search.record import TrialRecord, read_all
 from rep_tune.search.targets import Target
 
 
@@ -33,175 +43,231 @@ def version() -> str:
         return "unknown"
 
 
-def scored(study: optuna.Study) -> list[FrozenTrial]:
-    """Trials with a real accuracy (trained or replayed from the cache)."""
-    return [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-            if not t.user_attrs.get("prescreened") and t.value is not None]
+def pct(x: float | None) -> str:
+    """Display a fraction as percent."""
+    return "-" if x is None else f"{100 * x:.2f}"
 
 
-def role_trial(trials: Sequence[FrozenTrial], role: str) -> FrozenTrial | None:
-    return next((t for t in trials if t.user_attrs.get("role") == role), None)
+def records(study: optuna.Study) -> list[TrialRecord]:
+    return read_all(study.get_trials(deepcopy=False))
 
 
-def best_for(trials: Sequence[FrozenTrial], key: str) -> FrozenTrial | None:
-    feas = [t for t in trials if t.user_attrs.get(f"feasible@{key}")]
-    return max(feas, key=lambda t: (t.value, -t.number)) if feas else None
+def scored(recs: Sequence[TrialRecord]) -> list[TrialRecord]:
+    """Trials with a real accuracy (trained or replayed)."""
+    return [r for r in recs if r.scored]
 
 
-def pareto(trials: Sequence[FrozenTrial], key: str) -> list[FrozenTrial]:
-    """Non-dominated trials: accuracy up, latency and memory on ``key`` down."""
-    def vec(t):
-        return (-t.value, t.user_attrs.get(f"latency_ms@{key}", float("inf")),
-                t.user_attrs.get(f"peak_memory_mb@{key}", float("inf")))
-    pts = [(vec(t), t) for t in trials]
-    return [t for v, t in pts if not any(all(a <= b for a, b in zip(w, v)) and w != v for w, _ in pts)]
+def role_trial(recs: Sequence[TrialRecord], role: str) -> TrialRecord | None:
+    return next((r for r in recs if r.role == role), None)
 
 
-def _figure(t: FrozenTrial, m: str, key: str) -> dict | None:
-    v = t.user_attrs.get(f"{m}@{key}")
-    if v is None:
-        return None
-    return {"value": v, "unit": UNITS[m], "source": t.user_attrs.get(f"{m}_source@{key}")}
+def best_for(recs: Sequence[TrialRecord], key: str) -> TrialRecord | None:
+    feas = [r for r in recs if r.scored and r.feasible(key)]
+    return max(feas, key=lambda r: (r.final_acc, -r.number)) if feas else None
 
 
-def deployable(t: FrozenTrial, target: Target, study: optuna.Study, settings, refs: dict[str, FrozenTrial | None]) -> RepConfig:
-    """The trial's RepConfig with target, expected and provenance filled."""
-    cfg = RepConfig.from_dict(t.user_attrs["config"])
+def pareto(recs: Sequence[TrialRecord], key: str) -> list[TrialRecord]:
+    """Non-dominated trials: accuracy up, every cost metric on ``key`` down."""
+    def vec(r: TrialRecord):
+        return (-r.final_acc, *[r.value_of(m, key) if r.value_of(m, key) is not None else float("inf") for m in METRICS])
+    pts = [(vec(r), r) for r in recs]
+    return [r for v, r in pts if not any(all(a <= b for a, b in zip(w, v)) and w != v for w, _ in pts)]
+
+
+def _scenario_text(scen) -> str:
+    return f"{scen.dataset}, {scen.n_tasks} tasks"
+
+
+def deployable(r: TrialRecord, target: Target, study: optuna.Study, settings,
+               refs: dict[str, TrialRecord | None]) -> RepConfig:
+    """The trial's knobs as deployed on ``target``, with target, expected and provenance filled."""
+    proxy = RepConfig.from_dict(r.config)
+    cfg = target.deployed_config(proxy)
+    dep = target.deployment(proxy)
     cfg.name = f"rep-{cfg.prompt.method}-{target.key}"
     cfg.target = {"device": target.profile.name, "profile": target.path, "kind": target.profile.kind,
-                  "cost_source": target.cost_source, "budgets": target.budgets.to_dict() if target.budgets else {}}
+                  "budgets": target.budgets.to_dict() if target.budgets else {}, "deployment": dep.to_dict()}
     scen = settings.scenario
-    acc_detail = f"{scen.dataset}, {scen.n_tasks} tasks, final average accuracy after the last task"
+    label = (f"direct: measured on {proxy.backbone.name}, the deployed model" if dep.accuracy == "direct" else
+             f"proxy: measured on {proxy.backbone.name} ({_scenario_text(scen)}), not on the deployed {dep.backbone}")
     expected: dict[str, Any] = {
-        "final_acc": {"value": round(t.value, 4), "unit": "%", "source": "measured", "detail": acc_detail,
+        "final_acc": {"value": round(r.final_acc, 6), "unit": "fraction", "source": "measured",
+                      "accuracy": dep.accuracy, "detail": label + "; final average accuracy after the last task, "
+                      f"at the search's fidelity ({proxy.training.epochs} epoch(s), "
+                      f"{proxy.training.iters_per_task or 'all'} iterations per task)",
+                      "proxy": {"backbone": proxy.backbone.name, "scenario": scen.to_dict()},
                       "machine": socket.gethostname()},
-        "forgetting": {"value": t.user_attrs.get("forgetting"), "unit": "points", "source": "measured"},
+        "forgetting": {"value": r.forgetting, "unit": "fraction", "source": "measured"},
     }
     for m in METRICS:
-        fig = _figure(t, m, target.key)
+        fig = r.figure(m, target.key)
         if fig is not None:
-            fig["machine"] = target.profile.name
-            expected[m] = fig
+            where = "this machine, the proxy at the search's schedule" if target.local else (
+                f"{dep.backbone}@{dep.img_size}, batch {dep.batch_size}, mean over the deployment's schedule")
+            expected[m] = {"value": round(fig.value, 6), "unit": fig.unit, "source": fig.source,
+                           "machine": target.profile.name, "detail": where}
     for role, rt in refs.items():
         if rt is not None:
             expected[f"gain_over_{role}"] = {
-                "accuracy_points": round(t.value - rt.value, 4),
-                **{f"{m}_ratio": round(t.user_attrs[f"{m}@{target.key}"] / rt.user_attrs[f"{m}@{target.key}"], 4)
-                   for m in METRICS if t.user_attrs.get(f"{m}@{target.key}") and rt.user_attrs.get(f"{m}@{target.key}")},
+                "final_acc_delta": round(r.final_acc - rt.final_acc, 6),
+                **{f"{m}_ratio": round(r.value_of(m, target.key) / rt.value_of(m, target.key), 4)
+                   for m in METRICS if r.value_of(m, target.key) and rt.value_of(m, target.key)},
                 "reference_trial": rt.number}
     cfg.expected = expected
     cfg.provenance = {"rep_tune_version": version(), "study_name": study.study_name,
-                      "storage": storage_url(settings.run_dir), "trial": t.number,
+                      "storage": storage_url(settings.run_dir), "trial": r.number, "config_hash": r.config_hash,
                       "profile": target.profile.name, "profile_checksum": target.profile.checksum(),
                       "search_space": settings.space, "sampler": settings.sampler, "seed": settings.seed,
-                      "scenario": scen.to_dict(), "host": socket.gethostname(),
-                      "date": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+                      "search_fidelity": {"backbone": proxy.backbone.name, "epochs": proxy.training.epochs,
+                                          "iters_per_task": proxy.training.iters_per_task,
+                                          "batch_size": proxy.training.batch_size, "scenario": scen.to_dict()},
+                      "host": socket.gethostname(), "date": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     return cfg.validate()
 
 
 def write_trials_csv(study: optuna.Study, targets: Sequence[Target], path: Path) -> Path:
-    cols = ["trial", "state", "accuracy", "role", "prescreened", "trained", "cached_from", "pruned_at_task",
-            "train_seconds", "forgetting", "error", "prescreen_reason"]
-    for t in targets:
-        cols += [f"{m}@{t.key}" for m in METRICS] + [f"source@{t.key}", f"feasible@{t.key}"]
+    """One row per trial; one column per figure, source and parameter (no dict reprs)."""
+    recs = records(study)
+    params: list[str] = []
+    for r in recs:
+        params += [p for p in r.params if p not in params]
+    cols = ["trial", "state", "kind", "objective", "final_acc", "role", "prescreened", "trained", "cached_from",
+            "pruned_at_task", "stopped", "train_seconds", "forgetting", "error", "interrupted", "prescreen_reason",
+            "config_hash", "owner"]
+    for t in targets:        # the record's own keys, so a column reads like the dashboard's attribute
+        for m in METRICS:
+            cols += [record.value_key(m, t.key), record.source_key(m, t.key), record.predicted_key(m, t.key)]
+        cols.append(record.feasible_key(t.key))
     with open(path, "w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(cols + ["params"])
-        for tr in study.get_trials(deepcopy=False):
-            ua = tr.user_attrs
-            row = [tr.number, tr.state.name, tr.value, ua.get("role"), ua.get("prescreened"), ua.get("trained"),
-                   ua.get("cached_from"), ua.get("pruned_at_task"), ua.get("train_seconds"), ua.get("forgetting"),
-                   ua.get("error"), ua.get("prescreen_reason")]
+        w.writerow(cols + params)
+        for r in recs:
+            row = [r.number, r.state.name, r.kind, r.value, r.final_acc, r.role, r.prescreened, r.trained,
+                   r.cached_from, r.pruned_at_task, r.stopped, r.train_seconds, r.forgetting, r.error, r.interrupted,
+                   r.prescreen_reason, r.config_hash, r.owner]
             for t in targets:
-                row += [ua.get(f"{m}@{t.key}") for m in METRICS]
-                row += [ua.get(f"latency_ms_source@{t.key}"), ua.get(f"feasible@{t.key}")]
-            w.writerow(row + [repr(tr.params)])
+                d = r.devices.get(t.key)
+                for m in METRICS:
+                    fig = d.figures.get(m) if d else None
+                    pred = d.predicted.get(m) if d else None
+                    row += [None if fig is None else fig.value, None if fig is None else fig.source,
+                            None if pred is None else pred.value]
+                row.append(None if d is None else d.feasible)
+            w.writerow(row + [r.params.get(p) for p in params])
     return path
 
 
-def write_pareto(trials: Sequence[FrozenTrial], target: Target, best: FrozenTrial | None,
-                 refs: dict[str, FrozenTrial | None], run_dir: Path) -> tuple[Path, Path]:
+def write_pareto(recs: Sequence[TrialRecord], target: Target, best: TrialRecord | None,
+                 refs: dict[str, TrialRecord | None], run_dir: Path) -> tuple[Path, Path]:
     key = target.key
-    front = {t.number for t in pareto(trials, key)}
+    trials = scored(recs)
+    front = {r.number for r in pareto(trials, key)}
     csv_path = run_dir / f"pareto_{key}.csv"
     with open(csv_path, "w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(["trial", "accuracy", "latency_ms", "peak_memory_mb", "energy_j", "source", "feasible", "on_front",
+        w.writerow(["trial", "final_acc", *[c for m in METRICS for c in (m, f"{m}_source")], "feasible", "on_front",
                     "role", "best"])
-        for t in sorted(trials, key=lambda t: -t.value):
-            ua = t.user_attrs
-            w.writerow([t.number, round(t.value, 4), ua.get(f"latency_ms@{key}"), ua.get(f"peak_memory_mb@{key}"),
-                        ua.get(f"energy_j@{key}"), ua.get(f"latency_ms_source@{key}"), ua.get(f"feasible@{key}"),
-                        t.number in front, ua.get("role"), best is not None and t.number == best.number])
+        for r in sorted(trials, key=lambda r: -r.final_acc):
+            figs = [c for m in METRICS for c in (r.value_of(m, key), (r.figure(m, key) or _NOFIG).source)]
+            w.writerow([r.number, round(r.final_acc, 6), *figs, r.feasible(key), r.number in front, r.role,
+                        best is not None and r.number == best.number])
     png_path = run_dir / f"pareto_{key}.png"
+    _plot(recs, target, best, refs, png_path)
+    return csv_path, png_path
+
+
+class _NoFigure:
+    source = None
+
+
+_NOFIG = _NoFigure()
+
+
+def _plot(recs: Sequence[TrialRecord], target: Target, best: TrialRecord | None,
+          refs: dict[str, TrialRecord | None], png_path: Path) -> None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
-    for ax, m in zip(axes, ("latency_ms", "peak_memory_mb")):
-        pts = [(t.user_attrs.get(f"{m}@{key}"), t.value, t) for t in trials if t.user_attrs.get(f"{m}@{key}") is not None]
-        # the front in this projection (accuracy vs this metric); the CSV's on_front is the 3-D front
-        fr, top = [], float("-inf")
+
+    key = target.key
+    trials = scored(recs)
+    pre = [r for r in recs if r.prescreened]
+    metrics = [m for m in METRICS if any(r.figure(m, key) for r in [*trials, *pre])] or ["latency_ms"]
+    fig, axes = plt.subplots(1, len(metrics), figsize=(5.5 * len(metrics), 5.0), squeeze=False)
+    for ax, m in zip(axes[0], metrics):
+        spec = METRICS[m]
+        b = target.budgets.budgets.get(m) if target.budgets else None
+        pts = [(r.value_of(m, key), 100 * r.final_acc, r) for r in trials if r.value_of(m, key) is not None]
+        ok = [p for p in pts if p[2].feasible(key)]
+        over = [p for p in pts if not p[2].feasible(key)]
+        fr, top = [], float("-inf")        # the front in this projection; the CSV's on_front is the full one
         for p in sorted(pts, key=lambda p: (p[0], -p[1])):
             if p[1] > top:
                 fr.append(p)
                 top = p[1]
-        ax.scatter([p[0] for p in pts], [p[1] for p in pts], c="0.7", s=18, label="trained trials")
-        ax.step([p[0] for p in fr], [p[1] for p in fr], "-", where="post", c="tab:blue", lw=1)
-        ax.plot([p[0] for p in fr], [p[1] for p in fr], "o", c="tab:blue", ms=5, label="Pareto front")
-        sources = sorted({str(t.user_attrs.get(f"{m}_source@{key}")) for _, _, t in pts}) or [target.cost_source]
-        for role, marker, color in (("paper", "s", "tab:orange"), ("baseline", "D", "tab:red")):
+        ax.scatter([p[0] for p in ok], [p[1] for p in ok], c="tab:blue", s=20, alpha=0.6, label="trained, within budgets")
+        ax.scatter([p[0] for p in over], [p[1] for p in over], marker="x", c="tab:red", s=40, zorder=7,
+                   label="trained, over a budget")
+        ax.step([p[0] for p in fr], [p[1] for p in fr], "-", where="post", c="0.4", lw=1, label="accuracy front")
+        xs = [r.value_of(m, key) for r in pre if r.value_of(m, key) is not None]
+        if xs:
+            ax.scatter(xs, [0.02] * len(xs), transform=ax.get_xaxis_transform(), marker="|", c="0.5", s=90,
+                       label="pre-screened (never trained; predicted cost)")
+        for role, marker, color in (("paper", "s", "tab:orange"), ("baseline", "D", "tab:purple")):
             rt = refs.get(role)
-            if rt is not None and rt.user_attrs.get(f"{m}@{key}") is not None:
-                ax.scatter([rt.user_attrs[f"{m}@{key}"]], [rt.value], marker=marker, c=color, s=70, zorder=5,
+            if rt is not None and rt.value_of(m, key) is not None:
+                ax.scatter([rt.value_of(m, key)], [100 * rt.final_acc], marker=marker, c=color, s=70, zorder=5,
                            label=f"{role} (trial {rt.number})")
-        if best is not None:
-            ax.scatter([best.user_attrs[f"{m}@{key}"]], [best.value], marker="*", c="gold", edgecolors="k", s=220,
-                       zorder=6, label=f"best feasible (trial {best.number})")
-        b = target.budgets.budgets.get(m) if target.budgets else None
+        if best is not None and best.value_of(m, key) is not None:
+            ax.scatter([best.value_of(m, key)], [100 * best.final_acc], marker="*", c="gold", edgecolors="k", s=220,
+                       zorder=6, label=f"best within budgets (trial {best.number})")
         if b is not None:
-            ax.axvline(b.value, ls="--", c="k", lw=1, label=f"budget {b.value:.3g} {UNITS[m]}")
-        src = "/".join(sources)
-        ax.set_xlabel(f"latency per training iteration ({UNITS[m]}, {src})" if m == "latency_ms"
-                      else f"peak training memory ({UNITS[m]}, {src})")
+            ax.axvline(b.value, ls="--", c="k", lw=1)
+            ax.text(b.value, 0.98, f" budget {b.value:.4g} {spec.unit}" if b.value < 1e4 else f" budget {b.value:,.0f} {spec.unit}", transform=ax.get_xaxis_transform(),
+                    ha="left", va="top", fontsize=8, rotation=90)
+        sources = sorted({str((r.figure(m, key) or _NOFIG).source) for _, _, r in pts}) or [target.cost_source]
+        ax.set_xlabel(f"{spec.label} [{spec.unit}; {'/'.join(sources)}]")
         ax.set_ylabel("final average accuracy (%)")
         ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=7, loc="best")
-    fig.suptitle(f"rep-tune search on {target.profile.name}")
-    fig.tight_layout()
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=4, fontsize=8, frameon=False)
+    where = "this machine" if target.local else target.workload().backbone
+    fig.suptitle(f"rep-tune search on {target.profile.name} (costs on {where})")
+    fig.tight_layout(rect=(0, 0.12, 1, 1))
     fig.savefig(png_path, dpi=110)
     plt.close(fig)
-    return csv_path, png_path
 
 
 def write_outputs(outcome, settings, *, out=sys.stdout) -> None:
     """Every file of the run folder, then the summary table and where the files are."""
     study, run_dir = outcome.study, Path(outcome.run_dir)
-    trials = scored(study)
-    refs = {role: role_trial(trials, role) for role in ("paper", "baseline")}
+    recs = records(study)
+    refs = {role: role_trial(scored(recs), role) for role in ("paper", "baseline")}
     outcome.files["trials"] = write_trials_csv(study, outcome.targets, run_dir / "trials.csv")
     for t in outcome.targets:
-        best = best_for(trials, t.key)
+        best = best_for(recs, t.key)
         outcome.bests[t.key] = best
+        path = run_dir / f"best_{t.key}.yaml"
         if best is not None:
-            outcome.files[f"best_{t.key}"] = deployable(best, t, study, settings, refs).save(run_dir / f"best_{t.key}.yaml")
-        outcome.files[f"pareto_{t.key}.csv"], outcome.files[f"pareto_{t.key}.png"] = write_pareto(trials, t, best, refs, run_dir)
-    print_summary(outcome, refs, out=out)
+            outcome.files[f"best_{t.key}"] = deployable(best, t, study, settings, refs).save(path)
+        elif path.exists():
+            path.unlink()            # a resumed run that no longer has a feasible trial: no stale file
+        outcome.files[f"pareto_{t.key}.csv"], outcome.files[f"pareto_{t.key}.png"] = write_pareto(recs, t, best, refs, run_dir)
+    print_summary(outcome, recs, refs, out=out)
 
 
-def print_summary(outcome, refs: dict[str, FrozenTrial | None], *, out=sys.stdout) -> None:
+def print_summary(outcome, recs: Sequence[TrialRecord], refs: dict[str, TrialRecord | None], *, out=sys.stdout) -> None:
     from rich.console import Console
     from rich.markup import escape
     from rich.table import Table
 
-    console = Console(file=out, width=120)
+    console = Console(file=out, width=130)
     study = outcome.study
-    all_trials = study.get_trials(deepcopy=False)
-    n_pre = sum(bool(t.user_attrs.get("prescreened")) for t in all_trials)
-    n_trained = sum(is_trained(t) for t in all_trials)
-    n_pruned = sum(t.state == TrialState.PRUNED for t in all_trials)
-    n_fail = sum(t.state == TrialState.FAIL for t in all_trials)
-    console.print(f"[bold]rep-tune search[/bold] {study.study_name}: {len(all_trials)} trials, {n_trained} trained, "
+    n_pre = sum(r.prescreened for r in recs)
+    n_trained = sum(r.paid for r in recs)
+    n_pruned = sum(r.state == TrialState.PRUNED for r in recs)
+    n_fail = sum(r.state == TrialState.FAIL for r in recs)
+    console.print(f"[bold]rep-tune search[/bold] {escape(study.study_name)}: {len(recs)} trials, {n_trained} trained, "
                   f"{n_pre} ruled out by the cost model before training, {n_pruned} pruned, {n_fail} failed")
     if outcome.stopped_by_cap:
         console.print("[yellow]stopped at the trial cap: almost every candidate is ruled out; loosen the budgets?[/yellow]")
@@ -209,28 +275,30 @@ def print_summary(outcome, refs: dict[str, FrozenTrial | None], *, out=sys.stdou
         key = t.key
         table = Table(title=escape(f"{t.profile.name} ({t.cost_source} cost) - {t.budgets.describe() if t.budgets else ''}"),
                       title_justify="left")
-        for col in ("", "trial", "accuracy %", "forgetting", "latency ms", "memory MB", "energy J", "fits"):
+        cols = ["", "trial", "accuracy %", "forgetting %", *[f"{METRICS[m].flag} {METRICS[m].unit}" for m in METRICS], "fits"]
+        for col in cols:
             table.add_column(col, justify="right" if col else "left")
         best = outcome.bests.get(key)
-        for label, tr in (("best", best), ("paper default", refs.get("paper")), ("baseline", refs.get("baseline"))):
-            if tr is None:
-                table.add_row(label, "-", "none feasible" if label == "best" else "not trained", "", "", "", "", "")
+        for label, r in (("best", best), ("paper default", refs.get("paper")), ("baseline", refs.get("baseline"))):
+            if r is None:
+                table.add_row(label, "-", "none feasible" if label == "best" else "not trained", *[""] * (len(cols) - 3))
                 continue
-            ua = tr.user_attrs
-            f = lambda m: "-" if ua.get(f"{m}@{key}") is None else f"{ua[f'{m}@{key}']:.4g}"
-            fg = ua.get("forgetting")
-            table.add_row(label, str(tr.number), f"{tr.value:.2f}", "-" if fg is None else f"{fg:.2f}",
-                          f("latency_ms"), f("peak_memory_mb"), f("energy_j"), "yes" if ua.get(f"feasible@{key}") else "NO")
+            figs = ["-" if r.value_of(m, key) is None else f"{r.value_of(m, key):.4g}" for m in METRICS]
+            table.add_row(label, str(r.number), pct(r.final_acc), pct(r.forgetting), *figs,
+                          "yes" if r.feasible(key) else "NO")
         console.print(table)
         if best is not None:
             for role in ("paper", "baseline"):
                 rt = refs.get(role)
                 if rt is not None:
-                    console.print(f"  gain over {role}: {best.value - rt.value:+.2f} accuracy points "
-                                  f"at {best.user_attrs[f'latency_ms@{key}'] / rt.user_attrs[f'latency_ms@{key}']:.2f}x its latency, "
-                                  f"{best.user_attrs[f'peak_memory_mb@{key}'] / rt.user_attrs[f'peak_memory_mb@{key}']:.2f}x its memory")
+                    ratios = ", ".join(f"{best.value_of(m, key) / rt.value_of(m, key):.2f}x its {METRICS[m].flag}"
+                                       for m in METRICS if best.value_of(m, key) and rt.value_of(m, key))
+                    console.print(f"  gain over {role}: {100 * (best.final_acc - rt.final_acc):+.2f} accuracy points"
+                                  f"{' at ' + ratios if ratios else ''}")
         else:
-            console.print(f"  [red]no trained config fits the budgets on {t.profile.name}[/red]")
+            console.print(f"  [red]no trained config fits the budgets on {escape(t.profile.name)}[/red]")
+    if outcome.loop.lost:
+        console.print(f"[yellow]trials {outcome.loop.lost} were finished by another process while this one held them[/yellow]")
     console.print(escape(f"run folder: {Path(outcome.run_dir).resolve()}"))
     for name, p in outcome.files.items():
         console.print(escape(f"  {name}: {p}"))
@@ -262,10 +330,10 @@ class ProgressBar:
             return
         if is_trained(trial):
             self.bar.update(1)
-        trials = scored(study)
+        recs = records(study)
         post = {}
         for t in self.targets:
-            b = best_for(trials, t.key)
-            post[t.key] = "-" if b is None else f"{b.value:.1f}%"
-        post["ruled_out"] = sum(bool(t.user_attrs.get("prescreened")) for t in study.get_trials(deepcopy=False))
+            b = best_for(recs, t.key)
+            post[t.key] = "-" if b is None else f"{100 * b.final_acc:.1f}%"
+        post["ruled_out"] = sum(r.prescreened for r in recs)
         self.bar.set_postfix(post, refresh=True)

@@ -3,20 +3,26 @@
 Run folder (default ``runs/search-<device>-<timestamp>/``):
   run.yaml            the settings, the study name, and the budgets as resolved (kept on resume)
   study.db            the Optuna study (SQLite; ``optuna-dashboard sqlite:///<run>/study.db``)
-  best_<device>.yaml  deployable RepConfig with target, expected and provenance
+  best_<device>.yaml  deployable RepConfig: the deployment's backbone and training schedule, with
+                      target, expected (accuracy labelled proxy or direct) and provenance
   pareto_<device>.csv/.png, trials.csv
-Resume: ``search(SearchSettings.resume(run_dir))`` reloads run.yaml (budgets included), keeps
-every finished trial, refills the accuracy cache from them, and trains until ``n_trials``
-trained trials exist in the study.
+Resume / join: ``search(SearchSettings.resume(run_dir))`` reloads run.yaml (budgets included),
+keeps every finished trial, fails RUNNING trials whose process is gone, and trains until
+``n_trials`` trained trials exist in the study. Another process may do this while the first one
+runs: both share the study (see ``loop`` and ``objective`` for what makes that safe).
 
 Reference points: the paper's REP config and the no-REP baseline (both expressed as points of
-the space) are enqueued first with ``role`` set, and are always trained, even when the cost
-model rules them out, so that every result states its gain over both on the same budget.
+the space) are enqueued once per study, by the process that created it, with ``role`` set; they
+are always trained, even when the cost model rules them out, so that every result states its
+gain over both on the same budget.
+
+Defaults live here, in ``SearchSettings``, and nowhere else: the CLI passes only the flags a user
+gave. The search's reduced fidelity (``SEARCH_FIDELITY``) is for accuracy ranking only; the
+deployment is priced and written at the deployment's schedule (``targets``).
 """
 from __future__ import annotations
 
 import dataclasses
-import socket
 import sys
 import time
 from dataclasses import dataclass, field
@@ -27,28 +33,35 @@ import optuna
 
 from rep_tune.config import EMBEDDED_BACKBONE, RepConfig, preset
 from rep_tune.data.scenario import Scenario
+from rep_tune.figures import METRICS
 from rep_tune.schema import from_dict, read_mapping, to_dict, write_mapping
-from rep_tune.search import optuna_backend
-from rep_tune.search.budgets import METRICS, DeviceBudgets, ResolvedBudget, parse_budget, resolve
-from rep_tune.search.objective import Objective, Trainer
+from rep_tune.search import optuna_backend, record
+from rep_tune.search.budgets import DeviceBudgets, parse_budget, resolve
+from rep_tune.search.loop import LoopResult, ThreadExecutor, run_trials
+from rep_tune.search.objective import Objective, Trainer, restore
 from rep_tune.search.space import SearchSpace, default_space
 from rep_tune.search.targets import Target, load_targets
 
 ROLES = ("paper", "baseline")
+SEARCH_FIDELITY = {"training.epochs": 1, "training.iters_per_task": 12}
+BACKENDS = ("optuna", "ray")
 
 
 @dataclass
 class SearchSettings:
-    """Everything a search run depends on (saved as run.yaml)."""
+    """Everything a search run depends on (saved as run.yaml); the one place of the defaults."""
 
     devices: list[str] = field(default_factory=lambda: ["jetson_orin"])
     space: str | None = None                 # search space file; default search_spaces/<method>.yaml
     method: str = "l2p"
-    backbone: str = EMBEDDED_BACKBONE
+    backbone: str = EMBEDDED_BACKBONE        # the proxy trained for accuracy
     scenario: Scenario = field(default_factory=Scenario)
-    overrides: dict[str, Any] = field(default_factory=lambda: {"training.epochs": 1, "training.iters_per_task": 12})
-    n_trials: int | None = 30                # trained trials (prescreened ones do not count)
-    timeout: float | None = None             # seconds
+    overrides: dict[str, Any] = field(default_factory=lambda: dict(SEARCH_FIDELITY))   # every candidate (--set)
+    deploy_backbone: str | None = None       # None: each profile's workload backbone
+    deploy_epochs: int | None = None         # None: each profile's workload schedule
+    deploy_iters_per_task: int | None = None
+    n_trials: int | None = 16                # trained trials (prescreened and replayed ones do not count)
+    timeout: float | None = 600.0            # seconds; None = no limit
     n_workers: int = 1
     sampler: str = "tpe"
     seed: int | None = 0
@@ -56,7 +69,7 @@ class SearchSettings:
     prescreen: bool = True
     margin: float = 0.1                      # prescreen rules out costs above budget * (1 + margin)
     budgets: dict[str, str] = field(default_factory=dict)   # metric -> "0.6x" | "250ms" (flags)
-    backend: str = "optuna"                  # optuna | ray
+    backend: str = "optuna"                  # optuna (local worker threads) | ray
     run_dir: str | None = None
     study_name: str | None = None
     references: bool = True                  # enqueue paper + baseline first
@@ -69,8 +82,18 @@ class SearchSettings:
     @classmethod
     def resume(cls, run_dir: str | Path, **changes: Any) -> SearchSettings:
         path = Path(run_dir) / "run.yaml"
+        if not path.is_file():
+            raise FileNotFoundError(f"--resume {run_dir}: no run.yaml there (not a rep-tune search run folder)")
         s = from_dict(cls, read_mapping(path), source=str(path))
         return dataclasses.replace(s, run_dir=str(run_dir), **{k: v for k, v in changes.items() if v is not None})
+
+
+class SearchInterrupted(KeyboardInterrupt):
+    """Ctrl-C: ``message`` is the one line to print (where the trials are, how to resume)."""
+
+    def __init__(self, message: str):
+        super().__init__(message)
+        self.message = message
 
 
 @dataclass
@@ -80,9 +103,14 @@ class SearchOutcome:
     targets: list[Target]
     space: SearchSpace
     trainer: Trainer
+    settings: SearchSettings | None = None
     files: dict[str, Path] = field(default_factory=dict)
     bests: dict[str, Any] = field(default_factory=dict)
-    stopped_by_cap: bool = False
+    loop: LoopResult = field(default_factory=LoopResult)
+
+    @property
+    def stopped_by_cap(self) -> bool:
+        return self.loop.stopped_by_cap
 
 
 def reference_configs(space: SearchSpace, base: RepConfig, settings: SearchSettings) -> dict[str, tuple[dict, RepConfig]]:
@@ -101,13 +129,14 @@ def _resolve_budgets(targets: list[Target], baseline: RepConfig, trainer: Traine
     for t in targets:
         stored = settings.resolved_budgets.get(t.key)
         if stored:
-            t.budgets = DeviceBudgets(t.profile.name, stored["batch_size"], {
-                m: ResolvedBudget(m, v["value"], v["basis"], v.get("relative"), v.get("baseline"))
-                for m, v in stored.items() if m in METRICS}, list(stored.get("notes", [])))
+            t.budgets = DeviceBudgets.from_dict(t.profile.name, stored)
             continue
         cost = t.predict(baseline, objective.num_classes)
-        if t.local and any(r.relative for r in requests.values()) or t.local and not requests:
-            cost = trainer.train(baseline).measured or cost     # cached: the enqueued baseline reuses it
+        relative = any(r.relative for r in requests.values()) or any(
+            spec.default_relative is not None and m not in requests and t.profile.budgets.limits.get(m) is None
+            for m, spec in METRICS.items())
+        if t.local and relative:
+            cost = trainer.train(baseline).measured or cost     # the enqueued baseline reuses this training
         t.budgets = resolve(t.profile, cost, requests)
         settings.resolved_budgets[t.key] = t.budgets.to_dict()
 
@@ -117,64 +146,98 @@ def default_run_dir(targets: list[Target]) -> Path:
     return Path("runs") / f"search-{name}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
+def _check_before_work(settings: SearchSettings, targets: list[Target], base: RepConfig) -> None:
+    """Stop before any training when the proxy cannot be priced on a deployment (every candidate
+    would be refused), or a setting is out of range."""
+    if settings.backend not in BACKENDS:
+        raise ValueError(f"--backend: expected one of {', '.join(BACKENDS)}, found {settings.backend!r}")
+    if settings.n_trials is not None and settings.n_trials < 1:
+        raise ValueError(f"--n-trials: expected an int >= 1, found {settings.n_trials}")
+    if settings.timeout is not None and not settings.timeout > 0:
+        raise ValueError(f"--timeout: expected seconds > 0 (0 on the command line: none), found {settings.timeout}")
+    if settings.n_workers < 1:
+        raise ValueError(f"--n-workers: expected an int >= 1, found {settings.n_workers}")
+    if not (settings.margin >= 0 and settings.margin < float("inf")):
+        raise ValueError(f"--margin: expected a finite number >= 0, found {settings.margin}")
+    for t in targets:
+        try:
+            t.check(base)
+        except ValueError as e:
+            hint = ("; train a proxy with the deployment's layout (--backbone) or name a deployment backbone "
+                    "with the proxy's layout (--deploy-backbone)")
+            raise ValueError(f"--device {t.path or t.key}: {e}{hint}") from None
+
+
 def search(settings: SearchSettings, *, train_fn=None, out=sys.stdout) -> SearchOutcome:
-    """Run (or resume) a search; write the run folder's files; return what was found."""
+    """Run (or resume, or join) a search; write the run folder's files; return what was found."""
     space = SearchSpace.load(settings.space or default_space(settings.method))
     settings.method = space.method
     settings.space = space.source
     base = space.base_config(settings.backbone, **settings.overrides)
-    targets = load_targets(settings.devices, base.training.batch_size)
+    targets = load_targets(settings.devices, base.training.batch_size, deploy_backbone=settings.deploy_backbone,
+                           deploy_epochs=settings.deploy_epochs, deploy_iters_per_task=settings.deploy_iters_per_task)
+    _check_before_work(settings, targets, base)
+    for metric, text in settings.budgets.items():
+        parse_budget(text, metric)
     trainer = Trainer(settings.scenario, train_fn)
     objective = Objective(space, base, targets, trainer, margin=settings.margin, prescreen=settings.prescreen)
     refs = reference_configs(space, base, settings) if settings.references else {}
     baseline = refs["baseline"][1] if refs else preset("baseline", settings.method, settings.backbone, **settings.overrides)
 
     run_dir = Path(settings.run_dir) if settings.run_dir else default_run_dir(targets)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise ValueError(f"--run-dir {run_dir}: expected a folder, found an existing file")
     run_dir.mkdir(parents=True, exist_ok=True)
     settings.run_dir = str(run_dir)
     settings.study_name = settings.study_name or f"rep-{space.name}-{run_dir.name}"
-    fresh = not (run_dir / "study.db").exists()
-    study = optuna_backend.open_study(run_dir, settings.study_name, settings.sampler, settings.seed, settings.pruner)
-    trainer.restore(study.get_trials(deepcopy=False))
+    study, created = optuna_backend.open_study(run_dir, settings.study_name, settings.sampler, settings.seed,
+                                               settings.pruner)
+    optuna_backend.fail_dead_trials(study)
+    restore(trainer, study.get_trials(deepcopy=False))
 
     _resolve_budgets(targets, baseline, trainer, objective, settings)
     settings.save(run_dir / "run.yaml")
     for t in targets:
-        print(f"budgets applied: {t.budgets.describe()} ({t.cost_source} cost)", file=out)
+        d = t.deployment(base)
+        print(f"budgets applied: {t.budgets.describe()} ({t.cost_source} cost on "
+              f"{'this machine' if t.local else d.backbone + '@' + str(d.img_size)})", file=out)
         for note in t.budgets.notes:
             print(f"  note: {note}", file=out)
+    order = record.constraint_names({t.key: t.budgets.budgets for t in targets})
+    objective.constraint_order = record.study_constraint_order(study) or order
 
-    if fresh:
-        study.set_user_attr("space", space.describe())
-        study.set_user_attr("budgets", settings.resolved_budgets)
-        study.set_user_attr("scenario", settings.scenario.to_dict())
-        study.set_user_attr("devices", {t.key: {"name": t.profile.name, "path": t.path, "local": t.local,
-                                                "checksum": t.profile.checksum()} for t in targets})
+    if created:
+        study.set_user_attr(record.STUDY_SPACE, space.describe())
+        study.set_user_attr(record.STUDY_BUDGETS, settings.resolved_budgets)
+        study.set_user_attr(record.STUDY_SCENARIO, settings.scenario.to_dict())
+        study.set_user_attr(record.STUDY_CONSTRAINTS, order)
+        study.set_user_attr(record.STUDY_DEVICES, {t.key: {"name": t.profile.name, "path": t.path, "local": t.local,
+                                                           "checksum": t.profile.checksum(),
+                                                           "deployment": t.deployment(base).to_dict()}
+                                                   for t in targets})
         for role, (params, _) in refs.items():
-            study.enqueue_trial(params, user_attrs={"role": role})
-    if settings.timeout:
-        objective.deadline = time.monotonic() + settings.timeout   # a training in flight stops at its next task
+            study.enqueue_trial(params, user_attrs={record.ROLE: role})
+        study.set_user_attr(record.STUDY_REFERENCES, list(refs))
+
+    if settings.backend == "ray":
+        from rep_tune.search.ray_backend import RayExecutor
+        executor = RayExecutor(study, trainer, optuna_backend.StudyRef(optuna_backend.storage_url(run_dir),
+                                                                       study.study_name, settings.pruner),
+                               settings.n_workers)
+    else:
+        executor = ThreadExecutor(study, trainer, settings.n_workers)
+    from rep_tune.search.report import ProgressBar
     try:
-        if settings.backend == "ray":
-            from rep_tune.search.ray_backend import optimize_ray
-            budget = optimize_ray(study, objective, run_dir, n_trials=settings.n_trials, timeout=settings.timeout,
-                                  n_workers=settings.n_workers, pruner=settings.pruner)
-        else:
-            from rep_tune.search.report import ProgressBar
-            with ProgressBar(settings.n_trials, targets, enabled=settings.progress,
-                             done=optuna_backend.count_trained(study)) as bar:
-                budget = optuna_backend.optimize(study, objective, n_trials=settings.n_trials,
-                                                 timeout=settings.timeout, n_workers=settings.n_workers,
-                                                 on_trial=bar.update)
+        with ProgressBar(settings.n_trials, targets, enabled=settings.progress,
+                         done=optuna_backend.count_trained(study)) as bar:
+            loop = run_trials(study, objective, executor, n_trials=settings.n_trials, timeout=settings.timeout,
+                              on_trial=bar.update, lock=optuna_backend.planning_lock(run_dir), out=out)
     except KeyboardInterrupt:
-        print(f"interrupted: every finished trial is kept in {run_dir / 'study.db'}; "
-              f"continue with: rep-tune search --resume {run_dir}", file=out)
-        raise
-    outcome = SearchOutcome(run_dir, study, targets, space, trainer, stopped_by_cap=budget.stopped_by_cap)
+        done = optuna_backend.count_trained(study)
+        raise SearchInterrupted(
+            f"interrupted: {done} trained trials and every other finished trial are kept in "
+            f"{run_dir / 'study.db'}; continue with: rep-tune search --resume {run_dir}") from None
+    outcome = SearchOutcome(run_dir, study, targets, space, trainer, settings, loop=loop)
     from rep_tune.search.report import write_outputs
     write_outputs(outcome, settings, out=out)
     return outcome
-
-
-def host() -> str:
-    return socket.gethostname()

@@ -1,25 +1,64 @@
-"""Targets: the device profiles a search applies constraints for, and where their costs come from.
+"""Targets: the devices a search serves, what is deployed on each, and where its costs come from.
 
-A target's cost is *measured* (the runtime's timer and allocator peak during training) when its
-profile describes this machine: ``--device local``, or a profile written by ``rep-tune profile``
-on this host (``identity.host`` equals this host name). Otherwise it is *predicted* by the
-calibrated cost model (``rep_tune.cost.predict``; "estimated" when the profile is uncalibrated).
-Pre-screening always uses the prediction, since it happens before training.
+Proxy accuracy, deployment cost. The search trains a *proxy* (the search's backbone, at the
+search's reduced fidelity) for accuracy, and prices the same knobs on the *deployment*: the
+profile's ``workload`` (e.g. ViT-B/16@224 with a ViT-Ti surrogate, batch 16, 5 epochs of 5,000
+images per task), at the deployment's schedule, with ``rep_tune.cost.deploy.predict_deployed``.
+``--deploy-backbone NAME`` replaces the workload's backbone (its image size becomes NAME's native
+one); ``--deploy-epochs`` / ``--deploy-iters-per-task`` replace its schedule. A knob maps 1:1 only
+when depth and token layout agree (``map_to_deployment`` raises ``MappingError`` saying why); the
+search refuses such configs before any training. The accuracy is *direct* when the proxy is the
+deployed model, else *proxy* (measured on the proxy backbone and scenario).
 
-Costs are compared with budgets at the profile's ``budgets.batch_size``: predictions are made for
-the config with that batch size; measured costs are taken at the config's own batch size.
+Local targets (``--device local``, or a profile written by ``rep-tune profile`` on this host):
+the proxy itself runs here, so the local deployment *is* the proxy (direct accuracy), and its cost
+is *measured* during training (the runtime's timer and allocator peak); pre-screening, which
+happens before training, uses the cost model's prediction at the search's schedule.
+
+Costs are compared with budgets at the profile's ``budgets.batch_size``.
 """
 from __future__ import annotations
 
+import dataclasses
 import re
 import socket
 from dataclasses import dataclass
 from pathlib import Path
 
 from rep_tune.config import RepConfig
-from rep_tune.device import DeviceProfile, shipped_profiles
+from rep_tune.device import DeviceProfile, Workload, shipped_profiles
 from rep_tune.figures import Cost
 from rep_tune.search.budgets import DeviceBudgets
+
+
+@dataclass
+class Deployment:
+    """What a target deploys: backbone, surrogate, image size, schedule; and how accuracy relates to it."""
+
+    backbone: str
+    surrogate: str | None
+    img_size: int | None
+    epochs: int
+    iters_per_task: int | None
+    batch_size: int
+    accuracy: str                 # direct | proxy
+    workload: Workload | None     # None for a local target (the proxy itself)
+
+    def to_dict(self) -> dict:
+        out = {"backbone": self.backbone, "surrogate": self.surrogate, "img_size": self.img_size,
+               "epochs": self.epochs, "iters_per_task": self.iters_per_task, "batch_size": self.batch_size,
+               "accuracy": self.accuracy}
+        if self.workload is not None:
+            out.update(images_per_task=self.workload.images_per_task, dataset=self.workload.dataset,
+                       num_classes=self.workload.num_classes,
+                       iterations_per_task=self.workload.iterations(self.batch_size))
+        return out
+
+
+def same_model(a: str, b: str) -> bool:
+    """Same architecture and weights: equal names, or equal up to a missing (default) timm tag."""
+    (an, _, at), (bn, _, bt) = a.partition("."), b.partition(".")
+    return an == bn and (at == bt or not at or not bt)
 
 
 @dataclass
@@ -27,22 +66,74 @@ class Target:
     """One device the search serves."""
 
     profile: DeviceProfile
-    key: str                      # slug for constraint keys (``latency_ms@jetson_orin``) and file names
-    local: bool                   # costs measured on this machine
+    key: str                      # slug for attribute keys (``latency_ms@jetson_orin``) and file names
+    local: bool                   # costs measured on this machine; the deployment is the proxy
     path: str | None = None
     budgets: DeviceBudgets | None = None
+    deploy_backbone: str | None = None      # --deploy-backbone (None: the workload's)
+    deploy_epochs: int | None = None        # --deploy-epochs (None: the workload's)
+    deploy_iters_per_task: int | None = None
 
     @property
     def cost_source(self) -> str:
         return "measured" if self.local else "predicted"
 
-    def predict(self, config: RepConfig, num_classes: int | None = None) -> Cost:
-        """Predicted cost of one training iteration of ``config`` at this profile's budget batch size."""
-        from rep_tune.cost import predict
+    # ---- the deployment ------------------------------------------------------------------
+    def workload(self) -> Workload:
+        """The profile's workload with the user's overrides."""
+        w = self.profile.workload
+        changes = {}
+        if self.deploy_backbone:
+            from rep_tune.archs import arch_of
+            changes["backbone"] = self.deploy_backbone
+            changes["img_size"] = arch_of(self.deploy_backbone).img_size
+        if self.deploy_epochs:
+            changes["epochs"] = self.deploy_epochs
+        if self.deploy_iters_per_task:
+            changes["iters_per_task"] = self.deploy_iters_per_task
+        return dataclasses.replace(w, **changes) if changes else w
 
-        kwargs = {"num_classes": num_classes} if num_classes else {}
-        return predict(config, self.profile, iters_per_task=config.training.iters_per_task,
-                       batch=self.profile.budgets.batch_size, **kwargs)
+    def _deploy_profile(self) -> DeviceProfile:
+        w = self.workload()
+        return self.profile if w is self.profile.workload else dataclasses.replace(self.profile, workload=w)
+
+    def deployment(self, proxy: RepConfig) -> Deployment:
+        batch = self.profile.budgets.batch_size
+        w = self.workload()
+        if self.local:
+            return Deployment(proxy.backbone.name, proxy.selection.surrogate, proxy.backbone.img_size,
+                              self.deploy_epochs or w.epochs, self.deploy_iters_per_task or w.iters_per_task,
+                              proxy.training.batch_size, "direct", None)
+        return Deployment(w.backbone, w.surrogate, w.img_size, w.epochs, w.iters_per_task, batch,
+                          "direct" if same_model(proxy.backbone.name, w.backbone) else "proxy", w)
+
+    def deployed_config(self, proxy: RepConfig) -> RepConfig:
+        """``proxy``'s knobs as deployed: the deployment's backbone, surrogate and training schedule.
+
+        Raises ``rep_tune.cost.deploy.MappingError`` when the knobs cannot map 1:1.
+        """
+        if self.local:
+            d = self.deployment(proxy)
+            return proxy.replace(**{"training.epochs": d.epochs, "training.iters_per_task": d.iters_per_task})
+        from rep_tune.cost.deploy import map_to_deployment
+        return map_to_deployment(proxy, self.workload(), None, self.profile.budgets.batch_size)
+
+    def check(self, proxy: RepConfig) -> None:
+        """Raise ``MappingError`` (a ValueError) when ``proxy`` cannot be priced on the deployment."""
+        if not self.local:
+            self.deployed_config(proxy)
+
+    # ---- costs ---------------------------------------------------------------------------
+    def predict(self, config: RepConfig, num_classes: int | None = None) -> Cost:
+        """Predicted cost per training iteration: on the deployment at its schedule (schedule mean), or,
+        for a local target, of the proxy at the search's schedule and this profile's budget batch size."""
+        if self.local:
+            from rep_tune.cost import predict
+            kwargs = {"num_classes": num_classes} if num_classes else {}
+            return predict(config, self.profile, iters_per_task=config.training.iters_per_task,
+                           batch=self.profile.budgets.batch_size, **kwargs)
+        from rep_tune.cost.deploy import predict_deployed
+        return predict_deployed(config, self._deploy_profile())
 
 
 def slug(name: str) -> str:
@@ -57,7 +148,7 @@ def is_this_machine(profile: DeviceProfile) -> bool:
 def local_profile(batch_size: int = 16) -> DeviceProfile:
     """A profile of this machine: ``rep_tune.profiler.profile_device(quick=True)`` when available."""
     try:
-        from rep_tune.profiler import profile_device  # written by the profiler's developer
+        from rep_tune.profiler import profile_device
         prof = profile_device(quick=True)
     except (ImportError, AttributeError):
         prof = DeviceProfile(name="local", kind="cpu", description="this machine (not profiled)",
@@ -67,13 +158,14 @@ def local_profile(batch_size: int = 16) -> DeviceProfile:
     return prof
 
 
-def load_targets(devices: list[str], batch_size: int = 16) -> list[Target]:
+def load_targets(devices: list[str], batch_size: int = 16, *, deploy_backbone: str | None = None,
+                 deploy_epochs: int | None = None, deploy_iters_per_task: int | None = None) -> list[Target]:
     """Profiles from files, folders (every ``*.yaml`` in them), shipped names, or ``local``."""
     out: list[Target] = []
+    extra = dict(deploy_backbone=deploy_backbone, deploy_epochs=deploy_epochs, deploy_iters_per_task=deploy_iters_per_task)
     for spec in devices or []:
         if spec == "local":
-            prof = local_profile(batch_size)
-            out.append(Target(prof, "local", True, None))
+            out.append(Target(local_profile(batch_size), "local", True, None, **extra))
             continue
         p = Path(spec)
         paths = sorted(p.glob("*.yaml")) if p.is_dir() else [p]
@@ -85,11 +177,17 @@ def load_targets(devices: list[str], batch_size: int = 16) -> list[Target]:
                 if not any(s.stem == spec for s in shipped_profiles()):
                     raise FileNotFoundError(f"{spec}: no such device profile (shipped: {names or 'none'}; or 'local')")
             prof = DeviceProfile.load(path if path.exists() else spec)
-            out.append(Target(prof, slug(prof.name), is_this_machine(prof), str(path)))
+            out.append(Target(prof, slug(prof.name), is_this_machine(prof), str(path), **extra))
     keys = [t.key for t in out]
     dup = {k for k in keys if keys.count(k) > 1}
     if dup:
         raise ValueError(f"--device: two profiles share the name {sorted(dup)[0]!r}; rename one (field 'name')")
     if not out:
         raise ValueError("--device: expected at least one device profile (file, folder, shipped name or 'local')")
+    if deploy_backbone:
+        from rep_tune.archs import arch_of
+        try:
+            arch_of(deploy_backbone)
+        except KeyError as e:
+            raise ValueError(f"--deploy-backbone: {e.args[0]}") from None
     return out
