@@ -150,14 +150,14 @@ def test_one_source_of_defaults():
     assert settings_from_args(p.parse_args(["--device", "jetson_orin", "--timeout", "0"])).timeout is None
 
 
-def test_ctrl_c_in_the_cli_is_one_line_and_exit_130(monkeypatch, capsys):
+def test_ctrl_c_in_the_cli_is_one_line_and_exit_130(monkeypatch, capfd):
     from rep_tune.search import run
 
     def interrupted(settings, **kw):
         raise run.SearchInterrupted("interrupted: ... continue with: rep-tune search --resume RUN")
     monkeypatch.setattr(run, "search", interrupted)
     assert main(["search", "--device", "jetson_orin", "--no-progress"]) == 130
-    err = capsys.readouterr().err.strip().splitlines()
+    err = capfd.readouterr().err.strip().splitlines()
     assert err == ["interrupted: ... continue with: rep-tune search --resume RUN"]
 
 
@@ -339,3 +339,13 @@ def test_ctrl_c_prints_one_line_and_exits_130(tmp_path):
     recs = record.read_all(optuna.load_study(study_name=None, storage=url).trials)
     assert not [r for r in recs if r.state == TrialState.RUNNING]      # in-flight trials failed, not left RUNNING
     assert all(r.interrupted == "Ctrl-C" for r in recs if r.state == TrialState.FAIL)
+
+
+def test_timeout_stops_a_training_at_its_next_task_boundary(tmp_path):
+    outcome = search(_settings(tmp_path, n_trials=10, n_workers=1, timeout=1.0), train_fn=FakeTrain(0.6),
+                     out=io.StringIO())
+    recs = record.read_all(outcome.study.get_trials())
+    first = recs[0]
+    assert first.state == TrialState.PRUNED and first.stopped == "search timeout" and first.pruned_at_task is None
+    assert first.paid and len(first.task_acc) < 3                       # stopped before its last task
+    assert len([r for r in recs if r.trained]) == 1                      # no new training after the timeout

@@ -11,6 +11,7 @@ Defaults are ``SearchSettings``'s (rep_tune/search/run.py): only the flags given
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 import yaml
@@ -110,6 +111,7 @@ def run(args: argparse.Namespace) -> int:
     from rep_tune.search.budgets import parse_budget
     from rep_tune.search.run import search
 
+    err = os.dup(2)          # the terminal's stderr, whatever a library does to fd 2 meanwhile
     try:
         settings = settings_from_args(args)
         for metric, text in settings.budgets.items():
@@ -118,6 +120,17 @@ def run(args: argparse.Namespace) -> int:
         print(f"torch threads: {threads}")
         outcome = search(settings)
     except KeyboardInterrupt as e:              # one line, no traceback
-        print(getattr(e, "message", "interrupted before the search started; nothing to resume"), file=sys.stderr)
+        from rep_tune.search.loop import trainings_alive
+
+        message = getattr(e, "message", "interrupted before the search started; nothing to resume")
+        sys.stdout.flush()
+        os.write(err, (message + "\n").encode())
+        if trainings_alive():
+            # trainings in flight are already failed in the study (a resume trains them again); their
+            # threads would only stop at their next task boundary, and torch aborts when the
+            # interpreter finalises under a running thread: leave now
+            os._exit(130)
         return 130
+    finally:
+        os.close(err)
     return 0 if all(outcome.bests.get(t.key) is not None for t in outcome.targets) else 1

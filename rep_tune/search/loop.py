@@ -66,6 +66,12 @@ from rep_tune.search.optuna_backend import Heartbeat, StudyRef, count_committed,
 from rep_tune.search.record import RecordWriter
 
 STALE_CHECK_S = 15.0
+THREAD_PREFIX = "rep-tune-trial-"
+
+
+def trainings_alive() -> int:
+    """Training threads of this process still running (after Ctrl-C they stop at their next task)."""
+    return sum(t.name.startswith(THREAD_PREFIX) and t.is_alive() for t in threading.enumerate())
 TIMEOUT_STOP = "search timeout"
 
 
@@ -140,7 +146,7 @@ class ThreadExecutor:
         self._abort = threading.Event()
 
     def submit(self, job: TrainJob) -> Hashable:
-        threading.Thread(target=self._run, args=(job,), name=f"rep-tune-trial-{job.number}", daemon=True).start()
+        threading.Thread(target=self._run, args=(job,), name=f"{THREAD_PREFIX}{job.number}", daemon=True).start()
         return job.trial_id
 
     def _run(self, job: TrainJob) -> None:
