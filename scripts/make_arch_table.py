@@ -38,16 +38,18 @@ def row(name: str) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     import timm
-    from tqdm import tqdm
     from rep_tune.archs import TABLE
+    from rep_tune.progress import ProgressBar
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", type=Path, default=TABLE)
     a = p.parse_args(argv)
     archs = {}
-    with warnings.catch_warnings():
+    todo = names()
+    with warnings.catch_warnings(), ProgressBar(len(todo), "timm models", unit="model") as bar:
         warnings.simplefilter("ignore")
-        for name in tqdm(names(), desc="timm models", unit="model"):
+        for name in todo:
             archs[name] = row(name)
+            bar.update()
     accepted = sum("refused" not in r for r in archs.values())
     lines = ",\n".join(f"    {json.dumps(n)}: {json.dumps(r, sort_keys=True)}" for n, r in archs.items())
     a.out.write_text(f'{{\n  "timm": {json.dumps(timm.__version__)},\n  "archs": {{\n{lines}\n  }}\n}}\n')

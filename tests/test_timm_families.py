@@ -227,13 +227,13 @@ def test_rep_model_forward_backward_and_cost(name, img):
 
 
 @pytest.mark.parametrize("name,img", [("vit_small_patch14_reg4_dinov2", 56), ("deit_tiny_distilled_patch16_224", 32)])
-@pytest.mark.xfail(reason="rep_tune/cost/counts.py counts one prefix token; it should use arch.num_prefix_tokens",
-                   strict=False)
 def test_cost_model_counts_every_prefix_token(name, img):
     arch = arch_of(name)
     cfg = preset("baseline", "l2p", name, **{"backbone.pretrained": False, "backbone.img_size": img})
-    assert predict(cfg, _profile()).extras["tokens_first"] == arch.num_prefix_tokens + \
-        cfg.prompt.prompt_tokens() + arch.num_patches(img)
+    layout = cfg.layout()
+    assert layout.n_prefix == arch.num_prefix_tokens > 1
+    assert predict(cfg, _profile()).extras["tokens_first"] == arch.num_prefix_tokens + layout.n_prompt + \
+        arch.num_patches(img)
 
 
 @pytest.mark.parametrize("name", ["deit_tiny_distilled_patch16_224", "vit_small_patch14_reg4_dinov2"])
