@@ -22,7 +22,7 @@ from rep_tune.figures import Cost
 
 def fake_accuracy(config) -> float:
     """Higher with longer prompts and a larger keep probability, lower with many merges (a fraction)."""
-    p, a, d = config.prompt, config.atom, config.ald
+    p, d = config.prompt, config.ald
     merged = sum(config.merge_schedule) / max(1, 16 * len(config.merge_schedule))
     acc = 0.55 + 0.02 * p.length + 0.01 * min(p.pool_size, 12) / 12 - 0.15 * merged
     acc += 0.05 * (d.theta_min if d.enabled else 1.0) + (0.01 if config.selection.surrogate else 0.0)

@@ -26,10 +26,10 @@ from rep_tune.cli import main
 from rep_tune.config import RepConfig
 from rep_tune.data.scenario import Scenario
 from rep_tune.device import Budgets, DeviceProfile
-from rep_tune.figures import METRICS, Cost, Figure
+from rep_tune.figures import Cost, Figure
 from rep_tune.search import record
 from rep_tune.search.budgets import parse_budget, resolve
-from rep_tune.search.optuna_backend import open_storage, open_study, storage_url
+from rep_tune.search.optuna_backend import open_study, storage_url
 from rep_tune.search.record import RecordWriter, TrialRecord
 from rep_tune.search.report import write_trials_csv
 from rep_tune.search.run import SearchSettings, search

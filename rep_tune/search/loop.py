@@ -252,8 +252,8 @@ def run_trials(study: optuna.Study, objective: Objective, executor: Executor, *,
             beat.discard(trial._trial_id)
             return None
         except Exception as e:               # a bug in planning fails the trial, not the search
-            plan = Plan(REFUSED, trial, reason=str(e))
-            guarded(plan, lambda: RecordWriter.of(trial).error(e))
+            plan = Plan(REFUSED, trial, reason=f"{type(e).__name__}: {e}")
+            guarded(plan, lambda: RecordWriter.of(trial).error(plan.reason))
             return plan
 
     study_ref = getattr(executor, "study_ref", None)
