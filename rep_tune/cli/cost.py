@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 
+from rep_tune.cli.common import non_negative_float, non_negative_int, positive_int
 from rep_tune.config import PRESETS, RepConfig, preset
 from rep_tune.device import DeviceProfile
 
@@ -13,16 +14,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--preset", choices=PRESETS, default="paper", help="preset used when --config is absent")
     p.add_argument("--method", default="l2p", choices=["l2p", "dualprompt"], help="prompt method of the preset")
     p.add_argument("--backbone", default=None, help="backbone of the preset (timm name)")
-    p.add_argument("--t", type=int, default=None, help="ALD at this iteration (default: averaged over a task)")
-    p.add_argument("--iters-per-task", type=int, default=None, help="task length for ALD averaging")
-    p.add_argument("--margin", type=float, default=0.0, help="required headroom, e.g. 0.1 = 10%%")
+    p.add_argument("--t", type=non_negative_int, default=None, help="ALD at this iteration (default: averaged over a task)")
+    p.add_argument("--iters-per-task", type=positive_int, default=None, help="task length for ALD averaging")
+    p.add_argument("--margin", type=non_negative_float, default=0.0, help="required headroom, e.g. 0.1 = 10%%")
 
 
 def _config(args) -> RepConfig:
     if args.config:
         return RepConfig.load(args.config)
     kw = {"backbone": args.backbone} if args.backbone else {}
-    return preset(args.preset, args.method, **kw)
+    try:
+        return preset(args.preset, args.method, **kw)
+    except KeyError as e:
+        raise ValueError(f"--backbone: expected a timm ViT name like vit_tiny_patch16_224, found {args.backbone!r}") from e
 
 
 def run(args) -> int:
