@@ -75,7 +75,7 @@ def test_count_merges_and_prefixes():
     assert c.blocks[0].kv_len == 65 + dp.prompt.g_length            # ... only keys/values in their layers
     assert c.blocks[2].kv_len - c.blocks[2].tokens == dp.prompt.length
     assert c.blocks[6].kv_len == c.blocks[6].tokens
-    assert all(b.keep == 1.0 for b in c.blocks if b.index in dp.prompt.prompt_layers())
+    assert all(b.keep == 1.0 for b in c.blocks if b.index in dp.layout().prompt_blocks)
 
 
 def test_totals_match_per_block_detail():

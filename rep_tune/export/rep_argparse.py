@@ -152,7 +152,7 @@ def _continual(cfg: RepConfig, scenario: Scenario | None, issues: _Issues) -> li
 def _prompts(cfg: RepConfig) -> list[str]:
     p = cfg.prompt
     argv = ["--size", num_token(p.pool_size), "--length", num_token(p.length), "--top_k", num_token(p.top_k),
-            "--batchwise_prompt", bool_token(p.batchwise), "--pull_constraint_coeff", num_token(p.pull_coeff),
+            "--batchwise_prompt", bool_token(getattr(p, "batchwise", False)), "--pull_constraint_coeff", num_token(p.pull_coeff),
             "--embedding_key", "cls", "--prompt_key_init", "uniform"]
     if p.method == "l2p":
         return argv + ["--head_type", "prompt"]
