@@ -15,6 +15,7 @@ import pickle
 import re
 import stat
 import struct
+import warnings
 from pathlib import Path
 
 import torch
@@ -91,7 +92,9 @@ def _read_safetensors(path: Path, size: int) -> dict:
 
 def _read_torch(path: Path) -> object:
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")   # a refusal follows anyway
+            return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         # torch's message advises weights_only=False ("will likely succeed"): never relay that; keep the cause
         m = re.search(r"WeightsUnpickler error:\s*(.*?)(?:\.?\s*Please use|\n\n|$)", str(e), re.S)

@@ -32,7 +32,7 @@ class Spec:
     idle_power_w: float | None = None
     cpu: str | None = None
 
-    def validate(self, source: str | None, dtype: str) -> None:
+    def check_ranges(self, source: str | None, dtype: str) -> None:
         """Peaks, bandwidth, capacities and powers are physical: > 0 (capacity >= 0 = unknown)."""
         check(bool(self.peak_tflops), source, "spec.peak_tflops",
               f"a mapping of dtype to TFLOP/s with an entry for dtype {dtype!r}", self.peak_tflops)
@@ -98,6 +98,10 @@ class Budgets:
         for key in data:
             check(key in allowed or key == "limits", source, f"{prefix}.{key}" if prefix else key,
                   "one of " + ", ".join(allowed), key)
+        for key in METRICS:                # checked here so the error names the key as written in the file
+            v = data.get(key)
+            check(v is None or (isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)),
+                  source, f"{prefix}.{key}" if prefix else key, "a finite number or null", v)
         limits = dict(data.pop("limits", None) or {})
         limits.update({k: data.pop(k) for k in list(data) if k in METRICS})
         data["limits"] = limits
@@ -149,7 +153,7 @@ class CalibrationRun:
     peak_mb: float | None = None       # peak memory above the idle baseline
     dtype: str = "fp32"
 
-    def validate(self, source: str | None, field_name: str) -> None:
+    def check_ranges(self, source: str | None, field_name: str) -> None:
         for name in ("batch", "tokens", "embed_dim", "num_heads", "blocks"):
             check(getattr(self, name) >= 1, source, f"{field_name}.{name}", "int >= 1", getattr(self, name))
         check(self.mlp_ratio > 0, source, f"{field_name}.mlp_ratio", "a finite number > 0", self.mlp_ratio)
@@ -173,7 +177,7 @@ class Calibration:
     runs: list[CalibrationRun] = field(default_factory=list)
     fit_error: dict[str, float] = field(default_factory=dict)    # e.g. {"latency_median_rel": 0.06}
 
-    def validate(self, source: str | None) -> None:
+    def check_ranges(self, source: str | None) -> None:
         """Efficiencies in (0, EFFICIENCY_MAX] (launch_ms >= 0); overheads >= 0; every run sane."""
         for k, v in self.efficiency.items():
             if k == "launch_ms":
@@ -187,7 +191,7 @@ class Calibration:
         check(self.memory_overhead_mb >= 0, source, "calibration.memory_overhead_mb", "a finite number >= 0 (MiB)",
               self.memory_overhead_mb)
         for i, run in enumerate(self.runs):
-            run.validate(source, f"calibration.runs[{i}]")
+            run.check_ranges(source, f"calibration.runs[{i}]")
         for k, v in self.fit_error.items():
             check(v >= 0, source, f"calibration.fit_error.{k}", "a finite number >= 0", v)
 
@@ -219,7 +223,7 @@ class DeviceProfile:
         """
         check(self.version == PROFILE_VERSION, source, "version", str(PROFILE_VERSION), self.version)
         check(bool(self.name.strip()), source, "name", "a non-empty string", self.name)
-        self.spec.validate(source, self.dtype)
+        self.spec.check_ranges(source, self.dtype)
         b = self.budgets
         check(b.batch_size >= 1, source, "budgets.batch_size", "int >= 1", b.batch_size)
         for name, v in b.limits.items():
@@ -234,7 +238,7 @@ class DeviceProfile:
         check(w.iters_per_task is None or w.iters_per_task >= 1, source, "workload.iters_per_task", "int >= 1 or null",
               w.iters_per_task)
         if self.calibration is not None:
-            self.calibration.validate(source)
+            self.calibration.check_ranges(source)
         return self
 
     @property

@@ -96,7 +96,7 @@ def _fashion(root, classes=3):
 
 
 def test_check_reachable_counts_classes_and_names_the_file(tmp_path):
-    assert Scenario(n_tasks=10).check_reachable() == 10
+    assert Scenario(dataset="digits", n_tasks=10).check_reachable() == 10
     _cifar(tmp_path / "c")
     path = tmp_path / "s.yaml"
     Scenario(dataset="cifar100", data_path=str(tmp_path / "c"), n_tasks=6).save(path)
