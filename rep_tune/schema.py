@@ -80,6 +80,8 @@ def _convert(tp: Any, value: Any, field: str, source: str | None) -> Any:
                 errors.append(e)
         if len(errors) == 1:
             raise errors[0]
+        if isinstance(value, float) and not math.isfinite(value) and (float in args or int in args):
+            raise SchemaError(source, field, "a finite number" + (" or null" if type(None) in args else ""), value)
         raise SchemaError(source, field, _type_name(tp), value)
     if origin is Literal:
         if value not in get_args(tp):

@@ -1,6 +1,7 @@
 """Scenario: a class-incremental benchmark (dataset, class order, task split, image size)."""
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -54,6 +55,8 @@ class Scenario:
               f"int in [1, {MAX_IMAGE_SIZE}] or null", self.image_size)
         check(0.0 < self.test_fraction < 1.0, source, "test_fraction", "number in (0, 1)", self.test_fraction)
         check(self.max_per_class is None or self.max_per_class >= 1, source, "max_per_class", "int >= 1 or null", self.max_per_class)
+        check(self.eval_per_class is None or self.eval_per_class >= 1, source, "eval_per_class", "int >= 1 or null",
+              self.eval_per_class)
         return self
 
     def check_reachable(self, source: str | None = None) -> int:
@@ -94,13 +97,14 @@ def _probe(scenario: Scenario) -> int:
         from rep_tune.data import digits
         return digits.probe(scenario)
     if scenario.dataset == "fashion-mnist":
-        from rep_tune.data.idx import find_fashion_mnist, probe_classes
-        try:
-            return probe_classes(find_fashion_mnist(scenario.data_path))
-        except FileNotFoundError:
+        from rep_tune.data import fashion_mnist
+        from rep_tune.data.idx import probe_classes
+        found = fashion_mnist.find(scenario.data_path)          # the loader's own search order
+        if found is None:
             if scenario.download:
                 return KNOWN_CLASSES["fashion-mnist"]
-            raise
+            fashion_mnist.locate(dataclasses.replace(scenario, download=False))   # raises, naming where it looked
+        return probe_classes(found)
     if scenario.dataset == "cifar100":
         from rep_tune.data import cifar100
         return cifar100.probe(scenario)
