@@ -165,46 +165,104 @@ class _Blocks:
     workspace: float
 
 
-@lru_cache(maxsize=4096)
-def _blocks(sched: tuple, n_prot: int, prefix: tuple, first_grad: int, B: int, D: int, H: int, mlp: tuple,
-            numerics: Numerics) -> tuple[_Blocks, tuple[BlockCount, ...]]:
-    """Keep-weighted block work of one schedule at one shape, and the per-block view.
+def _walk(sched: tuple, n_prot: int, prefix: tuple, first_grad: int, B: int, D: int, H: int, mlp: tuple,
+          numerics: Numerics):
+    """Per block: (index, merges, keep, grad, prefix, shape when it runs, planned shape, eligible tokens).
 
     A block ALD skips merges nothing: the tokens it would have merged reach the next blocks
-    (``unmerged``, in expectation). Memory counts the scheduled tokens (every block running).
+    (``unmerged``, in expectation). The planned shape (every block running) is what memory counts.
     """
     eff, toks, keep = sched
     f_out, hidden = mlp
-    fwd = bwd = match = ZERO
-    saved_w = saved_e = workspace = 0.0
     unmerged = 0.0
-    view = []
     for i, (r, k, n0, pre) in enumerate(zip(eff, keep, toks, prefix)):
         N = n0 + unmerged
-        grad = i >= first_grad
-        shape = BlockShape(B, N, N - r, N + pre, D, H, f_out, hidden)
-        bf = block_forward(shape, numerics)
-        bb = block_backward(shape, numerics) if grad else ZERO
-        bm = merge_work(shape, N - n_prot, numerics, grad)
-        fwd, bwd, match = fwd + k * bf, bwd + k * bb, match + k * bm
-        planned = BlockShape(B, n0, n0 - r, n0 + pre, D, H, f_out, hidden)
-        saved = block_saved_bytes(planned, numerics, pre, n0 - n_prot) if grad else 0.0
-        if k > 0:
-            saved_w += saved
-        saved_e += k * saved
-        workspace = max(workspace, block_workspace_bytes(planned, numerics))
-        view.append(BlockCount(i, N, N - r, N + pre, r, k, grad, bf, bb, bm, saved))
+        yield (i, r, k, i >= first_grad, pre, BlockShape(B, N, N - r, N + pre, D, H, f_out, hidden),
+               BlockShape(B, n0, n0 - r, n0 + pre, D, H, f_out, hidden), N - n_prot, n0 - n_prot)
         unmerged += (1.0 - k) * r
-    return _Blocks(fwd, bwd, match, saved_w, saved_e, workspace), tuple(view)
+
+
+@lru_cache(maxsize=4096)
+def _blocks(sched: tuple, n_prot: int, prefix: tuple, first_grad: int, B: int, D: int, H: int, mlp: tuple,
+            numerics: Numerics) -> _Blocks:
+    """Keep-weighted work of the blocks of one schedule at one shape, and their activation bytes."""
+    fwd, bwd, match = [], [], []
+    saved_w = saved_e = workspace = 0.0
+    for i, r, k, grad, pre, shape, planned, eligible, planned_eligible in _walk(
+            sched, n_prot, prefix, first_grad, B, D, H, mlp, numerics):
+        fwd.append((k, block_forward(shape, numerics)))
+        if grad:
+            bwd.append((k, block_backward(shape, numerics)))
+            saved = block_saved_bytes(planned, numerics, pre, planned_eligible)
+            saved_w += saved if k > 0 else 0.0
+            saved_e += k * saved
+        if r:
+            match.append((k, merge_work(shape, eligible, numerics, grad)))
+        workspace = max(workspace, block_workspace_bytes(planned, numerics))
+    return _Blocks(Work.weighted(fwd), Work.weighted(bwd), Work.weighted(match), saved_w, saved_e, workspace)
+
+
+def _view(*args) -> list[BlockCount]:
+    """The per-block view of ``_blocks``'s numbers (CLI table, tests)."""
+    numerics = args[-1]
+    out = []
+    for i, r, k, grad, pre, shape, planned, eligible, planned_eligible in _walk(*args):
+        out.append(BlockCount(i, shape.tokens, shape.tokens_mlp, shape.kv_len, r, k, grad,
+                              block_forward(shape, numerics),
+                              block_backward(shape, numerics) if grad else ZERO,
+                              merge_work(shape, eligible, numerics, grad) if r else ZERO,
+                              block_saved_bytes(planned, numerics, pre, planned_eligible) if grad else 0.0))
+    return out
+
+
+@lru_cache(maxsize=1024)
+def _query(backbone: str, img_size: int | None, surrogate: str | None, cache: bool, B: int,
+           num: Numerics) -> tuple[Work, Work, float]:
+    """(query work in steady state, in the first epoch, frozen parameters incl. the surrogate's).
+
+    The selection query is a surrogate's forward (skipped on a cache hit; the input is resized to
+    the surrogate's size, and a projection maps its width), or the backbone's own plain forward.
+    """
+    arch = _arch(backbone, img_size)
+    if not surrogate:
+        q = plain_forward(arch, B, num)
+        return q, q, float(arch.params)
+    sarch = _arch(surrogate, None)
+    q_first = plain_forward(sarch, B, num)
+    if sarch.img_size != arch.img_size:
+        q_first = q_first + Work(0.0, 0.0, num.stream_bytes * B * arch.in_chans
+                                 * (arch.img_size ** 2 + sarch.img_size ** 2), 1)
+    projection = sarch.embed_dim * arch.embed_dim if sarch.embed_dim != arch.embed_dim else 0
+    return (ZERO if cache else q_first), q_first, float(arch.params + sarch.params + projection)
+
+
+@lru_cache(maxsize=4096)
+def _other(backbone: str, img_size: int | None, B: int, num: Numerics, select_macs: int, prompt_launches: int,
+           n_prompt: int, n_tokens: int, n_last: int, num_classes: int, trainable: int, states: int,
+           param_tensors: int) -> Work:
+    """The iteration outside the blocks and the query: embedding, prompt selection and assembly,
+    final norm, head and loss, gradient clipping and the optimizer step (fp32 parameters)."""
+    arch = _arch(backbone, img_size)
+    D, s = arch.embed_dim, num.stream_bytes
+    return (embedding(arch, B, num)
+            + Work(2.0 * B * select_macs * 2,                                           # selection, fwd + bwd
+                   0.0, s * B * (n_prompt + (2 * n_tokens if n_prompt else 0)) * D,     # prompt gather + concat
+                   prompt_launches)
+            + Work(2.0 * B * D * num_classes * 3,                                       # head fwd, bwd input + weight
+                   0.0, s * B * n_last * D * 4, LAUNCHES_ITERATION)                     # final norm fwd + bwd
+            + Work(0.0, 0.0, 4.0 * (6 + 5 * states) * trainable,                       # clip + optimizer (fp32)
+                   LAUNCHES_PARAM * param_tensors))
 
 
 def count(config, *, batch: int | None = None, t: int | None = None, iters_per_task: int | None = None,
-          num_classes: int = DEFAULT_NUM_CLASSES, precision: str | None = None, detail: bool = True) -> Counts:
+          num_classes: int = DEFAULT_NUM_CLASSES, precision: str | None = None, detail: bool = True,
+          keep: tuple[float, ...] | None = None) -> Counts:
     """Counts of one training iteration of ``config`` at ``batch`` (default: its batch size).
 
     ``precision`` overrides ``training.precision`` (fp32 | bf16 | fp16). ALD keep probabilities
     at iteration ``t``, or averaged over a task of ``iters_per_task`` iterations (default: the
-    config's cap, else 1000). ``detail`` keeps the per-block list (the CLI table and tests).
+    config's cap, else 1000); ``keep`` replaces them (one per block; 0/1 = a drop pattern, as a
+    benchmark that fixes the runtime's draws prices it). ``detail`` keeps the per-block list.
     """
     B = batch or config.training.batch_size
     num = Numerics.of(precision or config.training.precision)
@@ -215,43 +273,30 @@ def count(config, *, batch: int | None = None, t: int | None = None, iters_per_t
     merge = tuple(config.atom.schedule(L))
     iters = iters_per_task or config.training.iters_per_task or DEFAULT_ITERS_PER_TASK
     sched = _schedule(merge, lay.mergeable, lay.n_protected, _ald_key(config.ald), t, iters, tuple(lay.prompt_blocks))
+    if keep is not None:
+        if len(keep) != L:
+            raise ValueError(f"count: keep: expected {L} probabilities (one per block), found {len(keep)}")
+        sched = (sched[0], sched[1], tuple(float(k) for k in keep))
     eff, toks, keep = sched
-    blocks, view = _blocks(sched, lay.n_protected, tuple(lay.prefix), lay.first_grad, B, D, H, _mlp(arch), num)
+    key = (sched, lay.n_protected, tuple(lay.prefix), lay.first_grad, B, D, H, _mlp(arch), num)
+    blocks = _blocks(*key)
 
-    # the selection query: a surrogate's forward (cacheable) or the backbone's own plain forward
     sel = config.selection
-    if sel.surrogate:
-        sarch = _arch(sel.surrogate, None)
-        q_first = plain_forward(sarch, B, num)
-        if sarch.img_size != arch.img_size:          # the input is resized to the surrogate's size
-            q_first = q_first + Work(0.0, 0.0, num.stream_bytes * B * arch.in_chans
-                                     * (arch.img_size ** 2 + sarch.img_size ** 2), 1)
-        q = ZERO if sel.cache else q_first
-        s_params = sarch.params + (sarch.embed_dim * D if sarch.embed_dim != D else 0)   # + projection
-    else:
-        q = q_first = plain_forward(arch, B, num)
-        s_params = 0
-
+    q, q_first, params = _query(config.backbone.name, config.backbone.img_size, sel.surrogate, sel.cache, B, num)
     trainable = lay.trainable(num_classes)
     states = OPTIMIZER_STATES.get(config.training.optimizer, 2)
     param_tensors = PARAM_TENSORS_HEAD + getattr(geom, "param_tensors", PARAM_TENSORS_PROMPT)
-    n_last = toks[-1]
-    other = (embedding(arch, B, num)
-             + Work(2.0 * B * geom.select_macs * 2,                                     # selection, fwd + bwd
-                    0.0, num.stream_bytes * B * (lay.n_prompt + (2 * lay.n_tokens if lay.n_prompt else 0)) * D,
-                    getattr(geom, "launches", LAUNCHES_PROMPT))                         # prompt gather + concat
-             + Work(2.0 * B * D * num_classes * 3,                                      # head fwd, bwd input + weight
-                    0.0, num.stream_bytes * B * n_last * D * 4, LAUNCHES_ITERATION)     # final norm fwd + bwd
-             + Work(0.0, 0.0, 4.0 * (6 + 5 * states) * trainable,                      # clip + optimizer (fp32)
-                    LAUNCHES_PARAM * param_tensors))
+    other = _other(config.backbone.name, config.backbone.img_size, B, num, geom.select_macs,
+                   getattr(geom, "launches", LAUNCHES_PROMPT), lay.n_prompt, lay.n_tokens, toks[-1], num_classes,
+                   trainable, states, param_tensors)
 
     counts = Counts(
-        batch=B, numerics=num, blocks=list(view) if detail else [], blocks_work=blocks.fwd + blocks.bwd + blocks.match,
+        batch=B, numerics=num, blocks=_view(*key) if detail else [], blocks_work=blocks.fwd + blocks.bwd + blocks.match,
         fwd=blocks.fwd, bwd=blocks.bwd, match=blocks.match, query=q, query_first_epoch=q_first, other=other,
         saved_worst=blocks.saved_worst, saved_expected=blocks.saved_expected, workspace_bytes=blocks.workspace,
-        params=arch.params + s_params, trainable=trainable, optimizer_state=states * trainable,
+        params=params, trainable=trainable, optimizer_state=states * trainable,
         input_bytes=4.0 * B * arch.in_chans * arch.img_size ** 2)
-    counts.extras.update(tokens_first=float(toks[0]), tokens_last=float(n_last),
+    counts.extras.update(tokens_first=float(toks[0]), tokens_last=float(toks[-1]),
                          blocks_expected=float(sum(keep)), merges_total=float(sum(eff)),
                          iters_per_task=float(iters))
     return counts

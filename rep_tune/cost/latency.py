@@ -13,10 +13,12 @@ from dataclasses import dataclass
 
 from rep_tune.cost.work import Work
 
-# Spec-only defaults: fraction of peak a framework typically reaches, launch cost per kernel.
+# Spec-only defaults: fraction of peak a framework typically reaches, and the time per counted
+# launch (an eager-mode aten dispatch, views included: ~5 us on a desktop CPU driving a GPU, about
+# 3x that on a Jetson's Arm cores; rep_tune.cost.work counts them).
 DEFAULT_EFFICIENCY = {
-    "gpu": {"matmul": 0.5, "attention": 0.3, "elementwise": 0.6, "launch_ms": 0.008},
-    "jetson": {"matmul": 0.35, "attention": 0.2, "elementwise": 0.5, "launch_ms": 0.03},
+    "gpu": {"matmul": 0.5, "attention": 0.3, "elementwise": 0.6, "launch_ms": 0.005},
+    "jetson": {"matmul": 0.35, "attention": 0.2, "elementwise": 0.5, "launch_ms": 0.015},
     "cpu": {"matmul": 0.4, "attention": 0.2, "elementwise": 0.3, "launch_ms": 0.006},
 }
 CLASSES = ("matmul", "attention", "elementwise")

@@ -77,12 +77,13 @@ def latency_ms(c: _counts.Counts, r: Rates, first_epoch: bool = False) -> float:
 def predict(config, profile, *, iters_per_task: int | None = None, t: int | None = None,
             batch: int | None = None, num_classes: int = _counts.DEFAULT_NUM_CLASSES,
             images_per_task: int | None = None, epochs: int | None = None,
-            precision: str | None = None) -> Cost:
+            precision: str | None = None, keep: tuple[float, ...] | None = None) -> Cost:
     """Predicted cost of one REP training iteration of ``config`` on ``profile``.
 
     Batch = ``batch`` or training.batch_size; precision = ``precision`` or training.precision.
     Latency is the mean over the task schedule (``task_schedule``; ALD keep probabilities
-    averaged over it, or taken at iteration ``t`` when given); ``extras`` hold the steady-state
+    averaged over it, taken at iteration ``t`` when given, or ``keep`` as given: one per block);
+    ``extras`` hold the steady-state
     (``latency_ms_cached``) and first-epoch (``latency_ms_first_epoch``) figures. Peak memory is
     the worst case over the task (every block ALD may drop runs); the keep-weighted figure is in
     extras.
@@ -91,7 +92,7 @@ def predict(config, profile, *, iters_per_task: int | None = None, t: int | None
     prec = precision or config.training.precision
     sched = task_schedule(config, B, images_per_task=images_per_task, iters_per_task=iters_per_task, epochs=epochs)
     c = _counts.count(config, batch=B, t=t, iters_per_task=sched.iterations, num_classes=num_classes,
-                      precision=prec, detail=False)
+                      precision=prec, detail=False, keep=keep)
     r = rates(profile, prec)
     cal = profile.calibration if profile.calibrated else None
     source, detail = ("predicted", "calibrated cost model") if cal is not None else ("estimated", "uncalibrated")

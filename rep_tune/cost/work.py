@@ -24,6 +24,8 @@ Pure Python, no torch: the search prices thousands of candidates.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
+from typing import Iterable, NamedTuple
 
 # Kernel launches (top-level aten dispatches, views included: each costs a dispatch) per pass of
 # one block, counted with torch.profiler on timm 1.0's Block and rep_tune's block_forward.
@@ -39,38 +41,48 @@ LAUNCHES_AUTOCAST_BWD = 0
 SDPA_BWD_FACTOR = 2.5         # backward attention FLOPs / forward (dQ, dK, dV, dP + recompute)
 
 
-@dataclass(frozen=True, slots=True)
-class Work:
-    """Cost of a piece of computation in the latency model's units; adds, scales by a number."""
+class Work(NamedTuple):
+    """Cost of a piece of computation in the latency model's units; adds, scales by a number.
+
+    An immutable value (a NamedTuple: cheap to build, which the search's pre-screening needs).
+    """
 
     matmul_flops: float = 0.0
     attention_flops: float = 0.0
     elementwise_bytes: float = 0.0
     launches: float = 0.0
 
-    def __add__(self, other: "Work") -> "Work":
-        return Work(self.matmul_flops + other.matmul_flops, self.attention_flops + other.attention_flops,
-                    self.elementwise_bytes + other.elementwise_bytes, self.launches + other.launches)
+    def __add__(self, other: "Work") -> "Work":           # type: ignore[override]
+        return _new(Work, (self[0] + other[0], self[1] + other[1], self[2] + other[2], self[3] + other[3]))
 
-    def __mul__(self, k: float) -> "Work":
-        return Work(self.matmul_flops * k, self.attention_flops * k, self.elementwise_bytes * k, self.launches * k)
+    def __mul__(self, k: float) -> "Work":                # type: ignore[override]
+        return _new(Work, (self[0] * k, self[1] * k, self[2] * k, self[3] * k))
 
     __rmul__ = __mul__
 
     @property
     def flops(self) -> float:
         """Matmul + attention FLOPs."""
-        return self.matmul_flops + self.attention_flops
+        return self[0] + self[1]
 
     @staticmethod
-    def total(works) -> "Work":
+    def total(works: Iterable["Work"]) -> "Work":
         """Sum of an iterable of Works (``Work()`` when empty)."""
-        out = ZERO
+        a = b = c = d = 0.0
         for w in works:
-            out = out + w
-        return out
+            a, b, c, d = a + w[0], b + w[1], c + w[2], d + w[3]
+        return _new(Work, (a, b, c, d))
+
+    @staticmethod
+    def weighted(pairs: Iterable[tuple[float, "Work"]]) -> "Work":
+        """sum(k * w) over (k, w) pairs, without intermediate Works (the hot path's sum over blocks)."""
+        a = b = c = d = 0.0
+        for k, w in pairs:
+            a, b, c, d = a + k * w[0], b + k * w[1], c + k * w[2], d + k * w[3]
+        return _new(Work, (a, b, c, d))
 
 
+_new = tuple.__new__
 ZERO = Work()
 
 DTYPE_BYTES = {"fp32": 4, "tf32": 4, "fp16": 2, "bf16": 2, "fp64": 8}
@@ -87,6 +99,7 @@ class Numerics:
     autocast: bool
 
     @staticmethod
+    @lru_cache(maxsize=16)
     def of(precision: str) -> "Numerics":
         """A training precision as the runtime runs it: fp32 plain, bf16/fp16 under autocast."""
         s = DTYPE_BYTES.get(precision, 4)
@@ -99,8 +112,7 @@ class Numerics:
         return Numerics(dtype, s, s, False)
 
 
-@dataclass(frozen=True, slots=True)
-class BlockShape:
+class BlockShape(NamedTuple):
     """One block run over a batch: ``tokens`` in attention, ``tokens_mlp`` after merging, ``kv_len``
     attention keys (tokens + prefix), widths of the MLP (fc1 output ``mlp_out``; fc2 input
     ``mlp_hidden``: equal for a plain MLP, ``mlp_out = 2 * mlp_hidden`` for a gated one)."""
