@@ -82,7 +82,7 @@ class Counts:
     other: Work
     saved_worst: float                       # activation bytes, every droppable block running
     saved_expected: float                    # keep-weighted activation bytes
-    workspace_bytes: float                   # largest per-op transient
+    workspace_bytes: float                   # transient at the peak (backward starting in the last block)
     params: float                            # frozen backbone + surrogate parameters and buffers (elements)
     trainable: float                         # prompts + keys + head (elements)
     optimizer_state: float                   # elements (Adam: 2 per trainable)
@@ -196,9 +196,12 @@ def _blocks(sched: tuple, n_prot: int, prefix: tuple, first_grad: int, B: int, D
             saved = block_saved_bytes(planned, numerics, pre, planned_eligible)
             saved_w += saved if k > 0 else 0.0
             saved_e += k * saved
+            if k > 0:     # the peak: every activation saved, backward starting in the last block that runs
+                workspace = block_workspace_bytes(planned, numerics)
+        elif not bwd:     # no gradient anywhere (yet): the forward's largest temporary
+            workspace = max(workspace, block_workspace_bytes(planned, numerics))
         if r:
             match.append((k, merge_work(shape, eligible, numerics, grad)))
-        workspace = max(workspace, block_workspace_bytes(planned, numerics))
     return _Blocks(Work.weighted(fwd), Work.weighted(bwd), Work.weighted(match), saved_w, saved_e, workspace)
 
 

@@ -207,7 +207,8 @@ def block_saved_bytes(s: BlockShape, n: Numerics, prefix: float = 0.0, eligible:
 
 
 def block_workspace_bytes(s: BlockShape, n: Numerics) -> float:
-    """Largest transient of one block (a temporary and its gradient): MLP hidden, attention scores,
-    or the qkv projection."""
+    """Transient of one block's backward beyond its saved activations (a temporary and its gradient):
+    MLP hidden, attention scores, or the qkv projection. The iteration's peak memory is reached
+    when backward starts in the last block that runs (every activation still saved)."""
     B, N, K = s.batch, s.tokens, s.kv_len
     return n.compute_bytes * B * max(N * s.mlp_out, s.heads * N * K, 3 * N * s.dim) * 2
