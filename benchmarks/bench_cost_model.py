@@ -152,12 +152,12 @@ def measure(cfg, t: int, args, num_classes: int = 100) -> dict:
     for pat in patterns:
         model.dropper.sample = lambda _t, pat=pat: list(pat)
         c = measure_iterations(model, n=args.reps * (args.patterns if k == 1 else 1), warmup=1, memory_iters=0,
-                               iteration=t, iteration_stride=0, num_classes=num_classes)
+                               iteration=t, iteration_stride=0, num_classes=num_classes, device=args.device)
         ms.append(c.latency_ms.value)
     everything = tuple([True] * model.depth)
     model.dropper.sample = lambda _t: list(everything)
     mem = measure_iterations(model, n=0, warmup=1, memory_iters=args.mem_iters, iteration=t, iteration_stride=0,
-                             num_classes=num_classes)
+                             num_classes=num_classes, device=args.device)
     return {"patterns": patterns, "ms": ms, "peak_mb": mem.peak_memory_mb.value}
 
 
@@ -195,14 +195,16 @@ def main(argv=None) -> int:
     ap.add_argument("--mem-iters", type=int, default=1)
     ap.add_argument("--precision", default=None, help="training.precision of every config (default: the profile's dtype)")
     ap.add_argument("--profile", default=None, help="a profile `rep-tune profile` wrote on this machine (skips profiling)")
-    ap.add_argument("--device", default="cpu", help="torch device to profile and measure on (cpu, cuda)")
+    ap.add_argument("--device", default="cpu",
+                    help="torch device to profile and measure on (cpu, cuda); configs run at --precision or the "
+                         "profile's dtype, which needs the runtime's mixed precision for bf16/fp16")
     ap.add_argument("--worst", type=int, default=8, help="rows in the table of the worst configs")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
     args.configs = args.configs or (12 if args.quick else 32)
     args.patterns = args.patterns or (2 if args.quick else 4)
-    if args.device != "cpu":
-        raise SystemExit("--device: only cpu is wired for measuring here (measure_iterations runs on the model's device)")
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        raise SystemExit(f"--device {args.device}: torch sees no CUDA device here")
     torch.set_num_threads(args.threads)
     t_start = time.perf_counter()
 

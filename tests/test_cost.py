@@ -450,3 +450,17 @@ def test_cli_cost(tmp_path, capsys):
     prof.save(tmp_path / "p.yaml")
     assert main(["cost", "--device", str(tmp_path / "p.yaml"), "--preset", "baseline"]) == 1
     assert "over by" in capsys.readouterr().out
+
+
+def test_calibration_runs_under_autocast_are_priced_as_training_runs():
+    """A run converted to bf16 moves bf16 everywhere; one under autocast keeps the fp32 stream and
+    casts the weights, as REP training at training.precision bf16 does."""
+    pure = CalibrationRun(batch=8, tokens=65, embed_dim=96, num_heads=3, blocks=2, dtype="bf16")
+    auto = CalibrationRun(batch=8, tokens=65, embed_dim=96, num_heads=3, blocks=2, dtype="bf16")
+    auto.autocast = True
+    (fp, bp), (fa, ba) = run_work(pure), run_work(auto)
+    assert fp.matmul_flops == fa.matmul_flops and bp.attention_flops == ba.attention_flops
+    s = BlockShape(8, 65, 65, 65, 96, 3, 384, 384)
+    assert fa == 2 * block_forward(s, Numerics.of("bf16"), atom_metric=False)
+    assert fp == 2 * block_forward(s, Numerics.pure("bf16"), atom_metric=False)
+    assert fa.elementwise_bytes > fp.elementwise_bytes and fa.launches > fp.launches

@@ -1,8 +1,8 @@
 """Fit a device's efficiency factors and overheads from timed ViT-block runs (CalibrationRun).
 
 The runs are what ``rep-tune profile`` records (``rep_tune.profiler.probe.calibration_run``):
-``blocks`` frozen timm Blocks converted to the run's dtype, timed forward (no grad) and forward +
-backward to the input. Each run's work is ``rep_tune.cost.work``'s block arithmetic, the same
+``blocks`` frozen timm Blocks at the run's dtype (converted, or fp32 under autocast when the run
+says ``autocast``), timed forward (no grad) and forward + backward to the input. Each run's work is ``rep_tune.cost.work``'s block arithmetic, the same
 functions that price configs, so the fitted coefficients are the ones ``predict`` uses:
 
     ms = blocks * (mm / (peak * e_mm) + att / (peak * e_att) + bytes / (bw * e_ew) + launches * launch_ms) + c0
@@ -43,8 +43,10 @@ def run_shape(run) -> BlockShape:
 
 
 def run_numerics(run) -> Numerics:
-    """A calibration run converts the whole block to its dtype."""
-    return Numerics.pure(run.dtype or "fp32")
+    """How a calibration run computed: an fp32 block under autocast at ``dtype`` (as training runs;
+    ``run.autocast``), or the whole block converted to ``dtype`` (the profiler's runs today)."""
+    dtype = run.dtype or "fp32"
+    return Numerics.of(dtype) if getattr(run, "autocast", False) else Numerics.pure(dtype)
 
 
 def run_work(run) -> tuple[Work, Work]:
