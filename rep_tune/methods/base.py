@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Any, ClassVar, Literal
+from typing import ClassVar, Literal
 
 from rep_tune.schema import SchemaError, check
 
@@ -105,5 +105,3 @@ def method_names() -> tuple[str, ...]:
     return tuple(METHODS)
 
 
-def section_dict(section: PromptSection) -> dict[str, Any]:
-    return dataclasses.asdict(section)
