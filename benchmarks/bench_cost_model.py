@@ -167,21 +167,26 @@ def spearman(a, b) -> float:
     return float(np.corrcoef(ra, rb)[0, 1])
 
 
-def prediction_speed(prof, n: int) -> tuple[float, float]:
-    """Seconds for ``n`` predictions of distinct configs, and of one config repeated."""
+def prediction_speed(prof, n: int) -> tuple[float, float, float]:
+    """Process CPU seconds for ``n`` predictions of distinct configs, of one config repeated, and of
+    ``n`` x sum(range(100)) (a reference for this host's Python speed)."""
     rng = random.Random(1)
     bases = [preset("paper", m, b) for m in METHODS for b in (MICRO, TINY)]
     cfgs = [rng.choice(bases).replace(**{"atom.merge": [rng.randint(0, 12) for _ in range(12)],
                                          "ald.theta_min": rng.choice([0.3, 0.5, 0.75]), "ald.tau": rng.randint(0, 30),
                                          "training.batch_size": rng.choice([8, 16, 32])}) for _ in range(n)]
-    t0 = time.perf_counter()
+    t0 = time.process_time()
     for c in cfgs:
         predict(c, prof)
-    distinct = time.perf_counter() - t0
-    t0 = time.perf_counter()
+    distinct = time.process_time() - t0
+    t0 = time.process_time()
     for _ in range(n):
         predict(cfgs[0], prof)
-    return distinct, time.perf_counter() - t0
+    same = time.process_time() - t0
+    t0 = time.process_time()
+    for _ in range(n):
+        sum(range(100))
+    return distinct, same, time.process_time() - t0
 
 
 def main(argv=None) -> int:
@@ -251,7 +256,7 @@ def main(argv=None) -> int:
              "latency mean signed": float(np.mean(lat)), "memory median": float(np.median(np.abs(mem)))}
     rho = spearman([r["pred_ms"] for r in rows], [r["meas_ms"] for r in rows])
     n_pred = 2000
-    distinct, same = prediction_speed(prof, n_pred)
+    distinct, same, ref = prediction_speed(prof, n_pred)
     print(f"\nlatency = wall ms per training iteration (measure_iterations, median of {args.reps}), mean over "
           f"{args.patterns} stratified ALD drop patterns; predicted per pattern (predict(..., keep=pattern))")
     per_method = ", ".join(f"{m} {sum(r['method'] == m for r in rows)}" for m in METHODS)
@@ -271,8 +276,9 @@ def main(argv=None) -> int:
         f"{100 * np.mean([r['lat_err'] for r in rows if r['method'] == m]):+.1f}%" for m in METHODS
         if any(r["method"] == m for r in rows)))
     print(f"Spearman(predicted, measured latency) = {rho:.3f}")
-    print(f"{n_pred} predictions of distinct configs: {distinct:.2f} s ({1e6 * distinct / n_pred:.0f} us each); "
-          f"of one config (memo hits): {same:.2f} s ({1e6 * same / n_pred:.0f} us each)")
+    print(f"{n_pred} predictions of distinct configs: {distinct:.2f} s CPU ({1e6 * distinct / n_pred:.0f} us each); "
+          f"of one config (memo hits): {same:.2f} s ({1e6 * same / n_pred:.0f} us each); host reference "
+          f"sum(range(100)) {1e6 * ref / n_pred:.2f} us")
     worst = sorted(rows, key=lambda r: -abs(r["lat_err"]))[:args.worst]
     print(f"\nworst {len(worst)} configs by |latency error| (predicted parts: blocks / query / rest, ms):")
     for r in worst:

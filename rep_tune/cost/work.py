@@ -15,7 +15,7 @@ while the residual stream, LayerNorm and every trainable parameter (with its gra
 optimizer state) stay fp32. With frozen weights, a linear layer saves for backward the weight it
 multiplied by, so under autocast each block with a gradient keeps a compute-dtype copy of its
 matmul weights until backward. A calibration run (``rep-tune profile``) runs a block converted
-to its dtype as a whole: ``Numerics.pure``.
+to its dtype as a whole (``Numerics.pure``), or an fp32 block under autocast when it records so.
 
 Counts follow timm's ``Block`` (pre-norm attention + MLP, fused SDPA) and rep_tune's AToM
 merge between attention and MLP; launches and saved tensors were counted on timm 1.0 blocks.
