@@ -34,7 +34,7 @@ def cpu_profile(calibrated: bool = False, **budgets) -> DeviceProfile:
 
 def tiny_config(**changes):
     """vit_pico at 8 px: 4 patches, width 64, 2 heads, 6 blocks; L2P with one 1-token prompt -> 6 tokens."""
-    base = {"backbone.name": "vit_pico_patch4_8", "backbone.pretrained": False, "training.batch_size": 1,
+    base = {"backbone.name": "vit_pico_patch4_32", "backbone.img_size": 8, "backbone.pretrained": False, "training.batch_size": 1,
             "prompt.pool_size": 2, "prompt.length": 1, "prompt.top_k": 1, "atom.merge": [], "atom.enabled": False}
     base.update(changes)
     return preset("baseline", "l2p", "vit_micro_patch4_32").replace(**base)
