@@ -141,3 +141,23 @@ def test_paper_preset_prices_below_the_baseline_on_every_gpu_and_jetson(prof):
         base = predict_deployed(preset("baseline", method, PROXY, **{"training.precision": prof.dtype}), wl)
         assert paper.latency_ms.value < base.latency_ms.value, (prof.name, method)
         assert paper.extras["peak_memory_mb_expected"] < base.extras["peak_memory_mb_expected"], (prof.name, method)
+
+
+def test_register_tokens_and_gated_mlps_come_from_the_arch_and_layout():
+    """A register-token ViT: 5 prefix tokens in every count (and refused as a deployment of a
+    1-prefix proxy); a gated MLP: fc1 computes value and gate (2h), fc2 reads h."""
+    reg = preset("paper", "l2p", "vit_base_patch14_reg4_dinov2", **{"backbone.img_size": 196,
+                                                                     "backbone.pretrained": False})
+    lay = reg.layout()
+    assert lay.n_prefix == 5 and lay.n_patches == 196
+    c = count(reg, batch=1)
+    assert c.blocks[0].tokens == lay.n_tokens == 5 + lay.n_prompt + 196
+    with pytest.raises(MappingError, match="1 vs 5 prefix tokens"):
+        map_to_deployment(preset("paper", "l2p", PROXY), Workload(backbone="vit_base_patch14_reg4_dinov2", img_size=196))
+    glu = preset("baseline", "l2p", "vit_giant_patch14_dinov2", **{"backbone.img_size": 28,
+                                                                   "backbone.pretrained": False})
+    a = glu.backbone.arch
+    assert (a.mlp_kind, a.mlp_fc1_out, a.mlp_hidden) == ("glu", 2 * a.mlp_hidden, a.mlp_hidden)
+    b0 = count(glu, batch=1).blocks[0]
+    N, D = b0.tokens, a.embed_dim
+    assert b0.fwd.matmul_flops == 2.0 * N * (4 * D * D + D * (2 * a.mlp_hidden + a.mlp_hidden))
