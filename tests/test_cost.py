@@ -11,8 +11,7 @@ import pytest
 from rep_tune.config import preset
 from rep_tune.cost import check, predict, verdict
 from rep_tune.cost.calibrate import LAUNCHES_BACKWARD_START, fit, run_work
-from rep_tune.cost.counts import (LAUNCHES_ITERATION, LAUNCHES_PARAM, LAUNCHES_PROMPT, PARAM_TENSORS_HEAD,
-                                  PARAM_TENSORS_PROMPT, count, embedding)
+from rep_tune.cost.counts import LAUNCHES_ITERATION, LAUNCHES_PARAM, PARAM_TENSORS_HEAD, count, embedding
 from rep_tune.cost.latency import peak_flops, rates
 from rep_tune.cost.memory import MiB, resident_bytes
 from rep_tune.cost.work import (LAUNCHES_AUTOCAST_FWD, LAUNCHES_BLOCK_BWD, LAUNCHES_BLOCK_FWD, LAUNCHES_METRIC,
@@ -118,8 +117,10 @@ def test_count_tiny_config_by_hand():
     # the rest: embedding, selection (2 x 128 MACs, forward + backward), head (forward, both backward matmuls)
     emb = embedding(cfg.backbone.arch, 1, Numerics.of("fp32"))
     assert c.other.matmul_flops == emb.matmul_flops + 2 * 128 * 2 + 2 * 64 * 100 * 3
-    assert c.other.launches == (emb.launches + LAUNCHES_PROMPT + LAUNCHES_ITERATION
-                                + LAUNCHES_PARAM * (PARAM_TENSORS_HEAD + PARAM_TENSORS_PROMPT))
+    geom = cfg.layout().geometry                                     # L2P: 30 launches, prompts + keys
+    assert (geom.launches, geom.param_tensors) == (30, 2)
+    assert c.other.launches == (emb.launches + geom.launches + LAUNCHES_ITERATION
+                                + LAUNCHES_PARAM * (PARAM_TENSORS_HEAD + geom.param_tensors))
 
 
 def test_count_merges_and_prefixes():

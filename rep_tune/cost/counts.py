@@ -28,14 +28,12 @@ DEFAULT_NUM_CLASSES = 100       # head width when the scenario is unknown (CIFAR
 
 # Launches outside the blocks, per iteration (counted with torch.profiler on RepModel): pooling,
 # final norm, head, loss, the backward's start and their backward (embedding: ``embedding``);
-# prompt selection and assembly, forward and backward, when the method's geometry does not say
-# (``PromptGeometry.launches``); optimizer step + gradient clipping per trainable tensor (single-
-# tensor loops on CPU), the method's tensors from ``PromptGeometry.param_tensors`` when it says.
+# prompt selection and assembly, forward and backward (the method's ``PromptGeometry.launches``);
+# optimizer step + gradient clipping per trainable tensor (single-tensor loops on CPU): the head's
+# and the method's (``PromptGeometry.param_tensors``).
 LAUNCHES_ITERATION = 64
-LAUNCHES_PROMPT = 30
 LAUNCHES_PARAM = 10
 PARAM_TENSORS_HEAD = 2
-PARAM_TENSORS_PROMPT = 2
 OPTIMIZER_STATES = {"adam": 2, "adamw": 2, "sgd": 1}
 
 
@@ -288,9 +286,9 @@ def count(config, *, batch: int | None = None, t: int | None = None, iters_per_t
     q, q_first, params = _query(config.backbone.name, config.backbone.img_size, sel.surrogate, sel.cache, B, num)
     trainable = lay.trainable(num_classes)
     states = OPTIMIZER_STATES.get(config.training.optimizer, 2)
-    param_tensors = PARAM_TENSORS_HEAD + getattr(geom, "param_tensors", PARAM_TENSORS_PROMPT)
+    param_tensors = PARAM_TENSORS_HEAD + geom.param_tensors
     other = _other(config.backbone.name, config.backbone.img_size, B, num, geom.select_macs,
-                   getattr(geom, "launches", LAUNCHES_PROMPT), lay.n_prompt, lay.n_tokens, toks[-1], num_classes,
+                   geom.launches, lay.n_prompt, lay.n_tokens, toks[-1], num_classes,
                    trainable, states, param_tensors)
 
     counts = Counts(
