@@ -11,7 +11,7 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q --upgrade pip
 	# torch from the local wheel cache first (a plain `pip install torch` may pull a multi-GB CUDA build)
 	$(BIN)/pip install -q "torch==2.14.1" "torchvision==0.29.1" || $(BIN)/pip install -q torch torchvision
-	$(BIN)/pip install -q -e ".[test]"
+	$(BIN)/pip install -q -e ".[test,all]"   # every extra (Ray, optuna-dashboard): CI covers them
 	touch $(STAMP)
 
 install: $(STAMP)

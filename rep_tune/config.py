@@ -135,12 +135,13 @@ class RepConfig:
         try:
             arch = self.backbone.arch
         except KeyError as e:
-            raise_schema(source, "backbone.name", "a timm ViT name like vit_tiny_patch16_224", self.backbone.name, e)
+            raise_schema(source, "backbone.name", f"a timm ViT rep-tune can drive ({_reason(e)})", self.backbone.name, e)
         if self.selection.surrogate:
             try:
                 self.selection.arch
             except KeyError as e:
-                raise_schema(source, "selection.surrogate", "a timm ViT name or null", self.selection.surrogate, e)
+                raise_schema(source, "selection.surrogate", f"a timm ViT rep-tune can drive, or null ({_reason(e)})",
+                             self.selection.surrogate, e)
         if self.backbone.img_size is not None:
             check(self.backbone.img_size > 0 and self.backbone.img_size % arch.patch_size == 0, source,
                   "backbone.img_size", f"a positive multiple of the patch size {arch.patch_size}", self.backbone.img_size)
@@ -214,6 +215,11 @@ class RepConfig:
                 target = target[part]
             target[[node, *path][-1]] = value
         return RepConfig.from_dict(data)
+
+
+def _reason(e: Exception) -> str:
+    """The message of a KeyError/ValueError without KeyError's quotes."""
+    return str(e.args[0]) if e.args else str(e)
 
 
 def raise_schema(source, field_name, expected, found, cause) -> None:

@@ -118,18 +118,22 @@ def split_classes(n_classes: int, n_tasks: int) -> list[list[int]]:
 
 
 def backbone_normalization(name: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """Mean/std the backbone expects: 0.5/0.5 for the embedded ViTs, timm's pretrained_cfg otherwise."""
-    base = name.split(".")[0]
-    if base in ("vit_micro_patch4_32", "vit_pico_patch4_32"):
-        return EMBEDDED_NORM
+    """Mean/std the backbone ``name`` expects, from timm's pretrained_cfg of that name (tag included).
+
+    Every model says its own: the embedded ViTs' cfg says 0.5/0.5, a CLIP tag OpenAI's CLIP
+    statistics, an untagged name its default tag's. A name timm has no pretrained_cfg for gets
+    timm's own default (ImageNet mean/std, as ``timm.data.resolve_data_config``).
+    """
+    from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+    from timm.models import get_pretrained_cfg
+    import rep_tune.runtime.backbone  # noqa: F401  registers the embedded models' pretrained_cfg with timm
     try:
-        from timm.models import get_pretrained_cfg
-        cfg = get_pretrained_cfg(name)
-    except Exception:
-        cfg = None
-    if cfg is None:
-        return EMBEDDED_NORM
-    return tuple(float(v) for v in cfg.mean), tuple(float(v) for v in cfg.std)
+        cfg = get_pretrained_cfg(name, allow_unregistered=True)
+    except RuntimeError as e:                      # a tag timm does not know for this architecture
+        raise ValueError(f"backbone {name!r}: {e}") from None
+    mean = getattr(cfg, "mean", None) or IMAGENET_DEFAULT_MEAN
+    std = getattr(cfg, "std", None) or IMAGENET_DEFAULT_STD
+    return tuple(float(v) for v in mean), tuple(float(v) for v in std)
 
 
 def load_raw(scenario: Scenario) -> RawDataset:

@@ -50,10 +50,11 @@ class RepModel(nn.Module):
         self.config = config
         b, s, p = config.backbone, config.selection, config.prompt
         # frozen, shared per process: registered as submodules so .to(device) moves them, never copied
-        self.backbone = load_backbone(b.name, pretrained=b.pretrained, checkpoint=b.checkpoint, img_size=b.img_size)
+        self.backbone = load_backbone(b.name, pretrained=b.pretrained, checkpoint=b.checkpoint, img_size=b.img_size,
+                                      section="backbone")
         D, H = self.backbone.embed_dim, self.backbone.blocks[0].attn.num_heads
         self.depth = len(self.backbone.blocks)
-        self.surrogate = (load_backbone(s.surrogate, pretrained=s.pretrained, checkpoint=s.checkpoint)
+        self.surrogate = (load_backbone(s.surrogate, pretrained=s.pretrained, checkpoint=s.checkpoint, section="selection")
                           if s.surrogate else None)
         self.surrogate_key: Hashable = (
             surrogate_identity("surrogate", s.surrogate, s.pretrained, s.checkpoint) if s.surrogate
