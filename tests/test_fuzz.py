@@ -207,11 +207,8 @@ def _special_case(kind: str, id: str, target: Callable[[Path], Path | str], comm
     return Case(id, kind, build)
 
 
-LEAD = "needs lead change (config.py RepConfig.validate): "
 SEARCH = "needs search helper change: "
 TRAIN = "needs cli/train.py change: "
-BACKBONE = ("needs runtime/backbone.py change: _load_local reads weights with rep_tune.checkpoints.read_checkpoint "
-            "instead of timm.models.load_state_dict")
 PROFILE = "needs cli/profile.py change: "
 
 
@@ -364,21 +361,20 @@ CASES: list[Case] = [
 
     # -- checkpoints (rep-tune train --config with backbone/selection.checkpoint) --
     Case("checkpoint-safetensors-header-too-large", "checkpoint", lambda tmp: (train_checkpoint(
-        tmp, write(tmp, "w.safetensors", safetensors_bytes(None, b"{}", length=2 ** 60))), str(tmp / "w.safetensors")),
-        owner=BACKBONE),
+        tmp, write(tmp, "w.safetensors", safetensors_bytes(None, b"{}", length=2 ** 60))), str(tmp / "w.safetensors"))),
     Case("checkpoint-safetensors-truncated", "checkpoint", lambda tmp: (train_checkpoint(
-        tmp, write(tmp, "w.safetensors", b"\x10\x00")), str(tmp / "w.safetensors")), owner=BACKBONE),
+        tmp, write(tmp, "w.safetensors", b"\x10\x00")), str(tmp / "w.safetensors"))),
     Case("checkpoint-safetensors-bad-extent", "checkpoint", lambda tmp: (train_checkpoint(
         tmp, write(tmp, "w.safetensors", safetensors_bytes({"cls_token": {"dtype": "F32", "shape": [1, 1, 96],
                                                                           "data_offsets": [0, 384]}}, b"\0" * 8))),
-        str(tmp / "w.safetensors")), owner=BACKBONE),
+        str(tmp / "w.safetensors"))),
     Case("checkpoint-pth-garbage", "checkpoint", lambda tmp: (train_checkpoint(
-        tmp, write(tmp, "w.pth", b"this is not a checkpoint")), str(tmp / "w.pth")), owner=BACKBONE),
+        tmp, write(tmp, "w.pth", b"this is not a checkpoint")), str(tmp / "w.pth"))),
     Case("checkpoint-pth-code", "checkpoint", lambda tmp: (train_checkpoint(
         tmp, write(tmp, "w.pth", pickle.dumps({"w": WritesFile(tmp / "pwned")}))), str(tmp / "w.pth")),
-        owner=BACKBONE, not_written=lambda tmp: tmp / "pwned"),
+        not_written=lambda tmp: tmp / "pwned"),
     Case("checkpoint-surrogate-garbage", "checkpoint", lambda tmp: (train_checkpoint(
-        tmp, write(tmp, "s.safetensors", b"\xff" * 64), section="selection"), str(tmp / "s.safetensors")), owner=BACKBONE),
+        tmp, write(tmp, "s.safetensors", b"\xff" * 64), section="selection"), str(tmp / "s.safetensors"))),
     Case("checkpoint-missing", "checkpoint", lambda tmp: (train_checkpoint(tmp, tmp / "none.safetensors"),
                                                           str(tmp / "none.safetensors"))),
     Case("checkpoint-directory", "checkpoint", lambda tmp: (train_checkpoint(tmp, _dir(tmp)), str(tmp / "a_folder.yaml"))),
