@@ -121,7 +121,8 @@ def test_deployment_pricing_labels_and_refusals(tmp_path):
     assert deployed.backbone.name == "vit_base_patch16_224" and deployed.training.epochs == 5
     assert deployed.training.iters_per_task == jetson.profile.workload.iters_per_task
     # priced at the deployment's schedule, not the search's 12 iterations per task
-    assert jetson.predict(proxy).extras["deploy_iters_per_task"] == jetson.profile.workload.iterations(16)
+    w = jetson.profile.workload          # (cost.deploy rounds per epoch: within one iteration per epoch)
+    assert abs(jetson.predict(proxy).extras["deploy_iters_per_task"] - w.iterations(16)) <= w.epochs
     same = load_targets(["jetson_orin"], deploy_backbone=PROXY)[0]
     assert same.deployment(proxy).accuracy == "direct"
     old = preset("paper", "l2p", "vit_micro_patch4_32.fmnist")           # 64 patches: cannot map 1:1

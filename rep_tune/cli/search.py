@@ -16,7 +16,8 @@ import sys
 
 import yaml
 
-from rep_tune.cli.common import add_threads_argument, set_threads
+from rep_tune.cli.common import (add_threads_argument, non_negative_float, positive_int,
+                                   set_threads)
 from rep_tune.figures import METRICS
 from rep_tune.search.optuna_backend import PRUNERS, SAMPLERS
 
@@ -37,23 +38,23 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                             "(default: the profile's budget)")
     p.add_argument("--deploy-backbone", metavar="NAME",
                    help="deployment backbone the costs are priced on (default: each profile's workload backbone)")
-    p.add_argument("--deploy-epochs", type=int, metavar="N", help="deployment epochs per task (default: the profile's workload)")
-    p.add_argument("--deploy-iters-per-task", type=int, metavar="N",
+    p.add_argument("--deploy-epochs", type=positive_int, metavar="N", help="deployment epochs per task (default: the profile's workload)")
+    p.add_argument("--deploy-iters-per-task", type=positive_int, metavar="N",
                    help="deployment iteration budget per task (default: the profile's workload)")
-    p.add_argument("--n-trials", type=int, help=f"trained trials (prescreened ones are free; default {d.n_trials})")
-    p.add_argument("--timeout", type=float, help=f"seconds (default {d.timeout:g}; 0 = none); a training in flight then "
+    p.add_argument("--n-trials", type=positive_int, help=f"trained trials (prescreened ones are free; default {d.n_trials})")
+    p.add_argument("--timeout", type=non_negative_float, help=f"seconds (default {d.timeout:g}; 0 = none); a training in flight then "
                                                  "stops at its next task boundary (pruned, stopped: search timeout)")
-    p.add_argument("--n-workers", type=int, help=f"parallel trainings in this process (default {d.n_workers}); other "
+    p.add_argument("--n-workers", type=positive_int, help=f"parallel trainings in this process (default {d.n_workers}); other "
                                                    "processes may join with --resume RUN_DIR")
     p.add_argument("--sampler", choices=SAMPLERS, help=f"default {d.sampler}")
     p.add_argument("--pruner", choices=PRUNERS, help=f"default {d.pruner}")
     p.add_argument("--seed", type=int, help=f"default {d.seed}")
-    p.add_argument("--margin", type=float,
+    p.add_argument("--margin", type=non_negative_float,
                    help=f"rule a candidate out before training when its predicted cost exceeds budget*(1+margin) "
                         f"(default {d.margin})")
     p.add_argument("--no-prescreen", action="store_true", help="train every candidate (constraints stay soft)")
-    p.add_argument("--epochs", type=int, help=f"epochs per task during the search (default {SEARCH_FIDELITY['training.epochs']})")
-    p.add_argument("--iters-per-task", type=int,
+    p.add_argument("--epochs", type=positive_int, help=f"epochs per task during the search (default {SEARCH_FIDELITY['training.epochs']})")
+    p.add_argument("--iters-per-task", type=positive_int,
                    help=f"iteration cap per task during the search (default {SEARCH_FIDELITY['training.iters_per_task']})")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="dotted RepConfig override for every candidate, e.g. training.lr=0.05")

@@ -177,9 +177,28 @@ def planning_lock(run_dir: str | Path):
     return lambda: file_lock(Path(run_dir) / ".plan.lock")
 
 
+def check_study_file(run_dir: str | Path) -> None:
+    """Refuse, naming it, a ``study.db`` that is not a readable Optuna study (before any work)."""
+    import sqlite3
+
+    path = Path(run_dir) / "study.db"
+    if not path.exists():
+        return
+    if not path.is_file():
+        raise ValueError(f"{path}: expected an Optuna study database (a file), found a folder")
+    try:
+        with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as con:
+            tables = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    except sqlite3.DatabaseError as e:
+        raise ValueError(f"{path}: expected an Optuna study database (SQLite), found an unreadable file ({e})") from None
+    if tables and "studies" not in tables:
+        raise ValueError(f"{path}: expected an Optuna study database, found SQLite tables {sorted(tables)[:5]}")
+
+
 def open_storage(run_dir: str | Path) -> optuna.storages.RDBStorage:
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
+    check_study_file(run_dir)
     with _creation_lock(run_dir):
         return open_storage_url(storage_url(run_dir))
 

@@ -170,12 +170,17 @@ def _check_before_work(settings: SearchSettings, targets: list[Target], base: Re
 
 def search(settings: SearchSettings, *, train_fn=None, out=sys.stdout) -> SearchOutcome:
     """Run (or resume, or join) a search; write the run folder's files; return what was found."""
+    if settings.run_dir:
+        if Path(settings.run_dir).exists() and not Path(settings.run_dir).is_dir():
+            raise ValueError(f"--run-dir {settings.run_dir}: expected a folder, found an existing file")
+        optuna_backend.check_study_file(settings.run_dir)
     space = SearchSpace.load(settings.space or default_space(settings.method))
     settings.method = space.method
     settings.space = space.source
     base = space.base_config(settings.backbone, **settings.overrides)
     targets = load_targets(settings.devices, base.training.batch_size, deploy_backbone=settings.deploy_backbone,
                            deploy_epochs=settings.deploy_epochs, deploy_iters_per_task=settings.deploy_iters_per_task)
+    settings.scenario.check_reachable()      # data there, enough classes: once, before the first trial
     _check_before_work(settings, targets, base)
     for metric, text in settings.budgets.items():
         parse_budget(text, metric)
