@@ -145,11 +145,19 @@ class Report:
                 lines.append(f"budget {r.metric}: {r.budget_from}")
         for n in [*p.notes, *self.notes]:
             lines.append(f"note: {n}")
-        if self.off:
-            worst = ", ".join(f"{r.metric} {r.error_pct:+.0f} %" for r in self.off)
+        predicted = [r for r in self.off if r.expected.source in ("predicted", "estimated")]
+        measured = [r for r in self.off if r not in predicted]
+        if predicted:
+            worst = ", ".join(f"{r.metric} {r.error_pct:+.0f} %" for r in predicted)
             lines.append(f"the prediction errs by more than {100 * ERROR_HINT:.0f} % ({worst}): calibrate the cost "
                          f"model on this device with `rep-tune profile --out profiles/{socket.gethostname()}.yaml`, "
                          f"then search (or verify) with `--device profiles/{socket.gethostname()}.yaml`")
+        if measured:
+            worst = ", ".join(f"{r.metric} {r.error_pct:+.0f} %" for r in measured)
+            lines.append(f"figures the search measured differ by more than {100 * ERROR_HINT:.0f} % ({worst}): "
+                         "another machine or another load than during the search (its trial's median vs this "
+                         "schedule mean); verify on the search's machine with more --iters, or profile this "
+                         "device (`rep-tune profile`) and search for it")
         failed = [r.metric for r in self.rows if r.passed is False]
         lines.append("verdict: " + (f"budget violated: {', '.join(failed)} (exit 3)" if failed
                                     else "every budget holds (exit 0)" if any(r.budget is not None for r in self.rows)

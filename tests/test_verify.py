@@ -59,13 +59,19 @@ def test_violated_budget_exit_3(tmp_path, capsys):
     assert rep["exit_code"] == 3 and {f["metric"]: f["pass"] for f in rep["figures"]}["latency_ms"] is False
 
 
-def test_prediction_far_off_says_how_to_calibrate(tmp_path, capsys):
+@pytest.mark.parametrize("source, hint", [("predicted", "calibrate the cost model"),
+                                          ("measured", "figures the search measured differ")])
+def test_expected_far_off_says_what_to_do(tmp_path, capsys, source, hint):
     path = best_config(tmp_path)
     data = yaml.safe_load(path.read_text())
-    data["expected"]["latency_ms"]["value"] = 1e-3               # a prediction far below any measurement
+    data["expected"]["latency_ms"].update(value=1e-3, source=source)     # far below any measurement
+    data["expected"]["peak_memory_mb"]["value"] = 3000.0                 # far above (and fits in RAM)
     path.write_text(yaml.safe_dump(data))
     assert verify(path) == 0
-    assert "rep-tune profile" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert hint in out and "rep-tune profile" in out
+    line = next(x for x in out.splitlines() if hint in x)
+    assert "latency_ms" in line and ("peak_memory_mb" in line) == (source == "measured")
 
 
 def profile_file(tmp_path, images_per_task=8):
@@ -116,3 +122,12 @@ def test_missing_config_and_folder_exit_2(tmp_path, capsys):
     assert verify(tmp_path) == 2
     err = capsys.readouterr().err
     assert "no such file" in err and "found a folder" in err
+
+
+def test_expected_memory_beyond_this_machine_is_refused(tmp_path, capsys):
+    path = best_config(tmp_path)
+    data = yaml.safe_load(path.read_text())
+    data["expected"]["peak_memory_mb"]["value"] = 1e9                    # a petabyte-class target
+    path.write_text(yaml.safe_dump(data))
+    assert verify(path) == 2
+    assert "exceeds the" in capsys.readouterr().err

@@ -176,14 +176,12 @@ def _prime_cpu_profiler() -> None:
     """Spend c10's once-per-process allocator note ("Memory block of unknown size was allocated
     before the profiling started"), a C++ log line no runtime switch silences, on a throw-away
     window whose fd 2 points at /dev/null. Done once, and only from the main thread while no
-    worker thread runs (no other thread can be writing to stderr then); otherwise skipped, and
-    the note may appear once. Caller holds ``_CPU_PROFILER``."""
+    worker thread runs (no other thread can be writing to stderr then); until then skipped (a
+    window opened by a worker may print the note once). Caller holds ``_CPU_PROFILER``."""
     global _primed
-    if _primed:
+    if _primed or not _alone_in_main_thread():
         return
     _primed = True
-    if not _alone_in_main_thread():
-        return
     from torch.profiler import ProfilerActivity, profile
     block = torch.empty(16)
     try:
