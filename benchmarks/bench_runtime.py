@@ -74,7 +74,7 @@ def expected_blocks(model: RepModel) -> float:
     if not c.enabled:
         return float(model.depth)
     p = mean_keep_probabilities(PAPER_ITERS_PER_TASK, model.config.merge_schedule, model.mergeable, c.theta_min,
-                                c.gamma, c.tau, c.alpha, model.config.prompt.prompt_layers())
+                                c.gamma, c.tau, c.alpha, model.layout.prompt_blocks)
     return sum(p)
 
 

@@ -7,18 +7,25 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 from rep_tune.archs import ArchSpec, arch_of
+from rep_tune.methods import PromptSection, get_method, method_names
+from rep_tune.methods.l2p import L2PConfig
 from rep_tune.schedule import ramp
-from rep_tune.schema import check, from_dict, read_mapping, to_dict, write_mapping
+from rep_tune.schema import SchemaError, check, from_dict, read_mapping, to_dict, write_mapping
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2   # 2: one prompt section per method (rep_tune.methods); version 1 files migrate on load
 
 EMBEDDED_BACKBONE = "vit_micro_patch4_32.fmnist"
 EMBEDDED_SURROGATE = "vit_pico_patch4_32.fmnist"
+# the embedded surrogate of each embedded update backbone (the paper pairs ViT-L/B with ViT-Ti)
+EMBEDDED_PAIRS = {"vit_micro_patch4_32": "vit_pico_patch4_32.fmnist",
+                  "vit_micro_patch2_28": "vit_pico_patch2_28.fmnist"}
+PAPER_SURROGATE = "vit_tiny_patch16_224"
 
 
 @dataclass
@@ -53,29 +60,6 @@ class SelectionConfig:
     @property
     def arch(self) -> ArchSpec | None:
         return arch_of(self.surrogate) if self.surrogate else None
-
-
-@dataclass
-class PromptConfig:
-    """L2P prompt pool, or DualPrompt G/E prefix prompts."""
-
-    method: Literal["l2p", "dualprompt"] = "l2p"
-    pool_size: int = 10
-    length: int = 5                  # L2P prompt length; DualPrompt E-prompt length
-    top_k: int = 5                   # L2P: prompts per sample; DualPrompt: 1
-    batchwise: bool = True           # L2P batch-wise majority vote of the selected prompts
-    pull_coeff: float = 0.1          # weight of the query-key pull constraint
-    g_length: int = 5                # DualPrompt G-prompt length
-    g_layers: list[int] = field(default_factory=lambda: [0, 1])
-    e_layers: list[int] = field(default_factory=lambda: [2, 3, 4])
-
-    def prompt_tokens(self) -> int:
-        """Prompt tokens added to the sequence (L2P); DualPrompt prefixes add none."""
-        return self.top_k * self.length if self.method == "l2p" else 0
-
-    def prompt_layers(self) -> list[int]:
-        """Blocks that carry prompts (never dropped by ALD)."""
-        return sorted(set(self.g_layers) | set(self.e_layers)) if self.method == "dualprompt" else []
 
 
 @dataclass
@@ -136,7 +120,7 @@ class RepConfig:
     name: str = "rep"
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
     selection: SelectionConfig = field(default_factory=SelectionConfig)
-    prompt: PromptConfig = field(default_factory=PromptConfig)
+    prompt: PromptSection = field(default_factory=L2PConfig)   # the method's own section (rep_tune.methods)
     atom: AtomConfig = field(default_factory=AtomConfig)
     ald: AldConfig = field(default_factory=AldConfig)
     training: TrainingConfig = field(default_factory=TrainingConfig)
@@ -151,27 +135,17 @@ class RepConfig:
         try:
             arch = self.backbone.arch
         except KeyError as e:
-            raise_schema(source, "backbone.name", "a timm ViT name like vit_tiny_patch16_224", self.backbone.name, e)
+            raise_schema(source, "backbone.name", f"a timm ViT rep-tune can drive ({_reason(e)})", self.backbone.name, e)
         if self.selection.surrogate:
             try:
                 self.selection.arch
             except KeyError as e:
-                raise_schema(source, "selection.surrogate", "a timm ViT name or null", self.selection.surrogate, e)
+                raise_schema(source, "selection.surrogate", f"a timm ViT rep-tune can drive, or null ({_reason(e)})",
+                             self.selection.surrogate, e)
         if self.backbone.img_size is not None:
             check(self.backbone.img_size > 0 and self.backbone.img_size % arch.patch_size == 0, source,
                   "backbone.img_size", f"a positive multiple of the patch size {arch.patch_size}", self.backbone.img_size)
-        p = self.prompt
-        check(p.pool_size >= 1, source, "prompt.pool_size", "int >= 1", p.pool_size)
-        check(p.length >= 1, source, "prompt.length", "int >= 1", p.length)
-        check(1 <= p.top_k <= p.pool_size, source, "prompt.top_k", f"int in [1, pool_size={p.pool_size}]", p.top_k)
-        check(p.pull_coeff >= 0, source, "prompt.pull_coeff", "number >= 0", p.pull_coeff)
-        if p.method == "dualprompt":
-            check(p.g_length >= 1, source, "prompt.g_length", "int >= 1", p.g_length)
-            for name in ("g_layers", "e_layers"):
-                for i, layer in enumerate(getattr(p, name)):
-                    check(0 <= layer < arch.depth, source, f"prompt.{name}[{i}]", f"block index in [0, {arch.depth - 1}]", layer)
-            check(not set(p.g_layers) & set(p.e_layers), source, "prompt.e_layers", "no block shared with g_layers",
-                  sorted(set(p.g_layers) & set(p.e_layers)))
+        self.prompt.validate(source, arch.depth)
         a = self.atom
         check(len(a.merge) in (0, arch.depth), source, "atom.merge",
               f"a list of {arch.depth} merge counts (one per block of {self.backbone.name}) or []", a.merge)
@@ -188,9 +162,28 @@ class RepConfig:
         check(t.iters_per_task is None or t.iters_per_task >= 1, source, "training.iters_per_task", "int >= 1 or null", t.iters_per_task)
         check(t.lr > 0, source, "training.lr", "number > 0", t.lr)
         check(t.clip_grad is None or t.clip_grad > 0, source, "training.clip_grad", "number > 0 or null", t.clip_grad)
+        check(t.eval_batch_size >= 1, source, "training.eval_batch_size", "int >= 1", t.eval_batch_size)
+        _check_finite(self.to_dict(), source)
         return self
 
+    @classmethod
+    def __schema_in__(cls, data: dict, source: str | None, prefix: str) -> dict:
+        """Migrate version-1 files: their ``prompt`` section held every method's fields."""
+        if data.get("version") == 1 and isinstance(data.get("prompt"), dict):
+            prompt = dict(data["prompt"])
+            name = prompt.get("method", "l2p")
+            if name in method_names():
+                known = {f.name for f in dataclasses.fields(get_method(name).section)}
+                data["prompt"] = {k: v for k, v in prompt.items() if k in known}
+            data["version"] = SCHEMA_VERSION
+        return data
+
     # ---- derived ------------------------------------------------------------------------
+    def layout(self):
+        """The token layout of this config's forward pass (rep_tune.layout.TokenLayout)."""
+        from rep_tune.layout import token_layout
+        return token_layout(self)
+
     @property
     def merge_schedule(self) -> list[int]:
         """Requested merge count per block of the backbone (zeros when AToM is off)."""
@@ -224,26 +217,25 @@ class RepConfig:
         return RepConfig.from_dict(data)
 
 
+def _reason(e: Exception) -> str:
+    """The message of a KeyError/ValueError without KeyError's quotes."""
+    return str(e.args[0]) if e.args else str(e)
+
+
 def raise_schema(source, field_name, expected, found, cause) -> None:
     from rep_tune.schema import SchemaError
     raise SchemaError(source, field_name, expected, found) from cause
 
 
 # ---- presets ------------------------------------------------------------------------------
-# The paper's hand-picked REP settings (REP_METHOD.md): uniform ToMe count r (ramp 0..2r),
-# and ALD tau, per method (CIFAR-100 values for DualPrompt).
-PAPER_R = {"l2p": 8, "dualprompt": 6}
-PAPER_TAU = {"l2p": 16, "dualprompt": 12}
-PAPER_SURROGATE = {"vit_micro_patch4_32": EMBEDDED_SURROGATE}   # else ViT-Ti, as in the paper
+# The paper's hand-picked REP settings (REP_METHOD.md): uniform ToMe count r (ramp 0..2r) and
+# ALD tau per method (``PromptMethod.paper_r`` / ``paper_tau``), theta_min 0.5, gamma 0.001,
+# alpha 0.9, a ViT-Ti-class surrogate.
 
 
-def _prompt_defaults(method: str) -> PromptConfig:
-    if method == "l2p":
-        return PromptConfig(method="l2p", pool_size=10, length=5, top_k=5, batchwise=True)
-    if method == "dualprompt":
-        return PromptConfig(method="dualprompt", pool_size=10, length=5, top_k=1, batchwise=False,
-                            g_length=5, g_layers=[0, 1], e_layers=[2, 3, 4])
-    raise ValueError(f"prompt method: expected 'l2p' or 'dualprompt', found {method!r}")
+def paper_surrogate(backbone: str) -> str:
+    """The surrogate the paper preset pairs with ``backbone``: the embedded one, else ViT-Ti."""
+    return EMBEDDED_PAIRS.get(backbone.split(".")[0], PAPER_SURROGATE)
 
 
 def preset(name: str, method: str = "l2p", backbone: str = EMBEDDED_BACKBONE, **overrides: Any) -> RepConfig:
@@ -251,24 +243,36 @@ def preset(name: str, method: str = "l2p", backbone: str = EMBEDDED_BACKBONE, **
 
     baseline: query from the update backbone itself, no AToM, no ALD.
     paper:    ViT-Ti-class surrogate (the embedded surrogate for the embedded backbone), AToM ramp
-              0..2r with r = 8 (L2P) / 6 (DualPrompt), ALD theta_min 0.5, gamma 0.001, tau 16/12, alpha 0.9.
-    ``overrides`` are dotted paths, as in RepConfig.replace.
+              0..2r and ALD tau from the method's registry entry, theta_min 0.5, gamma 0.001, alpha 0.9.
+    Both use the method's published prompt settings. ``overrides`` are dotted paths (RepConfig.replace).
     """
     arch = arch_of(backbone)
-    base = RepConfig(name=f"{name}-{method}", backbone=BackboneConfig(name=backbone), prompt=_prompt_defaults(method))
+    m = get_method(method)
+    base = RepConfig(name=f"{name}-{method}", backbone=BackboneConfig(name=backbone), prompt=m.preset(name))
     if name == "baseline":
         cfg = dataclasses.replace(base, selection=SelectionConfig(surrogate=None, cache=False),
                                   atom=AtomConfig(enabled=False, merge=[]), ald=AldConfig(enabled=False))
     elif name == "paper":
-        surrogate = PAPER_SURROGATE.get(arch.name, "vit_tiny_patch16_224")
         cfg = dataclasses.replace(
-            base, selection=SelectionConfig(surrogate=surrogate),
-            atom=AtomConfig(enabled=True, merge=ramp(PAPER_R[method], arch.depth, 1.0)),
-            ald=AldConfig(enabled=True, theta_min=0.5, gamma=0.001, tau=PAPER_TAU[method], alpha=0.9))
+            base, selection=SelectionConfig(surrogate=paper_surrogate(backbone)),
+            atom=AtomConfig(enabled=True, merge=ramp(m.paper_r, arch.depth, 1.0)),
+            ald=AldConfig(enabled=True, theta_min=0.5, gamma=0.001, tau=m.paper_tau, alpha=0.9))
     else:
-        raise ValueError(f"preset: expected 'baseline' or 'paper', found {name!r}")
+        raise ValueError(f"preset: expected one of {', '.join(PRESETS)}, found {name!r}")
     cfg.validate()
     return cfg.replace(**overrides) if overrides else cfg
 
 
 PRESETS = ("baseline", "paper")
+
+
+def _check_finite(data: Any, source: str | None, path: str = "") -> None:
+    """Every number in a config is finite: nan/inf would train to garbage or crash later."""
+    if isinstance(data, dict):
+        for k, v in data.items():
+            _check_finite(v, source, f"{path}.{k}" if path else str(k))
+    elif isinstance(data, list):
+        for i, v in enumerate(data):
+            _check_finite(v, source, f"{path}[{i}]")
+    elif isinstance(data, float) and not math.isfinite(data):
+        raise SchemaError(source, path, "a finite number", data)

@@ -13,7 +13,7 @@ estimated:   from a spec-sheet power or an uncalibrated model (no counter availa
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Iterator, Literal, Mapping
 
 Source = Literal["measured", "integrated", "predicted", "estimated"]

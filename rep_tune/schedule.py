@@ -6,6 +6,7 @@ with them, and both must agree to the token.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Sequence
 
 
@@ -15,6 +16,90 @@ def ramp(r: int, depth: int, inflect: float = 1.0) -> list[int]:
     hi = 2 * r - lo
     step = (hi - lo) / (depth - 1) if depth > 1 else 0.0
     return [int(lo + step * i) for i in range(depth)]
+
+
+# ToMe inflections ``fit_ramp`` tries, in order of preference (ties keep the earlier one):
+# 1 = REP's increasing ramp 0..2r, 0 = ToMe's constant r, -1 = decreasing 2r..0, then the halves.
+# The integers come first because they are what the REP reference runtime can express
+# (``--scheduling_factor`` is declared ``type=int``).
+INFLECTS: tuple[float, ...] = (1.0, 0.0, -1.0, 0.5, -0.5)
+INTEGER_INFLECTS: tuple[float, ...] = tuple(i for i in INFLECTS if i == int(i))
+
+
+@dataclass(frozen=True)
+class RampFit:
+    """The ToMe ramp ``ramp(r, depth, inflect)`` that best matches a per-block schedule.
+
+    ``diff`` is schedule minus ramp, per block; ``exact`` when it is all zeros.
+    """
+
+    r: int
+    inflect: float
+    ramp: tuple[int, ...]
+    diff: tuple[int, ...]
+
+    @property
+    def exact(self) -> bool:
+        return not any(self.diff)
+
+    def describe(self) -> str:
+        return f"ramp(r={self.r}, depth={len(self.ramp)}, inflect={self.inflect:g}) = {list(self.ramp)}"
+
+
+def fit_ramp(schedule: Sequence[int], inflects: Sequence[float] = INFLECTS,
+             span: tuple[float, float] | None = None) -> RampFit:
+    """Invert :func:`ramp`: the (r, inflect) whose ramp equals ``schedule``, else the closest one.
+
+    The one inversion of ToMe's ``parse_r((r, inflect))`` in rep-tune: the search space reads a
+    config's schedule back into (r, inflect) with it, and the exporters name the flags with it, so
+    both always name the same pair. Preference: an exact match with an inflection of ``inflects``
+    first (several pairs can give the same integer counts, e.g. ramp(1, 12, 0.5) == ramp(1, 12, 1.0):
+    the earlier inflection of ``inflects``, then the smaller r wins); then, when ``span`` is given
+    (a continuous range of inflections, as a search space's ``atom.inflect``), an exact match with
+    any inflection in it; otherwise the closest ramp of ``inflects``: least L1 distance, then least
+    largest per-block error, ties again broken by ``inflects`` order and then the smaller r.
+    """
+    sched = [int(v) for v in schedule]
+    if not inflects and span is None:
+        raise ValueError("fit_ramp: give inflections to try, a span, or both")
+    if not sched:
+        return RampFit(0, float(inflects[0]) if inflects else float(span[1]), (), ())
+    best = _fit_listed(sched, inflects) if inflects else None
+    if best is not None and (best.exact or span is None):
+        return best
+    return _fit_span(sched, span) or best or _fit_listed(sched, span)
+
+
+def _fit_span(sched: list[int], span: tuple[float, float]) -> RampFit | None:
+    """The exact ramp with an inflection in ``span``, if any. A ramp is fixed by its first count
+    lo = int(r (1 - inflect)) and r: the first and last counts give r, and lo an interval of inflections."""
+    depth, lo = len(sched), sched[0]
+    for r in sorted({(sched[0] + sched[-1]) // 2, (sched[0] + sched[-1] + 1) // 2}):
+        if r <= 0:
+            continue
+        top, bottom = 1 - lo / r, 1 - (lo + 1) / r           # r (1 - inflect) in [lo, lo + 1)
+        a, b = max(bottom, span[0]), min(top, span[1])
+        for inflect in (round(b, 6), b, (a + b) / 2, round((a + b) / 2, 6)):
+            if a <= inflect <= b and ramp(r, depth, inflect) == sched:
+                return RampFit(r, float(inflect), tuple(sched), (0,) * depth)
+    return None
+
+
+def _fit_listed(sched: list[int], inflects: Sequence[float]) -> RampFit:
+    depth = len(sched)
+    best: tuple[tuple[int, int], RampFit] | None = None
+    r_max = 2 * max(sched) + 2           # covers every ramp whose counts can reach the schedule's
+    for inflect in inflects:
+        for r in range(r_max + 1):
+            cand = ramp(r, depth, float(inflect))
+            diff = tuple(s - c for s, c in zip(sched, cand))
+            key = (sum(abs(d) for d in diff), max(abs(d) for d in diff))
+            if best is None or key < best[0]:
+                best = (key, RampFit(r, float(inflect), tuple(cand), diff))
+                if key[0] == 0:
+                    return best[1]
+    assert best is not None
+    return best[1]
 
 
 def effective_merges(merge: Sequence[int], mergeable: int) -> list[int]:

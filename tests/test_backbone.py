@@ -1,12 +1,15 @@
 """Backbone loading: local checkpoints, missing files, architecture checks, sharing."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import timm
 import torch
 from safetensors.torch import save_file
 
-from rep_tune.runtime.backbone import check_arch, embedded_weights, load_backbone
+from rep_tune.runtime import backbone
+from rep_tune.runtime.backbone import HubUnavailable, check_arch, embedded_weights, load_backbone
 
 PICO = "vit_pico_patch4_32"
 
@@ -80,3 +83,99 @@ def test_embedded_pretrained_weights_or_a_clear_error():
     else:
         from safetensors.torch import load_file
         _assert_loaded(load_backbone(name, pretrained=True), load_file(str(path)))
+
+
+# ---- hub failures: the model, "offline", and the way out; no retry loop ----------------------
+@pytest.fixture
+def empty_hub_cache(monkeypatch, tmp_path):
+    """An empty Hugging Face cache, no proxy, no remembered network probe."""
+    from huggingface_hub import constants
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    for var in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setattr(backbone, "_PROBED", {})
+    return constants
+
+
+def _endpoint(monkeypatch, constants, url: str) -> None:
+    """Point huggingface_hub's downloads at ``url`` (HF_ENDPOINT, as read at its import)."""
+    monkeypatch.setattr(constants, "ENDPOINT", url)
+    monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE", url + "/{repo_id}/resolve/{revision}/{filename}")
+
+
+def test_hub_offline_names_the_model_and_the_fix(empty_hub_cache, monkeypatch):
+    from huggingface_hub.errors import LocalEntryNotFoundError
+    monkeypatch.setattr(empty_hub_cache, "HF_HUB_OFFLINE", True)
+    with pytest.raises(HubUnavailable) as e:
+        load_backbone("vit_tiny_patch16_224", pretrained=True, section="selection")
+    msg = str(e.value)
+    assert "'vit_tiny_patch16_224'" in msg and "hub is offline (HF_HUB_OFFLINE is set)" in msg
+    assert "selection.pretrained: false" in msg and "selection.checkpoint: <local weights file>" in msg
+    assert isinstance(e.value, ValueError) and "\n" not in msg
+    assert isinstance(e.value.__cause__, LocalEntryNotFoundError)   # answered from the cache: no request
+
+
+def test_offline_loads_cached_hub_weights(empty_hub_cache, monkeypatch):
+    """Offline is not an error when the weights are in the Hugging Face cache (here: written by the test)."""
+    monkeypatch.setattr(empty_hub_cache, "HF_HUB_OFFLINE", True)
+    repo = Path(empty_hub_cache.HF_HUB_CACHE) / "models--timm--test_vit.r160_in1k"
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    (repo / "snapshots" / commit).mkdir(parents=True)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+    torch.manual_seed(4)
+    state = {k: (v + 0.25).contiguous() for k, v in timm.create_model("test_vit", num_classes=0).state_dict().items()}
+    save_file(state, str(repo / "snapshots" / commit / "model.safetensors"))
+    _assert_loaded(load_backbone("test_vit.r160_in1k", pretrained=True), state)
+
+
+def test_no_network_is_detected_before_any_download(empty_hub_cache, monkeypatch):
+    """A closed local port stands for a machine without network (also on CI machines that have one)."""
+    monkeypatch.setattr(empty_hub_cache, "HF_HUB_OFFLINE", False)
+    _endpoint(monkeypatch, empty_hub_cache, "http://127.0.0.1:9")
+    with pytest.raises(HubUnavailable) as e:
+        load_backbone("deit_tiny_patch16_224.fb_in1k", pretrained=True)
+    msg = str(e.value)
+    assert "'deit_tiny_patch16_224.fb_in1k'" in msg and "hub is offline (127.0.0.1:9 is unreachable" in msg
+    assert "pretrained: false" in msg and "checkpoint: <local weights file>" in msg and "selection:" in msg
+    assert empty_hub_cache.HF_HUB_OFFLINE is False                    # cache-only mode was undone
+    assert backbone._PROBED == {("127.0.0.1", 9): backbone.hub_offline_reason()}   # probed once
+
+
+def test_failed_download_names_the_model(empty_hub_cache, monkeypatch):
+    """A hub that answers 404 (a local HTTP server): the error still names the model and the way out."""
+    import http.server
+    import threading
+
+    class NotFound(http.server.BaseHTTPRequestHandler):
+        def do_HEAD(self):
+            self.send_response(404)
+            self.end_headers()
+
+        do_GET = do_HEAD
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), NotFound)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        monkeypatch.setattr(empty_hub_cache, "HF_HUB_OFFLINE", False)
+        _endpoint(monkeypatch, empty_hub_cache, f"http://127.0.0.1:{server.server_port}")
+        with pytest.raises(HubUnavailable, match=r"pretrained weights of 'vit_tiny_patch16_224' could not be "
+                                                 r"downloaded .*; set backbone.pretrained: false"):
+            load_backbone("vit_tiny_patch16_224", pretrained=True, section="backbone")
+    finally:
+        server.shutdown()
+
+
+def test_cli_prints_the_hub_failure_without_traceback(empty_hub_cache, monkeypatch, capsys):
+    """The paper preset's surrogate (vit_tiny_patch16_224) while backbone.pretrained=false."""
+    from rep_tune.cli import main
+    monkeypatch.setattr(empty_hub_cache, "HF_HUB_OFFLINE", True)
+    rc = main(["train", "--backbone", "deit_tiny_patch16_224", "--set", "backbone.pretrained=false",
+               "--set", "backbone.img_size=32", "--quiet"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "Traceback" not in err
+    assert "'vit_tiny_patch16_224'" in err and "offline" in err and "pretrained: false" in err

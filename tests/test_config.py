@@ -38,8 +38,8 @@ def _write(tmp_path, data):
     (("prompt", "top_k", 11), "prompt.top_k", "int in [1, pool_size=10]", 11),
     (("ald", "theta_min", 1.5), "ald.theta_min", "number in (0, 1]", 1.5),
     (("training", "batch_size", "16"), "training.batch_size", "int", "16"),
-    (("prompt", "method", "coda"), "prompt.method", "one of 'l2p', 'dualprompt'", "coda"),
-    (("backbone", "name", "resnet50"), "backbone.name", "a timm ViT name", "resnet50"),
+    (("prompt", "method", "hide"), "prompt.method", "one of 'l2p', 'dualprompt', 'coda'", "hide"),
+    (("backbone", "name", "resnet50"), "backbone.name", "a timm ViT rep-tune can drive", "resnet50"),
     (("prompt", "topk", 3), "prompt.topk", "one of ", "topk"),
 ])
 def test_bad_config_errors_name_file_field_expected_found(tmp_path, change, field, expected, found):

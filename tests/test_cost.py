@@ -28,7 +28,7 @@ def cpu_profile(calibrated: bool = False, **budgets) -> DeviceProfile:
 
 def tiny_config(**changes):
     """vit_pico at 8 px: 4 patches, width 64, 2 heads, 6 blocks; L2P with one 1-token prompt -> 6 tokens."""
-    base = {"backbone.name": "vit_pico_patch4_8", "backbone.pretrained": False, "training.batch_size": 1,
+    base = {"backbone.name": "vit_pico_patch4_32", "backbone.img_size": 8, "backbone.pretrained": False, "training.batch_size": 1,
             "prompt.pool_size": 2, "prompt.length": 1, "prompt.top_k": 1, "atom.merge": [], "atom.enabled": False}
     base.update(changes)
     return preset("baseline", "l2p", "vit_micro_patch4_32").replace(**base)
@@ -75,7 +75,7 @@ def test_count_merges_and_prefixes():
     assert c.blocks[0].kv_len == 65 + dp.prompt.g_length            # ... only keys/values in their layers
     assert c.blocks[2].kv_len - c.blocks[2].tokens == dp.prompt.length
     assert c.blocks[6].kv_len == c.blocks[6].tokens
-    assert all(b.keep == 1.0 for b in c.blocks if b.index in dp.prompt.prompt_layers())
+    assert all(b.keep == 1.0 for b in c.blocks if b.index in dp.layout().prompt_blocks)
 
 
 def test_totals_match_per_block_detail():

@@ -1,5 +1,6 @@
 """Dataset loaders on tiny files in the real on-disk formats, class order, task split, rendering."""
 import gzip
+import math
 import pickle
 import struct
 
@@ -8,8 +9,11 @@ import pytest
 import torch
 from PIL import Image
 
+from rep_tune.data import fashion_mnist
+from rep_tune.data.idx import load_idx_split
 from rep_tune.data.scenario import Scenario
-from rep_tune.data.tasks import backbone_normalization, build_tasks, class_order, split_classes
+from rep_tune.data.tasks import (backbone_normalization, build_tasks, class_order, eval_subset, sampling_error,
+                                 split_classes)
 
 
 def test_class_order_natural_and_seeded():
@@ -66,27 +70,118 @@ def test_resize_and_cache():
     assert a.class_order == class_order(10, 0)
 
 
-def _write_idx(path, arr: np.ndarray, code: int):
-    with gzip.open(path, "wb") as f:
-        f.write(bytes([0, 0, code, arr.ndim]) + struct.pack(f">{arr.ndim}I", *arr.shape) + arr.tobytes())
+def _write_idx(path, arr: np.ndarray, code: int = 0x08):
+    """An IDX file as Debian's dataset-fashion-mnist ships it (gzipped when the name ends in .gz)."""
+    data = bytes([0, 0, code, arr.ndim]) + struct.pack(f">{arr.ndim}I", *arr.shape) + arr.tobytes()
+    opener = gzip.open if str(path).endswith(".gz") else open
+    with opener(path, "wb") as f:
+        f.write(data)
 
 
-def test_fashion_mnist_idx(tmp_path):
+def _fake_fashion_mnist(folder, n_train=40, n_test=20, gz=True):
+    """Tiny Fashion-MNIST in Debian's file names; returns (train images, train labels, test images, test labels)."""
     rng = np.random.RandomState(0)
-    for split, n in (("train", 40), ("t10k", 20)):
-        _write_idx(tmp_path / f"{split}-images-idx3-ubyte.gz", rng.randint(0, 256, (n, 28, 28)).astype(np.uint8), 0x08)
-        _write_idx(tmp_path / f"{split}-labels-idx1-ubyte.gz", (np.arange(n) % 10).astype(np.uint8), 0x08)
-    ts = build_tasks(Scenario(dataset="fashion-mnist", data_path=str(tmp_path), n_tasks=2, class_order_seed=-1),
-                     32, cache=False)
-    assert [len(t.train) for t in ts] == [20, 20] and [len(t.test) for t in ts] == [10, 10]
+    folder.mkdir(parents=True, exist_ok=True)
+    out = []
+    for split, n in (("train", n_train), ("t10k", n_test)):
+        x = rng.randint(0, 256, (n, 28, 28)).astype(np.uint8)
+        y = (np.arange(n) % 10).astype(np.uint8)
+        suffix = ".gz" if gz else ""
+        _write_idx(folder / f"{split}-images-idx3-ubyte{suffix}", x)
+        _write_idx(folder / f"{split}-labels-idx1-ubyte{suffix}", y)
+        out += [x, y]
+    return out
+
+
+@pytest.mark.parametrize("gz", [True, False])
+def test_fashion_mnist_trains_on_held_out_images_only(tmp_path, monkeypatch, gz):
+    monkeypatch.setattr(fashion_mnist, "HOLDOUT_PER_CLASS", 2)          # 4 per class in the file: 2 held out
+    xtr, ytr, xte, yte = _fake_fashion_mnist(tmp_path, gz=gz)
+    s = Scenario(dataset="fashion-mnist", data_path=str(tmp_path), n_tasks=2, class_order_seed=-1,
+                 eval_per_class=None)
+    ts = build_tasks(s, 28, cache=False)
+    pretrain, held = fashion_mnist.holdout_split(ytr)
+    assert len(held) == 20 and len(pretrain) == 20
+    train_ids = torch.cat([t.train.ids for t in ts]).numpy()
+    assert sorted(train_ids.tolist()) == held.tolist()                 # ids = positions in the official file
+    assert not set(train_ids.tolist()) & set(pretrain.tolist())
+    assert [len(t.train) for t in ts] == [10, 10] and [len(t.test) for t in ts] == [10, 10]
+    assert ts.eval_size == 20
     x, y, ids = ts[1].test.batch(torch.arange(10))
-    assert x.shape == (10, 3, 32, 32) and set(y.tolist()) == {5, 6, 7, 8, 9}
+    assert x.shape == (10, 3, 28, 28) and set(y.tolist()) == {5, 6, 7, 8, 9}
     assert ids.min() >= 1 << 32                                 # test ids never collide with train ids
-    # pixel (0,0) of the first training image, read back through padding and normalisation
-    raw = np.frombuffer(gzip.open(tmp_path / "train-images-idx3-ubyte.gz").read()[16:], np.uint8).reshape(40, 28, 28)
-    x0, _, _ = ts[0].train.batch(torch.tensor([0]))
-    assert float(x0[0, 0, 2, 2]) == pytest.approx(raw[0, 0, 0] / 255 * 2 - 1, abs=1e-6)
-    assert float(x0[0, 0, 0, 0]) == -1.0
+    # a training image read back through the stream: native 28x28, value/255 normalised with 0.5/0.5
+    x0, y0, id0 = ts[0].train.batch(torch.tensor([3]))
+    assert torch.allclose(x0[0, 0], torch.from_numpy(xtr[int(id0)]).float() / 255 * 2 - 1, atol=1e-6)
+    assert int(y0) == int(ytr[int(id0)])
+    t0, _, tid = ts[0].test.batch(torch.tensor([0]))
+    assert torch.allclose(t0[0, 2], torch.from_numpy(xte[int(tid) - (1 << 32)]).float() / 255 * 2 - 1, atol=1e-6)
+
+
+def test_holdout_split_is_disjoint_balanced_and_fixed():
+    labels = np.random.RandomState(1).permutation(np.repeat(np.arange(10), 6000))
+    pre, held = fashion_mnist.holdout_split(labels)
+    assert len(pre) == 50_000 and len(held) == 10_000
+    assert not set(pre.tolist()) & set(held.tolist()) and len(np.union1d(pre, held)) == 60_000
+    assert np.bincount(labels[held]).tolist() == [1000] * 10
+    again_pre, again_held = fashion_mnist.holdout_split(labels)
+    assert np.array_equal(held, again_held) and np.array_equal(pre, again_pre)
+
+
+@pytest.mark.skipif(fashion_mnist.find() is None, reason="Fashion-MNIST not installed (make data)")
+def test_real_fashion_mnist_split_and_eval_subset():
+    """The installed data: 10,000 held-out training images, none of them pre-training images."""
+    root = fashion_mnist.find()
+    _, ytr = load_idx_split(root, "train")
+    pre, held = fashion_mnist.holdout_split(ytr)
+    ts = build_tasks(Scenario(dataset="fashion-mnist", eval_per_class=100), 28, cache=False)
+    ids = torch.cat([t.train.ids for t in ts]).numpy()
+    assert len(ids) == 10_000 and np.array_equal(np.sort(ids), held) and not np.isin(ids, pre).any()
+    assert ts.eval_size == 1000 and all(len(t.test) == 200 for t in ts)
+
+
+def test_eval_subset_is_fixed_nested_and_balanced(tmp_path):
+    _fake_fashion_mnist(tmp_path, n_test=100)
+    def test_ids(per_class, seed=0):
+        s = Scenario(dataset="fashion-mnist", data_path=str(tmp_path), n_tasks=5, eval_per_class=per_class, seed=seed)
+        ts = build_tasks(s, 28, cache=False)
+        return ts, set(torch.cat([t.test.ids for t in ts]).tolist())
+    ts3, three = test_ids(3)
+    assert ts3.eval_size == 30 and all(np.bincount(t.test.labels.numpy()).max() == 3 for t in ts3)
+    assert test_ids(3)[1] == three                                     # the same images every time
+    assert three < test_ids(6)[1]                                      # a bigger subset contains it
+    assert test_ids(3, seed=1)[1] != three                             # seeded
+    assert len(test_ids(None)[1]) == 100 and len(test_ids(50)[1]) == 100   # at most per class
+    with pytest.raises(ValueError, match="eval_per_class"):
+        eval_subset(np.arange(10) % 2, 0, 0)
+
+
+def test_sampling_error_and_eval_note():
+    assert sampling_error(0.75, 2000) == pytest.approx(0.009682, abs=1e-6)
+    assert sampling_error(1.0, 100) == 0.0 and math.isnan(sampling_error(0.5, 0))
+    ts = build_tasks(Scenario(dataset="digits", n_tasks=5), 32, cache=False)
+    assert ts.eval_size == sum(len(t.test) for t in ts) == 360
+    assert ts.eval_note(0.5) == f"on 360 test images, sampling error ±{100 * (0.25 / 360) ** 0.5:.2f} points"
+
+
+def test_fashion_mnist_is_the_default_scenario():
+    s = Scenario()
+    assert (s.dataset, s.n_tasks, s.eval_per_class) == ("fashion-mnist", 5, 200)
+
+
+def test_missing_fashion_mnist_names_both_ways(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(fashion_mnist, "DEBIAN_FASHION_MNIST", tmp_path / "no-debian")
+    monkeypatch.delenv("REP_TUNE_FASHION_MNIST", raising=False)
+    monkeypatch.setenv("REP_TUNE_DATA", str(tmp_path / "cache"))
+    with pytest.raises(FileNotFoundError) as e:
+        build_tasks(Scenario(dataset="fashion-mnist"), 28, cache=False)
+    assert "apt-get install -y dataset-fashion-mnist" in str(e.value) and "torchvision" in str(e.value)
+    assert str(tmp_path / "no-debian") in str(e.value)
+    assert fashion_mnist.main(["--check"]) == 1 and "dataset-fashion-mnist" in capsys.readouterr().err
+    # a folder named by the environment is found, plain or gzipped
+    _fake_fashion_mnist(tmp_path / "mine", gz=False)
+    monkeypatch.setenv("REP_TUNE_FASHION_MNIST", str(tmp_path / "mine"))
+    assert fashion_mnist.main(["--check"]) == 0 and str(tmp_path / "mine") in capsys.readouterr().out
 
 
 def test_cifar100_pickles(tmp_path):

@@ -13,115 +13,193 @@ from rep_tune.cli import export as cli_export
 from rep_tune.config import RepConfig, preset
 from rep_tune.data.scenario import Scenario
 from rep_tune.export import ExportError, export, formats
-from rep_tune.export.ramp_fit import fit_ramp
-from rep_tune.schedule import keep_probabilities, ramp
+from rep_tune.schedule import INTEGER_INFLECTS, fit_ramp, keep_probabilities, ramp
+from rep_tune.search.space import SearchSpace
 
+LARGE = "vit_large_patch16_224"        # the backbone the public reference copy registers for both methods
 BASE = "vit_base_patch16_224"
 NON_RAMP = [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 30]
 
 
-def reference_parser() -> argparse.ArgumentParser:
-    """Flags declared as the REP/L2P/DualPrompt reference declares them (type=bool quirk included)."""
-    parser = argparse.ArgumentParser("main.py")
+def _common_flags(p: argparse.ArgumentParser, *, length: int, top_k: int, pull: float, head: str) -> None:
+    """The flags configs/cifar100_rep.py and configs/cifar100_rep_dual.py both declare, names and types as there."""
+    p.add_argument("--batch-size", default=16, type=int)
+    p.add_argument("--epochs", default=6, type=int)
+    p.add_argument("--lr", type=float, default=0.03)
+    p.add_argument("--selection_model", default="vit_tiny_patch16_224", type=str)
+    p.add_argument("--model", default="vit_large_patch16_224_adaptive_layer_drop", type=str)
+    p.add_argument("--input-size", default=224, type=int)
+    p.add_argument("--pretrained", default=True)          # no type: the string passes through
+    p.add_argument("--opt", default="adam", type=str)
+    p.add_argument("--clip-grad", type=float, default=1.0)
+    p.add_argument("--data-path", default="/local_datasets/", type=str)
+    p.add_argument("--dataset", default="Split-CIFAR100", type=str)
+    p.add_argument("--seed", default=41, type=int)
+    p.add_argument("--num_tasks", default=10, type=int)
+    p.add_argument("--train_mask", default=True, type=bool)
+    p.add_argument("--task_inc", default=False, type=bool)
+    p.add_argument("--size", default=10, type=int)
+    p.add_argument("--length", default=length, type=int)
+    p.add_argument("--top_k", default=top_k, type=int)
+    p.add_argument("--prompt_key_init", default="uniform", type=str)
+    p.add_argument("--use_prompt_mask", default=False, type=bool)
+    p.add_argument("--shared_prompt_pool", default=False, type=bool)
+    p.add_argument("--shared_prompt_key", default=False, type=bool)
+    p.add_argument("--batchwise_prompt", default=True, type=bool)
+    p.add_argument("--embedding_key", default="cls", type=str)
+    p.add_argument("--pull_constraint_coeff", default=pull, type=float)
+    p.add_argument("--head_type", default=head, choices=["token", "gap", "prompt", "token+prompt"], type=str)
+    p.add_argument("--budget_per_task", default=1875, type=int)
+    p.add_argument("--r", default=8, type=int)
+    p.add_argument("--scheduling_factor", default=1, type=int)
+    p.add_argument("--theta", default=0.5, type=float)
+    p.add_argument("--gamma", default=0.001, type=float)
+    p.add_argument("--tau", default=16, type=int)
+    p.add_argument("--alpha", default=0.9, type=float)
+
+
+def _dual_flags(p: argparse.ArgumentParser) -> None:
+    """configs/cifar100_rep_dual.py's G/E-prompt flags."""
+    p.add_argument("--use_g_prompt", default=True, type=bool)
+    p.add_argument("--g_prompt_length", default=5, type=int)
+    p.add_argument("--g_prompt_layer_idx", default=[0, 1], type=int, nargs="+")
+    p.add_argument("--use_prefix_tune_for_g_prompt", default=True, type=bool)
+    p.add_argument("--use_e_prompt", default=True, type=bool)
+    p.add_argument("--e_prompt_layer_idx", default=[2, 3, 4], type=int, nargs="+")
+    p.add_argument("--use_prefix_tune_for_e_prompt", default=True, type=bool)
+
+
+def reference_parse(argv: list[str]) -> argparse.Namespace:
+    """Parse as the reference's run_rep.py does: the first positional picks the config, whose
+    get_args_parser declares the flags on a subparser of that name (unknown names raise).
+
+    The public copy's run_rep.py dispatches cifar100_rep / imr_rep; its DualPrompt configs
+    (configs/*_rep_dual.py) are dispatched here the same way.
+    """
+    parser = argparse.ArgumentParser("L2P training and evaluation configs")
+    config = parser.parse_known_args(argv)[-1][0]
     sub = parser.add_subparsers(dest="subparser_name")
-    for name in ("cifar100_l2p", "cifar100_dualprompt", "imr_l2p", "imr_dualprompt"):
-        p = sub.add_parser(name)
-        p.add_argument("--model", type=str)
-        p.add_argument("--selection_model", default="vit_tiny_patch16_224", type=str)
-        p.add_argument("--input-size", default=224, type=int)
-        p.add_argument("--pretrained", default=True)          # no type: the string passes through
-        p.add_argument("--batch-size", default=16, type=int)
-        p.add_argument("--epochs", default=6, type=int)
-        p.add_argument("--lr", default=0.03, type=float)
-        p.add_argument("--opt", default="adam", type=str)
-        p.add_argument("--clip-grad", default=1.0, type=float)
-        p.add_argument("--seed", default=42, type=int)
-        p.add_argument("--budget_per_task", default=None, type=int)
-        p.add_argument("--dataset", default="Split-CIFAR100", type=str)
-        p.add_argument("--data-path", default="/local_datasets/", type=str)
-        p.add_argument("--num_tasks", default=10, type=int)
-        p.add_argument("--train_mask", default=True, type=bool)
-        p.add_argument("--task_inc", default=False, type=bool)
-        p.add_argument("--size", default=10, type=int)
-        p.add_argument("--length", default=5, type=int)
-        p.add_argument("--top_k", default=5, type=int)
-        p.add_argument("--batchwise_prompt", default=True, type=bool)
-        p.add_argument("--embedding_key", default="cls", type=str)
-        p.add_argument("--prompt_key_init", default="uniform", type=str)
-        p.add_argument("--head_type", default="prompt", type=str)
-        p.add_argument("--pull_constraint_coeff", default=0.1, type=float)
-        p.add_argument("--use_g_prompt", default=True, type=bool)
-        p.add_argument("--g_prompt_length", default=5, type=int)
-        p.add_argument("--g_prompt_layer_idx", default=[0, 1], type=int, nargs="+")
-        p.add_argument("--use_prefix_tune_for_g_prompt", default=True, type=bool)
-        p.add_argument("--use_e_prompt", default=True, type=bool)
-        p.add_argument("--e_prompt_layer_idx", default=[2, 3, 4], type=int, nargs="+")
-        p.add_argument("--use_prefix_tune_for_e_prompt", default=True, type=bool)
-        p.add_argument("--r", default=0, type=int)
-        p.add_argument("--scheduling_factor", default=1.0, type=float)
-        p.add_argument("--theta", default=0.5, type=float)
-        p.add_argument("--gamma", default=0.001, type=float)
-        p.add_argument("--tau", default=16, type=int)
-        p.add_argument("--alpha", default=0.9, type=float)
-    return parser
+    if config in ("cifar100_rep", "imr_rep"):
+        _common_flags(sub.add_parser(config), length=5, top_k=5, pull=0.1, head="prompt")
+    elif config in ("cifar100_rep_dual", "imr_rep_dual"):
+        p = sub.add_parser(config)
+        _common_flags(p, length=20, top_k=1, pull=1.0, head="token")
+        _dual_flags(p)
+    else:
+        raise NotImplementedError(config)
+    return parser.parse_args(argv)
 
 
 def parse(result) -> argparse.Namespace:
     """Parse the exported command line exactly as a shell + the reference's argparse would."""
     tokens = shlex.split(result.text.splitlines()[-1])
-    assert tokens[:2] == ["python", "main.py"] and tokens[2:] == result.data["argv"]
-    return reference_parser().parse_args(tokens[2:])
+    assert tokens[:2] == ["python", "run_rep.py"] and tokens[2:] == result.data["argv"]
+    return reference_parse(tokens[2:])
 
 
 def test_type_bool_quirk_is_real():
-    ns = reference_parser().parse_args(["cifar100_l2p", "--train_mask", "False", "--batchwise_prompt", ""])
+    ns = reference_parse(["cifar100_rep", "--train_mask", "False", "--batchwise_prompt", ""])
     assert ns.train_mask is True and ns.batchwise_prompt is False
 
 
-def test_l2p_round_trips_through_quirky_parser():
-    cfg = preset("paper", "l2p", BASE).replace(**{
+def test_reference_parser_refuses_float_scheduling_factor():
+    """The failure the issue reported: a float token for an int flag."""
+    with pytest.raises(SystemExit):
+        reference_parse(["cifar100_rep", "--scheduling_factor", "1.0"])
+
+
+def test_l2p_round_trips_through_reference_parser():
+    cfg = preset("paper", "l2p", LARGE).replace(**{
         "training.train_mask": False, "prompt.batchwise": False, "backbone.pretrained": False,
-        "training.iters_per_task": 250, "training.seed": 7, "training.optimizer": "adamw",
+        "training.iters_per_task": 250, "training.epochs": 5, "training.seed": 7, "training.optimizer": "adamw",
         "prompt.pull_coeff": 0.25, "prompt.pool_size": 12, "prompt.top_k": 4, "prompt.length": 6})
     r = export(cfg, "rep-argparse")
     assert "--train_mask ''" in r.text and "--batchwise_prompt ''" in r.text
+    assert "--scheduling_factor 1 " in r.text and "training.epochs/iters_per_task" in r.text
     ns = parse(r)
-    assert ns.subparser_name == "cifar100_l2p"
+    assert ns.subparser_name == "cifar100_rep"
     assert (ns.train_mask, ns.batchwise_prompt, bool(ns.pretrained), ns.task_inc) == (False, False, False, False)
-    assert (ns.model, ns.selection_model, ns.input_size) == (BASE, "vit_tiny_patch16_224", 224)
+    assert (ns.model, ns.selection_model, ns.input_size) == \
+        ("vit_large_patch16_224_adaptive_layer_drop", "vit_tiny_patch16_224", 224)
     assert (ns.batch_size, ns.epochs, ns.lr, ns.opt, ns.clip_grad, ns.seed, ns.budget_per_task) == \
-        (16, 3, 0.03, "adamw", 1.0, 7, 250)
+        (16, 5, 0.03, "adamw", 1.0, 7, 250)
     assert (ns.size, ns.length, ns.top_k, ns.pull_constraint_coeff, ns.head_type) == (12, 6, 4, 0.25, "prompt")
-    assert (ns.theta, ns.gamma, ns.tau, ns.alpha) == (0.5, 0.001, 16, 0.9)
+    assert (ns.use_prompt_mask, ns.shared_prompt_pool) == (False, False)
+    assert (ns.r, ns.scheduling_factor, ns.theta, ns.gamma, ns.tau, ns.alpha) == (8, 1, 0.5, 0.001, 16, 0.9)
+    assert r.warnings == []          # vit_large with the L2P suffix is registered: nothing to say
 
 
 def test_true_bools_parse_true():
-    ns = parse(export(preset("paper", "l2p", BASE), "rep-argparse"))
+    ns = parse(export(preset("paper", "l2p", LARGE), "rep-argparse"))
     assert (ns.train_mask, ns.batchwise_prompt, bool(ns.pretrained)) == (True, True, True)
+
+
+def test_unregistered_timm_backbone_is_named_in_a_warning():
+    r = export(preset("paper", "l2p", BASE), "rep-argparse")
+    assert parse(r).model == "vit_base_patch16_224_adaptive_layer_drop"
+    assert any("registers only vit_large_patch16_224_adaptive_layer_drop" in w for w in r.warnings)
 
 
 def test_paper_preset_is_r8_linear_ramp():
     cfg = preset("paper", "l2p", BASE)
     ns = parse(export(cfg, "rep-argparse"))
-    assert (ns.r, ns.scheduling_factor) == (8, 1.0)
+    assert (ns.r, ns.scheduling_factor) == (8, 1)
     assert ramp(ns.r, 12, ns.scheduling_factor) == cfg.merge_schedule
 
 
-def test_dualprompt_layer_flags_and_empty_g_layers():
-    cfg = preset("paper", "dualprompt", "vit_large_patch16_224")
-    ns = parse(export(cfg, "rep-argparse"))
-    assert (ns.g_prompt_layer_idx, ns.e_prompt_layer_idx) == ([0, 1], [2, 3, 4])
+def test_dualprompt_round_trips_through_reference_parser():
+    cfg = preset("paper", "dualprompt", LARGE).replace(**{"training.iters_per_task": 1875})
+    r = export(cfg, "rep-argparse")
+    ns = parse(r)
+    assert ns.subparser_name == "cifar100_rep_dual"
+    assert (ns.model, ns.selection_model) == ("vit_large_patch16_224_adaptive_layer_drop_dual", "vit_tiny_patch16_224")
+    assert (ns.g_prompt_layer_idx, ns.e_prompt_layer_idx, ns.g_prompt_length) == ([0, 1], [2, 3, 4], 5)
     assert (ns.use_g_prompt, ns.use_e_prompt, ns.use_prefix_tune_for_e_prompt) == (True, True, True)
-    assert (ns.r, ns.scheduling_factor, ns.tau, ns.top_k, ns.batchwise_prompt) == (6, 1.0, 12, 1, False)
+    assert (ns.size, ns.length, ns.top_k, ns.pull_constraint_coeff, ns.head_type) == (10, 20, 1, 1.0, "token")
+    assert (ns.batchwise_prompt, ns.use_prompt_mask, ns.shared_prompt_pool, ns.shared_prompt_key) == \
+        (False, True, True, False)
+    assert (ns.r, ns.scheduling_factor, ns.theta, ns.tau, ns.budget_per_task, ns.train_mask) == \
+        (6, 1, 0.5, 12, 1875, True)
     assert ramp(ns.r, 24, ns.scheduling_factor) == cfg.merge_schedule
-    ns = parse(export(cfg.replace(**{"prompt.g_layers": [], "prompt.e_layers": [1, 5]}), "rep-argparse"))
-    assert (ns.use_g_prompt, ns.e_prompt_layer_idx) == (False, [1, 5])
+    assert any("dispatches only cifar100_rep/imr_rep" in w for w in r.warnings)
+    ns = parse(export(cfg.replace(**{"prompt.g_layers": [], "prompt.e_layers": [1, 5],
+                                     "prompt.carry_over": False}), "rep-argparse"))
+    assert (ns.use_g_prompt, ns.e_prompt_layer_idx, ns.shared_prompt_pool) == (False, [1, 5], False)
+
+
+def test_coda_is_refused_naming_the_method():
+    cfg = preset("paper", "coda", LARGE)
+    for approx in (False, True):
+        with pytest.raises(ExportError) as e:
+            export(cfg, "rep-argparse", allow_approx=approx)
+        msg = str(e.value)
+        assert "CODA-Prompt" in msg and "no CODA-Prompt entry point" in msg and "L2P and DualPrompt" in msg
+        assert "--format yaml" in msg
 
 
 def test_constant_schedule_maps_to_inflect_zero():
     cfg = preset("paper", "l2p", BASE).replace(**{"atom.merge": [5] * 12})
     ns = parse(export(cfg, "rep-argparse"))
-    assert (ns.r, ns.scheduling_factor) == (5, 0.0)
+    assert (ns.r, ns.scheduling_factor) == (5, 0)
+
+
+def test_decreasing_ramp_maps_to_inflect_minus_one():
+    cfg = preset("paper", "l2p", BASE).replace(**{"atom.merge": ramp(4, 12, -1.0)})
+    ns = parse(export(cfg, "rep-argparse"))
+    assert (ns.r, ns.scheduling_factor) == (4, -1)
+
+
+def test_non_integer_inflection_refused_naming_closest_integer_ramp():
+    merge = ramp(6, 24, 0.5)                       # [3, 3, 3, 3, 3, 4, ...]: a ToMe ramp the flags cannot say
+    cfg = preset("paper", "l2p", LARGE).replace(**{"atom.merge": merge})
+    with pytest.raises(ExportError) as e:
+        export(cfg, "rep-argparse")
+    msg = str(e.value)
+    best = fit_ramp(merge, INTEGER_INFLECTS)
+    assert "inflect=0.5, whose inflection is not an integer" in msg
+    assert f"--r {best.r} --scheduling_factor {int(best.inflect)}" in msg and "allow_approx" in msg
+    ns = parse(export(cfg, "rep-argparse", allow_approx=True))
+    assert (ns.r, ns.scheduling_factor) == (best.r, int(best.inflect))
 
 
 def test_non_ramp_raises_naming_closest_ramp():
@@ -129,7 +207,7 @@ def test_non_ramp_raises_naming_closest_ramp():
     with pytest.raises(ExportError) as e:
         export(cfg, "rep-argparse")
     msg = str(e.value)
-    assert str(NON_RAMP) in msg and "--r 6 --scheduling_factor 1.0" in msg
+    assert str(NON_RAMP) in msg and "--r 6 --scheduling_factor 1 " in msg
     assert "[0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 18]" in msg and "allow_approx" in msg
 
 
@@ -137,17 +215,43 @@ def test_allow_approx_exports_closest_ramp_with_warning():
     cfg = preset("paper", "l2p", BASE).replace(**{"atom.merge": NON_RAMP})
     r = export(cfg, "rep-argparse", allow_approx=True)
     ns = parse(r)
-    assert (ns.r, ns.scheduling_factor) == (6, 1.0)
+    assert (ns.r, ns.scheduling_factor) == (6, 1)
     approx = [w for w in r.warnings if w.startswith("approximation:")]
     assert len(approx) == 1 and "per-layer difference" in approx[0] and "85 vs 67" in approx[0]
     assert "# WARNING: approximation:" in r.text
 
 
 def test_fit_ramp_exact_and_closest():
-    assert fit_ramp(ramp(4, 12, 0.5)).exact and (fit_ramp(ramp(4, 12, 0.5)).r, fit_ramp(ramp(4, 12, 0.5)).inflect) == (4, 0.5)
+    f = fit_ramp(ramp(4, 12, 0.5))
+    assert f.exact and (f.r, f.inflect) == (4, 0.5)
     assert (fit_ramp([0] * 12).r, fit_ramp([0] * 12).inflect) == (0, 1.0)
+    # ramp(1, 12, 0.5) == ramp(1, 12, 1.0): the preference order names the integer inflection
+    assert ramp(1, 12, 0.5) == ramp(1, 12, 1.0) and (fit_ramp(ramp(1, 12, 0.5)).inflect) == 1.0
     f = fit_ramp(NON_RAMP)
-    assert not f.exact and f.ramp == ramp(6, 12, 1.0) and f.diff == [0] * 11 + [18]
+    assert not f.exact and list(f.ramp) == ramp(6, 12, 1.0) and list(f.diff) == [0] * 11 + [18]
+    # a fractional inflection a search sampled: exact only with a continuous span, and the same counts
+    odd = ramp(12, 12, 0.37)
+    assert not fit_ramp(odd).exact
+    f = fit_ramp(odd, span=(-1.0, 1.0))
+    assert f.exact and ramp(f.r, 12, f.inflect) == odd and -1.0 <= f.inflect <= 1.0
+    assert not fit_ramp(odd, span=(0.5, 1.0)).exact
+
+
+@pytest.mark.parametrize("merge", [ramp(8, 12), ramp(5, 12, 0.0), ramp(3, 12, -1.0), ramp(1, 12, 0.5),
+                                   ramp(1, 12, -0.5), [0] * 11 + [1], ramp(2, 12, 1.0)])
+def test_search_space_and_export_name_the_same_ramp(merge):
+    """One inversion: the space's (atom.r, atom.inflect) and the exported (--r, --scheduling_factor) agree."""
+    cfg = preset("paper", "l2p", BASE).replace(**{"atom.merge": merge})
+    params = SearchSpace.load("l2p").params_of(cfg)
+    if not any(merge):
+        assert params["atom.enabled"] is False
+        return
+    fit = fit_ramp(merge, INTEGER_INFLECTS)
+    if not fit.exact:            # a ramp only a fractional inflection gives: the space says it, export refuses
+        assert params["atom.form"] == "per_layer" or params["atom.inflect"] not in INTEGER_INFLECTS
+        return
+    ns = parse(export(cfg, "rep-argparse"))
+    assert (params["atom.form"], params["atom.r"], params["atom.inflect"]) == ("ramp", ns.r, ns.scheduling_factor)
 
 
 def test_atom_and_ald_disabled_keep_every_block():
@@ -160,8 +264,9 @@ def test_atom_and_ald_disabled_keep_every_block():
 
 
 def test_no_surrogate_maps_to_same_model_with_warning():
-    r = export(preset("baseline", "l2p", BASE), "rep-argparse")
-    assert parse(r).selection_model == BASE
+    r = export(preset("baseline", "l2p", LARGE), "rep-argparse")
+    ns = parse(r)
+    assert (ns.model, ns.selection_model) == ("vit_large_patch16_224_adaptive_layer_drop", LARGE)
     assert any("no 'no surrogate' mode" in w for w in r.warnings)
 
 
@@ -171,17 +276,21 @@ def test_protect_prompts_false_refused_even_with_allow_approx():
         export(cfg, "rep-argparse", allow_approx=True)
 
 
-def test_prop_attn_needs_allow_approx():
-    cfg = preset("paper", "l2p", BASE).replace(**{"atom.prop_attn": True})
-    with pytest.raises(ExportError, match="prop_attn"):
+@pytest.mark.parametrize("change, word", [({"atom.prop_attn": True}, "prop_attn"),
+                                          ({"training.precision": "bf16"}, "mixed-precision"),
+                                          ({"ald.schedule": "pld"}, "ald.schedule")])
+def test_unflagged_settings_need_allow_approx(change, word):
+    cfg = preset("paper", "l2p", BASE).replace(**change)
+    with pytest.raises(ExportError, match=word):
         export(cfg, "rep-argparse")
-    assert any("prop_attn" in w for w in export(cfg, "rep-argparse", allow_approx=True).warnings)
+    assert any(word in w for w in export(cfg, "rep-argparse", allow_approx=True).warnings)
 
 
 def test_embedded_backbone_needs_allow_approx():
     with pytest.raises(ExportError, match="vit_micro_patch4_32"):
         export(preset("paper"), "rep-argparse")
-    assert parse(export(preset("paper"), "rep-argparse", allow_approx=True)).model == "vit_micro_patch4_32"
+    ns = parse(export(preset("paper"), "rep-argparse", allow_approx=True))
+    assert ns.model == "vit_micro_patch4_32_adaptive_layer_drop"
 
 
 def test_lr_unscaled_and_no_clipping():
@@ -196,7 +305,9 @@ def test_scenario_sets_tasks_and_dataset():
     sc = Scenario(dataset="imagenet-r", n_tasks=10, data_path="/data")
     ns = parse(export(preset("paper", "dualprompt", BASE), "rep-argparse", scenario=sc))
     assert (ns.subparser_name, ns.num_tasks, ns.dataset, ns.data_path) == \
-        ("imr_dualprompt", 10, "Split-Imagenet-R", "/data")
+        ("imr_rep_dual", 10, "Split-Imagenet-R", "/data")
+    ns = parse(export(preset("paper", "l2p", BASE), "rep-argparse", scenario=sc))
+    assert ns.subparser_name == "imr_rep"
 
 
 @pytest.mark.parametrize("fmt,load", [("yaml", yaml.safe_load), ("json", json.loads)])
@@ -218,6 +329,21 @@ def test_tome_per_layer_list_equals_schedule():
     assert j["r"] == NON_RAMP and j["prop_attn"] is True and "NOT equivalent" in j["warnings"][0]
 
 
+@pytest.mark.parametrize("method, title", [("dualprompt", "DualPrompt"), ("coda", "CODA-Prompt")])
+def test_tome_prefix_methods_merge_what_atom_merges(method, title):
+    """Prefix prompts are not tokens: ToMe's schedule is AToM's, but the prompts are not in the snippet."""
+    cfg = preset("paper", method, BASE).replace(**{"backbone.img_size": 160})
+    r = export(cfg, "tome")
+    assert r.data["r"] == cfg.merge_schedule and not any("NOT equivalent" in w for w in r.warnings)
+    assert any(w.startswith(f"{title} prompts are key/value prefixes") for w in r.warnings)
+    assert f"timm.create_model({BASE!r}, pretrained=True, img_size=160)" in r.text
+
+
+def test_tome_plain_tome_config_is_said_to_be_plain_tome():
+    r = export(preset("paper", "l2p", BASE).replace(**{"atom.protect_prompts": False}), "tome")
+    assert not any("NOT equivalent" in w for w in r.warnings) and "the config itself is plain ToMe" in r.warnings[0]
+
+
 def _cli(argv):
     p = argparse.ArgumentParser()
     cli_export.add_arguments(p)
@@ -230,7 +356,7 @@ def test_cli_exit_2_on_inexpressible_and_out_file(tmp_path, capsys):
     assert "closest" in capsys.readouterr().err
     out = tmp_path / "cmd.sh"
     assert _cli(["--config", str(src), "--format", "rep-argparse", "--allow-approx", "--out", str(out)]) == 0
-    assert "--r 6 --scheduling_factor 1.0" in out.read_text() and "approximation" in capsys.readouterr().err
+    assert "--r 6 --scheduling_factor 1 " in out.read_text() and "approximation" in capsys.readouterr().err
     assert _cli(["--config", str(src), "--format", "json", "--out", str(tmp_path / "c.json")]) == 0
     assert RepConfig.load(tmp_path / "c.json") == RepConfig.load(src)
     assert set(formats()) >= {"yaml", "json", "rep-argparse", "tome"}

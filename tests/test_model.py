@@ -68,7 +68,9 @@ def test_dualprompt_task_prompt_in_training_query_match_in_eval():
     out = model.train()(x, q, task_id=3)
     assert out.prompt_idx.flatten().tolist() == [3] * 4
     key = F.normalize(model.prompt.keys[3], dim=0)
-    assert torch.allclose(out.pull_loss, -0.1 * (F.normalize(q, dim=1) @ key).sum() / 4, atol=1e-6)
+    coeff = model.config.prompt.pull_coeff       # 1.0: REP's DualPrompt flags (was 0.1 before the preset fix)
+    assert coeff == 1.0
+    assert torch.allclose(out.pull_loss, -coeff * (F.normalize(q, dim=1) @ key).sum() / 4, atol=1e-6)
     evaluated = model.eval()(x, q)
     best = (F.normalize(q, dim=1) @ F.normalize(model.prompt.keys, dim=1).t()).argmax(dim=1)
     assert evaluated.prompt_idx[:, 0].tolist() == best.tolist()

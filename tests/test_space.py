@@ -4,7 +4,9 @@ from __future__ import annotations
 import optuna
 import pytest
 
-from rep_tune.config import preset
+from rep_tune.config import EMBEDDED_BACKBONE, paper_surrogate, preset
+from rep_tune.methods import method_names
+from rep_tune.schedule import ramp
 from rep_tune.device import Budgets, DeviceProfile
 from rep_tune.figures import Cost, Figure
 from rep_tune.schema import SchemaError
@@ -17,27 +19,55 @@ from rep_tune.search.targets import Target
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 
-@pytest.mark.parametrize("method", ["l2p", "dualprompt"])
-def test_shipped_space_contains_paper_and_baseline(method):
+NEW_BACKBONE = "vit_micro_patch2_28.fmnist"     # the coming default: its surrogate is vit_pico_patch2_28.fmnist
+
+
+@pytest.mark.parametrize("backbone", [EMBEDDED_BACKBONE, NEW_BACKBONE, "vit_base_patch16_224"])
+@pytest.mark.parametrize("method", ["l2p", "dualprompt", "coda"])
+def test_shipped_space_contains_paper_and_baseline(method, backbone):
     space = SearchSpace.load(method)
     assert space.method == method
-    base = space.base_config()
+    base = space.base_config(backbone)
     for role in ("paper", "baseline"):
-        cfg = preset(role, method)
+        cfg = preset(role, method, backbone)
         params = space.params_of(cfg)
         got = space.sample(optuna.trial.FixedTrial(params), base)
-        assert got.merge_schedule == cfg.merge_schedule
-        assert got.selection.surrogate == cfg.selection.surrogate
-        assert got.ald.enabled == cfg.ald.enabled and got.atom.enabled == (role == "paper")
-        assert (got.prompt.pool_size, got.prompt.length, got.prompt.top_k) == \
-            (cfg.prompt.pool_size, cfg.prompt.length, cfg.prompt.top_k)
-    paper = space.params_of(preset("paper", method))
+        if not cfg.ald.enabled:      # the baseline's ALD section holds defaults that ALD off never reads
+            got = got.replace(**{f"ald.{k}": v for k, v in cfg.to_dict()["ald"].items()})
+        assert config_hash(got) == config_hash(cfg)          # the very same training
+        assert params["selection.surrogate"] == ("paper" if role == "paper" else None)
+    paper = space.params_of(preset("paper", method, backbone))
     assert paper["atom.form"] == "ramp" and paper["atom.inflect"] == 1.0
-    assert paper["atom.r"] == {"l2p": 8, "dualprompt": 6}[method]
+    assert paper["atom.r"] == {"l2p": 8, "dualprompt": 6, "coda": 6}[method]
+    assert space.sample(optuna.trial.FixedTrial(paper), base).selection.surrogate == paper_surrogate(backbone)
 
 
-def test_shipped_spaces_are_the_two_defaults():
-    assert {p.stem for p in shipped_spaces()} >= {"l2p", "dualprompt"}
+def test_presets_prompt_settings_are_points_of_their_spaces():
+    """DualPrompt's REP preset (E-length 20) and CODA's official 100 x 8 lie inside the shipped ranges."""
+    assert SearchSpace.load("dualprompt").params_of(preset("paper", "dualprompt"))["prompt.length"] == 20
+    coda = SearchSpace.load("coda").params_of(preset("paper", "coda"))
+    assert (coda["prompt.pool_size"], coda["prompt.length"], coda["prompt.ortho_mu"]) == (100, 8, 0.0)
+
+
+def test_shipped_spaces_are_the_defaults():
+    assert {p.stem for p in shipped_spaces()} >= {"l2p", "dualprompt", "coda"}
+    assert {p.stem for p in shipped_spaces()} >= set(method_names())
+
+
+@pytest.mark.parametrize("method", ["l2p", "dualprompt", "coda"])
+def test_params_of_reads_back_what_sample_wrote(method):
+    """One table read both ways: every sampled config is a point of its space that rebuilds it."""
+    space = SearchSpace.load(method)
+    base = space.base_config()
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=3))
+    for _ in range(25):
+        trial = study.ask()
+        cfg = space.sample(trial, base)
+        study.tell(trial, 0.0)
+        again = space.sample(optuna.trial.FixedTrial(space.params_of(cfg)), base)
+        assert config_hash(again) == config_hash(cfg)
+        if method == "coda":
+            assert cfg.prompt.length % 2 == 0 and cfg.prompt.pool_size % 10 == 0
 
 
 def test_sampling_gives_valid_configs_of_both_forms():
@@ -55,8 +85,12 @@ def test_sampling_gives_valid_configs_of_both_forms():
             forms.add(trial.params["atom.form"])
             if trial.params["atom.form"] == "per_layer":
                 assert cfg.atom.merge == [trial.params[f"atom.merge_{i}"] for i in range(12)]
-        else:
-            assert cfg.atom.merge == [] and "atom.form" not in trial.params
+        else:     # AToM off, or on with no merge anywhere (normalised to off: the same training)
+            assert cfg.atom.merge == []
+            tp = trial.params
+            assert not tp["atom.enabled"] or not any(
+                ramp(tp["atom.r"], 12, tp["atom.inflect"]) if tp["atom.form"] == "ramp"
+                else [tp[f"atom.merge_{i}"] for i in range(12)])
         if not cfg.ald.enabled:
             assert "ald.theta_min" not in trial.params
         if cfg.selection.surrogate is None:
@@ -82,6 +116,33 @@ def _write(tmp_path, text: str):
     ("params:\n  prompt.length: {type: int, low: 1, high: 4, bogus: 1}\n", "params.prompt.length.bogus", "bogus"),
     ("method: vit\nparams:\n  prompt.length: {type: int, low: 1, high: 4}\n", "method", "vit"),
     ("params: {}\n", "params", "{}"),
+    # issue 12: wrongly accepted before
+    ("params:\n  training.batch_size: {type: int, low: 0, high: 32}\n", "params.training.batch_size.low", "0"),
+    ("params:\n  training.batch_size: {type: int, low: 1, high: .inf}\n", "params.training.batch_size.high", "inf"),
+    ("params:\n  ald.gamma: {type: float, low: 0.001, high: .inf}\n", "params.ald.gamma.high", "inf"),
+    ("params:\n  training.lr: {type: float, low: .nan, high: 0.1}\n", "params.training.lr.low", "nan"),
+    ("params:\n  selection.surrogate: {type: categorical, choices: [paper, vit_nonexistent_patch16_224]}\n",
+     "params.selection.surrogate.choices", "vit_nonexistent_patch16_224"),
+    ("params:\n  selection.surrogate: {type: categorical, choices: [dualprompt]}\n",
+     "params.selection.surrogate.choices", "dualprompt"),
+    ("params:\n  prompt.method: {type: categorical, choices: [l2p, coda]}\n", "params.prompt.method", "prompt.method"),
+    ("params:\n  training.precision: {type: categorical, choices: [fp32, fp8]}\n",
+     "params.training.precision.choices", "fp8"),
+    ("params:\n  ald.schedule: {type: categorical, choices: [ald, dropout]}\n", "params.ald.schedule.choices", "dropout"),
+    ("params:\n  atom.enabled: {type: categorical, choices: [true, maybe]}\n", "params.atom.enabled.choices", "maybe"),
+    ("params:\n  prompt.length: {type: float, low: 1, high: 4}\n", "params.prompt.length.low", "1.0"),
+    ("params:\n  ald.theta_min: {type: float, low: 0.0, high: 1.0}\n", "params.ald.theta_min.low", "0.0"),
+    ("params:\n  prompt.top_k: {type: int, low: 6, high: 8}\n  prompt.pool_size: {type: int, low: 4, high: 8}\n",
+     "params.prompt.top_k.low", "6"),
+    ("params:\n  atom.r: {type: int, low: -1, high: 8}\n", "params.atom.r.low", "-1"),
+    ("params:\n  atom.inflect: {type: float, low: -2.0, high: 1.0}\n", "params.atom.inflect", "-2.0"),
+    ("params:\n  atom: {type: int, low: 0, high: 1}\n", "params.atom", "atom"),
+    ("method: coda\nparams:\n  prompt.length: {type: int, low: 2, high: 9}\n", "params.prompt.length.high", "9"),
+    ("method: coda\nparams:\n  prompt.length: {type: int, low: 2, high: 10}\n", "params.prompt.length", "3"),
+    ("method: coda\nparams:\n  prompt.top_k: {type: int, low: 1, high: 4}\n", "params.prompt.top_k", "prompt.top_k"),
+    ("fixed: {training.batch_size: 0}\nparams:\n  prompt.length: {type: int, low: 1, high: 4}\n",
+     "fixed.training.batch_size", "0"),
+    ("params:\n  prompt.length: [1, 4]\n", "params.prompt.length", "[1, 4]"),
 ])
 def test_space_errors_name_file_and_key(tmp_path, body, field, found):
     path = _write(tmp_path, "version: 1\n" + body)
@@ -161,3 +222,55 @@ def test_task_percentile_pruner_compares_at_the_same_task():
     low.report(20, 1)
     high.report(75, 1)
     assert low.should_prune() and not high.should_prune()
+
+
+def test_bad_choice_error_says_what_is_expected(tmp_path):
+    path = _write(tmp_path, "params:\n  selection.surrogate: {type: categorical, choices: [paper, vit_nope]}\n")
+    with pytest.raises(SchemaError) as e:
+        SearchSpace.load(path)
+    assert "'paper'" in e.value.expected and "vit_nope" in str(e.value) and str(path) in str(e.value)
+
+
+def test_precision_and_ald_schedule_are_categorical_parameters(tmp_path):
+    """ald.schedule = pld hides tau and alpha (PLD has no token term); precision reaches the config."""
+    path = _write(tmp_path, "method: l2p\nparams:\n"
+                  "  training.precision: {type: categorical, choices: [fp32, bf16]}\n"
+                  "  ald.schedule: {type: categorical, choices: [ald, pld]}\n"
+                  "  ald.tau: {type: int, low: 0, high: 48}\n"
+                  "  ald.alpha: {type: float, low: 0.5, high: 1.0}\n")
+    space = SearchSpace.load(path)
+    base = space.base_config()
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    seen = set()
+    for _ in range(16):
+        trial = study.ask()
+        cfg = space.sample(trial, base)
+        study.tell(trial, 0.0)
+        seen.add((cfg.training.precision, cfg.ald.schedule))
+        assert cfg.training.precision == trial.params["training.precision"]
+        assert ("ald.tau" in trial.params) == (cfg.ald.schedule == "ald")
+        assert space.params_of(cfg) == trial.params
+    assert seen == {("fp32", "ald"), ("fp32", "pld"), ("bf16", "ald"), ("bf16", "pld")}
+    pld = preset("paper").replace(**{"ald.schedule": "pld", "ald.tau": 99})
+    assert "ald.tau" not in space.params_of(pld)        # hidden, so out-of-range tau does not matter
+
+
+def test_paper_surrogate_choice_follows_the_backbone():
+    space = SearchSpace.load("l2p")
+    for backbone in (EMBEDDED_BACKBONE, NEW_BACKBONE, "vit_base_patch16_224"):
+        cfg = space.sample(optuna.trial.FixedTrial({**space.params_of(preset("paper", "l2p", backbone))}),
+                           space.base_config(backbone))
+        assert cfg.selection.surrogate == paper_surrogate(backbone)
+    assert paper_surrogate(NEW_BACKBONE) == "vit_pico_patch2_28.fmnist"
+    # a literal surrogate that is not the paper's pairing is outside a [paper, null] space
+    other = preset("paper", "l2p", NEW_BACKBONE).replace(**{"selection.surrogate": "vit_pico_patch4_32.fmnist"})
+    with pytest.raises(ValueError, match="selection.surrogate"):
+        space.params_of(other)
+
+
+def test_params_of_names_a_schedule_outside_the_space(tmp_path):
+    path = _write(tmp_path, "params:\n  atom.r: {type: int, low: 0, high: 16}\n")   # ramp form, inflect 1 only
+    space = SearchSpace.load(path)
+    assert space.params_of(preset("paper")) == {"atom.r": 8}
+    with pytest.raises(ValueError, match=r"atom.*not a point of the space.*closest ramp"):
+        space.params_of(preset("paper").replace(**{"atom.merge": [5] * 12}))

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from rep_tune.config import RepConfig
 from rep_tune.data.scenario import Scenario
-from rep_tune.export import ExportError, export, formats
+from rep_tune.export import ExportError, ExportOptions, export, formats
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -17,8 +17,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--allow-approx", action="store_true",
                         help="export the closest expressible config, listing the differences as warnings")
     parser.add_argument("--scenario", help="Scenario YAML: adds --num_tasks/--dataset/--data-path (rep-argparse)")
-    parser.add_argument("--program", default="main.py", help="reference runtime entry point (rep-argparse)")
-    parser.add_argument("--dataset-config", help="reference's first positional, default <dataset>_<method> (rep-argparse)")
+    parser.add_argument("--program", default=ExportOptions.program,
+                        help=f"reference runtime entry point (rep-argparse; default {ExportOptions.program})")
+    parser.add_argument("--dataset-config", help="reference's first positional, default cifar100_rep / imr_rep "
+                        "(L2P) or cifar100_rep_dual / imr_rep_dual (DualPrompt) by the scenario (rep-argparse)")
 
 
 def run(args: argparse.Namespace) -> int:

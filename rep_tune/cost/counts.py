@@ -136,7 +136,7 @@ def keep_probs(config, merge: list[int], mergeable: int, *, t: int | None, iters
     """ALD keep probability per block: at iteration t, or averaged over a task of ``iters``."""
     d = config.ald
     return list(_schedule(tuple(merge), mergeable, 0, _ald_key(d), t, iters,
-                          tuple(config.prompt.prompt_layers()))[2])
+                          tuple(config.layout().prompt_blocks))[2])
 
 
 def _ald_key(d) -> tuple | None:
@@ -216,27 +216,14 @@ def count(config, *, batch: int | None = None, dtype: str = "fp32", t: int | Non
     arch = _arch(config.backbone.name, config.backbone.img_size)
     D, H, L = arch.embed_dim, arch.num_heads, arch.depth
     M = int(D * arch.mlp_ratio)
-    p = config.prompt
+    lay = config.layout()
     patches = arch.num_patches()
-    P = p.prompt_tokens()
-    if config.atom.protect_prompts:
-        n_prot, mergeable = 1 + P, patches
-    else:
-        n_prot, mergeable = 1, patches + P
+    n_prot, mergeable = lay.n_protected, lay.mergeable
     merge = tuple(config.atom.schedule(L))
     iters = iters_per_task or config.training.iters_per_task or DEFAULT_ITERS_PER_TASK
-    sched = _schedule(merge, mergeable, n_prot, _ald_key(config.ald), t, iters, tuple(p.prompt_layers()))
+    sched = _schedule(merge, mergeable, n_prot, _ald_key(config.ald), t, iters, tuple(lay.prompt_blocks))
     eff, toks, keep = sched
-
-    prefix = [0] * L
-    if p.method == "dualprompt":
-        for layer in p.g_layers:
-            prefix[layer] += p.g_length
-        for layer in p.e_layers:
-            prefix[layer] += p.top_k * p.length
-        first_grad = min(p.prompt_layers(), default=L)
-    else:
-        first_grad = 0
+    prefix, first_grad = list(lay.prefix), lay.first_grad
 
     zero = (0.0, 0.0, 0.0)
     (sN, sNp, sNK, gN, gNp, gNK, mN, mNp, mAB, ops_t, wn, wm, wp, en, em, ep) = _token_sums(
@@ -279,13 +266,8 @@ def count(config, *, batch: int | None = None, dtype: str = "fp32", t: int | Non
         s_params = 0
 
     emb = 2.0 * B * patches * arch.in_chans * arch.patch_size ** 2 * D
-    pool_d = p.pool_size * D
-    if p.method == "l2p":
-        prompts = p.pool_size * p.length * D
-    else:
-        prompts = len(p.g_layers) * 2 * p.g_length * D + len(p.e_layers) * 2 * p.pool_size * p.length * D
-    trainable = prompts + pool_d + head_params(D, num_classes)
-    other_mm = emb + 2.0 * B * D * num_classes * 3 + 2.0 * B * pool_d * 2
+    trainable = lay.trainable(num_classes)
+    other_mm = emb + 2.0 * B * D * num_classes * 3 + 2.0 * B * lay.geometry.select_macs * 2
     other_ew = s * (B * toks[0] * D * 4 + 16 * trainable)        # embed+pos+concat; Adam step
     n_max = toks[0]
     transient = B * max(n_max * M, H * n_max * (n_max + max(prefix)), 3 * n_max * D) * 2

@@ -5,10 +5,14 @@ order, so task i holds a contiguous range of labels and ``TaskSet.class_order[la
 dataset's own class id back. Every sample keeps a stable id (its index in the dataset's files)
 so the per-sample query cache can key on (``TaskSet.key``, id).
 Results are cached per process: a search's many trials share one load.
+
+Accuracy is measured on ``TaskSet.eval_size`` test images (``Scenario.eval_per_class``): print
+it with its sampling error, ``TaskSet.eval_note(acc)`` / ``sampling_error(acc, n)``.
 """
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from typing import Iterator, Sequence
 
@@ -76,6 +80,28 @@ class TaskSet:
     def __iter__(self) -> Iterator[Task]:
         return iter(self.tasks)
 
+    @property
+    def eval_size(self) -> int:
+        """Test images accuracy is measured on (all tasks): the n of its sampling error."""
+        return sum(len(t.test) for t in self.tasks)
+
+    def eval_note(self, acc: float) -> str:
+        """``"on 2,000 test images, sampling error ±0.97 points"``: what to print next to a final accuracy."""
+        return f"on {self.eval_size:,} test images, sampling error ±{100 * sampling_error(acc, self.eval_size):.2f} points"
+
+
+def sampling_error(acc: float, n: int) -> float:
+    """Binomial standard error of an accuracy ``acc`` (fraction) measured on ``n`` images: sqrt(p(1-p)/n).
+
+    The final average accuracy weighs every task's test set equally; with equal-sized task test
+    sets (the class-balanced scenarios) it is the accuracy over all ``n`` images, so this is its
+    error from the choice of test images alone (training-seed noise comes on top).
+    """
+    if n <= 0:
+        return float("nan")
+    p = min(max(float(acc), 0.0), 1.0)
+    return math.sqrt(p * (1.0 - p) / n)
+
 
 def class_order(num_classes: int, seed: int) -> list[int]:
     """Dataset class ids in stream order: natural for seed -1, else a seeded permutation."""
@@ -92,18 +118,22 @@ def split_classes(n_classes: int, n_tasks: int) -> list[list[int]]:
 
 
 def backbone_normalization(name: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """Mean/std the backbone expects: 0.5/0.5 for the embedded ViTs, timm's pretrained_cfg otherwise."""
-    base = name.split(".")[0]
-    if base in ("vit_micro_patch4_32", "vit_pico_patch4_32"):
-        return EMBEDDED_NORM
+    """Mean/std the backbone ``name`` expects, from timm's pretrained_cfg of that name (tag included).
+
+    Every model says its own: the embedded ViTs' cfg says 0.5/0.5, a CLIP tag OpenAI's CLIP
+    statistics, an untagged name its default tag's. A name timm has no pretrained_cfg for gets
+    timm's own default (ImageNet mean/std, as ``timm.data.resolve_data_config``).
+    """
+    from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+    from timm.models import get_pretrained_cfg
+    import rep_tune.runtime.backbone  # noqa: F401  registers the embedded models' pretrained_cfg with timm
     try:
-        from timm.models import get_pretrained_cfg
-        cfg = get_pretrained_cfg(name)
-    except Exception:
-        cfg = None
-    if cfg is None:
-        return EMBEDDED_NORM
-    return tuple(float(v) for v in cfg.mean), tuple(float(v) for v in cfg.std)
+        cfg = get_pretrained_cfg(name, allow_unregistered=True)
+    except RuntimeError as e:                      # a tag timm does not know for this architecture
+        raise ValueError(f"backbone {name!r}: {e}") from None
+    mean = getattr(cfg, "mean", None) or IMAGENET_DEFAULT_MEAN
+    std = getattr(cfg, "std", None) or IMAGENET_DEFAULT_STD
+    return tuple(float(v) for v in mean), tuple(float(v) for v in std)
 
 
 def load_raw(scenario: Scenario) -> RawDataset:
@@ -132,6 +162,22 @@ def _cap_per_class(labels: np.ndarray, cap: int | None) -> np.ndarray:
             keep.append(i)
             seen[c] = seen.get(c, 0) + 1
     return np.asarray(keep, dtype=np.int64)
+
+
+def eval_subset(labels: np.ndarray, per_class: int | None, seed: int) -> np.ndarray:
+    """Sorted positions of a fixed test subset: per class, the first ``per_class`` of a seeded permutation.
+
+    Deterministic for (labels, per_class, seed); a smaller ``per_class`` gives a subset of a
+    larger one (the same permutation, cut shorter). All positions when ``per_class`` is None.
+    """
+    labels = np.asarray(labels)
+    if per_class is None:
+        return np.arange(len(labels))
+    if isinstance(per_class, bool) or not isinstance(per_class, (int, np.integer)) or per_class < 1:
+        raise ValueError(f"scenario eval_per_class: expected int >= 1 or null, found {per_class!r}")
+    rng = np.random.RandomState(seed)
+    keep = [rng.permutation(np.flatnonzero(labels == c))[:per_class] for c in np.unique(labels)]
+    return np.sort(np.concatenate(keep)) if keep else np.arange(0)
 
 
 def _store(images: torch.Tensor | list[str], rendering: Rendering) -> ImageStore:
@@ -164,8 +210,9 @@ def build_tasks(scenario: Scenario, img_size: int, in_chans: int = 3, *,
     new_label = np.empty(raw.num_classes, dtype=np.int64)
     new_label[order] = np.arange(raw.num_classes)
     train_raw = raw.train.take(_cap_per_class(raw.train.labels, scenario.max_per_class))
+    test_raw = raw.test.take(eval_subset(raw.test.labels, scenario.eval_per_class, scenario.seed))
     tasks = [Task(i, group, _task_split(train_raw, new_label, group, rendering),
-                  _task_split(raw.test, new_label, group, rendering))
+                  _task_split(test_raw, new_label, group, rendering))
              for i, group in enumerate(split_classes(raw.num_classes, scenario.n_tasks))]
     ts = TaskSet(f"{raw.key}|{rendering.key()}", raw.name, tasks, order, [raw.class_names[c] for c in order],
                  rendering)

@@ -40,7 +40,7 @@ class ExportOptions:
 
     allow_approx: bool = False
     scenario: Scenario | None = None
-    program: str = "main.py"              # rep-argparse: the reference runtime's entry point
+    program: str = "run_rep.py"           # rep-argparse: the reference runtime's entry point
     dataset_config: str | None = None     # rep-argparse: first positional; default from method/scenario
 
 

@@ -1,7 +1,16 @@
 """ToMe (facebookresearch/ToMe) settings for the config's backbone: a Python snippet or JSON.
 
-ToMe protects only the CLS (and distillation) token: prompt tokens would be merged like patches.
-So this is plain ToMe on the backbone, NOT AToM; prompts, the surrogate and ALD are not part of it.
+What ToMe can express of a REP config, by where the method puts its prompts (its
+``PromptGeometry``):
+- prompts as tokens in the sequence (L2P): ToMe protects only the CLS (and distillation) token,
+  so it merges the prompt tokens like patches. That is plain ToMe, NOT AToM, unless the config
+  itself is plain ToMe (``atom.protect_prompts: false``).
+- prompts as key/value prefixes inside attention (DualPrompt, CODA-Prompt): prefixes are not
+  tokens, so ToMe merges exactly what AToM merges (the patches; CLS protected) and ``model.r`` is
+  the config's schedule. But ``tome.patch.timm`` swaps timm's attention for ToMe's, which takes no
+  prefixes: the snippet builds the backbone without the prompts (and their selection); a prompted
+  model must add its prefixes inside ToMe's attention.
+Neither the surrogate, ALD nor the training settings are part of ToMe.
 """
 from __future__ import annotations
 
@@ -9,28 +18,39 @@ import json
 
 from rep_tune.config import RepConfig
 from rep_tune.export import ExportOptions, ExportResult, register
-from rep_tune.export.rep_argparse import TIMM_SIZES
+from rep_tune.export.rep_argparse import is_reference_timm
+from rep_tune.methods import get_method
 
 NOT_ATOM = ("ToMe does not protect prompt tokens (only CLS): with prompts in the sequence it merges them "
             "like patches, so this is NOT equivalent to REP's AToM (plain ToMe: 70.2 vs 75.3 accuracy in "
             "REP's ablation)")
+PLAIN_TOME = ("atom.protect_prompts is false: the config itself is plain ToMe (prompt tokens merge like "
+              "patches), as here")
+PREFIXES = ("{title} prompts are key/value prefixes inside attention, not tokens: ToMe merges exactly the "
+            "tokens AToM merges (patches; CLS protected), so model.r is the config's schedule; but ToMe's patched "
+            "attention takes no prefixes: this builds the backbone without the prompts (add them inside ToMe's "
+            "attention for a prompted model)")
 
 
 def tome_settings(cfg: RepConfig) -> tuple[dict, list[str]]:
-    """``{"model", "pretrained", "prop_attn", "r"}`` for ToMe, and the warnings that go with it."""
-    warnings = [NOT_ATOM]
+    """``{"model", "pretrained", "img_size", "prop_attn", "r"}`` for ToMe, and the warnings that go with it."""
+    layout = cfg.layout()
+    method = get_method(cfg.prompt.method)
+    warnings = []
+    if layout.n_prompt:
+        warnings.append(NOT_ATOM if cfg.atom.protect_prompts else PLAIN_TOME)
+    if any(layout.prefix):
+        warnings.append(PREFIXES.format(title=method.title))
     if not cfg.atom.enabled:
         warnings.append("atom.enabled is false: r is all zeros (no merging)")
     if cfg.ald.enabled:
         warnings.append("ALD (adaptive layer dropping) has no ToMe equivalent and is left out")
-    if cfg.prompt.method == "dualprompt":
-        warnings.append("DualPrompt prompts are prefixes; ToMe's patch knows nothing of them")
-    if cfg.backbone.name.split("_")[1:2] not in [[s] for s in TIMM_SIZES]:
+    if not is_reference_timm(cfg.backbone.name):
         warnings.append(f"{cfg.backbone.name!r} is rep-tune's embedded ViT, not a timm model: build it with "
                         "rep_tune.runtime.backbone instead of timm.create_model")
     if cfg.backbone.checkpoint:
         warnings.append(f"backbone.checkpoint {cfg.backbone.checkpoint!r}: load it into the model yourself")
-    data = {"model": cfg.backbone.name, "pretrained": cfg.backbone.pretrained,
+    data = {"model": cfg.backbone.name, "pretrained": cfg.backbone.pretrained, "img_size": cfg.backbone.img_size,
             "prop_attn": cfg.atom.prop_attn, "r": list(cfg.merge_schedule)}
     return data, warnings
 
@@ -39,8 +59,9 @@ def snippet(data: dict, warnings: list[str], name: str) -> str:
     """Python that builds the timm model and applies ToMe with the per-layer merge counts."""
     lines = [f"# ToMe settings exported by rep-tune from config {name!r}"]
     lines += [f"# WARNING: {w}" for w in warnings]
+    size = f", img_size={data['img_size']!r}" if data.get("img_size") else ""
     lines += ["import timm", "import tome", "",
-              f"model = timm.create_model({data['model']!r}, pretrained={data['pretrained']!r})",
+              f"model = timm.create_model({data['model']!r}, pretrained={data['pretrained']!r}{size})",
               f"tome.patch.timm(model, prop_attn={data['prop_attn']!r})",
               f"model.r = {data['r']!r}  # merges per block (ToMe caps each at half the tokens)", ""]
     return "\n".join(lines)

@@ -1,7 +1,8 @@
 """AToM: adaptive token merging inside a timm ViT block, between attention and MLP.
 
-Layout convention: the first ``n_protected`` tokens of the sequence (CLS, and the L2P prompt
-tokens when they are protected) never merge; they are cut off before matching and put back
+Layout convention: the first ``n_protected`` tokens of the sequence (the backbone's prefix
+tokens: CLS, a DeiT distillation token, register tokens; then the L2P prompt tokens when they
+are protected) never merge; they are cut off before matching and put back
 untouched, so they stay bit-identical. The rest merge by ToMe's bipartite soft matching on
 the attention keys (averaged over heads), size-weighted, with sizes tracked per token.
 Per-block counts are ``rep_tune.schedule.effective_merges``, the numbers the cost model uses.
@@ -102,7 +103,12 @@ def merge_tokens(x: Tensor, metric: Tensor, r: int, n_protected: int,
 
 def block_forward(blk: Block, x: Tensor, *, r: int, n_protected: int, state: TokenState,
                   prop_attn: bool = False, prefix: tuple[Tensor, Tensor] | None = None) -> tuple[Tensor, TokenState]:
-    """One timm block with AToM: attention, merge ``r`` tokens, MLP."""
+    """One timm ``Block`` with AToM: attention, merge ``r`` tokens, MLP; with r = 0 it is ``blk(x)``.
+
+    Covers what ``rep_tune.arch_probe`` accepts: LayerScale (``ls1``/``ls2``), qk-norm, attention
+    output norm and gate, any timm Mlp/GLU MLP; ``rep_tune.runtime.backbone.check_arch`` refuses
+    other blocks at load.
+    """
     log_size = None
     if prop_attn and state.size is not None:
         log_size = F.pad(state.size[..., 0].log(), (n_protected, 0))

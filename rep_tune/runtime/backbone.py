@@ -7,7 +7,9 @@ ViT-Ti/B/L, so a per-layer AToM/ALD schedule means the same thing on them.
 """
 from __future__ import annotations
 
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
+from typing import Iterator
 
 import timm
 import torch
@@ -92,13 +94,17 @@ def embedded_weights(name: str) -> Path | None:
 
 
 def load_backbone(name: str, *, pretrained: bool, checkpoint: str | Path | None = None,
-                  img_size: int | None = None) -> VisionTransformer:
+                  img_size: int | None = None, section: str | None = None) -> VisionTransformer:
     """The frozen (eval, no grad) timm ViT ``name``, built once per process and shared.
 
     Weights: ``checkpoint`` (a local .safetensors/.pth/.pt state dict) wins; else ``pretrained``
     (hub weights, or the committed file for the embedded models); else a seeded random init.
     Every caller with the same arguments gets the same module: it is frozen, so sharing it
     costs nothing and saves loading (and memory) per trial.
+    ``section`` names the config section the model comes from (``backbone``, ``selection``) so a
+    failed download can say which ``pretrained``/``checkpoint`` field to set.
+    Raises UnsupportedArch (a ValueError) for a model rep-tune cannot drive, HubUnavailable (a
+    ValueError) when hub weights cannot be had.
     """
     ckpt = Path(checkpoint).expanduser().resolve() if checkpoint else None
     if ckpt is not None and not ckpt.is_file():
@@ -107,7 +113,7 @@ def load_backbone(name: str, *, pretrained: bool, checkpoint: str | Path | None 
     key = (name, bool(pretrained) if ckpt is None else None, str(ckpt) if ckpt else None, stamp, img_size)
     model = _LOADED.get(key)
     if model is None:
-        model = _build(name, pretrained=pretrained, checkpoint=ckpt, img_size=img_size)
+        model = _build(name, pretrained=pretrained, checkpoint=ckpt, img_size=img_size, section=section)
         model.requires_grad_(False)
         model.eval()
         _LOADED[key] = model
@@ -119,7 +125,10 @@ def clear_backbone_cache() -> None:
     _LOADED.clear()
 
 
-def _build(name: str, *, pretrained: bool, checkpoint: Path | None, img_size: int | None) -> VisionTransformer:
+def _build(name: str, *, pretrained: bool, checkpoint: Path | None, img_size: int | None,
+           section: str | None = None) -> VisionTransformer:
+    from rep_tune.archs import arch_of
+    arch_of(name)           # refuse a model rep-tune cannot drive before building (or downloading) it
     kwargs = dict(num_classes=0)
     if img_size is not None:
         kwargs["img_size"] = img_size
@@ -130,7 +139,7 @@ def _build(name: str, *, pretrained: bool, checkpoint: Path | None, img_size: in
             raise FileNotFoundError(f"embedded weights of {name!r} are not available yet: {local} "
                                     f"(use pretrained=False, or give a checkpoint)")
     if local is None and pretrained:
-        model = timm.create_model(name, pretrained=True, **kwargs)   # hub weights (needs network)
+        model = from_hub(name, section=section, **kwargs)
     else:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(0)                                        # random init is reproducible
@@ -139,6 +148,111 @@ def _build(name: str, *, pretrained: bool, checkpoint: Path | None, img_size: in
             _load_local(model, local, name)
     check_arch(model, name, img_size)
     return model
+
+
+# ---- hub weights: fail fast and say what to do -------------------------------------------------
+
+HUB_PROBE_TIMEOUT_S = 3.0
+
+
+class HubUnavailable(ValueError):
+    """Pretrained weights of a named model could not be fetched (offline, or the download failed)."""
+
+
+def hub_offline_reason() -> str | None:
+    """Why the Hugging Face hub cannot be reached now, or None when it answers.
+
+    ``HF_HUB_OFFLINE`` (huggingface_hub's offline mode) wins; otherwise one TCP connection to the
+    hub endpoint (or the HTTPS proxy) is tried, bounded by HUB_PROBE_TIMEOUT_S including DNS, so a
+    machine without network learns it in seconds instead of huggingface_hub's retry loop.
+    """
+    from huggingface_hub import constants
+    if constants.is_offline_mode():
+        return "HF_HUB_OFFLINE is set"
+    host, port = _hub_address(constants.HUGGINGFACE_CO_URL_TEMPLATE)   # where file downloads go
+    return _probe(host, port, HUB_PROBE_TIMEOUT_S)
+
+
+def _hub_address(url: str) -> tuple[str, int]:
+    """(host, port) a request to ``url`` connects to first: the proxy when one is set, else the URL's host."""
+    import urllib.request
+    from urllib.parse import urlsplit
+    proxies = urllib.request.getproxies()
+    target = urlsplit(url)
+    proxy = proxies.get(target.scheme) or proxies.get("all")
+    if proxy and not urllib.request.proxy_bypass(target.hostname or ""):
+        target = urlsplit(proxy if "://" in proxy else f"http://{proxy}")
+    port = target.port or (443 if target.scheme == "https" else 80)
+    return target.hostname or "", port
+
+
+_PROBED: dict[tuple[str, int], str | None] = {}
+
+
+def _probe(host: str, port: int, timeout: float) -> str | None:
+    """None when a TCP connection to host:port opens within ``timeout`` s (DNS included), else why not.
+    Remembered per process: one probe, however many models are loaded."""
+    import socket
+    import threading
+    if (host, port) in _PROBED:
+        return _PROBED[(host, port)]
+    result: list[str | None] = []
+
+    def connect() -> None:
+        try:
+            socket.create_connection((host, port), timeout=timeout).close()
+            result.append(None)
+        except OSError as e:
+            result.append(f"{host}:{port} is unreachable: {e.strerror or e}")
+
+    t = threading.Thread(target=connect, daemon=True)   # getaddrinfo has no timeout of its own
+    t.start()
+    t.join(timeout)
+    why = result[0] if result else f"{host}:{port} did not answer within {timeout:g} s"
+    _PROBED[(host, port)] = why
+    return why
+
+
+def _hub_error(e: BaseException) -> bool:
+    """An error of fetching weights (network, HTTP, missing cache entry), not of building the model."""
+    module = type(e).__module__.split(".")[0]
+    return isinstance(e, OSError) or module in ("huggingface_hub", "httpx", "requests", "urllib3", "urllib")
+
+
+def from_hub(name: str, *, section: str | None = None, **kwargs) -> VisionTransformer:
+    """timm model ``name`` with its hub weights; from the local cache only when the hub is offline.
+
+    Raises HubUnavailable naming the model, saying whether the hub is offline, and what to set
+    instead (``pretrained: false`` for a random init, or ``checkpoint:`` for a local file).
+    """
+    offline = hub_offline_reason()
+    try:
+        with (_cache_only() if offline else nullcontext()):
+            return timm.create_model(name, pretrained=True, **kwargs)
+    except Exception as e:
+        if not _hub_error(e):
+            raise
+        where = f"{section}." if section else ""
+        fix = (f"set {where}pretrained: false (random init) or {where}checkpoint: <local weights file>"
+               + ("" if section else " in its config section (backbone: or selection:)"))
+        if offline:
+            raise HubUnavailable(f"pretrained weights of {name!r} are not in the local cache and the Hugging Face "
+                                 f"hub is offline ({offline}); {fix}") from e
+        raise HubUnavailable(f"pretrained weights of {name!r} could not be downloaded from the Hugging Face hub "
+                             f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); {fix}") from e
+
+
+@contextmanager
+def _cache_only() -> Iterator[None]:
+    """huggingface_hub's offline mode (HF_HUB_OFFLINE) for the duration of a block: files come from
+    the local cache, no request is made (so no retry loop)."""
+    from huggingface_hub import constants
+    before = constants.HF_HUB_OFFLINE
+    constants.HF_HUB_OFFLINE = True
+    try:
+        yield
+    finally:
+        constants.HF_HUB_OFFLINE = before
 
 
 def _load_local(model: VisionTransformer, path: Path, name: str) -> None:
@@ -160,18 +274,27 @@ def _load_local(model: VisionTransformer, path: Path, name: str) -> None:
                          f"{'...' if len(missing) > 5 else ''}, unexpected keys {result.unexpected_keys[:5]}")
 
 
-def check_arch(model: VisionTransformer, name: str, img_size: int | None = None) -> None:
-    """Raise ValueError unless ``model`` has the depth/width/heads/patch that ``arch_of(name)`` says.
+# Fields of ArchSpec a built model must agree on with arch_of (parameter counts may drift
+# with timm versions without changing what the runtime does).
+CHECKED = ("depth", "embed_dim", "num_heads", "patch_size", "img_size", "in_chans", "class_token",
+           "dist_token", "reg_tokens", "mlp_hidden", "mlp_kind", "layer_scale")
 
-    The cost model counts with ``arch_of``; a model that disagrees would be priced wrongly.
+
+def check_arch(model: VisionTransformer, name: str, img_size: int | None = None) -> None:
+    """Raise ValueError unless rep-tune can drive ``model`` and it has the shape ``arch_of(name)`` says.
+
+    The block contract (``rep_tune.arch_probe.reason_against``) is applied to the built model
+    itself; the cost model counts with ``arch_of``, so a model that disagrees would be priced wrongly.
     """
-    from rep_tune.archs import arch_of
+    import dataclasses
+    from rep_tune.arch_probe import spec_from_model
+    from rep_tune.archs import arch_of, base_name
     arch = arch_of(name)
-    found = dict(depth=len(model.blocks), embed_dim=model.embed_dim, num_heads=model.blocks[0].attn.num_heads,
-                 patch_size=model.patch_embed.patch_size[0], img_size=model.patch_embed.img_size[0])
-    expected = dict(depth=arch.depth, embed_dim=arch.embed_dim, num_heads=arch.num_heads,
-                    patch_size=arch.patch_size, img_size=img_size or arch.img_size)
-    wrong = {k: (expected[k], found[k]) for k in expected if expected[k] != found[k]}
+    if img_size:
+        arch = dataclasses.replace(arch, img_size=img_size)
+    found = spec_from_model(model, base_name(name))
+    wrong = {k: (getattr(arch, k), getattr(found, k)) for k in CHECKED if getattr(arch, k) != getattr(found, k)}
     if wrong:
         detail = ", ".join(f"{k}: expected {e}, found {f}" for k, (e, f) in wrong.items())
-        raise ValueError(f"backbone {name!r} does not match rep_tune.archs.arch_of: {detail}")
+        raise ValueError(f"backbone {name!r} does not match rep_tune.archs.arch_of: {detail} (after a timm "
+                         f"upgrade, regenerate rep_tune/timm_archs.json with scripts/make_arch_table.py)")

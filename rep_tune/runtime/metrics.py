@@ -27,15 +27,17 @@ def average_incremental_accuracy(acc) -> float:
 
 
 def forgetting(acc) -> float:
-    """Mean over tasks j < T-1 of (best accuracy on j before the last task) - (final accuracy on j).
+    """Mean over tasks j < T-1 of (best accuracy on j over every evaluation) - (final accuracy on j).
 
-    0.0 for a single task. Uses rows i < T-1 only, as in L2P/DualPrompt's reporting.
+    As L2P/DualPrompt's ``evaluate_till_now``: the best is taken over all rows, the final one
+    included, so forgetting is never negative (a task that improves later has forgotten nothing).
+    0.0 for a single task.
     """
     a = _matrix(acc)
     T = a.shape[0]
     if T == 1:
         return 0.0
-    drops = [np.nanmax(a[j:T - 1, j]) - a[T - 1, j] for j in range(T - 1)]
+    drops = [np.nanmax(a[j:T, j]) - a[T - 1, j] for j in range(T - 1)]
     return float(np.mean(drops))
 
 

@@ -16,8 +16,8 @@ from rep_tune.config import RepConfig
 from rep_tune.runtime.ald import LayerDropper
 from rep_tune.runtime.atom import TokenState, block_forward
 from rep_tune.runtime.backbone import load_backbone
-from rep_tune.runtime.prompts import DualPromptPrefixes, L2PPool
-from rep_tune.runtime.selection import QueryCache, cls_feature, projection
+from rep_tune.runtime.prompts import build_prompt_module
+from rep_tune.runtime.selection import QueryCache, cls_feature, projection, surrogate_identity
 from rep_tune.schedule import effective_merges, tokens_per_block
 
 
@@ -38,47 +38,57 @@ class RepOutput:
 
 
 class RepModel(nn.Module):
-    """REP on a frozen timm ViT: L2P or DualPrompt, swift selection, AToM, ALD (see CONTRACTS.md)."""
+    """REP on a frozen timm ViT: any registered prompt method, swift selection, AToM, ALD.
+
+    The token layout (prefix tokens, prompt tokens, patches, protected tokens, prefix lengths,
+    blocks that never drop) is ``rep_tune.layout.token_layout(config)``, the same function the
+    cost model counts with; the constructor checks the built backbone and prompt module against it.
+    """
 
     def __init__(self, config: RepConfig, num_classes: int) -> None:
         super().__init__()
         self.config = config
         b, s, p = config.backbone, config.selection, config.prompt
         # frozen, shared per process: registered as submodules so .to(device) moves them, never copied
-        self.backbone = load_backbone(b.name, pretrained=b.pretrained, checkpoint=b.checkpoint, img_size=b.img_size)
+        self.backbone = load_backbone(b.name, pretrained=b.pretrained, checkpoint=b.checkpoint, img_size=b.img_size,
+                                      section="backbone")
         D, H = self.backbone.embed_dim, self.backbone.blocks[0].attn.num_heads
         self.depth = len(self.backbone.blocks)
-        self.surrogate = (load_backbone(s.surrogate, pretrained=s.pretrained, checkpoint=s.checkpoint)
+        self.surrogate = (load_backbone(s.surrogate, pretrained=s.pretrained, checkpoint=s.checkpoint, section="selection")
                           if s.surrogate else None)
         self.surrogate_key: Hashable = (
-            ("surrogate", s.surrogate, s.pretrained, s.checkpoint) if s.surrogate
-            else ("backbone", b.name, b.pretrained, b.checkpoint, b.img_size))
+            surrogate_identity("surrogate", s.surrogate, s.pretrained, s.checkpoint) if s.surrogate
+            else surrogate_identity("backbone", b.name, b.pretrained, b.checkpoint, b.img_size))
         d = self.surrogate.embed_dim if self.surrogate is not None else D
         self.register_buffer("projection", projection(d, D, s.projection_seed) if d != D else None, persistent=False)
 
+        self.layout = layout = config.layout()
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(config.training.seed)
             g = torch.Generator().manual_seed(config.training.seed)
-            if p.method == "l2p":
-                self.prompt = L2PPool(p.pool_size, p.length, D, p.top_k, p.batchwise, p.pull_coeff, generator=g)
-            else:
-                self.prompt = DualPromptPrefixes(D, H, p.g_layers, p.g_length, p.e_layers, p.pool_size,
-                                                 p.length, p.top_k, p.pull_coeff, generator=g)
+            self.prompt = build_prompt_module(p, dim=D, num_heads=H, depth=self.depth,
+                                              vote_size=config.training.batch_size, generator=g)
             self.head = nn.Linear(D, num_classes)
             # as timm/L2P: small head init, zero bias, so classes of future tasks do not win argmax
             nn.init.trunc_normal_(self.head.weight, std=0.02, generator=g)
             nn.init.zeros_(self.head.bias)
+        if (self.backbone.num_prefix_tokens, self.backbone.patch_embed.num_patches) != (layout.n_prefix, layout.n_patches):
+            raise ValueError(f"backbone {b.name!r} has {self.backbone.num_prefix_tokens} prefix tokens and "
+                             f"{self.backbone.patch_embed.num_patches} patches, the layout says {layout.n_prefix} and "
+                             f"{layout.n_patches} (rep_tune.archs disagrees with timm)")
 
-        # token layout: [prefix (CLS), L2P prompts, patches]; the first n_protected never merge
-        self.n_prefix = self.backbone.num_prefix_tokens
-        self.n_prompt = p.prompt_tokens()
-        self.protect_prompts = config.atom.protect_prompts
-        self.n_protected = self.n_prefix + (self.n_prompt if self.protect_prompts else 0)
-        self.mergeable = self.backbone.patch_embed.num_patches + (0 if self.protect_prompts else self.n_prompt)
+        # token layout: [prefix (CLS, registers), prompts, patches]; the first n_protected never merge
+        self.n_prefix, self.n_prompt = layout.n_prefix, layout.n_prompt
+        self.protect_prompts = layout.protect_prompts
+        self.n_protected, self.mergeable = layout.n_protected, layout.mergeable
         self.merges = effective_merges(config.merge_schedule, self.mergeable)
         self.planned_tokens = tokens_per_block(self.n_protected, self.mergeable, config.merge_schedule)
         self.dropper = LayerDropper(config.ald, config.merge_schedule, self.mergeable,
-                                    p.prompt_layers(), seed=config.training.seed)
+                                    layout.prompt_blocks, seed=config.training.seed)
+
+    def begin_task(self, task_id: int, n_tasks: int) -> None:
+        """Before training task ``task_id``: the prompt method's carry-over / freezing."""
+        self.prompt.begin_task(task_id, n_tasks)
 
     # ---- frozen parts stay in eval mode ---------------------------------------------------
     def train(self, mode: bool = True) -> "RepModel":
@@ -120,18 +130,15 @@ class RepModel(nn.Module):
         bb = self.backbone
         h = bb.norm_pre(bb.patch_drop(bb._pos_embed(bb.patch_embed(x))))
         B = h.shape[0]
-        sel = self.prompt.select(query, task_id) if isinstance(self.prompt, DualPromptPrefixes) \
-            else self.prompt.select(query)
-        prefixes: dict[int, tuple[Tensor, Tensor]] = {}
+        sel = self.prompt.select(query, task_id)
         state = TokenState()
-        if isinstance(self.prompt, L2PPool):
-            prompts = self.prompt.tokens(sel.idx).to(h.dtype)
-            h = torch.cat([h[:, :self.n_prefix], prompts, h[:, self.n_prefix:]], dim=1)
+        prompts = self.prompt.tokens(sel)
+        if prompts is not None:
+            h = torch.cat([h[:, :self.n_prefix], prompts.to(h.dtype), h[:, self.n_prefix:]], dim=1)
             if not self.protect_prompts:
                 n_patch = h.shape[1] - self.n_prefix - self.n_prompt
                 state.mass = torch.cat([h.new_ones(B, self.n_prompt, 1), h.new_zeros(B, n_patch, 1)], dim=1)
-        else:
-            prefixes = self.prompt.prefixes(sel.idx, B)
+        prefixes = self.prompt.prefixes(sel, B)
 
         ran = self.dropper.sample(iteration) if self.training else [True] * self.depth
         tokens = []
@@ -144,11 +151,12 @@ class RepModel(nn.Module):
                                      prop_attn=self.config.atom.prop_attn, prefix=prefixes.get(l))
         h = bb.norm(h)
         logits = self.head(self._pool(h, state))
-        return RepOutput(logits, sel.pull_loss, tokens, ran, sel.idx)
+        return RepOutput(logits, sel.loss, tokens, ran, sel.idx)
 
     def _pool(self, h: Tensor, state: TokenState) -> Tensor:
-        """L2P: mean of the prompt-token outputs (head_type 'prompt'); DualPrompt: CLS."""
-        if not isinstance(self.prompt, L2PPool):
+        """What the head reads (the layout's ``pooling``): the prompt tokens' mean (L2P's head_type
+        'prompt') or CLS (DualPrompt, CODA-Prompt)."""
+        if self.layout.pooling == "cls":
             return h[:, 0]
         if state.mass is None:
             return h[:, self.n_prefix:self.n_prefix + self.n_prompt].mean(dim=1)

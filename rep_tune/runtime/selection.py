@@ -7,6 +7,7 @@ query of some earlier view: callers must then bypass it (pass no cache).
 """
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Callable, Hashable, Sequence
 
 import torch
@@ -31,6 +32,31 @@ def projection(d: int, D: int, seed: int) -> Tensor:
     """
     g = torch.Generator(device="cpu").manual_seed(int(seed))
     return torch.randn(d, D, generator=g, dtype=torch.float32) / D ** 0.5
+
+
+def file_stamp(path: str | Path | None) -> tuple | None:
+    """(resolved path, mtime ns, size) of a weights file: a file rewritten in place gets a new stamp."""
+    if not path:
+        return None
+    p = Path(path).expanduser().resolve()
+    try:
+        st = p.stat()
+    except OSError:
+        return (str(p), None, None)
+    return (str(p), st.st_mtime_ns, st.st_size)
+
+
+def surrogate_identity(role: str, name: str, pretrained: bool, checkpoint: str | None, *extra: Hashable) -> tuple:
+    """The query cache's key for the model computing the query: its name, weights and their file stamp.
+
+    The stamp covers a local checkpoint, and the committed weights of an embedded model, so a
+    checkpoint rewritten in place (same path, new contents) never serves stale queries.
+    """
+    weights = checkpoint
+    if weights is None and pretrained:
+        from rep_tune.runtime.backbone import embedded_weights
+        weights = embedded_weights(name)
+    return (role, name, pretrained, checkpoint, file_stamp(weights), *extra)
 
 
 class QueryCache:

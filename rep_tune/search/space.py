@@ -1,64 +1,83 @@
 """SearchSpace: distributions over RepConfig fields, loaded from ``search_spaces/*.yaml``.
 
-File format (every key is checked; errors name the file and the key)::
+File format. :class:`SpaceFile` and :class:`Param` are its schema: ``rep_tune.schema.from_dict``
+checks types and unknown keys, then every bound and choice is written into the base config and
+validated, so a bad file fails at load with file, field, expected and found::
 
     version: 1
     name: l2p
-    method: l2p                 # l2p | dualprompt
+    method: l2p                 # a registered prompt method (rep_tune.methods): l2p | dualprompt | coda
     base: paper                 # preset the sampled values are written into (paper | baseline)
     fixed: {training.epochs: 2} # dotted RepConfig overrides applied before sampling (optional)
     params:
-      prompt.length:     {type: int, low: 1, high: 10}
-      ald.gamma:         {type: float, low: 1.0e-4, high: 0.1, log: true}
-      selection.surrogate: {type: categorical, choices: [vit_pico_patch4_32.fmnist, null]}
-      atom.form:         {type: categorical, choices: [ramp, per_layer]}
-      atom.r:            {type: int, low: 0, high: 16}       # ramp: ToMe count r
-      atom.inflect:      {type: float, low: -1.0, high: 1.0} # 1 = paper's linear ramp 0..2r
-      atom.per_layer:    {type: int, low: 0, high: 16}       # one merge count per block
+      prompt.length:       {type: int, low: 1, high: 10}
+      ald.gamma:           {type: float, low: 1.0e-4, high: 0.1, log: true}
+      selection.surrogate: {type: categorical, choices: [paper, null]}
+      training.precision:  {type: categorical, choices: [fp32, bf16]}
+      atom.form:           {type: categorical, choices: [ramp, per_layer]}
+      atom.r:              {type: int, low: 0, high: 16}       # ramp: ToMe count r
+      atom.inflect:        {type: float, low: -1.0, high: 1.0} # 1 = paper's linear ramp 0..2r
+      atom.per_layer:      {type: int, low: 0, high: 16}       # one merge count per block
 
-Keys are dotted RepConfig paths, plus four AToM keys that are not fields:
-``atom.form`` picks the schedule form, ``atom.r``/``atom.inflect`` parametrise ToMe's
-``parse_r((r, inflect))`` ramp (which contains the paper's ramp: inflect = 1), and
-``atom.per_layer`` expands to ``atom.merge_0 .. atom.merge_{depth-1}`` (the full per-layer form).
+Keys are dotted RepConfig leaf fields, plus four AToM keys that are not fields: ``atom.form``
+picks the schedule form, ``atom.r``/``atom.inflect`` parametrise ToMe's ``parse_r((r, inflect))``
+ramp (which contains the paper's ramp: inflect = 1), and ``atom.per_layer`` expands to
+``atom.merge_0 .. atom.merge_{depth-1}`` (the full per-layer form). ``selection.surrogate`` may
+list ``paper``: the surrogate the paper preset pairs with the run's backbone
+(``rep_tune.config.paper_surrogate``), so one space file serves every backbone.
 
 Conditional parameters (define-by-run, so TPE sees only what a config uses):
 ``<section>.enabled = false`` hides the other ``<section>.*`` parameters; ``atom.form`` hides the
-parameters of the other form. ``prompt.top_k`` is sampled in ``[low, min(high, pool_size)]``.
+parameters of the other form; ``ald.schedule = pld`` hides ``ald.tau`` and ``ald.alpha`` (PLD has
+no token term). ``prompt.top_k`` is sampled in ``[low, min(high, pool_size)]``.
+
+How a parameter maps to config fields is one table (:data:`BINDINGS`, :class:`MergeSchedule`),
+read both ways: :meth:`SearchSpace.sample` writes a trial's values into a config and
+:meth:`SearchSpace.params_of` reads a config back into values. Both run the same walk over the
+parameters (:meth:`SearchSpace._walk`: order, conditions, bounds), only the source of the answers
+differs (the trial, or the config), and ``params_of`` checks that its answer rebuilds the config.
 """
 from __future__ import annotations
 
 import dataclasses
 import hashlib
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Literal
 
 import optuna
 
-from rep_tune.config import EMBEDDED_BACKBONE, PRESETS, RepConfig, preset
-from rep_tune.schedule import ramp
-from rep_tune.schema import SchemaError, check, read_mapping
+from rep_tune.config import EMBEDDED_BACKBONE, PRESETS, RepConfig, paper_surrogate, preset
+from rep_tune.methods import method_names
+from rep_tune.schedule import INFLECTS, fit_ramp, ramp
+from rep_tune.schema import SchemaError, check, from_dict as schema_from_dict, read_mapping
 
 SPACES_DIR = Path(__file__).resolve().parent.parent.parent / "search_spaces"
 SPACE_VERSION = 1
+PAPER = "paper"                 # symbolic surrogate choice: paper_surrogate(backbone)
 ATOM_KEYS = ("atom.form", "atom.r", "atom.inflect", "atom.per_layer")
 FORMS = ("ramp", "per_layer")
+# fields that are not searchable: the method is the file's ``method:``, the schedule is atom.* above
+NOT_PARAMS = ("version", "name", "prompt.method", "atom.merge", "target", "expected", "provenance")
 
 
+# ---- the file's schema --------------------------------------------------------------------------
 @dataclass
 class Param:
-    """One searched dimension."""
+    """One searched dimension, as written in the file."""
 
-    name: str
-    type: str                       # int | float | categorical
-    low: float | None = None
-    high: float | None = None
+    type: Literal["int", "float", "categorical"]
+    low: int | float | None = None
+    high: int | float | None = None
     log: bool = False
-    step: float | None = None
-    choices: list[Any] = field(default_factory=list)
+    step: int | float | None = None
+    choices: list[Any] | None = None
+    name: str = field(default="", init=False)     # the parameter's key (set on load, not a file field)
 
     def distribution(self, high: float | None = None) -> optuna.distributions.BaseDistribution:
+        """The Optuna distribution (``high`` overrides the upper bound, e.g. top_k <= pool_size)."""
         hi = self.high if high is None else high
         if self.type == "int":
             return optuna.distributions.IntDistribution(int(self.low), int(hi), log=self.log, step=int(self.step or 1))
@@ -66,12 +85,174 @@ class Param:
             return optuna.distributions.FloatDistribution(float(self.low), float(hi), log=self.log, step=self.step)
         return optuna.distributions.CategoricalDistribution(self.choices)
 
-    def contains(self, value: Any) -> bool:
+    def contains(self, value: Any, high: float | None = None) -> bool:
+        """Whether ``value`` is a point of this dimension (with ``high`` overriding the upper bound)."""
         if self.type == "categorical":
             return value in self.choices
-        return value is not None and not isinstance(value, bool) and self.low <= value <= self.high
+        if value is None or isinstance(value, bool) or not isinstance(value, (int, float)):
+            return False
+        if self.type == "int" and not isinstance(value, int):
+            return False
+        if not self.low <= value <= (self.high if high is None else high):
+            return False
+        if self.step:
+            k = (value - self.low) / self.step
+            return abs(k - round(k)) < 1e-9
+        return True
+
+    def bounds(self) -> str:
+        return repr(self.choices) if self.type == "categorical" else f"[{self.low}, {self.high}]"
+
+    def check_shape(self, source: str | None) -> None:
+        """Checks of the spec itself (types are already checked by the schema)."""
+        where = f"params.{self.name}"
+        if self.type == "categorical":
+            check(isinstance(self.choices, list) and bool(self.choices), source, f"{where}.choices",
+                  "a non-empty list", self.choices)
+            for k in ("low", "high", "step"):
+                check(getattr(self, k) is None, source, f"{where}.{k}", "no bounds for a categorical parameter",
+                      getattr(self, k))
+            check(not self.log, source, f"{where}.log", "no log for a categorical parameter", self.log)
+            for c in self.choices:
+                check(c is None or isinstance(c, (bool, int, str)) or (isinstance(c, float) and math.isfinite(c)),
+                      source, f"{where}.choices", "null, true/false, numbers or strings", c)
+            check(len(set(map(repr, self.choices))) == len(self.choices), source, f"{where}.choices",
+                  "distinct choices", self.choices)
+            return
+        check(self.choices is None, source, f"{where}.choices", "no choices for a numeric parameter", self.choices)
+        for bound in ("low", "high"):
+            v = getattr(self, bound)
+            if self.type == "int":
+                check(isinstance(v, int), source, f"{where}.{bound}", "an int", v)
+            else:
+                check(v is not None and math.isfinite(v), source, f"{where}.{bound}", "a finite number", v)
+        check(self.low <= self.high, source, f"{where}.high", f"a value >= low ({self.low})", self.high)
+        check(not self.log or self.low > 0, source, f"{where}.low", "a value > 0 with log: true", self.low)
+        if self.step is not None:
+            ok = (isinstance(self.step, int) if self.type == "int" else math.isfinite(self.step)) and self.step > 0
+            check(ok, source, f"{where}.step", "a positive int" if self.type == "int" else "a positive number", self.step)
+            check(not self.log, source, f"{where}.step", "no step with log: true", self.step)
 
 
+@dataclass
+class SpaceFile:
+    """A search-space file as written (see the module docstring)."""
+
+    version: int = SPACE_VERSION
+    name: str | None = None
+    description: str | None = None
+    method: str = "l2p"
+    base: str = "paper"
+    fixed: dict[str, Any] = field(default_factory=dict)
+    params: dict[str, Param] = field(default_factory=dict)
+
+    @classmethod
+    def __schema_in__(cls, data: dict, source: str | None, prefix: str) -> dict:
+        if data.get("fixed", {}) is None:          # ``fixed:`` with nothing under it
+            data["fixed"] = {}
+        return data
+
+    def validate(self, source: str | None = None) -> None:
+        """Checks that need no config: version, method, base, non-empty params, each spec's shape."""
+        check(self.version == SPACE_VERSION, source, "version", str(SPACE_VERSION), self.version)
+        check(self.method in method_names(), source, "method",
+              "one of " + ", ".join(repr(m) for m in method_names()), self.method)
+        check(self.base in PRESETS, source, "base", "one of " + ", ".join(PRESETS), self.base)
+        check(bool(self.params), source, "params", "a non-empty mapping of parameter specs", self.params)
+        for key, p in self.params.items():
+            p.name = key
+            p.check_shape(source)
+
+
+# ---- the table: how each parameter maps to config fields, both ways --------------------------------
+class Binding:
+    """One parameter <-> one config field: ``write`` gives the changes for a value, ``read`` the
+    value a config has (its inverse). The plain case: the parameter is the dotted field itself."""
+
+    def write(self, key: str, value: Any, base: RepConfig) -> dict[str, Any]:
+        return {key: value}
+
+    def read(self, key: str, cfg: RepConfig, param: Param) -> Any:
+        return _get(cfg, key)
+
+
+class SurrogateBinding(Binding):
+    """``paper`` stands for ``paper_surrogate(backbone)``: the same file serves every backbone."""
+
+    def write(self, key: str, value: Any, base: RepConfig) -> dict[str, Any]:
+        return {key: paper_surrogate(base.backbone.name) if value == PAPER else value}
+
+    def read(self, key: str, cfg: RepConfig, param: Param) -> Any:
+        s = cfg.selection.surrogate
+        if PAPER in param.choices and s is not None and s == paper_surrogate(cfg.backbone.name):
+            return PAPER
+        return s
+
+
+class AtomEnabledBinding(Binding):
+    """AToM on with no merge anywhere trains like AToM off, so it reads back as off."""
+
+    def read(self, key: str, cfg: RepConfig, param: Param) -> Any:
+        return bool(cfg.atom.enabled and any(cfg.atom.merge))
+
+
+BINDINGS: dict[str, Binding] = {"selection.surrogate": SurrogateBinding(), "atom.enabled": AtomEnabledBinding()}
+FIELD = Binding()
+
+Ask = Callable[[str, Param, "float | None"], Any]    # (parameter name, spec, upper bound override) -> value
+
+
+class MergeSchedule:
+    """The AToM keys (``atom.form/r/inflect/per_layer``) <-> ``atom.merge``.
+
+    Written with ``rep_tune.schedule.ramp`` or as per-layer counts; read back with
+    ``rep_tune.schedule.fit_ramp`` (the one ramp inversion, shared with the exporters): the
+    exact ramp when the space can say it, else the per-layer form.
+    """
+
+    @staticmethod
+    def forms(space: SearchSpace) -> tuple[str, ...]:
+        if "atom.form" in space.params:
+            return tuple(space.params["atom.form"].choices)
+        return ("per_layer",) if "atom.per_layer" in space.params else ("ramp",)
+
+    @staticmethod
+    def implied_r(base: RepConfig) -> int:
+        """r when the space has no ``atom.r``: the base schedule's (its largest count is 2r)."""
+        return max(base.merge_schedule or [0]) // 2
+
+    def write(self, space: SearchSpace, ask: Callable[..., Any], base: RepConfig) -> list[int]:
+        depth = base.backbone.arch.depth
+        form = ask("atom.form") if "atom.form" in space.params else self.forms(space)[0]
+        if form == "ramp":
+            r = ask("atom.r") if "atom.r" in space.params else self.implied_r(base)
+            inflect = ask("atom.inflect") if "atom.inflect" in space.params else 1.0
+            return ramp(int(r), depth, float(inflect))
+        return [int(ask("atom.per_layer", name=f"atom.merge_{i}")) for i in range(depth)]
+
+    def read(self, space: SearchSpace, cfg: RepConfig) -> dict[str, Any]:
+        """Values of the AToM keys that give ``cfg``'s schedule; ValueError when none do."""
+        merge, p, forms = cfg.merge_schedule, space.params, self.forms(space)
+        closest = ""
+        if "ramp" in forms:
+            inflect = p.get("atom.inflect")
+            continuous = inflect is not None and inflect.type == "float" and not inflect.step
+            fit = fit_ramp(merge, [i for i in INFLECTS if inflect.contains(i)] if inflect else [1.0],
+                           span=(inflect.low, inflect.high) if continuous else None)
+            r_ok = p["atom.r"].contains(fit.r) if "atom.r" in p else fit.r == self.implied_r(cfg)
+            if fit.exact and r_ok and (inflect is None or inflect.contains(fit.inflect)):
+                return {"atom.form": "ramp", "atom.r": fit.r, "atom.inflect": fit.inflect}
+            closest = f"; closest ramp {fit.describe()}"
+        if "per_layer" in forms and "atom.per_layer" in p:
+            return {"atom.form": "per_layer", **{f"atom.merge_{i}": m for i, m in enumerate(merge)}}
+        raise ValueError(f"{space.source}: params.atom.*: the merge schedule {merge} of {cfg.name} is not a point "
+                         f"of the space (forms {list(forms)}){closest}")
+
+
+MERGE = MergeSchedule()
+
+
+# ---- the space ------------------------------------------------------------------------------------
 @dataclass
 class SearchSpace:
     """Distributions over RepConfig fields and how a sampled point becomes a RepConfig."""
@@ -86,7 +267,7 @@ class SearchSpace:
     # ---- loading ----------------------------------------------------------------------------
     @classmethod
     def load(cls, path: str | Path) -> SearchSpace:
-        """Load and validate a space file (or a shipped one by name: ``l2p``, ``dualprompt``)."""
+        """Load and validate a space file (or a shipped one by name: ``l2p``, ``dualprompt``, ``coda``)."""
         p = Path(path)
         if not p.exists() and (SPACES_DIR / f"{path}.yaml").exists():
             p = SPACES_DIR / f"{path}.yaml"
@@ -94,101 +275,147 @@ class SearchSpace:
 
     @classmethod
     def from_dict(cls, data: dict, source: str = "<memory>") -> SearchSpace:
-        known = {"version", "name", "method", "base", "fixed", "params", "description"}
-        for key in data:
-            check(key in known, source, key, "one of " + ", ".join(sorted(known)), key)
-        check(data.get("version", SPACE_VERSION) == SPACE_VERSION, source, "version", str(SPACE_VERSION), data.get("version"))
-        method = data.get("method", "l2p")
-        check(method in ("l2p", "dualprompt"), source, "method", "'l2p' or 'dualprompt'", method)
-        base = data.get("base", "paper")
-        check(base in PRESETS, source, "base", "one of " + ", ".join(PRESETS), base)
-        fixed = data.get("fixed") or {}
-        check(isinstance(fixed, dict), source, "fixed", "a mapping of dotted RepConfig paths to values", fixed)
-        raw = data.get("params")
-        check(isinstance(raw, dict) and bool(raw), source, "params", "a non-empty mapping of parameter specs", raw)
-        ref = preset(base, method)
-        for key in fixed:
-            check(_is_field(ref, key), source, f"fixed.{key}", "a dotted RepConfig field path", key)
-        params = {key: _parse_param(key, spec, ref, source) for key, spec in raw.items()}
-        if "atom.form" in params:
-            for choice in params["atom.form"].choices:
-                check(choice in FORMS, source, "params.atom.form.choices", f"values in {list(FORMS)}", choice)
-        space = cls(name=str(data.get("name", Path(source).stem)), method=method, base=base, params=params,
-                    fixed=dict(fixed), source=source)
+        spec = schema_from_dict(SpaceFile, data, source=source)
+        space = cls(name=spec.name or Path(source).stem, method=spec.method, base=spec.base,
+                    params=spec.params, fixed=dict(spec.fixed), source=source)
         try:
-            space.base_config()
-        except (SchemaError, KeyError, TypeError) as e:
-            raise SchemaError(source, "fixed", "overrides that give a valid RepConfig", str(e)) from None
+            base = space.base_config()
+        except SchemaError as e:
+            raise SchemaError(source, f"fixed.{e.field}" if e.field in spec.fixed else "fixed",
+                              e.expected, e.found) from None
+        except (KeyError, TypeError, IndexError) as e:
+            raise SchemaError(source, "fixed", "dotted RepConfig field paths", str(e)) from None
+        space._check_against(base)
         return space
+
+    def _check_against(self, base: RepConfig) -> None:
+        """Every key a searchable field, every bound and choice a valid config (checked on ``base``).
+
+        top_k is sampled up to the sampled pool_size, so the other bounds are checked with top_k at
+        its low end (the one value every sampled pool admits; checked below).
+        """
+        top_k = self.params.get("prompt.top_k")
+        if top_k is not None and top_k.type == "int" and _is_leaf(base, "prompt.top_k"):
+            base = base.replace(**{"prompt.top_k": min(top_k.low, base.prompt.pool_size)})
+        for key, p in self.params.items():
+            where = f"params.{key}"
+            if key in ATOM_KEYS:
+                self._check_atom_param(p, where)
+                continue
+            check(key not in NOT_PARAMS and _is_leaf(base, key), self.source, where,
+                  "a dotted RepConfig field path or one of " + ", ".join(ATOM_KEYS), key)
+            if p.type == "categorical":
+                points = [("choices", c) for c in p.choices]
+            elif p.type == "int":
+                # the bounds and their grid neighbours: a parity rule (CODA's even length) fails on one
+                # of two neighbours (an inner point's error names the parameter itself)
+                grid = range(p.low, p.high + 1, p.step or 1)
+                inner = sorted({grid[1], grid[-2]} - {p.low, p.high}) if len(grid) > 2 else []
+                points = [("low", p.low), ("high", p.high)] + [("", v) for v in inner]
+            else:     # floats: the field's checks are ranges, so the bounds decide (as floats: an int field refuses them)
+                points = [("low", float(p.low)), ("high", float(p.high))]
+            if key == "prompt.top_k":     # sampled in [low, min(high, pool_size)]: the low end must fit every pool
+                pool = self.params.get("prompt.pool_size")
+                smallest = pool.low if pool is not None and pool.type == "int" else base.prompt.pool_size
+                check(p.type != "int" or p.low <= smallest, self.source, f"{where}.low",
+                      f"a value <= the smallest prompt.pool_size ({smallest})", p.low)
+                points = points[:1]
+            for which, value in points:
+                try:
+                    base.replace(**BINDINGS.get(key, FIELD).write(key, value, base)).validate()
+                except SchemaError as e:
+                    expected = e.expected if e.field == key else f"{e.expected} for {e.field}"
+                    if key == "selection.surrogate":
+                        expected += f" (or {PAPER!r}: the paper preset's surrogate of the backbone)"
+                    if not which:
+                        expected += f" at every point of [{p.low}, {p.high}]"
+                    raise SchemaError(self.source, f"{where}.{which}" if which else where, expected, value) from None
+                except (ValueError, KeyError, TypeError) as e:
+                    raise SchemaError(self.source, f"{where}.{which}" if which else where,
+                                      f"a value {key} accepts ({e})", value) from None
+
+    def _check_atom_param(self, p: Param, where: str) -> None:
+        """The AToM keys' own domains (they are not config fields)."""
+        src = self.source
+        if p.name == "atom.form":
+            check(p.type == "categorical", src, f"{where}.type", "'categorical' for atom.form", p.type)
+            for c in p.choices:
+                check(c in FORMS, src, f"{where}.choices", f"values in {list(FORMS)}", c)
+        elif p.name == "atom.inflect":
+            check(p.type != "categorical", src, f"{where}.type", "'int' or 'float' for atom.inflect", p.type)
+            check(-1 <= p.low and p.high <= 1, src, where, "a range inside [-1, 1] (ToMe's inflection)", [p.low, p.high])
+        else:
+            check(p.type == "int", src, f"{where}.type", f"'int' for {p.name}", p.type)
+            check(p.low >= 0, src, f"{where}.low", "an int >= 0", p.low)
 
     # ---- configs ---------------------------------------------------------------------------
     def base_config(self, backbone: str = EMBEDDED_BACKBONE, **overrides: Any) -> RepConfig:
         """The preset the sampled values are written into, with ``fixed`` and ``overrides`` applied."""
         return preset(self.base, self.method, backbone, **{**self.fixed, **overrides})
 
-    def sample(self, trial: optuna.trial.BaseTrial, base: RepConfig) -> RepConfig:
-        """Suggest every active parameter on ``trial`` and return the resulting (validated) RepConfig.
+    def _walk(self, base: RepConfig, ask: Ask) -> tuple[dict[str, Any], dict[str, Any]]:
+        """Ask every active parameter once and collect the config changes; shared by sample and params_of.
 
-        Normalisation (so equal trainings hash equal): AToM off -> ``atom.merge = []``; no
-        surrogate -> ``selection.cache = false`` (the base method's per-iteration query pass).
+        Order: the file's order, a controlling parameter (``<section>.enabled``, ``ald.schedule``,
+        ``prompt.pool_size`` for top_k) asked just before the first parameter it controls, the
+        AToM keys last. Returns (parameter values, dotted changes to ``base``). Normalisation (so
+        equal trainings hash equal): AToM off, or on with no merge anywhere -> ``atom.enabled =
+        false, atom.merge = []``; no surrogate -> ``selection.cache = false`` (the base method's
+        per-iteration query pass).
         """
         values: dict[str, Any] = {}
 
-        def suggest(key: str, high: float | None = None, name: str | None = None) -> Any:
-            p, name = self.params[key], name or key
-            if p.type == "int":
-                v = trial.suggest_int(name, int(p.low), int(p.high if high is None else high), log=p.log,
-                                      step=int(p.step or 1))
-            elif p.type == "float":
-                v = trial.suggest_float(name, float(p.low), float(p.high), log=p.log, step=p.step)
-            else:
-                v = trial.suggest_categorical(name, p.choices)
-            values[name] = v
-            return v
+        def value(key: str, name: str | None = None, high: float | None = None) -> Any:
+            name = name or key
+            if name not in values:
+                values[name] = ask(name, self.params[key], high)
+            return values[name]
 
-        def on(section: str) -> bool:
-            key = f"{section}.enabled"
-            if key not in self.params:
-                return True
-            return values[key] if key in values else bool(suggest(key))
+        def current(key: str) -> Any:
+            return value(key) if key in self.params and active(key) else _get(base, key)
+
+        def active(key: str) -> bool:
+            section, _, leaf = key.partition(".")
+            if leaf != "enabled" and f"{section}.enabled" in self.params and not value(f"{section}.enabled"):
+                return False
+            if key in ("ald.tau", "ald.alpha") and current("ald.schedule") == "pld":
+                return False
+            return True
 
         changes: dict[str, Any] = {}
         for key in self.params:
-            if key in ATOM_KEYS:
+            if key in ATOM_KEYS or not active(key):
                 continue
-            section = key.split(".")[0]
-            if key.endswith(".enabled"):
-                changes[key] = on(section)
-            elif not on(section):
-                continue
-            elif key == "prompt.top_k":
-                pool = changes.get("prompt.pool_size", base.prompt.pool_size)
-                high = min(self.params[key].high, pool)
-                if high < self.params[key].low:
-                    raise ValueError(f"prompt.top_k: the space's low {self.params[key].low} exceeds pool_size {pool}")
-                changes[key] = suggest(key, high=high)
-            else:
-                changes[key] = suggest(key)
+            high = None
+            if key == "prompt.top_k":
+                high = min(self.params[key].high, current("prompt.pool_size"))
+            changes.update(BINDINGS.get(key, FIELD).write(key, value(key, high=high), base))
         atom_on = changes.get("atom.enabled", base.atom.enabled)
         if atom_on and any(k in self.params for k in ATOM_KEYS):
-            changes["atom.merge"] = self._merge(suggest, base)
+            changes["atom.merge"] = MERGE.write(self, value, base)
+            atom_on = any(changes["atom.merge"])
+            if not atom_on:
+                changes["atom.enabled"] = False
         if not atom_on:
             changes["atom.merge"] = []
         if changes.get("selection.surrogate", base.selection.surrogate) is None:
             changes["selection.cache"] = False
-        return base.replace(**changes).validate()
+        return values, changes
 
-    def _merge(self, suggest, base: RepConfig) -> list[int]:
-        depth = base.backbone.arch.depth
-        if "atom.form" in self.params:
-            form = suggest("atom.form")
-        else:
-            form = "per_layer" if "atom.per_layer" in self.params else "ramp"
-        if form == "ramp":
-            r = suggest("atom.r") if "atom.r" in self.params else max(base.merge_schedule or [0]) // 2
-            inflect = suggest("atom.inflect") if "atom.inflect" in self.params else 1.0
-            return ramp(int(r), depth, float(inflect))
-        return [int(suggest("atom.per_layer", name=f"atom.merge_{i}")) for i in range(depth)]
+    def sample(self, trial: optuna.trial.BaseTrial, base: RepConfig) -> RepConfig:
+        """Suggest every active parameter on ``trial`` and return the resulting (validated) RepConfig."""
+        def ask(name: str, p: Param, high: float | None) -> Any:
+            hi = p.high if high is None else high
+            if p.type != "categorical" and hi < p.low:
+                raise ValueError(f"{self.source}: params.{name}: low {p.low} exceeds the bound {hi} this config allows")
+            if p.type == "int":
+                return trial.suggest_int(name, int(p.low), int(hi), log=p.log, step=int(p.step or 1))
+            if p.type == "float":
+                return trial.suggest_float(name, float(p.low), float(hi), log=p.log, step=p.step)
+            return trial.suggest_categorical(name, p.choices)
+
+        _, changes = self._walk(base, ask)
+        return base.replace(**changes).validate()
 
     # ---- inverse: a config as a point of the space (for enqueue_trial) ------------------------
     def params_of(self, cfg: RepConfig) -> dict[str, Any]:
@@ -196,46 +423,29 @@ class SearchSpace:
 
         Raises ValueError naming the parameter when ``cfg`` lies outside the space.
         """
-        out: dict[str, Any] = {}
-        data = cfg.to_dict()
-        data["atom"]["enabled"] = bool(cfg.atom.enabled and any(cfg.atom.merge))
+        reading: dict[str, Any] = {}
 
-        def on(section: str) -> bool:
-            key = f"{section}.enabled"
-            return key not in self.params or bool(_get(data, key))
+        def ask(name: str, p: Param, high: float | None) -> Any:
+            if name not in reading:
+                if name in ATOM_KEYS or name.startswith("atom.merge_"):
+                    reading.update(MERGE.read(self, cfg))
+                else:
+                    reading[name] = BINDINGS.get(name, FIELD).read(name, cfg, p)
+            v = reading[name]
+            if not p.contains(v, high):
+                raise ValueError(f"{self.source}: params.{name}: {cfg.name} needs {v!r}, outside the space "
+                                 f"({p.bounds()}{'' if high is None else f', up to {high} here'})")
+            return v
 
-        for key in self.params:
-            if key in ATOM_KEYS:
-                continue
-            section = key.split(".")[0]
-            if key.endswith(".enabled"):
-                out[key] = on(section)
-            elif on(section):
-                out[key] = _get(data, key)
-        if data["atom"]["enabled"] and any(k in self.params for k in ATOM_KEYS):
-            merge = cfg.merge_schedule
-            forms = self.params["atom.form"].choices if "atom.form" in self.params else (
-                ["ramp"] if "atom.per_layer" not in self.params else ["per_layer"])
-            found = _ramp_params(merge, cfg.backbone.arch.depth) if "ramp" in forms else None
-            if found is not None and (found[1] == 1.0 or "atom.inflect" in self.params):
-                if "atom.form" in self.params:
-                    out["atom.form"] = "ramp"
-                if "atom.r" in self.params:
-                    out["atom.r"] = found[0]
-                if "atom.inflect" in self.params:
-                    out["atom.inflect"] = found[1]
-            elif "per_layer" in forms:
-                if "atom.form" in self.params:
-                    out["atom.form"] = "per_layer"
-                out.update({f"atom.merge_{i}": m for i, m in enumerate(merge)})
-            else:
-                raise ValueError(f"{self.source}: merge schedule {merge} is not a point of the space")
-        for key, value in out.items():
-            spec = self.params.get("atom.per_layer" if key.startswith("atom.merge_") else key)
-            if not spec.contains(value):
-                raise ValueError(f"{self.source}: params.{key}: {cfg.name} needs {value!r}, outside the space "
-                                 f"({spec.choices if spec.type == 'categorical' else [spec.low, spec.high]})")
-        return out
+        values, changes = self._walk(cfg, ask)
+        rebuilt = cfg.replace(**changes)
+        normalised = ("atom.enabled", "atom.merge", "selection.cache")     # compared as the schedule below
+        differ = [k for k in changes if k not in normalised and _get(rebuilt, k) != _get(cfg, k)]
+        if rebuilt.merge_schedule != cfg.merge_schedule:
+            differ.append("atom.merge")
+        if differ:
+            raise ValueError(f"{self.source}: the space cannot reproduce {', '.join(differ)} of {cfg.name}")
+        return values
 
     def describe(self) -> dict:
         """Plain form for provenance."""
@@ -261,66 +471,18 @@ def default_space(method: str = "l2p") -> Path:
 
 
 # ---- helpers ---------------------------------------------------------------------------------
-def _parse_param(key: str, spec: Any, ref: RepConfig, source: str) -> Param:
-    where = f"params.{key}"
-    check(isinstance(spec, dict), source, where, "a mapping with type and low/high or choices", spec)
-    allowed = {"type", "low", "high", "log", "step", "choices"}
-    for k in spec:
-        check(k in allowed, source, f"{where}.{k}", "one of " + ", ".join(sorted(allowed)), k)
-    check(key in ATOM_KEYS or _is_field(ref, key), source, where,
-          "a dotted RepConfig field path or one of " + ", ".join(ATOM_KEYS), key)
-    kind = spec.get("type")
-    check(kind in ("int", "float", "categorical"), source, f"{where}.type", "'int', 'float' or 'categorical'", kind)
-    if kind == "categorical":
-        choices = spec.get("choices")
-        check(isinstance(choices, list) and bool(choices), source, f"{where}.choices", "a non-empty list", choices)
-        if key in ATOM_KEYS and key != "atom.form":
-            check(False, source, f"{where}.type", "'int' or 'float' for this AToM parameter", kind)
-        return Param(key, kind, choices=list(choices))
-    check("choices" not in spec, source, f"{where}.choices", "no choices for a numeric parameter", spec.get("choices"))
-    num = int if kind == "int" else (int, float)
-    for bound in ("low", "high"):
-        v = spec.get(bound)
-        check(isinstance(v, num) and not isinstance(v, bool), source, f"{where}.{bound}",
-              "an int" if kind == "int" else "a number", v)
-    low, high = spec["low"], spec["high"]
-    check(low <= high, source, f"{where}.high", f"a value >= low ({low})", high)
-    log = spec.get("log", False)
-    check(isinstance(log, bool), source, f"{where}.log", "true or false", log)
-    check(not log or low > 0, source, f"{where}.low", "a value > 0 with log: true", low)
-    step = spec.get("step")
-    check(step is None or (isinstance(step, num) and step > 0), source, f"{where}.step", "a positive number or null", step)
-    check(not (log and step), source, f"{where}.step", "no step with log: true", step)
-    if key == "atom.form":
-        check(False, source, f"{where}.type", "'categorical' for atom.form", kind)
-    if kind == "int" and key in ("prompt.length", "prompt.pool_size", "prompt.top_k", "prompt.g_length"):
-        check(low >= 1, source, f"{where}.low", "an int >= 1", low)
-    if key in ("atom.r", "atom.per_layer", "ald.tau"):
-        check(low >= 0, source, f"{where}.low", "an int >= 0", low)
-    if key in ("ald.theta_min", "ald.alpha"):
-        check(0 < low and high <= 1, source, where, "a range inside (0, 1]", [low, high])
-    return Param(key, kind, low=low, high=high, log=log, step=step)
-
-
-def _is_field(cfg: RepConfig, dotted: str) -> bool:
+def _is_leaf(cfg: RepConfig, dotted: str) -> bool:
+    """Whether ``dotted`` names a field of ``cfg`` that holds a value (not a section)."""
     node: Any = cfg
     for part in dotted.split("."):
         if not dataclasses.is_dataclass(node) or part not in {f.name for f in dataclasses.fields(node)}:
             return False
         node = getattr(node, part)
-    return True
+    return not dataclasses.is_dataclass(node)
 
 
-def _get(data: dict, dotted: str) -> Any:
+def _get(cfg: RepConfig, dotted: str) -> Any:
+    node: Any = cfg
     for part in dotted.split("."):
-        data = data[part]
-    return data
-
-
-def _ramp_params(merge: list[int], depth: int) -> tuple[int, float] | None:
-    """(r, inflect) with ramp(r, depth, inflect) == merge, trying the paper's forms first."""
-    for inflect in (1.0, 0.0, -1.0, 0.5, -0.5):
-        for r in range(max(merge) + 1):
-            if ramp(r, depth, inflect) == list(merge):
-                return r, inflect
-    return None
+        node = getattr(node, part)
+    return node

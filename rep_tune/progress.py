@@ -1,0 +1,58 @@
+"""Progress bars for long work, on rich (the one terminal library rep-tune uses, tables included).
+
+``ProgressBar`` has the small tqdm-like surface the code needs (``update``, ``set_description``,
+``set_postfix``, ``close``, context manager), so call sites stay one line. Output goes to stderr;
+off a terminal rich draws nothing live and prints the bar once when it closes, so logs stay short.
+"""
+from __future__ import annotations
+
+import sys
+from typing import Any, Mapping
+
+
+class ProgressBar:
+    """One bar: ``total`` steps (None = unknown), a description and a free-form postfix."""
+
+    def __init__(self, total: int | None = None, desc: str = "", *, unit: str = "it", enabled: bool = True,
+                 initial: int = 0, transient: bool = False) -> None:
+        self.enabled, self.n, self.total, self.unit = enabled, initial, total, unit
+        self._desc, self._post = desc, ""
+        self._progress = self._task = None
+        if not enabled:
+            return
+        from rich.console import Console
+        from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
+                                   TimeRemainingColumn)
+        self._progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                  TextColumn(unit), TimeElapsedColumn(), TimeRemainingColumn(),
+                                  TextColumn("{task.fields[post]}"),
+                                  console=Console(file=sys.stderr), transient=transient)
+        self._progress.start()
+        self._task = self._progress.add_task(desc, total=total, completed=initial, post="")
+
+    def update(self, n: int = 1) -> None:
+        self.n += n
+        if self._progress is not None:
+            self._progress.update(self._task, advance=n)
+
+    def set_description(self, desc: str) -> None:
+        self._desc = desc
+        if self._progress is not None:
+            self._progress.update(self._task, description=desc)
+
+    def set_postfix(self, values: Mapping[str, Any] | None = None, **kw: Any) -> None:
+        items = {**dict(values or {}), **kw}
+        self._post = " ".join(f"{k}={v}" for k, v in items.items())
+        if self._progress is not None:
+            self._progress.update(self._task, post=self._post)
+
+    def close(self) -> None:
+        if self._progress is not None:
+            self._progress.stop()
+            self._progress = None
+
+    def __enter__(self) -> "ProgressBar":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
