@@ -399,8 +399,8 @@ def run_plan(plan: Plan, *, device: str | None = None, progress: bool = True, en
              warmup: int = 2) -> Report:
     """Build the model here and measure every part of the plan; compare with expected and budgets."""
     import torch
-    from tqdm.auto import tqdm
 
+    from rep_tune.progress import ProgressBar
     from rep_tune.runtime.measure import device_label, measure_iterations
     from rep_tune.runtime.model import RepModel
 
@@ -423,10 +423,10 @@ def run_plan(plan: Plan, *, device: str | None = None, progress: bool = True, en
         from rep_tune.profiler.energy import RunEnergy
         energy_factory = lambda: RunEnergy.for_this_machine(str(dev), power_w=plan.power_w, label="verify")  # noqa: E731
     per_part = warmup + plan.iters + 1
-    bar = tqdm(total=per_part * len(plan.parts), desc="verify", unit="it", disable=not progress, leave=False)
+    bar = ProgressBar(per_part * len(plan.parts), "verify", unit="it", enabled=progress, transient=True)
     try:
         for part in plan.parts:
-            bar.set_postfix_str(part.name)
+            bar.set_postfix(part=part.name)
             stride = max(1, (part.t1 - part.t0) // per_part)
             meter = energy_factory()
             try:

@@ -104,7 +104,7 @@ def test_device_profile_gives_budgets_schedule_and_prediction(tmp_path, capsys):
 @pytest.mark.parametrize("mutate, message", [
     (lambda d: d["expected"]["latency_ms"].update(value="fast"), "expected.latency_ms.value"),
     (lambda d: d["target"]["budgets"]["latency_ms"].update(value=-1), "target.budgets.latency_ms.value"),
-    (lambda d: d["backbone"].update(name="vit_tiny_patch8_64"), "cannot be built here"),
+    (lambda d: d["backbone"].update(name="vit_tiny_patch8_64"), "no such model"),
 ])
 def test_bad_input_exit_2(tmp_path, capsys, mutate, message):
     path = best_config(tmp_path)
@@ -131,3 +131,14 @@ def test_expected_memory_beyond_this_machine_is_refused(tmp_path, capsys):
     path.write_text(yaml.safe_dump(data))
     assert verify(path) == 2
     assert "exceeds the" in capsys.readouterr().err
+
+
+def test_backbone_timm_cannot_build_here_is_refused(tmp_path, capsys, monkeypatch):
+    import timm
+    path = best_config(tmp_path)
+    real = timm.is_model
+    monkeypatch.setattr(timm, "is_model", lambda name: False if name.startswith("vit_pico") else real(name))
+    assert verify(path) == 2                       # e.g. an older timm on the device than where the search ran
+    err = capsys.readouterr().err
+    assert "selection.surrogate" in err and "cannot be built here" in err
+    assert not (tmp_path / "verify.yaml").exists()
