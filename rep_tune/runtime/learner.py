@@ -10,7 +10,9 @@ Cost of the run (``TrainResult.cost``, per training iteration): latency and peak
 ``rep_tune.runtime.measure``; energy from the profiler's measurement windows
 (``rep_tune.profiler.energy.RunEnergy``: NVML, Jetson rails or RAPL, else estimated and said
 so once), which span each task's training iterations (evaluation and the memory-probed
-iteration excluded). The profiler is imported lazily, inside ``train``: the profiler's probes
+iteration excluded). The counters are device-wide: runs training at the same time on one
+device (search workers in threads or processes) each see the others' energy too. The profiler
+is imported lazily, inside ``train``: the profiler's probes
 use this package's ``measure`` module, so a module-level import here would tie the two
 packages into a cycle; lazily, ``runtime.measure`` stays the bottom of both.
 """
