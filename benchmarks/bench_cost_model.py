@@ -1,16 +1,27 @@
-"""Cost model against measurement on this machine (a benchmark, not a test).
+"""Cost model against the runtime's measurements on this machine (a benchmark, not a test).
 
-1. Profile this CPU: time frozen timm Blocks (forward, forward+backward to the input) at several
-   token counts, batch sizes and widths, record peak memory, fit the efficiency factors
-   (rep_tune.cost.calibrate.fit).
-2. Draw >= 30 REP configs from the search space (prompt lengths, merge schedules incl. ramps and
-   random per-layer lists, ALD at a fixed t, L2P/DualPrompt, vit_micro_patch4_32 and
-   vit_tiny_patch16 at 96/128 px), measure time per training iteration and peak memory with the
-   runtime (rep_tune.runtime.model.RepModel), and compare with rep_tune.cost.predict.
-3. Print the table, median / p90 relative errors, Spearman rank correlation, the time of 10,000
-   predictions; write benchmarks/results/cost_model_<host>.csv.
+1. Calibrate exactly as ``rep-tune profile`` does: ``rep_tune.profiler.device_profile.profile_device``
+   (the profiler's ViT-block calibration runs, then ``rep_tune.cost.calibrate.fit``); or load a
+   profile ``rep-tune profile`` wrote on this machine (``--profile``).
+2. Draw configs over the search space: L2P, DualPrompt and CODA-Prompt; AToM off / ramps / uniform /
+   random per-block lists; ALD off / ALD / PLD at an iteration t; selection cached / uncached /
+   base method; batch 8 or 16; two backbones: the embedded 196-patch ``vit_micro_patch2_28`` and
+   ViT-Ti/16 at a reduced image size (random weights: ``backbone.pretrained: false``).
+3. Measure each config with the runtime's ``rep_tune.runtime.measure.measure_iterations``: time per
+   training iteration (median of ``--reps``) under each of ``--patterns`` ALD drop patterns (the
+   runtime's own skipping, with its random draws replaced by fixed patterns in which block l runs in
+   round(K * keep_l) of K, to remove sampling noise), and peak memory with every block running
+   (the worst case over a task, what the model predicts). Predict the same patterns with
+   ``rep_tune.cost.predict(..., keep=pattern)`` and compare.
+4. Print median / p90 / mean signed latency error and memory error, the worst configs, the
+   Spearman rank correlation and the speed of predictions; write
+   ``benchmarks/results/cost_model_<host>.csv`` (one row per config) and the profile used.
 
-Run: .venv/bin/python benchmarks/bench_cost_model.py [--configs 32] [--threads 2] [--quick]
+Targets (issue 11): latency median <= 5 %, p90 <= 10 %, mean signed error within +-3 %; memory median <= 5 %.
+Timings are wall-clock: run on a quiet machine (other processes on the cores inflate measurements).
+
+Run: python benchmarks/bench_cost_model.py [--configs 32] [--threads 1] [--quick] [--reps 3] [--patterns 4]
+     ~10 min for 32 configs on one quiet core; --quick (quick profile, 12 configs, 2 patterns) ~3 min.
 """
 from __future__ import annotations
 
@@ -25,132 +36,76 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from rep_tune.config import preset
 from rep_tune.cost import predict
-from rep_tune.cost.calibrate import fit
-from rep_tune.device import Calibration, CalibrationRun, DeviceProfile, Spec
+from rep_tune.device import DeviceProfile
 from rep_tune.schedule import ramp
 
 RESULTS = Path(__file__).resolve().parent / "results"
-MB = 1024.0 * 1024.0
+METHODS = ("l2p", "dualprompt", "coda")
+MICRO, PICO, TINY = "vit_micro_patch2_28", "vit_pico_patch2_28", "vit_tiny_patch16_224"
+TARGETS = {"latency median": 0.05, "latency p90": 0.10, "latency mean signed": 0.03, "memory median": 0.05}
 
 
-def cpu_ms(fn, reps: int) -> float:
-    """Minimum process CPU time of ``fn`` in ms (robust to other processes on a shared host)."""
-    fn()
-    ts = []
-    for _ in range(reps):
-        t0 = time.process_time()
-        fn()
-        ts.append((time.process_time() - t0) * 1e3)
-    return min(ts)
+# ---- 1. the profile ----------------------------------------------------------------------------------
+def calibrated_profile(args) -> DeviceProfile:
+    """This machine's profile, measured and fitted exactly as ``rep-tune profile`` does."""
+    if args.profile:
+        prof = DeviceProfile.load(args.profile)
+        if not prof.calibrated:
+            raise SystemExit(f"--profile {args.profile}: not calibrated (run `rep-tune profile` on this machine)")
+        return prof
+    from rep_tune.profiler.device_profile import profile_device
+    return profile_device(quick=args.quick, device=args.device, threads=args.threads, progress=True)
 
 
-# ---- 1. calibration runs: frozen timm blocks -----------------------------------------------------
-def time_blocks(batch: int, tokens: int, dim: int, heads: int, blocks: int, reps: int = 3) -> CalibrationRun:
-    """Time ``blocks`` frozen timm Blocks: forward (no grad) and forward+backward to the input.
-
-    Same runs as rep_tune.profiler.probe.calibration_run, timed in process CPU time (one
-    intra-op thread), with the runtime's CPU peak-memory window (rep_tune.runtime.measure).
-    """
-    from timm.models.vision_transformer import Block
-
-    from rep_tune.runtime.measure import PeakMemory
-    torch.manual_seed(0)
-    stack = torch.nn.Sequential(*[Block(dim, heads, qkv_bias=True) for _ in range(blocks)]).eval()
-    stack.requires_grad_(False)
-    x = torch.randn(batch, tokens, dim)
-
-    def fwd():
-        with torch.no_grad():
-            stack(x)
-
-    def fwd_bwd():
-        xi = x.detach().requires_grad_(True)
-        stack(xi).sum().backward()
-
-    f_ms, fb_ms = cpu_ms(fwd, reps), cpu_ms(fwd_bwd, reps)
-    with PeakMemory("cpu") as pm:
-        fwd_bwd()
-    return CalibrationRun(batch=batch, tokens=tokens, embed_dim=dim, num_heads=heads, blocks=blocks,
-                          fwd_ms=f_ms, fwd_bwd_ms=fb_ms, peak_mb=pm.transient_bytes / MB)
-
-
-def cpu_peak_tflops(threads: int) -> float:
-    """Spec-style FP32 peak: cores x clock x 32 FLOP/cycle (2 AVX2 FMA pipes x 8 lanes x 2)."""
-    ghz = 2.45
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("cpu MHz"):
-                    ghz = float(line.split(":")[1]) / 1e3
-                    break
-    except OSError:
-        pass
-    return threads * ghz * 32 / 1e3
-
-
-def profile_this_machine(threads: int, quick: bool) -> DeviceProfile:
-    shapes = [(64, 2), (96, 3), (192, 3)]
-    tokens = [20, 60, 110] if not quick else [20, 110]
-    runs = []
-    for dim, heads in shapes:
-        for n in tokens:
-            for b in (8, 16):
-                for blocks in (1, 3):
-                    runs.append(time_blocks(b, n, dim, heads, blocks))
-    prof = DeviceProfile(name=f"{platform.node()}-cpu{threads}", kind="cpu", description="benchmark host",
-                         dtype="fp32",
-                         spec=Spec(peak_tflops={"fp32": cpu_peak_tflops(threads)}, memory_bandwidth_gbs=20.0,
-                                   cpu=platform.processor() or platform.machine()),
-                         calibration=Calibration(measured_on=f"{platform.node()} {time.strftime('%Y-%m-%d')}",
-                                                 runs=runs))
-    return fit(prof)
-
-
-# ---- 2. configs ------------------------------------------------------------------------------------
-def draw_configs(n: int, seed: int = 0) -> list[tuple[object, int]]:
-    """(config, t) pairs spread over the search space."""
+# ---- 2. configs --------------------------------------------------------------------------------------
+def draw_configs(n: int, seed: int = 0, precision: str = "fp32") -> list[tuple[object, int]]:
+    """(config, t) pairs spread over the search space; every method and both backbones appear."""
     rng = random.Random(seed)
     out = []
     for i in range(n):
-        tiny = i % 3 == 2
-        bb = "vit_tiny_patch16_224" if tiny else "vit_micro_patch4_32"
-        method = "dualprompt" if i % 4 == 1 else "l2p"
+        method = METHODS[i % 3]
+        tiny = (i // 3) % 3 == 2                          # a third ViT-Ti at a reduced size
+        bb = TINY if tiny else MICRO
         cfg = preset("paper", method, bb)
         ch: dict = {"backbone.pretrained": False, "selection.pretrained": False,
-                    "training.batch_size": rng.choice([8, 16])}
+                    "training.batch_size": rng.choice([8, 16]), "training.precision": precision}
         if tiny:
-            ch["backbone.img_size"] = rng.choice([96, 128])
-        depth = 12
+            ch["backbone.img_size"] = rng.choice([96, 112])
         if method == "l2p":
             ch["prompt.length"] = rng.choice([2, 5, 8])
             ch["prompt.top_k"] = rng.choice([1, 3, 5])
-        else:
+            if rng.random() < 0.25:
+                ch["atom.protect_prompts"] = False
+        elif method == "dualprompt":
             ch["prompt.length"] = rng.choice([5, 10, 20])
             ch["prompt.g_length"] = rng.choice([3, 5])
+        else:
+            ch["prompt.pool_size"] = rng.choice([20, 50, 100])
+            ch["prompt.length"] = rng.choice([4, 8])
         kind = rng.choice(["none", "ramp", "ramp", "uniform", "random"])
         if kind == "none":
             ch["atom.enabled"], ch["atom.merge"] = False, []
         elif kind == "ramp":
-            ch["atom.merge"] = ramp(rng.choice([2, 4, 6, 8]), depth, rng.choice([1.0, 0.5]))
+            ch["atom.merge"] = ramp(rng.choice([2, 4, 6, 8]), 12, rng.choice([1.0, 0.5]))
         elif kind == "uniform":
-            ch["atom.merge"] = [rng.choice([2, 4, 6])] * depth
+            ch["atom.merge"] = [rng.choice([2, 4, 6])] * 12
         else:
-            ch["atom.merge"] = [rng.randint(0, 8) for _ in range(depth)]
-        if rng.random() < 0.2 and method == "l2p":
-            ch["atom.protect_prompts"] = False
-        if rng.random() < 0.3:
+            ch["atom.merge"] = [rng.randint(0, 8) for _ in range(12)]
+        ald = rng.choice(["off", "ald", "ald", "pld"])
+        if ald == "off":
             ch["ald.enabled"] = False
         else:
-            ch.update({"ald.theta_min": rng.choice([0.3, 0.5, 0.75]), "ald.tau": rng.choice([4, 8, 16]),
-                       "ald.alpha": rng.choice([0.8, 0.9, 1.0])})
+            ch.update({"ald.schedule": ald, "ald.theta_min": rng.choice([0.3, 0.5, 0.75]),
+                       "ald.tau": rng.choice([4, 8, 16]), "ald.alpha": rng.choice([0.8, 0.9, 1.0])})
         sel = rng.choice(["cached", "cached", "uncached", "baseline"])
         if sel == "baseline":
             ch["selection.surrogate"], ch["selection.cache"] = None, False
         else:
-            ch["selection.surrogate"] = "vit_pico_patch4_32"
+            ch["selection.surrogate"] = PICO
             ch["selection.cache"] = sel == "cached"
         t = rng.choice([0, 300, 1000, 3000])
         cfg = cfg.replace(**ch).validate()
@@ -159,82 +114,51 @@ def draw_configs(n: int, seed: int = 0) -> list[tuple[object, int]]:
     return out
 
 
-# ---- 3. measuring the runtime ---------------------------------------------------------------------
-def stratified(probs: list[float], k: int, seed: int = 0) -> list[list[bool]]:
-    """k drop patterns in which block l runs in exactly round(k * probs[l]) iterations."""
+def describe(cfg) -> str:
+    a = cfg.atom
+    m = "-" if not a.enabled or not a.merge else ("ramp" if a.merge == sorted(a.merge) else "list") + f"{sum(a.merge)}"
+    d = cfg.ald
+    ald = "-" if not d.enabled else f"{d.schedule}{d.theta_min}/{d.tau}/{d.alpha}"
+    sel = "base" if not cfg.selection.surrogate else ("cache" if cfg.selection.cache else "sur")
+    p = cfg.prompt
+    pr = {"l2p": lambda: f"L2P{p.top_k}x{p.length}", "dualprompt": lambda: f"DP{p.g_length}/{p.length}",
+          "coda": lambda: f"CODA{p.pool_size}x{p.length}"}.get(p.method, lambda: p.method)()
+    bb = cfg.backbone.arch
+    return f"{bb.name.split('_')[1]}{bb.img_size} B{cfg.training.batch_size} {pr} m={m} ald={ald} {sel}"
+
+
+# ---- 3. measuring the runtime ------------------------------------------------------------------------
+def stratified(probs: list[float], k: int, seed: int = 0) -> list[tuple[bool, ...]]:
+    """k drop patterns in which block l runs in exactly round(k * probs[l]) of them."""
     rng = random.Random(seed)
     pats = [[True] * len(probs) for _ in range(k)]
     for l, p in enumerate(probs):
-        off = rng.sample(range(k), k - round(k * p))
-        for i in off:
+        for i in rng.sample(range(k), k - round(k * p)):
             pats[i][l] = False
-    return pats
+    return [tuple(p) for p in pats]
 
 
-def measure(cfg, t: int, iters: int, mem_iters: int, reps: int = 2, num_classes: int = 100) -> dict:
-    """Time per training iteration (runtime's train_step; median CPU and wall ms) and peak memory
-    (rep_tune.runtime.measure.measure_iterations: at t, and with every block running)."""
+def measure(cfg, t: int, args, num_classes: int = 100) -> dict:
+    """Per drop pattern: the runtime's median ms per iteration (measure_iterations); peak memory with
+    every block running. Returns the patterns, their ms, and the peak in MiB."""
     from rep_tune.runtime.measure import measure_iterations
     from rep_tune.runtime.model import RepModel
-    from rep_tune.runtime.step import make_optimizer, train_step
     torch.manual_seed(0)
     model = RepModel(cfg, num_classes).train()
-    arch = cfg.backbone.arch
-    B = cfg.training.batch_size
-    g = torch.Generator().manual_seed(0)
-    x = torch.randn(B, 3, arch.img_size, arch.img_size, generator=g)
-    y = torch.randint(0, num_classes, (B,), generator=g)
-    opt = make_optimizer(cfg, model.trainable_parameters())
-    q_cached = model.query(x) if cfg.selection.cache else None      # steady state: cache hit
-
-    def step():
-        q = q_cached if q_cached is not None else model.query(x)
-        train_step(model, opt, x, y, query=q, iteration=t, task_id=0, clip_grad=cfg.training.clip_grad)
-
-    for _ in range(2):
-        step()
-    # ALD at t with stratified drops: block l runs in round(k * keep_l) of the k timed iterations
-    # (the runtime's own skipping; only the draws are stratified, to remove sampling noise).
-    patterns = stratified(model.dropper.probabilities(t) if cfg.ald.enabled else [1.0] * model.depth, iters)
-    real_sample = model.dropper.sample
-    cpu = [[] for _ in patterns]
-    wall = [[] for _ in patterns]
-    for _ in range(reps):
-        for i, pat in enumerate(patterns):
-            model.dropper.sample = lambda _t, pat=pat: list(pat)
-            t0, w0 = time.process_time(), time.perf_counter()
-            step()
-            cpu[i].append((time.process_time() - t0) * 1e3)
-            wall[i].append((time.perf_counter() - w0) * 1e3)
-    model.dropper.sample = real_sample
-    mem_t = measure_iterations(model, n=0, warmup=0, memory_iters=mem_iters, iteration=t, iteration_stride=0,
-                               num_classes=num_classes).peak_memory_mb.value
-    mem_all = mem_t
-    if cfg.ald.enabled:   # peak over a task: every block running (ALD off = the same model, all blocks)
-        twin = RepModel(cfg.replace(**{"ald.enabled": False}), num_classes)
-        mem_all = measure_iterations(twin, n=0, warmup=1, memory_iters=1, num_classes=num_classes).peak_memory_mb.value
-    # per drop pattern the fastest of ``reps`` repetitions (other processes only ever add time)
-    return {"cpu_ms": statistics.fmean(min(c) for c in cpu), "wall_ms": statistics.fmean(min(w) for w in wall),
-            "peak_mb": mem_all,
-            "peak_t_mb": mem_t}
-
-
-def distinct_configs(n: int, seed: int = 1) -> list:
-    """n configs differing in merge lists, ALD, prompts and batch (cheap copies, not timed)."""
-    import dataclasses
-
-    from rep_tune.config import AldConfig, AtomConfig
-    rng = random.Random(seed)
-    bases = [preset("paper", m, b) for m in ("l2p", "dualprompt") for b in ("vit_micro_patch4_32", "vit_tiny_patch16_224")]
-    out = []
-    for _ in range(n):
-        c = rng.choice(bases)
-        out.append(dataclasses.replace(
-            c, atom=AtomConfig(merge=[rng.randint(0, 12) for _ in range(12)]),
-            ald=AldConfig(theta_min=rng.choice([0.3, 0.5, 0.75]), tau=rng.randint(0, 30), alpha=rng.choice([0.8, 0.9])),
-            prompt=dataclasses.replace(c.prompt, length=rng.randint(1, 20)),
-            training=dataclasses.replace(c.training, batch_size=rng.choice([8, 16, 32]))))
-    return out
+    probs = model.dropper.probabilities(t)
+    k = args.patterns if cfg.ald.enabled and any(p < 1.0 for p in probs) else 1
+    patterns = stratified(probs, k)
+    ms = []
+    for pat in patterns:
+        model.dropper.sample = lambda _t, pat=pat: list(pat)
+        c = measure_iterations(model, n=args.reps * (args.patterns if k == 1 else 1), warmup=1, memory_iters=0,
+                               iteration=t, iteration_stride=0, num_classes=num_classes, device=args.device)
+        ms.append(c.latency_ms.value)
+    everything = tuple([True] * model.depth)
+    model.dropper.sample = lambda _t: list(everything)
+    mem = measure_iterations(model, n=0, warmup=1, memory_iters=args.mem_iters, iteration=t, iteration_stride=0,
+                             num_classes=num_classes, device=args.device)
+    return {"patterns": patterns, "ms": ms, "peak_mb": mem.peak_memory_mb.value}
 
 
 def spearman(a, b) -> float:
@@ -243,91 +167,133 @@ def spearman(a, b) -> float:
     return float(np.corrcoef(ra, rb)[0, 1])
 
 
-def describe(cfg) -> str:
-    a = cfg.atom
-    m = "-" if not a.enabled or not a.merge else ("ramp" if a.merge == sorted(a.merge) else "list") + f"{sum(a.merge)}"
-    ald = "-" if not cfg.ald.enabled else f"{cfg.ald.theta_min}/{cfg.ald.tau}/{cfg.ald.alpha}"
-    sel = "base" if not cfg.selection.surrogate else ("cache" if cfg.selection.cache else "sur")
-    p = cfg.prompt
-    pr = f"L2P{p.top_k}x{p.length}" if p.method == "l2p" else f"DP{p.g_length}/{p.length}"
-    bb = cfg.backbone.arch
-    return f"{bb.name.split('_')[1]}{bb.img_size} B{cfg.training.batch_size} {pr} m={m} ald={ald} {sel}"
+def prediction_speed(prof, n: int) -> tuple[float, float, float]:
+    """Process CPU seconds for ``n`` predictions of distinct configs, of one config repeated, and of
+    ``n`` x sum(range(100)) (a reference for this host's Python speed)."""
+    rng = random.Random(1)
+    bases = [preset("paper", m, b) for m in METHODS for b in (MICRO, TINY)]
+    cfgs = [rng.choice(bases).replace(**{"atom.merge": [rng.randint(0, 12) for _ in range(12)],
+                                         "ald.theta_min": rng.choice([0.3, 0.5, 0.75]), "ald.tau": rng.randint(0, 30),
+                                         "training.batch_size": rng.choice([8, 16, 32])}) for _ in range(n)]
+    t0 = time.process_time()
+    for c in cfgs:
+        predict(c, prof)
+    distinct = time.process_time() - t0
+    t0 = time.process_time()
+    for _ in range(n):
+        predict(cfgs[0], prof)
+    same = time.process_time() - t0
+    t0 = time.process_time()
+    for _ in range(n):
+        sum(range(100))
+    return distinct, same, time.process_time() - t0
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--configs", type=int, default=32)
-    ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--iters", type=int, default=8, help="drop patterns timed per config")
-    ap.add_argument("--reps", type=int, default=2, help="repetitions of each pattern (fastest kept)")
-    ap.add_argument("--mem-iters", type=int, default=2)
-    ap.add_argument("--quick", action="store_true", help="fewer calibration shapes")
+    ap.add_argument("--configs", type=int, default=None, help="configs to measure (default 32, --quick 12)")
+    ap.add_argument("--threads", type=int, default=1, help="torch intra-op threads, for profiling and measuring")
+    ap.add_argument("--quick", action="store_true",
+                    help="quick profile (rep-tune profile --quick), 12 configs, 2 drop patterns (a smoke run)")
+    ap.add_argument("--reps", type=int, default=3, help="timed iterations per drop pattern (median kept)")
+    ap.add_argument("--patterns", type=int, default=None, help="stratified ALD drop patterns per config (default 4, --quick 2)")
+    ap.add_argument("--mem-iters", type=int, default=1)
+    ap.add_argument("--precision", default=None, help="training.precision of every config (default: the profile's dtype)")
+    ap.add_argument("--profile", default=None, help="a profile `rep-tune profile` wrote on this machine (skips profiling)")
+    ap.add_argument("--device", default="cpu",
+                    help="torch device to profile and measure on (cpu, cuda); configs run at --precision or the "
+                         "profile's dtype, which needs the runtime's mixed precision for bf16/fp16")
+    ap.add_argument("--worst", type=int, default=8, help="rows in the table of the worst configs")
+    ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
+    args.configs = args.configs or (12 if args.quick else 32)
+    args.patterns = args.patterns or (2 if args.quick else 4)
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        raise SystemExit(f"--device {args.device}: torch sees no CUDA device here")
     torch.set_num_threads(args.threads)
     t_start = time.perf_counter()
 
-    print(f"== profiling this machine ({args.threads} threads) ...", flush=True)
-    prof = profile_this_machine(args.threads, args.quick)
-    cal = prof.calibration
-    print(f"   {len(cal.runs)} block runs; efficiency {({k: round(v, 4) for k, v in cal.efficiency.items()})}, "
-          f"overhead {cal.overhead_ms:.3f} ms, memory overhead {cal.memory_overhead_mb:.2f} MB; "
-          f"fit error {({k: round(v, 3) for k, v in cal.fit_error.items()})}  [{time.perf_counter() - t_start:.0f}s]",
+    print(f"== calibrating as `rep-tune profile{' --quick' if args.quick else ''}` does ({args.threads} threads) ...",
           flush=True)
+    prof = calibrated_profile(args)
+    torch.set_num_threads(args.threads)               # profile_device restores the thread count it found
+    cal = prof.calibration
+    precision = args.precision or (prof.dtype if prof.dtype in ("fp32", "bf16", "fp16") else "fp32")
+    print(f"   {prof.name}: {len(cal.runs)} block runs at {cal.dtype}; efficiency "
+          f"{ {k: round(v, 4) for k, v in cal.efficiency.items()} }, launch {cal.launch_ms:.4f} ms, overhead "
+          f"{cal.overhead_ms:.3f} ms, memory overhead {cal.memory_overhead_mb:.2f} MiB; fit error "
+          f"{ {k: round(v, 3) for k, v in cal.fit_error.items()} }  [{time.perf_counter() - t_start:.0f}s]", flush=True)
+    print(f"   configs priced and measured at training.precision {precision}", flush=True)
 
     rows = []
-    for cfg, t in draw_configs(args.configs):
-        c = predict(cfg, prof, t=t)
-        m = measure(cfg, t, args.iters, args.mem_iters, args.reps)
-        row = {"name": cfg.name, "config": describe(cfg), "t": t,
-               "pred_ms": c.latency_ms.value, "meas_ms": m["cpu_ms"], "wall_ms": m["wall_ms"],
-               "pred_mb": c.peak_memory_mb.value, "meas_mb": m["peak_mb"],
-               "pred_t_mb": c.extras["peak_memory_mb_expected"], "meas_t_mb": m["peak_t_mb"],
-               "tokens0": c.extras["tokens_first"], "blocks_expected": round(c.extras["blocks_expected"], 2)}
+    configs = draw_configs(args.configs, args.seed, precision)
+    header = (f"{'':4}{'config':<58} {'t':>5} {'pred':>8} {'meas':>8} {'err':>7}  {'pred':>7} {'meas':>7} {'err':>7}")
+    tqdm.write(header + "\n" + f"{'':68}{'ms/iteration':^25}  {'peak MiB (all blocks)':^23}")
+    for cfg, t in tqdm(configs, desc="configs", leave=False):
+        m = measure(cfg, t, args)
+        preds = [predict(cfg, prof, t=t, keep=pat) for pat in m["patterns"]]
+        key = "latency_ms_cached" if cfg.selection.cache else "latency_ms_first_epoch"
+        pred_ms = statistics.fmean(p.extras[key] for p in preds)
+        meas_ms = statistics.fmean(m["ms"])
+        at_t = predict(cfg, prof, t=t)
+        every = predict(cfg, prof, t=t, keep=tuple([1.0] * cfg.backbone.arch.depth))
+        row = {"name": cfg.name, "method": cfg.prompt.method, "config": describe(cfg), "t": t,
+               "pred_ms": pred_ms, "meas_ms": meas_ms, "pred_ms_at_t": at_t.extras[key],
+               "pred_mb": every.peak_memory_mb.value, "meas_mb": m["peak_mb"],
+               "blocks_ms": statistics.fmean(p.extras["blocks_ms"] for p in preds),
+               "query_ms": preds[0].extras["query_ms" if cfg.selection.cache else "query_ms_first_epoch"],
+               "other_ms": preds[0].extras["other_ms"], "patterns": len(m["patterns"]),
+               "spread_ms": max(m["ms"]) - min(m["ms"])}
         row["lat_err"] = (row["pred_ms"] - row["meas_ms"]) / row["meas_ms"]
         row["mem_err"] = (row["pred_mb"] - row["meas_mb"]) / row["meas_mb"]
         rows.append(row)
-        print(f"{row['name']} {row['config']:<56} t={t:<5} {row['pred_ms']:8.1f} {row['meas_ms']:8.1f} "
-              f"({row['wall_ms']:7.1f}) ms {100 * row['lat_err']:+6.1f}%   {row['pred_mb']:6.1f} {row['meas_mb']:6.1f} MB "
-              f"{100 * row['mem_err']:+6.1f}%", flush=True)
+        tqdm.write(f"{row['name']:<4}{row['config']:<58} {t:>5} {pred_ms:8.1f} {meas_ms:8.1f} {100 * row['lat_err']:+6.1f}%"
+                   f"  {row['pred_mb']:7.1f} {row['meas_mb']:7.1f} {100 * row['mem_err']:+6.1f}%")
 
-    lat = np.abs([r["lat_err"] for r in rows])
-    mem = np.abs([r["mem_err"] for r in rows])
-    mem_t = np.abs([(r["pred_t_mb"] - r["meas_t_mb"]) / r["meas_t_mb"] for r in rows])
+    lat = np.array([r["lat_err"] for r in rows])
+    mem = np.array([r["mem_err"] for r in rows])
+    stats = {"latency median": float(np.median(np.abs(lat))), "latency p90": float(np.percentile(np.abs(lat), 90)),
+             "latency mean signed": float(np.mean(lat)), "memory median": float(np.median(np.abs(mem)))}
     rho = spearman([r["pred_ms"] for r in rows], [r["meas_ms"] for r in rows])
-    rho_wall = spearman([r["pred_ms"] for r in rows], [r["wall_ms"] for r in rows])
-    many = distinct_configs(10_000)
-    t0 = time.perf_counter()
-    for cfg in many:
-        predict(cfg, prof)
-    per = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    for _ in range(10_000):
-        predict(many[0], prof)
-    same = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    for _ in range(10_000):
-        sum(range(100))
-    ref = time.perf_counter() - t0
-    print(f"\nlatency = process CPU time per iteration: mean over {args.iters} stratified ALD drop patterns, fastest of {args.reps} runs each; wall time in ( )\n"
-          f"configs: {len(rows)}   host: {platform.node()} ({platform.processor() or platform.machine()}), "
-          f"{args.threads} threads, torch {torch.__version__}")
-    print(f"latency   |rel err| median {100 * np.median(lat):.1f}%  p90 {100 * np.percentile(lat, 90):.1f}%  "
-          f"(targets 10% / 20%)")
-    print(f"memory    |rel err| median {100 * np.median(mem):.1f}%  p90 {100 * np.percentile(mem, 90):.1f}%  "
-          f"(peak over a task = every block running; target median 10%)")
-    print(f"memory at t (keep-weighted prediction vs max of {args.mem_iters} iterations at t): median "
-          f"{100 * np.median(mem_t):.1f}%  p90 {100 * np.percentile(mem_t, 90):.1f}%")
-    print(f"Spearman(predicted, measured latency) = {rho:.3f} (CPU time), {rho_wall:.3f} (wall time)")
-    print(f"10,000 predictions of distinct configs: {per:.3f} s ({1e2 * per:.1f} us each); of one config "
-          f"(schedule memo hit): {same:.3f} s; host speed reference: sum(range(100)) {1e2 * ref:.2f} us")
+    n_pred = 2000
+    distinct, same, ref = prediction_speed(prof, n_pred)
+    print(f"\nlatency = wall ms per training iteration (measure_iterations, median of {args.reps}), mean over "
+          f"{args.patterns} stratified ALD drop patterns; predicted per pattern (predict(..., keep=pattern))")
+    per_method = ", ".join(f"{m} {sum(r['method'] == m for r in rows)}" for m in METHODS)
+    print(f"configs: {len(rows)} ({per_method})   "
+          f"host: {platform.node()} ({prof.identity.get('cpu', platform.machine())}), {args.threads} threads, "
+          f"torch {torch.__version__}")
+    for name, target in TARGETS.items():
+        v = stats[name]
+        ok = abs(v) <= target
+        print(f"{name:<20} {100 * v:+6.1f}%   target {'+-' if 'signed' in name else '<= '}{100 * target:g}%  "
+              f"{'ok' if ok else 'MISSED'}")
+    print(f"latency p90 signed   {100 * np.percentile(lat, 10):+.1f}% .. {100 * np.percentile(lat, 90):+.1f}% "
+          f"(10th..90th percentile); memory p90 |err| {100 * np.percentile(np.abs(mem), 90):.1f}%, mean signed "
+          f"{100 * np.mean(mem):+.1f}%")
+    print(f"per method: " + ", ".join(
+        f"{m} median {100 * np.median(np.abs([r['lat_err'] for r in rows if r['method'] == m])):.1f}% / signed "
+        f"{100 * np.mean([r['lat_err'] for r in rows if r['method'] == m]):+.1f}%" for m in METHODS
+        if any(r["method"] == m for r in rows)))
+    print(f"Spearman(predicted, measured latency) = {rho:.3f}")
+    print(f"{n_pred} predictions of distinct configs: {distinct:.2f} s CPU ({1e6 * distinct / n_pred:.0f} us each); "
+          f"of one config (memo hits): {same:.2f} s ({1e6 * same / n_pred:.0f} us each); host reference "
+          f"sum(range(100)) {1e6 * ref / n_pred:.2f} us")
+    worst = sorted(rows, key=lambda r: -abs(r["lat_err"]))[:args.worst]
+    print(f"\nworst {len(worst)} configs by |latency error| (predicted parts: blocks / query / rest, ms):")
+    for r in worst:
+        print(f"  {r['name']:<4}{r['config']:<58} t={r['t']:<5} {r['pred_ms']:8.1f} vs {r['meas_ms']:8.1f} ms "
+              f"{100 * r['lat_err']:+6.1f}%  [{r['blocks_ms']:.1f} / {r['query_ms']:.1f} / {r['other_ms']:.1f}]  "
+              f"pattern spread {r['spread_ms']:.1f} ms; memory {100 * r['mem_err']:+.1f}%")
     RESULTS.mkdir(parents=True, exist_ok=True)
-    path = RESULTS / f"cost_model_{platform.node() or 'host'}.csv"
+    host = platform.node() or "host"
+    path = RESULTS / f"cost_model_{host}.csv"
     with path.open("w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=list(rows[0]))
         w.writeheader()
         w.writerows(rows)
-    prof.save(RESULTS / f"profile_{platform.node() or 'host'}.yaml")
-    print(f"table: {path}   total {time.perf_counter() - t_start:.0f}s")
+    prof.save(RESULTS / f"cost_model_profile_{host}.yaml")
+    print(f"\ntable: {path}; profile: {RESULTS / f'cost_model_profile_{host}.yaml'}; total {time.perf_counter() - t_start:.0f}s")
     return 0
 
 

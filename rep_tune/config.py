@@ -26,6 +26,9 @@ EMBEDDED_SURROGATE = "vit_pico_patch4_32.fmnist"
 EMBEDDED_PAIRS = {"vit_micro_patch4_32": "vit_pico_patch4_32.fmnist",
                   "vit_micro_patch2_28": "vit_pico_patch2_28.fmnist"}
 PAPER_SURROGATE = "vit_tiny_patch16_224"
+MAX_IMG_SIZE = 4096           # as Scenario's limit: larger inputs are typos, not workloads
+MAX_PROMPT_TOKENS = 1024      # prompt tokens in the sequence, or prefix keys/values per block
+MAX_PROMPT_PARAMS = 10 ** 8   # prompt/key parameters of a method (a typo, not a config, beyond this)
 
 
 @dataclass
@@ -64,7 +67,12 @@ class SelectionConfig:
 
 @dataclass
 class AtomConfig:
-    """Adaptive token merging: merges per block, between attention and MLP."""
+    """Adaptive token merging: merges per block, between attention and MLP.
+
+    A block merges at most half of the tokens still eligible (bipartite matching pairs them):
+    larger requested counts are clamped by ``rep_tune.schedule.effective_merges``, which the
+    runtime and the cost model both apply, so a ramp written for 224 px stays valid at 32 px.
+    """
 
     enabled: bool = True
     merge: list[int] = field(default_factory=list)   # one count per block; [] = no merging
@@ -163,6 +171,19 @@ class RepConfig:
         check(t.lr > 0, source, "training.lr", "number > 0", t.lr)
         check(t.clip_grad is None or t.clip_grad > 0, source, "training.clip_grad", "number > 0 or null", t.clip_grad)
         check(t.eval_batch_size >= 1, source, "training.eval_batch_size", "int >= 1", t.eval_batch_size)
+        for name, seed in (("training.seed", t.seed), ("selection.projection_seed", self.selection.projection_seed)):
+            check(0 <= seed < 2 ** 32, source, name, "int in [0, 2**32 - 1]", seed)
+        if self.backbone.img_size is not None:
+            check(self.backbone.img_size <= MAX_IMG_SIZE, source, "backbone.img_size", f"int <= {MAX_IMG_SIZE}",
+                  self.backbone.img_size)
+        lay = self.layout()
+        check(lay.n_prompt <= MAX_PROMPT_TOKENS, source, "prompt",
+              f"at most {MAX_PROMPT_TOKENS} prompt tokens in the sequence", lay.n_prompt)
+        check(max(lay.prefix, default=0) <= MAX_PROMPT_TOKENS, source, "prompt",
+              f"at most {MAX_PROMPT_TOKENS} prefix tokens per block", max(lay.prefix, default=0))
+        check(lay.geometry.trainable <= MAX_PROMPT_PARAMS, source, "prompt",
+              f"at most {MAX_PROMPT_PARAMS:.0e} prompt parameters", lay.geometry.trainable)
+
         _check_finite(self.to_dict(), source)
         return self
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -16,6 +17,7 @@ from rep_tune.schema import check, from_dict, read_mapping, to_dict, write_mappi
 
 PROFILE_VERSION = 1
 PROFILES_DIR = Path(__file__).resolve().parent.parent / "profiles"
+EFFICIENCY_MAX = 1e3     # cost.calibrate.MAX_EFFICIENCY: what the fit gives a class it finds free
 
 
 @dataclass
@@ -29,6 +31,30 @@ class Spec:
     power_w: float | None = None       # board/TDP power under load (for estimated energy)
     idle_power_w: float | None = None
     cpu: str | None = None
+
+    def check_ranges(self, source: str | None, dtype: str) -> None:
+        """Peaks, bandwidth, capacities and powers are physical: > 0 (capacity >= 0 = unknown)."""
+        check(bool(self.peak_tflops), source, "spec.peak_tflops",
+              f"a mapping of dtype to TFLOP/s with an entry for dtype {dtype!r}", self.peak_tflops)
+        for k, v in self.peak_tflops.items():
+            check(v > 0, source, f"spec.peak_tflops.{k}", "a finite number > 0", v)
+        check(dtype in self.peak_tflops, source, "dtype", f"one of spec.peak_tflops keys {sorted(self.peak_tflops)}",
+              dtype)
+        check(self.memory_bandwidth_gbs > 0, source, "spec.memory_bandwidth_gbs", "a finite number > 0 (GB/s)",
+              self.memory_bandwidth_gbs)
+        check(self.memory_mb >= 0, source, "spec.memory_mb", "a finite number >= 0", self.memory_mb)
+        check(self.usable_memory_mb is None or self.usable_memory_mb > 0, source, "spec.usable_memory_mb",
+              "a finite number > 0, or null", self.usable_memory_mb)
+        if self.usable_memory_mb and self.memory_mb:
+            check(self.usable_memory_mb <= self.memory_mb, source, "spec.usable_memory_mb",
+                  f"<= spec.memory_mb ({self.memory_mb:g})", self.usable_memory_mb)
+        check(self.power_w is None or self.power_w > 0, source, "spec.power_w", "a finite number > 0 (W), or null",
+              self.power_w)
+        check(self.idle_power_w is None or self.idle_power_w >= 0, source, "spec.idle_power_w",
+              "a finite number >= 0 (W), or null", self.idle_power_w)
+        if self.power_w is not None and self.idle_power_w is not None:
+            check(self.idle_power_w <= self.power_w, source, "spec.idle_power_w", f"<= spec.power_w ({self.power_w:g})",
+                  self.idle_power_w)
 
 
 @dataclass(init=False)
@@ -72,6 +98,10 @@ class Budgets:
         for key in data:
             check(key in allowed or key == "limits", source, f"{prefix}.{key}" if prefix else key,
                   "one of " + ", ".join(allowed), key)
+        for key in METRICS:                # checked here so the error names the key as written in the file
+            v = data.get(key)
+            check(v is None or (isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)),
+                  source, f"{prefix}.{key}" if prefix else key, "a finite number or null", v)
         limits = dict(data.pop("limits", None) or {})
         limits.update({k: data.pop(k) for k in list(data) if k in METRICS})
         data["limits"] = limits
@@ -123,6 +153,16 @@ class CalibrationRun:
     peak_mb: float | None = None       # peak memory above the idle baseline
     dtype: str = "fp32"
 
+    def check_ranges(self, source: str | None, field_name: str) -> None:
+        for name in ("batch", "tokens", "embed_dim", "num_heads", "blocks"):
+            check(getattr(self, name) >= 1, source, f"{field_name}.{name}", "int >= 1", getattr(self, name))
+        check(self.mlp_ratio > 0, source, f"{field_name}.mlp_ratio", "a finite number > 0", self.mlp_ratio)
+        for name in ("fwd_ms", "fwd_bwd_ms"):
+            check(getattr(self, name) >= 0, source, f"{field_name}.{name}", "a finite number >= 0 (ms)",
+                  getattr(self, name))
+        check(self.peak_mb is None or self.peak_mb >= 0, source, f"{field_name}.peak_mb",
+              "a finite number >= 0 (MiB), or null", self.peak_mb)
+
 
 @dataclass
 class Calibration:
@@ -136,6 +176,24 @@ class Calibration:
     memory_overhead_mb: float = 0.0    # framework / allocator overhead
     runs: list[CalibrationRun] = field(default_factory=list)
     fit_error: dict[str, float] = field(default_factory=dict)    # e.g. {"latency_median_rel": 0.06}
+
+    def check_ranges(self, source: str | None) -> None:
+        """Efficiencies in (0, EFFICIENCY_MAX] (launch_ms >= 0); overheads >= 0; every run sane."""
+        for k, v in self.efficiency.items():
+            if k == "launch_ms":
+                check(v >= 0, source, f"calibration.efficiency.{k}", "a finite number >= 0 (ms)", v)
+            else:
+                check(0 < v <= EFFICIENCY_MAX, source, f"calibration.efficiency.{k}",
+                      f"a fraction of the spec peak in (0, {EFFICIENCY_MAX:g}]", v)
+        check(self.overhead_ms >= 0, source, "calibration.overhead_ms", "a finite number >= 0 (ms)", self.overhead_ms)
+        check(self.launch_ms is None or self.launch_ms >= 0, source, "calibration.launch_ms",
+              "a finite number >= 0 (ms), or null", self.launch_ms)
+        check(self.memory_overhead_mb >= 0, source, "calibration.memory_overhead_mb", "a finite number >= 0 (MiB)",
+              self.memory_overhead_mb)
+        for i, run in enumerate(self.runs):
+            run.check_ranges(source, f"calibration.runs[{i}]")
+        for k, v in self.fit_error.items():
+            check(v >= 0, source, f"calibration.fit_error.{k}", "a finite number >= 0", v)
 
 
 @dataclass
@@ -156,20 +214,31 @@ class DeviceProfile:
     sources: list[str] = field(default_factory=list)
 
     def validate(self, source: str | None = None) -> "DeviceProfile":
+        """Range checks the cost model and the search rely on; SchemaError names the field.
+
+        Every number is finite (the schema refuses nan/inf). Peak FLOP/s, bandwidth, powers,
+        efficiencies and budgets are > 0: a zero or negative one turns into a negative or
+        infinite predicted cost. ``spec.peak_tflops`` must list ``dtype``: the cost model would
+        otherwise fall back to another dtype's figure, or to 1 TFLOP/s when the table is empty.
+        """
         check(self.version == PROFILE_VERSION, source, "version", str(PROFILE_VERSION), self.version)
-        check(bool(self.name), source, "name", "a non-empty string", self.name)
-        for k, v in self.spec.peak_tflops.items():
-            check(v > 0, source, f"spec.peak_tflops.{k}", "number > 0", v)
-        check(self.dtype in self.spec.peak_tflops or not self.spec.peak_tflops, source, "dtype",
-              f"one of spec.peak_tflops keys {sorted(self.spec.peak_tflops)}", self.dtype)
-        check(self.spec.memory_bandwidth_gbs >= 0, source, "spec.memory_bandwidth_gbs", "number >= 0", self.spec.memory_bandwidth_gbs)
+        check(bool(self.name.strip()), source, "name", "a non-empty string", self.name)
+        self.spec.check_ranges(source, self.dtype)
         b = self.budgets
         check(b.batch_size >= 1, source, "budgets.batch_size", "int >= 1", b.batch_size)
         for name, v in b.limits.items():
-            check(v is None or v > 0, source, f"budgets.{name}", "number > 0 or null", v)
+            check(v is None or (isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v > 0),
+                  source, f"budgets.{name}", "a finite number > 0, or null", v)
         if self.spec.usable_memory_mb and b.peak_memory_mb:
             check(b.peak_memory_mb <= self.spec.usable_memory_mb, source, "budgets.peak_memory_mb",
                   f"<= spec.usable_memory_mb ({self.spec.usable_memory_mb})", b.peak_memory_mb)
+        w = self.workload
+        for name in ("img_size", "epochs", "images_per_task", "num_classes"):
+            check(getattr(w, name) >= 1, source, f"workload.{name}", "int >= 1", getattr(w, name))
+        check(w.iters_per_task is None or w.iters_per_task >= 1, source, "workload.iters_per_task", "int >= 1 or null",
+              w.iters_per_task)
+        if self.calibration is not None:
+            self.calibration.check_ranges(source)
         return self
 
     @property

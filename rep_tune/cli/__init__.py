@@ -1,9 +1,18 @@
-"""`rep-tune` command line: one module per subcommand, each thin (parse, call the API, print)."""
+"""`rep-tune` command line: one module per subcommand, each thin (parse, call the API, print).
+
+Exit status: 0 done; 1 the command ran but its answer is negative (no config fits the budgets);
+2 bad input (a flag, a file, a field: one line on stderr naming it, before any work where it can
+be checked up front); 70 an internal error (a bug: one line, ``--debug`` shows the traceback);
+130 interrupted (Ctrl-C). No traceback is printed unless ``--debug`` is given.
+"""
 from __future__ import annotations
 
 import argparse
 import importlib
 import sys
+import traceback
+
+import yaml
 
 # subcommand -> module under rep_tune.cli exposing add_arguments(parser) and run(args) -> int
 COMMANDS = {
@@ -16,22 +25,64 @@ COMMANDS = {
     "verify": "Run a deployable config's training iterations here; compare with its expected cost and budgets.",
 }
 
+# Exceptions that mean "the input is wrong" (their message names the file/flag/field): exit 2.
+# ValueError covers SchemaError, UnicodeError and the loaders' errors; OSError a missing, unreadable
+# or existing path; FloatingPointError a training that diverged (NonFiniteLoss: change the config).
+USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, OSError, KeyError, FloatingPointError, yaml.YAMLError)
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="rep-tune", description=__doc__)
+EXIT_INPUT, EXIT_INTERNAL, EXIT_INTERRUPTED = 2, 70, 130
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="rep-tune", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--debug", action="store_true", help="show the traceback of an error")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, help_text in COMMANDS.items():
         module = importlib.import_module(f"rep_tune.cli.{name}")
         p = sub.add_parser(name, help=help_text, description=help_text)
         module.add_arguments(p)
+        p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                       help="show the traceback of an error")
         p.set_defaults(_run=module.run)
-    args = parser.parse_args(argv)
+    return parser
+
+
+def describe(e: BaseException) -> str:
+    """One line for a user error: the exception's own message (it names the file/flag/field)."""
+    if isinstance(e, KeyError) and len(e.args) == 1 and isinstance(e.args[0], str):
+        return e.args[0]
+    if isinstance(e, OSError) and e.filename is not None and e.strerror:
+        return f"{e.filename}: {e.strerror}"
+    if isinstance(e, yaml.YAMLError):
+        return "invalid YAML value: " + " ".join(str(e).split())
+    return str(e) or type(e).__name__
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run one subcommand; return its exit status (see the module docstring)."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as e:                  # argparse already printed usage and "argument --x: ..."
+        return e.code if isinstance(e.code, int) else EXIT_INPUT
+    debug = bool(getattr(args, "debug", False))
     try:
         return int(args._run(args) or 0)
-    except (ValueError, FileNotFoundError, KeyError) as e:
-        # bad input: the message names the file, field, expected and found value
-        print(f"rep-tune {args.command}: error: {e}", file=sys.stderr)
-        return 2
+    except KeyboardInterrupt:
+        if debug:
+            traceback.print_exc()
+        return EXIT_INTERRUPTED              # the command printed where its results are, if any
+    except USER_ERRORS as e:
+        if debug:
+            traceback.print_exc()
+        print(f"rep-tune {args.command}: error: {describe(e)}", file=sys.stderr)
+        return EXIT_INPUT
+    except Exception as e:  # noqa: BLE001 - a bug: one line, the traceback only with --debug
+        if debug:
+            traceback.print_exc()
+        print(f"rep-tune {args.command}: internal error: {type(e).__name__}: {e}"
+              f"{'' if debug else ' (rerun with --debug for the traceback)'}", file=sys.stderr)
+        return EXIT_INTERNAL
 
 
 if __name__ == "__main__":

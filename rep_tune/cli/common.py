@@ -1,19 +1,83 @@
-"""Helpers shared by several subcommands."""
+"""Helpers shared by several subcommands: argparse types that check a flag's value, and threads.
+
+The ``type=`` functions below make argparse refuse a bad value before any work, with
+``argument --flag: expected ..., found ...`` and exit status 2.
+"""
 from __future__ import annotations
 
 import argparse
+import math
 import os
+from collections.abc import Callable
+
+MAX_THREADS = 1024
+
+
+def _number(text: str, kind: type) -> float | int:
+    try:
+        v = kind(text)
+    except (TypeError, ValueError):
+        raise argparse.ArgumentTypeError(f"expected {'an int' if kind is int else 'a number'}, found {text!r}") from None
+    if kind is float and not math.isfinite(v):
+        raise argparse.ArgumentTypeError(f"expected a finite number, found {text!r}")
+    return v
+
+
+def int_range(low: int | None = None, high: int | None = None) -> Callable[[str], int]:
+    """argparse type: an int in [low, high] (either bound optional)."""
+    def parse(text: str) -> int:
+        v = _number(text, int)
+        if (low is not None and v < low) or (high is not None and v > high):
+            raise argparse.ArgumentTypeError(f"expected an int {_bounds(low, high)}, found {text!r}")
+        return v
+    parse.__name__ = f"int {_bounds(low, high)}"
+    return parse
+
+
+def float_range(low: float | None = None, high: float | None = None, *, low_open: bool = False) -> Callable[[str], float]:
+    """argparse type: a finite float in [low, high] ((low, high] with ``low_open``)."""
+    def parse(text: str) -> float:
+        v = _number(text, float)
+        if (low is not None and (v <= low if low_open else v < low)) or (high is not None and v > high):
+            raise argparse.ArgumentTypeError(f"expected a finite number {_bounds(low, high, low_open)}, found {text!r}")
+        return v
+    parse.__name__ = f"number {_bounds(low, high, low_open)}"
+    return parse
+
+
+def _bounds(low, high, low_open: bool = False) -> str:
+    if low is not None and high is not None:
+        return f"in {'(' if low_open else '['}{low:g}, {high:g}]"
+    if low is not None:
+        return f"{'>' if low_open else '>='} {low:g}"
+    return f"<= {high:g}" if high is not None else "(any)"
+
+
+positive_int = int_range(1)
+positive_int.__doc__ = "argparse type: an int >= 1 (counts of trials, workers, tasks, epochs, iterations)."
+non_negative_int = int_range(0)
+non_negative_int.__doc__ = "argparse type: an int >= 0."
+finite_float = float_range()
+finite_float.__doc__ = "argparse type: a finite number (no nan/inf)."
+non_negative_float = float_range(0.0)
+non_negative_float.__doc__ = "argparse type: a finite number >= 0 (margins, timeouts where 0 means none)."
+positive_float = float_range(0.0, low_open=True)
+positive_float.__doc__ = "argparse type: a finite number > 0 (watts, seconds)."
+threads_int = int_range(1, MAX_THREADS)
 
 
 def add_threads_argument(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--threads", type=int, help="torch CPU threads (default: 1 when the cores are busy, else torch's "
-                                               "default; oversubscribed OpenMP threads run several times slower)")
+    p.add_argument("--threads", type=threads_int,
+                   help="torch CPU threads (default: 1 when the cores are busy, else torch's "
+                        "default; oversubscribed OpenMP threads run several times slower)")
 
 
 def set_threads(requested: int | None) -> int:
     """Set torch's intra-op threads: as requested, else 1 when other work keeps the cores busy."""
     import torch
 
+    if requested is not None and not 1 <= requested <= MAX_THREADS:
+        raise ValueError(f"--threads: expected an int in [1, {MAX_THREADS}], found {requested}")
     if requested:
         n = requested
     else:

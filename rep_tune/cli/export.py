@@ -24,6 +24,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.out and Path(args.out).is_dir():
+        raise ValueError(f"--out {args.out}: expected a file path, found a directory")
     cfg = RepConfig.load(args.config)
     scenario = Scenario.load(args.scenario) if args.scenario else None
     try:

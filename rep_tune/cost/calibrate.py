@@ -1,7 +1,12 @@
 """Fit a device's efficiency factors and overheads from timed ViT-block runs (CalibrationRun).
 
-Model (the one rep_tune.cost.latency predicts with), per run of ``blocks`` blocks:
-    ms = blocks * (mm / (peak * e_mm) + att / (peak * e_att) + bytes / (bw * e_ew) + ops * launch_ms) + c0
+The runs are what ``rep-tune profile`` records (``rep_tune.profiler.probe.calibration_run``):
+``blocks`` frozen timm Blocks at the run's dtype (converted, or fp32 under autocast when the run
+says ``autocast``), timed forward (no grad) and forward + backward to the input. Each run's work is ``rep_tune.cost.work``'s block arithmetic, the same
+functions that price configs, so the fitted coefficients are the ones ``predict`` uses:
+
+    ms = blocks * (mm / (peak * e_mm) + att / (peak * e_att) + bytes / (bw * e_ew) + launches * launch_ms) + c0
+
 fitted by non-negative least squares on relative error (each row divided by its measurement).
 Memory: the run's peak above the activations and workspace the memory model counts is the
 framework overhead (median over runs).
@@ -13,11 +18,13 @@ import statistics
 
 import numpy as np
 
-from rep_tune.cost.counts import DTYPE_BYTES, OPS_BLOCK_BWD, OPS_BLOCK_FWD, block_flops
 from rep_tune.cost.latency import bandwidth, peak_flops
-from rep_tune.cost.memory import MB
+from rep_tune.cost.memory import MiB
+from rep_tune.cost.work import (BlockShape, Numerics, Work, block_backward, block_forward, block_saved_bytes,
+                                block_workspace_bytes)
 
 MAX_EFFICIENCY = 1e3     # a class the fit finds free gets this (its time is then negligible)
+LAUNCHES_BACKWARD_START = 4   # the run's loss (sum), ones_like seed, expand, autograd start
 
 
 def _nnls(A: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -29,21 +36,33 @@ def _nnls(A: np.ndarray, b: np.ndarray) -> np.ndarray:
         return np.clip(x, 0.0, None)
 
 
-def run_work(run) -> tuple[tuple[float, float, float], tuple[float, float, float]]:
-    """(forward, backward) work of one block of a calibration run."""
+def run_shape(run) -> BlockShape:
+    """The block shape of a calibration run (plain tokens: no merging, no prefix)."""
     M = int(run.embed_dim * run.mlp_ratio)
-    return block_flops(run.batch, run.tokens, run.tokens, run.tokens, run.embed_dim, run.num_heads, M,
-                       DTYPE_BYTES.get(run.dtype, 4))
+    return BlockShape(run.batch, run.tokens, run.tokens, run.tokens, run.embed_dim, run.num_heads, M, M)
+
+
+def run_numerics(run) -> Numerics:
+    """How a calibration run computed: an fp32 block under autocast at ``dtype`` (as training runs;
+    ``run.autocast``), or the whole block converted to ``dtype`` (the profiler's runs today)."""
+    dtype = run.dtype or "fp32"
+    return Numerics.of(dtype) if getattr(run, "autocast", False) else Numerics.pure(dtype)
+
+
+def run_work(run) -> tuple[Work, Work]:
+    """(forward, backward) work of all the blocks of one calibration run."""
+    s, n = run_shape(run), run_numerics(run)
+    return run.blocks * block_forward(s, n, atom_metric=False), run.blocks * block_backward(s, n)
 
 
 def run_saved_bytes(run) -> float:
-    """Activations the memory model expects a calibration run to keep (all blocks, plain tokens)."""
-    from rep_tune.cost.counts import SAVED_PER_ND, SAVED_PER_NPD, SAVED_PER_NPM
-    B, N, D, H = run.batch, run.tokens, run.embed_dim, run.num_heads
-    M = int(D * run.mlp_ratio)
-    s = DTYPE_BYTES.get(run.dtype, 4)
-    per = s * B * ((SAVED_PER_ND + SAVED_PER_NPD) * N * D + SAVED_PER_NPM * N * M + H * N + 6 * N)
-    return run.blocks * per + s * B * max(N * M, H * N * N, 3 * N * D) * 2
+    """Bytes the memory model expects a calibration run to keep (all blocks, plain tokens) + workspace."""
+    s, n = run_shape(run), run_numerics(run)
+    return run.blocks * block_saved_bytes(s, n) + block_workspace_bytes(s, n)
+
+
+def _row(w: Work, pm: float, pb: float) -> list[float]:
+    return [w.matmul_flops * pm, w.attention_flops * pm, w.elementwise_bytes * pb, w.launches, 1.0]
 
 
 def design(runs, peak: float, bw: float) -> tuple[np.ndarray, np.ndarray]:
@@ -53,12 +72,10 @@ def design(runs, peak: float, bw: float) -> tuple[np.ndarray, np.ndarray]:
     for run in runs:
         f, b = run_work(run)
         if run.fwd_ms > 0:
-            rows.append([run.blocks * f[0] * pm, run.blocks * f[1] * pm, run.blocks * f[2] * pb,
-                         run.blocks * OPS_BLOCK_FWD, 1.0])
+            rows.append(_row(f, pm, pb))
             ys.append(run.fwd_ms)
         if run.fwd_bwd_ms > 0:
-            rows.append([run.blocks * (f[0] + b[0]) * pm, run.blocks * (f[1] + b[1]) * pm,
-                         run.blocks * (f[2] + b[2]) * pb, run.blocks * (OPS_BLOCK_FWD + OPS_BLOCK_BWD), 1.0])
+            rows.append(_row(f + b + Work(launches=LAUNCHES_BACKWARD_START), pm, pb))
             ys.append(run.fwd_bwd_ms)
     return np.asarray(rows, dtype=float), np.asarray(ys, dtype=float)
 
@@ -66,8 +83,9 @@ def design(runs, peak: float, bw: float) -> tuple[np.ndarray, np.ndarray]:
 def fit(profile):
     """Return a copy of ``profile`` whose calibration holds fitted efficiency, overheads and fit error.
 
-    ``calibration.efficiency`` gets matmul, attention, elementwise (fractions of the spec peaks)
-    and ``launch_ms`` the time per kernel launch. Raises ValueError without timed runs.
+    ``calibration.efficiency`` gets matmul, attention, elementwise (fractions of the spec peaks at
+    the calibration's dtype) and ``launch_ms`` the time per kernel launch. Raises ValueError
+    without timed runs.
     """
     out = copy.deepcopy(profile)
     cal = out.calibration
@@ -80,16 +98,13 @@ def fit(profile):
     x = _nnls(A / y[:, None], np.ones_like(y))
     pred = A @ x
     rel = np.abs(pred - y) / y
-    cal.efficiency = {
-        "matmul": float(min(1.0 / x[0], MAX_EFFICIENCY)) if x[0] > 0 else MAX_EFFICIENCY,
-        "attention": float(min(1.0 / x[1], MAX_EFFICIENCY)) if x[1] > 0 else MAX_EFFICIENCY,
-        "elementwise": float(min(1.0 / x[2], MAX_EFFICIENCY)) if x[2] > 0 else MAX_EFFICIENCY,
-    }
+    cal.efficiency = {name: float(min(1.0 / v, MAX_EFFICIENCY)) if v > 0 else MAX_EFFICIENCY
+                      for name, v in zip(("matmul", "attention", "elementwise"), x[:3])}
     cal.launch_ms = float(x[3])
     cal.overhead_ms = float(x[4])
     cal.fit_error = {"latency_median_rel": float(np.median(rel)),
                      "latency_p90_rel": float(np.percentile(rel, 90)), "latency_runs": float(len(y))}
-    mem = [(r.peak_mb, run_saved_bytes(r) / MB) for r in runs if r.peak_mb]
+    mem = [(r.peak_mb, run_saved_bytes(r) / MiB) for r in runs if r.peak_mb]
     if mem:
         cal.memory_overhead_mb = float(max(0.0, statistics.median(m - p for m, p in mem)))
         mrel = [abs(p + cal.memory_overhead_mb - m) / m for m, p in mem]

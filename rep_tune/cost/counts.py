@@ -1,12 +1,16 @@
-"""Analytic per-block counts of one REP training iteration (pure arithmetic, no torch).
+"""Counts of one REP training iteration of a config (pure arithmetic, no torch).
 
-Counts follow timm's ``Block`` (pre-norm attention + MLP, fused SDPA) with AToM merging
-between attention and MLP, frozen weights (backward computes input gradients only) and ALD
-keep probabilities. Token counts and keep probabilities come from ``rep_tune.schedule``.
+Everything about tokens comes from the config's token layout (``config.layout()``,
+``rep_tune.layout``): prefix tokens (CLS, registers), prompt tokens, patches, the protected
+tokens, the key/value prefix of each block, the blocks ALD never drops, the first block a
+gradient flows through, the trainable elements and the selection's multiply-adds. Merge counts
+and keep probabilities come from ``rep_tune.schedule``. The work of each block comes from
+``rep_tune.cost.work`` (the one place FLOPs, bytes, launches and saved bytes are written).
 
-FLOPs count a multiply-add as 2. "Elementwise" work is counted in bytes moved (it is
-bandwidth-bound); matmul and attention work in FLOPs. ``ops`` counts kernel launches, which
-dominate small blocks on CPU.
+An iteration = patch embedding and prompt assembly ("other"), the selection query (a surrogate
+or backbone forward, skipped when the per-sample cache hits), the blocks ALD runs (each block
+weighted by its keep probability; a skipped block merges nothing, so later blocks see more
+tokens), the head, loss, gradient clipping and the optimizer step.
 """
 from __future__ import annotations
 
@@ -16,113 +20,76 @@ from functools import lru_cache
 
 from rep_tune import schedule
 from rep_tune.archs import ArchSpec, arch_of
+from rep_tune.cost.work import (DTYPE_BYTES, ZERO, BlockShape, Numerics, Work, block_backward, block_forward,
+                                block_saved_bytes, block_workspace_bytes, merge_work)
 
-DTYPE_BYTES = {"fp32": 4, "tf32": 4, "fp16": 2, "bf16": 2, "fp64": 8}
-DEFAULT_ITERS_PER_TASK = 1000   # task length for ALD averaging when the config has no cap
+DEFAULT_ITERS_PER_TASK = 1000   # task length for ALD averaging when nothing else says
 DEFAULT_NUM_CLASSES = 100       # head width when the scenario is unknown (CIFAR-100)
 
-# Kernel launches (dispatches) per pass, counted from timm Block / ToMe merge code.
-OPS_BLOCK_FWD = 15
-OPS_BLOCK_BWD = 14
-OPS_MERGE_FWD = 28
-OPS_MERGE_BWD = 10
-OPS_ITERATION = 60              # embed, selection, head, loss, backward start, optimizer step
-SDPA_BWD_FACTOR = 2.5           # backward attention matmuls / forward (dQ, dK, dV, dP + recompute)
-
-# Elements saved for backward per kept block with gradient flowing (measured with
-# saved_tensors_hooks on timm 1.0 Block, frozen weights): block input (N*D), qkv (3*N*D),
-# SDPA output (N*D), logsumexp (H*N), post-merge residual (N'*D), fc1 output (N'*M),
-# LayerNorm mean/rstd (2*N + 2*N'); merge adds index/size tensors (~2*N').
-SAVED_PER_ND = 5.0
-SAVED_PER_NPD = 1.0
-SAVED_PER_NPM = 1.0
+# Launches outside the blocks, per iteration (counted with torch.profiler on RepModel): pooling,
+# final norm, head, loss, the backward's start and their backward (embedding: ``embedding``);
+# prompt selection and assembly, forward and backward (the method's ``PromptGeometry.launches``);
+# optimizer step + gradient clipping per trainable tensor (single-tensor loops on CPU): the head's
+# and the method's (``PromptGeometry.param_tensors``).
+LAUNCHES_ITERATION = 64
+LAUNCHES_PARAM = 10
+PARAM_TENSORS_HEAD = 2
+OPTIMIZER_STATES = {"adam": 2, "adamw": 2, "sgd": 1}
 
 
-@dataclass
+@dataclass(frozen=True)
 class BlockCount:
     """One block of the update backbone in one training iteration (batch included)."""
 
     index: int
     tokens: float            # expected tokens entering the block when it runs (attention runs over these)
     tokens_mlp: float        # after AToM's merges (MLP runs over these)
-    kv_len: float            # attention key length (tokens + DualPrompt prefix)
+    kv_len: float            # attention key length (tokens + prefix)
     merges: int              # pairs merged in this block
     keep: float              # probability that ALD runs this block
     grad: bool               # gradient flows through this block (a prompt is at or before it)
-    fwd: tuple[float, float, float]     # (matmul FLOPs, attention FLOPs, elementwise bytes)
-    bwd: tuple[float, float, float]     # same for backward (zeros when grad is False)
-    match: tuple[float, float, float]   # AToM matching + merge, forward and backward
-    ops: float               # kernel launches when the block runs
+    fwd: Work
+    bwd: Work                # ZERO when grad is False
+    match: Work              # AToM matching + merge (with its backward when grad)
     saved_bytes: float       # activations kept for backward when the block runs (all merges made)
+
+    @property
+    def work(self) -> Work:
+        """Work of the block when it runs."""
+        return self.fwd + self.bwd + self.match
 
 
 @dataclass
 class Counts:
     """Everything the latency and memory models need for one config at one batch size.
 
-    Work tuples are (matmul FLOPs, attention FLOPs, elementwise bytes). ``work``/``ops`` are the
-    expected totals of one iteration under ALD (each block weighted by its keep probability),
-    without the selection query, which is in ``query`` (steady state) and ``query_first_epoch``.
+    ``blocks_work`` is the expected work of the blocks under ALD (each weighted by its keep
+    probability); ``query`` the selection query in steady state (ZERO on a cache hit) and
+    ``query_first_epoch`` with the query computed; ``other`` the rest of the iteration.
     """
 
     batch: int
-    dtype_bytes: int
-    blocks: list[BlockCount]
-    work: tuple[float, float, float]
-    ops: float
-    fwd: tuple[float, float, float]          # expected forward work of the blocks
-    bwd: tuple[float, float, float]          # expected backward work of the blocks
-    match: tuple[float, float, float]        # expected AToM work
-    query: tuple[float, float, float]
-    query_first_epoch: tuple[float, float, float]
-    query_ops: float
-    query_ops_first_epoch: float
-    other: tuple[float, float, float]        # patch embedding, selection, head, optimizer
-    other_ops: float
+    numerics: Numerics
+    blocks: list[BlockCount]                 # per-block view (empty unless detail=True)
+    blocks_work: Work
+    fwd: Work                                # expected forward work of the blocks
+    bwd: Work                                # expected backward work of the blocks
+    match: Work                              # expected AToM work
+    query: Work
+    query_first_epoch: Work
+    other: Work
     saved_worst: float                       # activation bytes, every droppable block running
     saved_expected: float                    # keep-weighted activation bytes
-    params: float                            # frozen backbone + surrogate parameters (elements)
+    workspace_bytes: float                   # transient at the peak (backward starting in the last block)
+    params: float                            # frozen backbone + surrogate parameters and buffers (elements)
     trainable: float                         # prompts + keys + head (elements)
     optimizer_state: float                   # elements (Adam: 2 per trainable)
     input_bytes: float
-    transient_elems: float                   # largest per-op workspace (elements)
     extras: dict[str, float] = field(default_factory=dict)
 
-
-def block_flops(B: int, N: int, Np: int, K: int, D: int, H: int, M: int, s: int
-                ) -> tuple[tuple[float, float, float], tuple[float, float, float]]:
-    """(forward, backward-to-input) of one timm Block: N tokens in attention, Np in the MLP, K keys.
-
-    Returns (matmul FLOPs, attention FLOPs, elementwise bytes) for each direction.
-    """
-    mm = 2.0 * B * (N * 4 * D * D + Np * 2 * D * M)             # qkv (3DD) + proj (DD); fc1 + fc2
-    att = 4.0 * B * N * K * D + 5.0 * B * H * N * K              # QK^T, AV; softmax
-    ew = s * B * (N * D * 7 + Np * D * 5 + Np * M * 2)            # LN1, add, head transpose; LN2, add; GELU
-    fwd = (mm, att, ew)
-    bwd = (mm, SDPA_BWD_FACTOR * att, s * B * (N * D * 10 + Np * D * 8 + Np * M * 3))
-    return fwd, bwd
-
-
-def match_flops(B: int, N: int, Np: int, Ne: int, D: int, s: int) -> tuple[float, float, float]:
-    """AToM bipartite soft matching of Ne eligible tokens (N -> Np), forward and backward."""
-    if N == Np:
-        return (0.0, 0.0, 0.0)
-    na, nb = (Ne + 1) // 2, Ne // 2
-    mm = 2.0 * B * na * nb * D                                  # cosine scores A x B
-    ew = s * B * (3 * N * D + 2 * na * nb + 6 * N * D + 4 * Np * D)   # metric, max/argsort, weighted merge, bwd
-    return (mm, 0.0, ew)
-
-
-def plain_forward(arch: ArchSpec, B: int, N: int, s: int) -> tuple[tuple[float, float, float], float]:
-    """No-grad forward of a whole plain ViT (the selection query): work and launches."""
-    fwd, _ = block_flops(B, N, N, N, arch.embed_dim, arch.num_heads, int(arch.embed_dim * arch.mlp_ratio), s)
-    emb = 2.0 * B * (N - 1) * arch.in_chans * arch.patch_size ** 2 * arch.embed_dim
-    L = arch.depth
-    return (L * fwd[0] + emb, L * fwd[1], L * fwd[2] + s * B * N * arch.embed_dim * 3), L * OPS_BLOCK_FWD + 8
-
-
-def head_params(D: int, num_classes: int) -> int:
-    return D * num_classes + num_classes
+    def iteration_work(self, first_epoch: bool = False) -> Work:
+        """Expected work of one iteration, steady state or in the first epoch (query not cached)."""
+        return self.blocks_work + self.other + (self.query_first_epoch if first_epoch else self.query)
 
 
 @lru_cache(maxsize=256)
@@ -132,11 +99,39 @@ def _arch(name: str, img_size: int | None) -> ArchSpec:
     return dataclasses.replace(a, img_size=img_size) if img_size else a
 
 
-def keep_probs(config, merge: list[int], mergeable: int, *, t: int | None, iters: int) -> list[float]:
+def _mlp(arch: ArchSpec) -> tuple[int, int]:
+    """(fc1 output width, fc2 input width): equal for a plain MLP, 2:1 for a gated one."""
+    hidden = getattr(arch, "mlp_hidden", 0) or int(arch.embed_dim * arch.mlp_ratio)
+    return getattr(arch, "mlp_fc1_out", hidden), hidden
+
+
+def _prefix_tokens(arch: ArchSpec) -> int:
+    return int(getattr(arch, "num_prefix_tokens", 1))
+
+
+def plain_forward(arch: ArchSpec, batch: int, numerics: Numerics) -> Work:
+    """No-grad forward of a whole plain ViT at its input size (the selection query)."""
+    N = _prefix_tokens(arch) + arch.num_patches()
+    f, h = _mlp(arch)
+    blk = block_forward(BlockShape(batch, N, N, N, arch.embed_dim, arch.num_heads, f, h), numerics, atom_metric=False)
+    return arch.depth * blk + embedding(arch, batch, numerics) + Work(
+        0.0, 0.0, numerics.stream_bytes * batch * N * arch.embed_dim * 2, 4)
+
+
+def embedding(arch: ArchSpec, batch: int, numerics: Numerics) -> Work:
+    """Patch embedding (a strided convolution = a matmul) and the position-embedding add."""
+    P, D = arch.num_patches(), arch.embed_dim
+    mm = 2.0 * batch * P * arch.in_chans * arch.patch_size ** 2 * D
+    ew = numerics.stream_bytes * batch * (_prefix_tokens(arch) + P) * D * 3
+    return Work(mm, 0.0, ew, 6)
+
+
+def keep_probs(config, *, t: int | None = None, iters: int = DEFAULT_ITERS_PER_TASK) -> list[float]:
     """ALD keep probability per block: at iteration t, or averaged over a task of ``iters``."""
-    d = config.ald
-    return list(_schedule(tuple(merge), mergeable, 0, _ald_key(d), t, iters,
-                          tuple(config.layout().prompt_blocks))[2])
+    lay = config.layout()
+    merge = tuple(config.atom.schedule(lay.depth))
+    return list(_schedule(merge, lay.mergeable, lay.n_protected, _ald_key(config.ald), t, iters,
+                          tuple(lay.prompt_blocks))[2])
 
 
 def _ald_key(d) -> tuple | None:
@@ -158,128 +153,155 @@ def _schedule(merge: tuple, mergeable: int, n_prot: int, ald: tuple | None, t: i
     return tuple(eff), tuple(toks), tuple(keep)
 
 
-@lru_cache(maxsize=4096)
-def _token_sums(sched: tuple, n_prot: int, prefix: tuple, first_grad: int) -> tuple[float, ...]:
-    """Keep-weighted token sums of one schedule: the work of every block is linear in them.
+@dataclass(frozen=True)
+class _Blocks:
+    fwd: Work
+    bwd: Work
+    match: Work
+    saved_worst: float
+    saved_expected: float
+    workspace: float
 
-    (sN, sNp, sNK, gN, gNp, gNK, mN, mNp, mAB, ops, worst n0, worst m0, worst prefix-kv,
-     expected n0, expected m0, expected prefix-kv); g* over blocks with gradient, m* over merging
-    blocks; n0/m0 are the all-blocks-run token counts that memory uses.
+
+def _walk(sched: tuple, n_prot: int, prefix: tuple, first_grad: int, B: int, D: int, H: int, mlp: tuple,
+          numerics: Numerics):
+    """Per block: (index, merges, keep, grad, prefix, shape when it runs, planned shape, eligible tokens).
+
+    A block ALD skips merges nothing: the tokens it would have merged reach the next blocks
+    (``unmerged``, in expectation). The planned shape (every block running) is what memory counts.
     """
     eff, toks, keep = sched
-    u = 0.0               # expected tokens not merged because ALD skipped the block that merges them
-    sN = skr = sNK = gN = gkr = gNK = mN = mkr = mAB = ops_t = 0.0
-    wn = wr = wp = en = ekr = ep = 0.0
-    fwd_ops, bwd_ops = OPS_BLOCK_FWD, OPS_BLOCK_BWD
-    merge_fwd, merge_bwd = OPS_MERGE_FWD, OPS_MERGE_BWD
+    f_out, hidden = mlp
+    unmerged = 0.0
     for i, (r, k, n0, pre) in enumerate(zip(eff, keep, toks, prefix)):
-        N = n0 + u                        # expected tokens entering block i (a skipped block merges nothing)
-        kN = k * N
-        kNK = kN * (N + pre)
-        sN += kN
-        sNK += kNK
-        kr = k * r
-        ops = fwd_ops
+        N = n0 + unmerged
+        yield (i, r, k, i >= first_grad, pre, BlockShape(B, N, N - r, N + pre, D, H, f_out, hidden),
+               BlockShape(B, n0, n0 - r, n0 + pre, D, H, f_out, hidden), N - n_prot, n0 - n_prot)
+        unmerged += (1.0 - k) * r
+
+
+@lru_cache(maxsize=4096)
+def _blocks(sched: tuple, n_prot: int, prefix: tuple, first_grad: int, B: int, D: int, H: int, mlp: tuple,
+            numerics: Numerics) -> _Blocks:
+    """Keep-weighted work of the blocks of one schedule at one shape, and their activation bytes."""
+    fwd, bwd, match = [], [], []
+    saved_w = saved_e = workspace = 0.0
+    for i, r, k, grad, pre, shape, planned, eligible, planned_eligible in _walk(
+            sched, n_prot, prefix, first_grad, B, D, H, mlp, numerics):
+        fwd.append((k, block_forward(shape, numerics)))
+        if grad:
+            bwd.append((k, block_backward(shape, numerics)))
+            saved = block_saved_bytes(planned, numerics, pre, planned_eligible)
+            saved_w += saved if k > 0 else 0.0
+            saved_e += k * saved
+            if k > 0:     # the peak: every activation saved, backward starting in the last block that runs
+                workspace = block_workspace_bytes(planned, numerics)
+        elif not bwd:     # no gradient anywhere (yet): the forward's largest temporary
+            workspace = max(workspace, block_workspace_bytes(planned, numerics))
         if r:
-            skr += kr
-            ne = N - n_prot
-            mN += kN
-            mkr += kr
-            mAB += k * ((ne + 1) // 2) * (ne // 2)
-            ops += merge_fwd
-            u += r - kr
-        if i >= first_grad:
-            gN += kN
-            gkr += kr
-            gNK += kNK
-            ops += bwd_ops + (merge_bwd if r else 0)
-            pk = n0 + pre if pre else 0
-            if k > 0:
-                wn += n0
-                wr += r
-                wp += pk
-            en += k * n0
-            ekr += kr
-            ep += k * pk
-        ops_t += k * ops
-    return sN, sN - skr, sNK, gN, gN - gkr, gNK, mN, mN - mkr, mAB, ops_t, wn, wn - wr, wp, en, en - ekr, ep
+            match.append((k, merge_work(shape, eligible, numerics, grad)))
+    return _Blocks(Work.weighted(fwd), Work.weighted(bwd), Work.weighted(match), saved_w, saved_e, workspace)
 
 
-def count(config, *, batch: int | None = None, dtype: str = "fp32", t: int | None = None,
-          iters_per_task: int | None = None, num_classes: int = DEFAULT_NUM_CLASSES, detail: bool = True) -> Counts:
+def _view(*args) -> list[BlockCount]:
+    """The per-block view of ``_blocks``'s numbers (CLI table, tests)."""
+    numerics = args[-1]
+    out = []
+    for i, r, k, grad, pre, shape, planned, eligible, planned_eligible in _walk(*args):
+        out.append(BlockCount(i, shape.tokens, shape.tokens_mlp, shape.kv_len, r, k, grad,
+                              block_forward(shape, numerics),
+                              block_backward(shape, numerics) if grad else ZERO,
+                              merge_work(shape, eligible, numerics, grad) if r else ZERO,
+                              block_saved_bytes(planned, numerics, pre, planned_eligible) if grad else 0.0))
+    return out
+
+
+@lru_cache(maxsize=1024)
+def _query(backbone: str, img_size: int | None, surrogate: str | None, cache: bool, B: int,
+           num: Numerics) -> tuple[Work, Work, float]:
+    """(query work in steady state, in the first epoch, frozen parameters incl. the surrogate's).
+
+    The selection query is a surrogate's forward (skipped on a cache hit; the input is resized to
+    the surrogate's size, and a projection maps its width), or the backbone's own plain forward.
+    """
+    arch = _arch(backbone, img_size)
+    if not surrogate:
+        q = plain_forward(arch, B, num)
+        return q, q, float(arch.params)
+    sarch = _arch(surrogate, None)
+    q_first = plain_forward(sarch, B, num)
+    if sarch.img_size != arch.img_size:
+        q_first = q_first + Work(0.0, 0.0, num.stream_bytes * B * arch.in_chans
+                                 * (arch.img_size ** 2 + sarch.img_size ** 2), 1)
+    projection = sarch.embed_dim * arch.embed_dim if sarch.embed_dim != arch.embed_dim else 0
+    return (ZERO if cache else q_first), q_first, float(arch.params + sarch.params + projection)
+
+
+@lru_cache(maxsize=4096)
+def _other(backbone: str, img_size: int | None, B: int, num: Numerics, select_macs: int, prompt_launches: int,
+           n_prompt: int, n_tokens: int, n_last: int, num_classes: int, trainable: int, states: int,
+           param_tensors: int) -> Work:
+    """The iteration outside the blocks and the query: embedding, prompt selection and assembly,
+    final norm, head and loss, gradient clipping and the optimizer step (fp32 parameters)."""
+    arch = _arch(backbone, img_size)
+    D, s = arch.embed_dim, num.stream_bytes
+    return (embedding(arch, B, num)
+            + Work(2.0 * B * select_macs * 2,                                           # selection, fwd + bwd
+                   0.0, s * B * (n_prompt + (2 * n_tokens if n_prompt else 0)) * D,     # prompt gather + concat
+                   prompt_launches)
+            + Work(2.0 * B * D * num_classes * 3,                                       # head fwd, bwd input + weight
+                   0.0, s * B * n_last * D * 4, LAUNCHES_ITERATION)                     # final norm fwd + bwd
+            + Work(0.0, 0.0, 4.0 * (6 + 5 * states) * trainable,                       # clip + optimizer (fp32)
+                   LAUNCHES_PARAM * param_tensors))
+
+
+def count(config, *, batch: int | None = None, t: int | None = None, iters_per_task: int | None = None,
+          num_classes: int = DEFAULT_NUM_CLASSES, precision: str | None = None, detail: bool = True,
+          keep: tuple[float, ...] | None = None) -> Counts:
     """Counts of one training iteration of ``config`` at ``batch`` (default: its batch size).
 
-    ``detail`` keeps the per-block BlockCount list (the prediction hot path does without it).
+    ``precision`` overrides ``training.precision`` (fp32 | bf16 | fp16). ALD keep probabilities
+    at iteration ``t``, or averaged over a task of ``iters_per_task`` iterations (default: the
+    config's cap, else 1000); ``keep`` replaces them (one per block; 0/1 = a drop pattern, as a
+    benchmark that fixes the runtime's draws prices it). ``detail`` keeps the per-block list.
     """
     B = batch or config.training.batch_size
-    s = DTYPE_BYTES.get(dtype, 4)
+    num = Numerics.of(precision or config.training.precision)
     arch = _arch(config.backbone.name, config.backbone.img_size)
     D, H, L = arch.embed_dim, arch.num_heads, arch.depth
-    M = int(D * arch.mlp_ratio)
     lay = config.layout()
-    patches = arch.num_patches()
-    n_prot, mergeable = lay.n_protected, lay.mergeable
+    geom = lay.geometry
     merge = tuple(config.atom.schedule(L))
     iters = iters_per_task or config.training.iters_per_task or DEFAULT_ITERS_PER_TASK
-    sched = _schedule(merge, mergeable, n_prot, _ald_key(config.ald), t, iters, tuple(lay.prompt_blocks))
+    sched = _schedule(merge, lay.mergeable, lay.n_protected, _ald_key(config.ald), t, iters, tuple(lay.prompt_blocks))
+    if keep is not None:
+        if len(keep) != L:
+            raise ValueError(f"count: keep: expected {L} probabilities (one per block), found {len(keep)}")
+        sched = (sched[0], sched[1], tuple(float(k) for k in keep))
     eff, toks, keep = sched
-    prefix, first_grad = list(lay.prefix), lay.first_grad
+    key = (sched, lay.n_protected, tuple(lay.prefix), lay.first_grad, B, D, H, _mlp(arch), num)
+    blocks = _blocks(*key)
 
-    zero = (0.0, 0.0, 0.0)
-    (sN, sNp, sNK, gN, gNp, gNK, mN, mNp, mAB, ops_t, wn, wm, wp, en, em, ep) = _token_sums(
-        sched, n_prot, tuple(prefix), first_grad)
-    per_n0, per_m0, per_kv = s * B * (SAVED_PER_ND * D + H + 2), s * B * (SAVED_PER_NPD * D + SAVED_PER_NPM * M + 4), s * B * 2 * D
-    sw = per_n0 * wn + per_m0 * wm + per_kv * wp
-    se = per_n0 * en + per_m0 * em + per_kv * ep
-    blocks: list[BlockCount] = []
-    if detail:                            # per-block view of the same numbers (CLI table, tests)
-        unmerged = 0.0
-        for i in range(L):
-            r, k, n0, pre = eff[i], keep[i], toks[i], prefix[i]
-            N = n0 + unmerged
-            grad = i >= first_grad
-            fwd, bwd = block_flops(B, N, N - r, N + pre, D, H, M, s)
-            mt = match_flops(B, N, N - r, N - n_prot, D, s)
-            ops = OPS_BLOCK_FWD + (OPS_MERGE_FWD if r else 0) + (OPS_BLOCK_BWD + (OPS_MERGE_BWD if r else 0)) * grad
-            saved = (per_n0 * n0 + per_m0 * (n0 - r) + (per_kv * (n0 + pre) if pre else 0)) if grad else 0.0
-            blocks.append(BlockCount(i, N, N - r, N + pre, r, k, grad, fwd, bwd if grad else zero, mt, ops, saved))
-            unmerged += (1.0 - k) * r
-    a_mm, a_mlp, a_att = 8.0 * B * D * D, 4.0 * B * D * M, 4.0 * B * D + 5.0 * B * H
-    fwd_t = (a_mm * sN + a_mlp * sNp, a_att * sNK, s * B * (7 * D * sN + (5 * D + 2 * M) * sNp))
-    bwd_t = (a_mm * gN + a_mlp * gNp, SDPA_BWD_FACTOR * a_att * gNK, s * B * (10 * D * gN + (8 * D + 3 * M) * gNp))
-    match_t = (2.0 * B * D * mAB, 0.0, s * B * (9 * D * mN + 2 * mAB + 4 * D * mNp))
-    fm, fa, fe = fwd_t
-    bm, ba, be = bwd_t
-    mm_, me = match_t[0], match_t[2]
-    work = (fm + bm + mm_, fa + ba, fe + be + me)
-
-    # selection query: surrogate forward (cacheable), or the backbone's own plain forward (baseline)
     sel = config.selection
-    if sel.surrogate:
-        sarch = _arch(sel.surrogate, None)
-        q_first, q_ops_first = plain_forward(sarch, B, 1 + sarch.num_patches(), s)
-        q, q_ops = (zero, 0.0) if sel.cache else (q_first, q_ops_first)
-        s_params = sarch.params
-    else:
-        q_first, q_ops_first = plain_forward(arch, B, 1 + patches, s)
-        q, q_ops = q_first, q_ops_first
-        s_params = 0
-
-    emb = 2.0 * B * patches * arch.in_chans * arch.patch_size ** 2 * D
+    q, q_first, params = _query(config.backbone.name, config.backbone.img_size, sel.surrogate, sel.cache, B, num)
     trainable = lay.trainable(num_classes)
-    other_mm = emb + 2.0 * B * D * num_classes * 3 + 2.0 * B * lay.geometry.select_macs * 2
-    other_ew = s * (B * toks[0] * D * 4 + 16 * trainable)        # embed+pos+concat; Adam step
-    n_max = toks[0]
-    transient = B * max(n_max * M, H * n_max * (n_max + max(prefix)), 3 * n_max * D) * 2
+    states = OPTIMIZER_STATES.get(config.training.optimizer, 2)
+    param_tensors = PARAM_TENSORS_HEAD + geom.param_tensors
+    other = _other(config.backbone.name, config.backbone.img_size, B, num, geom.select_macs,
+                   geom.launches, lay.n_prompt, lay.n_tokens, toks[-1], num_classes,
+                   trainable, states, param_tensors)
 
     counts = Counts(
-        batch=B, dtype_bytes=s, blocks=blocks, work=work, ops=ops_t, fwd=(fm, fa, fe), bwd=(bm, ba, be),
-        match=(mm_, 0.0, me), saved_worst=sw, saved_expected=se, query=q, query_first_epoch=q_first, query_ops=q_ops,
-        query_ops_first_epoch=q_ops_first, other=(other_mm, 0.0, other_ew), other_ops=OPS_ITERATION,
-        params=arch.params + s_params, trainable=trainable,
-        optimizer_state=(1 if config.training.optimizer == "sgd" else 2) * trainable,
-        input_bytes=4.0 * B * arch.in_chans * arch.img_size ** 2, transient_elems=transient)
+        batch=B, numerics=num, blocks=_view(*key) if detail else [], blocks_work=blocks.fwd + blocks.bwd + blocks.match,
+        fwd=blocks.fwd, bwd=blocks.bwd, match=blocks.match, query=q, query_first_epoch=q_first, other=other,
+        saved_worst=blocks.saved_worst, saved_expected=blocks.saved_expected, workspace_bytes=blocks.workspace,
+        params=params, trainable=trainable, optimizer_state=states * trainable,
+        input_bytes=4.0 * B * arch.in_chans * arch.img_size ** 2)
     counts.extras.update(tokens_first=float(toks[0]), tokens_last=float(toks[-1]),
                          blocks_expected=float(sum(keep)), merges_total=float(sum(eff)),
                          iters_per_task=float(iters))
     return counts
+
+
+__all__ = ["BlockCount", "Counts", "DEFAULT_ITERS_PER_TASK", "DEFAULT_NUM_CLASSES", "DTYPE_BYTES", "count",
+           "embedding", "keep_probs", "plain_forward"]

@@ -4,24 +4,29 @@ The search trains a *proxy* for accuracy (the embedded 196-patch backbone by def
 the same knobs on the profile's ``workload`` (e.g. ViT-B/16@224 with a ViT-Ti surrogate, batch 16,
 5 epochs of 5,000 images per task). A knob maps 1:1 only when the two backbones have the same
 depth and the same token layout (patch grid and prefix tokens); otherwise the mapping is refused.
+The config keeps its own prompt method, merge schedule, ALD settings and ``training.precision``.
 
-Latency is the mean per iteration over the whole deployed schedule: the first epoch computes the
-selection query (the per-sample cache is empty), later epochs read it from the cache; ALD's keep
-probabilities are averaged over the task's iterations.
+Latency is the mean per iteration over the whole deployed schedule (``rep_tune.cost.model``):
+the first epoch computes the selection query (the per-sample cache is empty), later epochs read
+it from the cache; ALD's keep probabilities are averaged over the task's iterations.
 """
 from __future__ import annotations
 
 import dataclasses
 
-from rep_tune.figures import Cost, Figure
+from rep_tune.figures import Cost
 
 
 class MappingError(ValueError):
     """A proxy config's knobs cannot be carried 1:1 onto the deployment backbone."""
 
 
+def _prefix_tokens(arch) -> int:
+    return int(getattr(arch, "num_prefix_tokens", 1))
+
+
 def map_to_deployment(config, workload, backbone: str | None = None, batch_size: int | None = None):
-    """``config``'s knobs on the deployment backbone/surrogate/image size (and batch size).
+    """``config``'s knobs on the deployment backbone/surrogate/image size, batch size and schedule.
 
     Raises MappingError saying why when depth or token layout differ.
     """
@@ -30,18 +35,20 @@ def map_to_deployment(config, workload, backbone: str | None = None, batch_size:
     name = backbone or workload.backbone
     proxy = config.backbone.arch
     target_cfg = BackboneConfig(name=name, pretrained=True, checkpoint=None, img_size=workload.img_size)
-    target = target_cfg.arch
+    try:
+        target = target_cfg.arch
+    except KeyError as e:
+        raise MappingError(f"deployment backbone {name!r}: {e.args[0] if e.args else e}") from None
     problems = []
     if proxy.depth != target.depth:
         problems.append(f"depth {proxy.depth} vs {target.depth} blocks (per-block merge counts and ALD blocks would shift)")
     if proxy.num_patches() != target.num_patches():
         problems.append(f"{proxy.num_patches()} vs {target.num_patches()} patches (merge counts are token counts)")
-    if getattr(proxy, "num_prefix_tokens", 1) != getattr(target, "num_prefix_tokens", 1):
-        problems.append(f"{getattr(proxy, 'num_prefix_tokens', 1)} vs {getattr(target, 'num_prefix_tokens', 1)} "
-                        "prefix tokens")
+    if _prefix_tokens(proxy) != _prefix_tokens(target):
+        problems.append(f"{_prefix_tokens(proxy)} vs {_prefix_tokens(target)} prefix tokens")
     if problems:
-        raise MappingError(f"config {config.name!r} on {config.backbone.name} cannot be priced on {name}@{workload.img_size}: "
-                           + "; ".join(problems))
+        raise MappingError(f"config {config.name!r} on {config.backbone.name} cannot be priced on "
+                           f"{name}@{workload.img_size}: " + "; ".join(problems))
     surrogate = config.selection.surrogate and (workload.surrogate or config.selection.surrogate)
     changes = {"backbone": dataclasses.asdict(target_cfg),
                "selection.surrogate": surrogate or None,
@@ -52,29 +59,24 @@ def map_to_deployment(config, workload, backbone: str | None = None, batch_size:
     return config.replace(**changes)
 
 
-def schedule_mean(cached: float, first_epoch: float, iters_first_epoch: int, iters_total: int) -> float:
+def schedule_mean(cached: float, first_epoch: float, iters_first_epoch: float, iters_total: int) -> float:
     """Mean per iteration over a task: the first epoch at ``first_epoch``, the rest at ``cached``."""
     n1 = min(iters_first_epoch, iters_total)
     return (n1 * first_epoch + (iters_total - n1) * cached) / max(1, iters_total)
 
 
 def predict_deployed(config, profile, *, backbone: str | None = None) -> Cost:
-    """Predicted cost of ``config``'s knobs on ``profile``'s workload, per iteration, schedule mean."""
+    """Predicted cost of ``config``'s knobs on ``profile``'s workload, per iteration, schedule mean.
+
+    Batch size: the profile's ``budgets.batch_size``; schedule: the workload's epochs over its
+    ``images_per_task`` (capped at its ``iters_per_task``); head: its ``num_classes``.
+    ``extras['deploy_iters_per_task']`` is the task length priced.
+    """
     from rep_tune.cost.model import predict
 
     w = profile.workload
     batch = profile.budgets.batch_size
     deployed = map_to_deployment(config, w, backbone, batch)
-    iters = w.iterations(batch)
-    cost = predict(deployed, profile, iters_per_task=iters, batch=batch, num_classes=w.num_classes)
-    per_epoch = -(-w.images_per_task // batch)
-    lat = cost.latency_ms
-    mean = schedule_mean(lat.value, cost.extras["latency_ms_first_epoch"], per_epoch, iters)
-    figures = dict(cost.items())
-    figures["latency_ms"] = Figure(mean, lat.unit, lat.source, lat.detail + f"; mean over {iters} iterations/task "
-                                   f"({per_epoch} with the query not yet cached)", lat.machine)
-    if cost.energy_j is not None and lat.value:
-        e = cost.energy_j
-        figures["energy_j"] = Figure(e.value * mean / lat.value, e.unit, e.source, e.detail, e.machine)
-    extras = dict(cost.extras, latency_ms_cached=lat.value, deploy_iters_per_task=float(iters))
-    return Cost(figures, scope=cost.scope, extras=extras)
+    cost = predict(deployed, profile, batch=batch, num_classes=w.num_classes, images_per_task=w.images_per_task)
+    cost.extras.update(deploy_iters_per_task=cost.extras["iters_per_task"])
+    return cost

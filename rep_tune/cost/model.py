@@ -1,71 +1,135 @@
-"""predict(config, profile) -> Cost: latency, peak memory and energy of one training iteration."""
+"""predict(config, profile) -> Cost: latency, peak memory and energy of one training iteration,
+as the mean over the config's training schedule.
+
+Precision rule: a config is priced at its own ``training.precision`` (fp32 | bf16 | fp16): peak
+FLOP/s is the profile's ``spec.peak_tflops`` entry for that dtype (fp32's when the device lists
+none for it, said in the figure's detail), activations and casts are counted at its byte sizes
+(``rep_tune.cost.work.Numerics``). A profile's ``dtype`` is the device's *preferred* training
+dtype: what a preset built for that device (``rep-tune cost --preset``) and a search that
+proposes the precision use; it does not override a config's own precision.
+
+Schedule: a task runs ``epochs`` passes of ``images_per_task`` images (capped at
+``iters_per_task`` iterations). With the selection query cached per sample, the first epoch
+computes the query and later epochs read it, so the latency headline is the mean over the task's
+iterations: (first-epoch iterations x uncached + the rest x cached) / iterations. ALD's keep
+probabilities are averaged over the same iterations.
+"""
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from rep_tune.cost import counts as _counts
-from rep_tune.cost.latency import rates
-from rep_tune.cost.memory import MB, activation_bytes, peak_bytes, resident_bytes
+from rep_tune.cost.latency import Rates, rates
+from rep_tune.cost.memory import MiB, activation_bytes, peak_bytes, resident_bytes
 from rep_tune.figures import Cost, Figure
 
 
-def block_ms(c: _counts.Counts, r) -> list[float]:
+@dataclass(frozen=True)
+class TaskSchedule:
+    """Iterations of one task, and how many of them compute the selection query (first epoch)."""
+
+    iterations: int              # per task (ALD averages over these)
+    first_epoch: float           # of which the query is not cached yet
+    epochs: int
+    per_epoch: int | None        # iterations per epoch (None: the dataset size is unknown)
+
+    def mean(self, cached: float, first_epoch: float) -> float:
+        """Mean per iteration over the task of a figure that is ``first_epoch`` in the first epoch."""
+        n = max(1, self.iterations)
+        return (self.first_epoch * first_epoch + (n - self.first_epoch) * cached) / n
+
+    def describe(self) -> str:
+        if self.per_epoch is None:
+            return f"{self.iterations} iterations/task over {self.epochs} epoch{'s' * (self.epochs > 1)}"
+        return (f"{self.iterations} iterations/task ({self.epochs} epoch{'s' * (self.epochs > 1)} of "
+                f"{self.per_epoch}{', capped' if self.iterations < self.epochs * self.per_epoch else ''})")
+
+
+def task_schedule(config, batch: int | None = None, *, images_per_task: int | None = None,
+                  iters_per_task: int | None = None, epochs: int | None = None) -> TaskSchedule:
+    """The task schedule of ``config`` at ``batch``.
+
+    With ``images_per_task``: ``epochs`` x ceil(images / batch) iterations, capped at
+    ``iters_per_task`` (default ``training.iters_per_task``); the first epoch is one pass. Without
+    it the task has ``iters_per_task`` (or the cap, or 1000) iterations in ``epochs`` equal epochs.
+    """
+    B = batch or config.training.batch_size
+    E = max(1, epochs or config.training.epochs)
+    cap = iters_per_task or config.training.iters_per_task
+    if images_per_task:
+        per = -(-int(images_per_task) // B)
+        n = min(E * per, cap) if cap else E * per
+        return TaskSchedule(n, float(min(per, n)), E, per)
+    n = cap or _counts.DEFAULT_ITERS_PER_TASK
+    return TaskSchedule(n, n / E, E, None)
+
+
+def block_ms(c: _counts.Counts, r: Rates) -> list[float]:
     """Time of each block when it runs (forward, matching, backward, launches); needs detail counts."""
-    out = []
-    for b in c.blocks:
-        w = (b.fwd[0] + b.bwd[0] + b.match[0], b.fwd[1] + b.bwd[1], b.fwd[2] + b.bwd[2] + b.match[2])
-        out.append(r.time(w, b.ops))
-    return out
+    return [r.time(b.work) for b in c.blocks]
 
 
-def latency_ms(c: _counts.Counts, r, first_epoch: bool = False) -> float:
+def latency_ms(c: _counts.Counts, r: Rates, first_epoch: bool = False) -> float:
     """Expected time of one iteration (ALD-weighted blocks + query + the rest + overhead)."""
-    q = r.time(c.query_first_epoch, c.query_ops_first_epoch) if first_epoch else r.time(c.query, c.query_ops)
-    return r.overhead + r.time(c.other, c.other_ops) + q + r.time(c.work, c.ops)
+    return r.overhead + r.time(c.iteration_work(first_epoch))
 
 
 def predict(config, profile, *, iters_per_task: int | None = None, t: int | None = None,
-            batch: int | None = None, num_classes: int = _counts.DEFAULT_NUM_CLASSES) -> Cost:
+            batch: int | None = None, num_classes: int = _counts.DEFAULT_NUM_CLASSES,
+            images_per_task: int | None = None, epochs: int | None = None,
+            precision: str | None = None, keep: tuple[float, ...] | None = None) -> Cost:
     """Predicted cost of one REP training iteration of ``config`` on ``profile``.
 
-    Batch = ``batch`` or config.training.batch_size; dtype = profile.dtype. ALD keep probabilities
-    are averaged over a task of ``iters_per_task`` iterations (default: training.iters_per_task, else
-    1000) unless an iteration ``t`` is given. Latency is the steady state (query cache hit when the
-    selection surrogate is cached); the first-epoch figure is in ``extras``. Peak memory is the
-    worst case over the task (every block ALD may drop runs); the keep-weighted figure is in extras.
+    Batch = ``batch`` or training.batch_size; precision = ``precision`` or training.precision.
+    Latency is the mean over the task schedule (``task_schedule``; ALD keep probabilities
+    averaged over it, taken at iteration ``t`` when given, or ``keep`` as given: one per block);
+    ``extras`` hold the steady-state
+    (``latency_ms_cached``) and first-epoch (``latency_ms_first_epoch``) figures. Peak memory is
+    the worst case over the task (every block ALD may drop runs); the keep-weighted figure is in
+    extras.
     """
-    c = _counts.count(config, batch=batch, dtype=profile.dtype, t=t, iters_per_task=iters_per_task,
-                      num_classes=num_classes, detail=False)
-    r = rates(profile)
+    B = batch or config.training.batch_size
+    prec = precision or config.training.precision
+    sched = task_schedule(config, B, images_per_task=images_per_task, iters_per_task=iters_per_task, epochs=epochs)
+    c = _counts.count(config, batch=B, t=t, iters_per_task=sched.iterations, num_classes=num_classes,
+                      precision=prec, detail=False, keep=keep)
+    r = rates(profile, prec)
     cal = profile.calibration if profile.calibrated else None
-    if cal is not None:
-        source, detail = "predicted", "calibrated cost model"
-    else:
-        source, detail = "estimated", "uncalibrated"
+    source, detail = ("predicted", "calibrated cost model") if cal is not None else ("estimated", "uncalibrated")
+    detail += f", {prec}" + ("" if r.peak_dtype == prec else f" at the {r.peak_dtype} peak (no {prec} figure)")
+    if cal is not None and (cal.dtype or "fp32") != prec:
+        detail += f", efficiency fitted at {cal.dtype}"
     machine = profile.name
-    lat = latency_ms(c, r)
+    cached, first = latency_ms(c, r), latency_ms(c, r, first_epoch=True)
+    lat = sched.mean(cached, first)
     mem_over = cal.memory_overhead_mb if cal is not None else 0.0
-    mem = peak_bytes(c, mem_over) / MB
+    mem = peak_bytes(c, mem_over) / MiB
     energy = None
     if profile.spec.power_w:
         energy = Figure(profile.spec.power_w * lat / 1e3, "J", "estimated",
                         f"spec power {profile.spec.power_w:g} W x {source} time", machine)
-    fmm, fat, _ = c.fwd
-    bmm, bat, _ = c.bwd
     extras = dict(c.extras)
     extras.update(
-        batch_size=float(c.batch),
-        latency_ms_first_epoch=latency_ms(c, r, first_epoch=True),
-        query_ms=r.time(c.query, c.query_ops),
-        query_ms_first_epoch=r.time(c.query_first_epoch, c.query_ops_first_epoch),
-        flops_fwd=fmm + fat + c.query[0] + c.query[1] + c.other[0],
-        flops_bwd=bmm + bat,
-        flops_match=c.match[0],
-        bytes_moved=c.work[2] + c.query[2] + c.other[2],
-        activations_mb=activation_bytes(c) / MB,
-        resident_mb=resident_bytes(c) / MB,
-        peak_memory_mb_expected=peak_bytes(c, mem_over, expected=True) / MB,
+        batch_size=float(B),
+        latency_ms_cached=cached,
+        latency_ms_first_epoch=first,
+        first_epoch_iterations=float(sched.first_epoch),
+        epochs=float(sched.epochs),
+        query_ms=r.time(c.query),
+        query_ms_first_epoch=r.time(c.query_first_epoch),
+        blocks_ms=r.time(c.blocks_work),
+        other_ms=r.time(c.other) + r.overhead,
+        flops_fwd=c.fwd.flops + c.query.flops + c.other.matmul_flops,
+        flops_bwd=c.bwd.flops,
+        flops_match=c.match.flops,
+        bytes_moved=c.blocks_work.elementwise_bytes + c.query.elementwise_bytes + c.other.elementwise_bytes,
+        activations_mb=activation_bytes(c) / MiB,
+        resident_mb=resident_bytes(c) / MiB,
+        peak_memory_mb_expected=peak_bytes(c, mem_over, expected=True) / MiB,
         params=c.params + c.trainable, trainable_params=c.trainable,
-        optimizer_state=c.optimizer_state, workspace_mb=c.dtype_bytes * c.transient_elems / MB,
+        optimizer_state=c.optimizer_state, workspace_mb=c.workspace_bytes / MiB,
     )
-    return Cost(latency_ms=Figure(lat, "ms", source, detail, machine),
+    schedule = "" if c.query == c.query_first_epoch else f"; mean over {sched.describe()}, query computed in the first"
+    return Cost(latency_ms=Figure(lat, "ms", source, detail + schedule, machine),
                 peak_memory_mb=Figure(mem, "MiB", source, detail + "; worst case over ALD", machine),
                 energy_j=energy, scope="iteration", extras=extras)

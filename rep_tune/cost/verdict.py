@@ -10,7 +10,7 @@ from rep_tune.figures import METRICS
 class BudgetCheck:
     """One budget against one predicted figure."""
 
-    name: str                 # latency_ms | peak_memory_mb | energy_j
+    name: str                 # a registered metric (rep_tune.figures.METRICS)
     budget: float
     predicted: float | None   # None when the cost has no figure for this budget
     unit: str
@@ -51,6 +51,10 @@ class Verdict:
 
 def verdict(cost, budgets, margin: float = 0.0) -> Verdict:
     """Check ``cost`` against ``budgets`` (a device.Budgets). Exactly at the budget fits.
+
+    Every set budget of every registered metric is checked (``budgets.items()`` iterates
+    ``rep_tune.figures.METRICS``); a budget whose metric ``cost`` has no figure for cannot be
+    confirmed and does not fit.
 
     ``margin`` is the headroom required: a figure fits when figure * (1 + margin) <= budget.
     ``cost`` should be predicted at ``budgets.batch_size`` (see ``check``).

@@ -21,6 +21,14 @@ def render_digits(images: np.ndarray) -> torch.Tensor:
     return F.pad(x, (2, 2, 2, 2))
 
 
+NUM_CLASSES = 10
+
+
+def probe(scenario: Scenario) -> int:
+    """Number of classes (the data ships with scikit-learn: always reachable)."""
+    return NUM_CLASSES
+
+
 def load(scenario: Scenario) -> RawDataset:
     """All 1797 digits split train/test by ``test_fraction``, stratified with ``scenario.seed``."""
     from sklearn.datasets import load_digits

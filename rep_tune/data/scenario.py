@@ -1,11 +1,17 @@
 """Scenario: a class-incremental benchmark (dataset, class order, task split, image size)."""
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from rep_tune.schema import check, from_dict, read_mapping, to_dict, write_mapping
+from rep_tune.schema import SchemaError, check, from_dict, read_mapping, to_dict, write_mapping
+
+# classes of the datasets whose class count is fixed (a local copy may hold fewer: check_reachable)
+KNOWN_CLASSES = {"digits": 10, "fashion-mnist": 10, "cifar100": 100}
+MAX_SEED = 2 ** 32 - 1       # numpy RandomState and scikit-learn's random_state range
+MAX_IMAGE_SIZE = 4096
 
 
 @dataclass
@@ -36,17 +42,71 @@ class Scenario:
     seed: int = 0                      # split seed (test_fraction splits and the eval subset)
 
     def validate(self, source: str | None = None) -> "Scenario":
-        check(self.n_tasks >= 1, source, "n_tasks", "int >= 1", self.n_tasks)
+        """Range checks that need no data: SchemaError naming the field (see check_reachable for the data)."""
+        most = KNOWN_CLASSES.get(self.dataset)
+        check(self.n_tasks >= 1 and (most is None or self.n_tasks <= most), source, "n_tasks",
+              f"int in [1, {most}] (the classes of {self.dataset})" if most else "int >= 1", self.n_tasks)
+        check(self.class_order_seed == -1 or 0 <= self.class_order_seed <= MAX_SEED, source, "class_order_seed",
+              f"-1 (natural order) or an int in [0, {MAX_SEED}]", self.class_order_seed)
+        check(0 <= self.seed <= MAX_SEED, source, "seed", f"int in [0, {MAX_SEED}]", self.seed)
+        check(self.data_path is None or bool(self.data_path.strip()), source, "data_path",
+              "a folder path or null", self.data_path)
+        check(self.image_size is None or 1 <= self.image_size <= MAX_IMAGE_SIZE, source, "image_size",
+              f"int in [1, {MAX_IMAGE_SIZE}] or null", self.image_size)
         check(0.0 < self.test_fraction < 1.0, source, "test_fraction", "number in (0, 1)", self.test_fraction)
         check(self.max_per_class is None or self.max_per_class >= 1, source, "max_per_class", "int >= 1 or null", self.max_per_class)
+        check(self.eval_per_class is None or self.eval_per_class >= 1, source, "eval_per_class", "int >= 1 or null",
+              self.eval_per_class)
         return self
+
+    def check_reachable(self, source: str | None = None) -> int:
+        """Check once, before any training, that the data is there and has enough classes; return the class count.
+
+        Looks at the files only (headers, labels, class folders): a missing or corrupt data path,
+        or more tasks than classes, raises SchemaError naming ``source`` (default: the file this
+        scenario was loaded from) and the field. A dataset that is absent but may be downloaded
+        (``download: true``) passes with its nominal class count.
+        """
+        source = source or getattr(self, "_source", None)
+        self.validate(source)
+        try:
+            classes = _probe(self)
+        except (FileNotFoundError, ValueError) as e:
+            raise SchemaError(source, "data_path", f"a readable {self.dataset} dataset ({e})", self.data_path) from None
+        check(self.n_tasks <= classes, source, "n_tasks",
+              f"int in [1, {classes}] (the classes of {self.dataset}{' at ' + self.data_path if self.data_path else ''})",
+              self.n_tasks)
+        return classes
 
     def to_dict(self) -> dict:
         return to_dict(self)
 
     @classmethod
     def load(cls, path: str | Path) -> "Scenario":
-        return from_dict(cls, read_mapping(path), source=str(path))
+        s = from_dict(cls, read_mapping(path), source=str(path))
+        object.__setattr__(s, "_source", str(path))     # named by check_reachable's errors
+        return s
 
     def save(self, path: str | Path) -> Path:
         return write_mapping(self.to_dict(), path)
+
+
+def _probe(scenario: Scenario) -> int:
+    """The dataset module's cheap look at the files: the number of classes."""
+    if scenario.dataset == "digits":
+        from rep_tune.data import digits
+        return digits.probe(scenario)
+    if scenario.dataset == "fashion-mnist":
+        from rep_tune.data import fashion_mnist
+        from rep_tune.data.idx import probe_classes
+        found = fashion_mnist.find(scenario.data_path)          # the loader's own search order
+        if found is None:
+            if scenario.download:
+                return KNOWN_CLASSES["fashion-mnist"]
+            fashion_mnist.locate(dataclasses.replace(scenario, download=False))   # raises, naming where it looked
+        return probe_classes(found)
+    if scenario.dataset == "cifar100":
+        from rep_tune.data import cifar100
+        return cifar100.probe(scenario)
+    from rep_tune.data import folder
+    return folder.probe(scenario)

@@ -38,6 +38,9 @@ class PromptGeometry:
     ``trainable``: elements of prompts, keys and other method parameters (the head excluded).
     ``select_macs``: multiply-adds per sample of prompt selection (query against keys, weights).
     ``pooling``: what the classifier head reads: the prompt tokens' mean ('prompt') or CLS ('cls').
+    ``param_tensors``: trainable tensors of the method (the optimizer steps and clips each one).
+    ``launches``: kernel launches of selection and prompt assembly per iteration, forward and
+    backward (counted with torch.profiler on CPU; they dominate small backbones).
     """
 
     tokens: int
@@ -47,6 +50,8 @@ class PromptGeometry:
     trainable: int
     select_macs: int
     pooling: Literal["prompt", "cls"]
+    param_tensors: int = 2
+    launches: int = 30
 
 
 class PromptMethod:

@@ -47,7 +47,7 @@ class Coda(PromptMethod):
         return PromptGeometry(tokens=0, prefix=tuple(prefix), prompt_blocks=blocks,
                               first_grad=min(blocks, default=depth), trainable=len(blocks) * per_layer,
                               select_macs=len(blocks) * section.pool_size * (3 * dim + section.length * dim),
-                              pooling="cls")
+                              pooling="cls", param_tensors=3 * len(blocks), launches=85 * len(blocks))
 
     def preset(self, name: str) -> CodaConfig:
         return CodaConfig()

@@ -53,7 +53,7 @@ class DualPrompt(PromptMethod):
                      + len(section.e_layers) * 2 * section.pool_size * section.length * dim + section.pool_size * dim)
         return PromptGeometry(tokens=0, prefix=tuple(prefix), prompt_blocks=blocks,
                               first_grad=min(blocks, default=depth), trainable=trainable,
-                              select_macs=section.pool_size * dim, pooling="cls")
+                              select_macs=section.pool_size * dim, pooling="cls", param_tensors=3, launches=25)
 
     def preset(self, name: str) -> DualPromptConfig:
         return DualPromptConfig()

@@ -39,7 +39,7 @@ class L2P(PromptMethod):
     def geometry(self, section: L2PConfig, depth: int, dim: int) -> PromptGeometry:
         return PromptGeometry(tokens=section.top_k * section.length, prefix=(0,) * depth, prompt_blocks=(),
                               first_grad=0, trainable=section.pool_size * (section.length + 1) * dim,
-                              select_macs=section.pool_size * dim, pooling="prompt")
+                              select_macs=section.pool_size * dim, pooling="prompt", param_tensors=2, launches=30)
 
     def preset(self, name: str) -> L2PConfig:
         return L2PConfig()

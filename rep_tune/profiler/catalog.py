@@ -16,13 +16,21 @@ class Entry:
 
 
 def profile_paths(dirs: list[str | Path] = ()) -> list[tuple[Path, bool]]:
-    """(path, shipped) of every *.yaml/*.json profile in the shipped folder, ./profiles and ``dirs``."""
+    """(path, shipped) of every *.yaml/*.json profile in the shipped folder, ./profiles and ``dirs``.
+
+    A path in ``dirs`` that does not exist raises FileNotFoundError naming it (``--dir``).
+    """
     seen: dict[Path, bool] = {}
+    for x in dirs:
+        if not Path(x).exists():
+            raise FileNotFoundError(f"--dir {x}: no such file or folder")
     for d, shipped in [(PROFILES_DIR, True), (Path("profiles"), False), *[(Path(x), False) for x in dirs]]:
-        if Path(d).is_file():
-            files = [Path(d)]
-        else:
+        if Path(d).is_dir():
             files = sorted([*Path(d).glob("*.yaml"), *Path(d).glob("*.yml"), *Path(d).glob("*.json")])
+        elif Path(d).exists():
+            files = [Path(d)]              # one file (read_mapping refuses devices and the like)
+        else:
+            files = []
         for f in files:
             r = f.resolve()
             seen[r] = seen.get(r, False) or shipped
@@ -30,13 +38,19 @@ def profile_paths(dirs: list[str | Path] = ()) -> list[tuple[Path, bool]]:
 
 
 def catalog(dirs: list[str | Path] = ()) -> list[Entry]:
-    """Every profile found, loaded and validated; a broken file is an entry with its error."""
+    """Every profile found, loaded and validated; a broken file is an entry with its error.
+
+    One bad file never stops the listing: any error while loading it (a bad value, an unreadable
+    file, or an unforeseen failure, shown with its type) becomes that entry's error.
+    """
     out = []
     for path, shipped in profile_paths(dirs):
         try:
             out.append(Entry(path, DeviceProfile.load(path), shipped=shipped))
-        except (ValueError, OSError) as e:
+        except (ValueError, OSError, KeyError) as e:
             out.append(Entry(path, None, str(e), shipped))
+        except Exception as e:  # noqa: BLE001 - a listing shows every file, whatever broke one
+            out.append(Entry(path, None, f"{type(e).__name__}: {e}", shipped))
     return out
 
 

@@ -256,9 +256,13 @@ def _cache_only() -> Iterator[None]:
 
 
 def _load_local(model: VisionTransformer, path: Path, name: str) -> None:
-    """Load a local state dict strictly (timm's reader and ViT filter); the classifier is dropped."""
-    from timm.models import load_state_dict
-    state = load_state_dict(str(path), use_ema=True)
+    """Load a local state dict strictly (the validating reader, timm's ViT filter); the classifier is dropped.
+
+    ``read_checkpoint`` never unpickles code (safetensors, or torch.load with weights_only) and names
+    the file when it is corrupt.
+    """
+    from rep_tune.checkpoints import read_checkpoint
+    state = read_checkpoint(path, use_ema=True)
     try:
         state = checkpoint_filter_fn(state, model)
     except Exception as e:  # a foreign layout the filter cannot adapt
