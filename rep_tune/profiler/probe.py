@@ -5,6 +5,7 @@ Timing, synchronisation and peak memory come from ``rep_tune.runtime.measure`` (
 timing-and-memory module)."""
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
 import socket
@@ -101,24 +102,32 @@ def calibration_run(device: torch.device, batch: int, tokens: int, dim: int, hea
     """Time ``blocks`` frozen timm ViT blocks: forward (no grad) and forward + backward to the input.
 
     Block parameters have requires_grad False; the input requires grad, as in prompt training
-    where only prompts/keys/head learn. Peak memory (MiB) above the pre-run allocation on CUDA
-    only (``measure.PeakMemory``'s transient bytes).
+    where only prompts/keys/head learn. At bf16/fp16 the fp32 blocks run under autocast, exactly
+    as ``training.precision`` runs them (``CalibrationRun.autocast``), so the fit describes the
+    training path. Peak memory (MiB) above the pre-run allocation on CUDA only
+    (``measure.PeakMemory``'s transient bytes).
     """
     from timm.models.vision_transformer import Block
     torch.manual_seed(0)
     model = torch.nn.Sequential(*[Block(dim, heads, mlp_ratio=4.0, qkv_bias=True) for _ in range(blocks)])
-    model = model.to(device=device, dtype=DTYPES[dtype]).eval()
+    model = model.to(device=device).eval()
     for p in model.parameters():
         p.requires_grad_(False)
-    x = torch.randn(batch, tokens, dim, device=device, dtype=DTYPES[dtype])
+    x = torch.randn(batch, tokens, dim, device=device)
+    autocast = dtype != "fp32"
+
+    def ctx():
+        return torch.autocast(device.type, dtype=DTYPES[dtype]) if autocast else contextlib.nullcontext()
 
     def fwd() -> None:
-        with torch.no_grad():
+        with torch.no_grad(), ctx():
             model(x)
 
     def fwd_bwd() -> None:
         xi = x.detach().requires_grad_(True)
-        model(xi).float().sum().backward()
+        with ctx():
+            out = model(xi)
+        out.float().sum().backward()
 
     fwd_ms = time_ms(fwd, device, warmup=1, reps=reps)
     peak = None
@@ -129,7 +138,7 @@ def calibration_run(device: torch.device, batch: int, tokens: int, dim: int, hea
     fwd_bwd_ms = time_ms(fwd_bwd, device, warmup=1, reps=reps)
     return CalibrationRun(batch=batch, tokens=tokens, embed_dim=dim, num_heads=heads, blocks=blocks,
                           mlp_ratio=4.0, fwd_ms=round(fwd_ms, 4), fwd_bwd_ms=round(fwd_bwd_ms, 4),
-                          peak_mb=None if peak is None else round(peak, 3), dtype=dtype)
+                          peak_mb=None if peak is None else round(peak, 3), dtype=dtype, autocast=autocast)
 
 
 def calibration_grid(kind: str, quick: bool) -> list[tuple[int, int, int, int]]:
