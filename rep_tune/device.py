@@ -152,6 +152,7 @@ class CalibrationRun:
     fwd_bwd_ms: float = 0.0            # forward + backward to the input (frozen weights)
     peak_mb: float | None = None       # peak memory above the idle baseline
     dtype: str = "fp32"
+    autocast: bool = False             # fp32 blocks under autocast at ``dtype`` (as training runs), else converted
 
     def check_ranges(self, source: str | None, field_name: str) -> None:
         for name in ("batch", "tokens", "embed_dim", "num_heads", "blocks"):

@@ -53,3 +53,85 @@ def test_peak_memory_grows_with_batch_size():
     large = measure_iterations(cfg, batch_size=8, n=1, warmup=1, memory_iters=1)
     assert large.peak_memory_mb.value > small.peak_memory_mb.value * 1.3
     assert small.extras["blocks_run"] == 12
+
+
+def test_time_ms_is_the_timer_median():
+    from rep_tune.runtime.measure import time_ms
+    calls = []
+    ms = time_ms(lambda: calls.append(1), "cpu", warmup=2, reps=5)
+    assert len(calls) == 7 and 0 <= ms < 50
+
+
+def test_cpu_windows_cannot_nest():
+    import pytest
+    with PeakMemory("cpu"):
+        with pytest.raises(RuntimeError, match="cannot nest"):
+            PeakMemory("cpu").__enter__()
+    with PeakMemory("cpu") as pm:                 # the lock was released: a new window works
+        a = torch.empty(2 ** 20, dtype=torch.uint8)
+    assert pm.transient_bytes >= 2 ** 20
+    del a
+
+
+# Two threads measure peak memory at once while writing to fd 2 inside their windows: both
+# writes reach the pipe (no fd swap), each thread counts only its own allocations, and the
+# profiler's start/stop log lines stay silent.
+THREADS = r'''
+import os, sys, threading
+import torch
+from rep_tune.runtime.measure import PeakMemory
+barrier = threading.Barrier(2)
+peaks = {}
+def work(i):
+    barrier.wait()
+    for _ in range(3):
+        with PeakMemory("cpu") as pm:
+            a = torch.empty((i + 1) * 2 ** 20, dtype=torch.uint8)
+            os.write(2, f"fd2-marker-{i}\n".encode())
+            print(f"py-marker-{i}", file=sys.stderr, flush=True)
+            del a
+        peaks[i] = max(peaks.get(i, 0), pm.transient_bytes)
+ts = [threading.Thread(target=work, args=(i,)) for i in range(2)]
+for t in ts: t.start()
+for t in ts: t.join()
+os.write(2, b"fd2-after\n")
+print(peaks[0], peaks[1])
+'''
+
+MAIN_THREAD = r'''
+import os
+import torch
+from rep_tune.runtime.measure import PeakMemory
+before = torch.empty(1000)
+with PeakMemory("cpu") as pm:
+    del before                      # frees a block allocated before the window
+    os.write(2, b"fd2-in-window\n")
+os.write(2, b"fd2-after\n")
+'''
+
+
+def _run(script):
+    import os
+    import subprocess
+    import sys
+    env = dict(os.environ, PYTHONPATH=os.getcwd() + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    env.pop("KINETO_LOG_LEVEL", None)
+    return subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300)
+
+
+def test_concurrent_windows_keep_stderr_and_count_per_thread():
+    r = _run(THREADS)
+    assert r.returncode == 0, r.stderr
+    for text in ("fd2-marker-0", "fd2-marker-1", "py-marker-0", "py-marker-1", "fd2-after"):
+        assert r.stderr.count(text) == (1 if text == "fd2-after" else 3), r.stderr
+    assert "profiler_start" not in r.stderr and "profiler_stop" not in r.stderr
+    p0, p1 = map(int, r.stdout.split())
+    assert 2 ** 20 <= p0 < 2 ** 20 + 64 * 1024          # thread 0 sees its 1 MiB only
+    assert 2 * 2 ** 20 <= p1 < 2 * 2 ** 20 + 64 * 1024  # thread 1 its 2 MiB only
+
+
+def test_main_thread_window_is_silent_and_stderr_intact():
+    r = _run(MAIN_THREAD)
+    assert r.returncode == 0, r.stderr
+    assert "fd2-in-window" in r.stderr and "fd2-after" in r.stderr
+    assert "Memory block of unknown size" not in r.stderr and "profiler_start" not in r.stderr, r.stderr

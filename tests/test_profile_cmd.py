@@ -17,7 +17,11 @@ def quick_profile(tmp_path_factory):
 
 def test_quick_cpu_profile_is_valid_and_labelled(quick_profile, capsys):
     p = DeviceProfile.load(quick_profile)
-    assert p.kind == "cpu" and p.dtype == "fp32" and p.telemetry in ("none", "rapl")
+    assert p.kind == "cpu" and p.telemetry in ("none", "rapl")
+    # the training dtype follows probe.choose_dtype on the measured figures (bf16 on CPUs with AMX/avx512_bf16)
+    from rep_tune.profiler.probe import choose_dtype
+    assert p.dtype == choose_dtype(p.identity["achieved_tflops"], p.identity["autocast_block_ms"])[0]
+    assert p.identity["dtype_choice"].startswith(p.dtype) and set(p.identity["autocast_block_ms"]) >= {"fp32"}
     assert p.spec.peak_tflops["fp32"] > 0 and p.spec.memory_bandwidth_gbs > 0
     assert 0 < p.spec.usable_memory_mb <= p.spec.memory_mb
     assert p.budgets.peak_memory_mb == pytest.approx(0.8 * p.spec.usable_memory_mb, rel=1e-3)
@@ -37,7 +41,7 @@ def test_quick_profile_has_calibration_runs(quick_profile):
     assert len(runs) >= 8
     assert {r.tokens for r in runs} >= {17, 65, 197} and {r.batch for r in runs} >= {1, 16}
     assert len({r.embed_dim for r in runs}) >= 2
-    assert all(r.fwd_ms > 0 and r.fwd_bwd_ms > 0 and r.dtype == "fp32" for r in runs)
+    assert all(r.fwd_ms > 0 and r.fwd_bwd_ms > 0 and r.dtype == p.dtype for r in runs)
     big = max(runs, key=lambda r: r.batch * r.tokens * r.embed_dim)
     small = min(runs, key=lambda r: r.batch * r.tokens * r.embed_dim)
     assert big.fwd_bwd_ms > small.fwd_ms
@@ -47,3 +51,14 @@ def test_devices_cli_lists_user_profile(quick_profile, capsys):
     assert main(["devices", "--dir", str(quick_profile.parent)]) == 0
     out = capsys.readouterr().out
     assert "jetson_orin " in out and "local-" in out and "(user)" in out
+
+
+def test_dtype_rule():
+    from rep_tune.profiler.probe import choose_dtype
+    fp32_only = choose_dtype({"fp32": 0.1, "bf16": 0.05}, {"fp32": 10.0, "bf16": 20.0})
+    assert fp32_only[0] == "fp32" and "bf16" in fp32_only[1]
+    assert choose_dtype({"fp32": 0.1, "bf16": 0.5}, {"fp32": 10.0, "bf16": 6.0})[0] == "bf16"
+    assert choose_dtype({"fp32": 0.1, "bf16": 0.5}, {"fp32": 10.0, "bf16": 9.5})[0] == "fp32"   # block not faster
+    assert choose_dtype({"fp32": 0.1, "bf16": 0.12}, {"fp32": 10.0, "bf16": 5.0})[0] == "fp32"  # matmul not faster
+    assert choose_dtype({"fp32": 10, "bf16": 400, "fp16": 400}, {"fp32": 10.0, "bf16": 3.0, "fp16": 2.9})[0] == "bf16"
+    assert choose_dtype({"fp32": 10, "fp16": 100}, {"fp32": 10.0, "fp16": 4.0})[0] == "fp16"  # no bf16 (e.g. T4)

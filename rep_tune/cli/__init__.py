@@ -22,6 +22,7 @@ COMMANDS = {
     "cost": "Predict a config's training cost on a device and check it against the budgets.",
     "search": "Hardware-aware search for the best REP config under a device's budgets.",
     "export": "Export a REP config to another runtime's format.",
+    "verify": "Run a deployable config's training iterations here; compare with its expected cost and budgets.",
 }
 
 # Exceptions that mean "the input is wrong" (their message names the file/flag/field): exit 2.

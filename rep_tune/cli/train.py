@@ -1,7 +1,9 @@
 """`rep-tune train`: run REP continual learning for one config and report accuracy and cost.
 
 With no flags: the embedded offline benchmark (preset paper, L2P, Split Digits in 5 tasks,
-the embedded backbone and surrogate), a few minutes on 2 CPU cores.
+the embedded backbone and surrogate), a few minutes on 2 CPU cores. Cost per iteration:
+latency, peak memory and energy (measured by this machine's counters, or estimated, labelled).
+``--set training.precision=bf16`` trains under autocast (see rep_tune.runtime.step).
 """
 from __future__ import annotations
 
@@ -76,6 +78,7 @@ def format_matrix(acc) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    from rep_tune.figures import METRICS, metric
     from rep_tune.runtime.learner import train
     from rep_tune.schema import write_mapping
 
@@ -88,7 +91,7 @@ def run(args: argparse.Namespace) -> int:
     scenario.save(out / "scenario.yaml")
     print(f"config {cfg.name}: backbone {cfg.backbone.name}, surrogate {cfg.selection.surrogate}, "
           f"method {cfg.prompt.method}, AToM {'on' if cfg.atom.enabled and any(cfg.merge_schedule) else 'off'}, "
-          f"ALD {'on' if cfg.ald.enabled else 'off'}")
+          f"ALD {'on' if cfg.ald.enabled else 'off'}, precision {cfg.training.precision}")
     print(f"scenario: {scenario.dataset}, {scenario.n_tasks} tasks")
     res = train(cfg, scenario, device=args.device, progress=not args.quiet,
                 use_query_cache=False if args.no_query_cache else None)
@@ -97,9 +100,11 @@ def run(args: argparse.Namespace) -> int:
     print(f"\nfinal average accuracy   {100 * res.final_acc:.2f} %")
     print(f"average incremental acc  {100 * res.avg_incremental_acc:.2f} %")
     print(f"forgetting               {100 * res.forgetting:.2f} %")
-    for name, fig in (("time per iteration", res.cost.latency_ms), ("peak memory", res.cost.peak_memory_mb)):
-        if fig is not None:
-            print(f"{name:<24} {fig.value:.4g} {fig.unit}  [{fig.source}: {fig.detail}; machine {fig.machine}]")
+    for name, fig in res.cost.items():
+        print(f"{metric(name).label.split(' (')[0]:<28} {fig.value:.4g} {fig.unit}  [{fig.source}: {fig.detail}; machine {fig.machine}]")
+    missing = [metric(m).label.split(' (')[0] for m in METRICS if res.cost.get(m) is None]
+    if missing:
+        print(f"{'not measured':<28} {', '.join(missing)}")
     print(f"query cache              {res.query_cache.get('reason')}")
     print(f"{res.iterations} iterations in {res.seconds:.1f} s on {res.device}")
     data = {"scenario": scenario.to_dict(), **res.to_dict()}

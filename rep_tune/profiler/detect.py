@@ -6,7 +6,8 @@ import os
 from pathlib import Path
 
 from rep_tune.profiler.meter import EnergyMeter, EstimatedMeter
-from rep_tune.profiler.rapl import POWERCAP, RaplMeter, RaplPermissionError
+from rep_tune.profiler import rapl
+from rep_tune.profiler.rapl import RaplMeter, RaplPermissionError
 
 DEFAULT_CPU_W_PER_CORE = 7.5   # loaded x86 core incl. its share of uncore [W]: 65 W / 8 cores; rough
 
@@ -17,8 +18,10 @@ def estimated_cpu_power_w(cores: int | None = None) -> float:
 
 
 def detect_meters(*, power_w: float | None = None, jetson_root: str | Path = "/",
-                  powercap: str | Path = POWERCAP) -> tuple[list[EnergyMeter], list[str]]:
-    """(meters, notes). ``power_w`` is used only when no counter is readable (estimated energy)."""
+                  powercap: str | Path | None = None) -> tuple[list[EnergyMeter], list[str]]:
+    """(meters, notes). ``power_w`` is used only when no counter is readable (estimated energy).
+    ``powercap``: the RAPL sysfs root (default ``rapl.POWERCAP``, read at call time)."""
+    powercap = rapl.POWERCAP if powercap is None else powercap
     from rep_tune.profiler import jetson, nvml
     notes: list[str] = []
     if jetson.is_jetson(jetson_root):

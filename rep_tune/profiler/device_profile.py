@@ -18,6 +18,7 @@ from rep_tune.profiler import probe
 from rep_tune.profiler.detect import estimated_cpu_power_w
 from rep_tune.profiler.jetson import is_jetson, jetson_model, power_mode
 from rep_tune.profiler.monitor import Monitor
+from rep_tune.runtime.measure import sync
 
 IDLE_FRACTION = 0.3          # idle / loaded power assumed when nothing can be measured (estimated)
 MEMORY_BUDGET_FRACTION = 0.8
@@ -54,6 +55,25 @@ def _datasheet_match(gpu_name: str) -> DeviceProfile | None:
     return None
 
 
+def _training_dtype(dev: torch.device, achieved: dict[str, float], reps: int,
+                    allowed: set[str]) -> tuple[str, str, dict[str, float]]:
+    """(dtype, why, block ms per dtype): ``probe.choose_dtype`` on this device's matmul rates and a
+    ViT block's forward+backward under autocast (ViT-Ti width on the CPU, ViT-B on a GPU)."""
+    dim, heads = (192, 3) if dev.type == "cpu" else (768, 12)
+    block_ms = {}
+    for name in achieved:
+        try:
+            block_ms[name] = round(probe.autocast_block_ms(dev, name, batch=16, tokens=197, dim=dim, heads=heads,
+                                                           reps=reps), 3)
+        except RuntimeError:          # autocast unsupported for this dtype here
+            pass
+    usable = {k: v for k, v in achieved.items() if k in allowed or k == "fp32"}
+    dtype, why = probe.choose_dtype(usable, block_ms)
+    if dtype not in allowed:
+        dtype, why = "fp32", f"fp32 ({dtype} is faster but the data sheet has no {dtype} peak); " + why
+    return dtype, why, block_ms
+
+
 def _power(monitor: Monitor, seconds: float, load: Callable[[], None]) -> tuple[float | None, float | None, str]:
     """(idle W, loaded W, source) from two windows: sleeping, then running ``load`` repeatedly."""
     with monitor.window("idle") as w:
@@ -73,7 +93,13 @@ def _power(monitor: Monitor, seconds: float, load: Callable[[], None]) -> tuple[
 def profile_device(quick: bool = False, device: str | None = None, *, power_w: float | None = None,
                    threads: int | None = None, progress: bool = True) -> DeviceProfile:
     """Measure this machine: identity, matmul TFLOP/s per dtype, copy bandwidth, usable memory,
-    idle/loaded power, ViT-block calibration runs; then the cost model's fit when present.
+    idle/loaded power, the training dtype, ViT-block calibration runs at that dtype; then the
+    cost model's fit when present.
+
+    The profile's ``dtype`` (what REP training runs in here, ``training.precision``) follows
+    ``probe.choose_dtype``: bf16 (or fp16) where it reaches >= 1.5x fp32's matmul rate and runs a
+    ViT block's forward+backward under autocast >= 1.2x faster; fp32 otherwise. The measurements
+    and the reason are in ``identity.dtype_choice`` and ``identity.autocast_block_ms``.
 
     ``power_w`` is only used when no energy counter is readable (energy then labelled estimated).
     ``threads``: CPU threads to profile with (default: torch's, or 1 when the cores are busy).
@@ -94,7 +120,7 @@ def _profile(quick: bool, device: str | None, power_w: float | None, threads: in
     s = _settings("cpu" if dev.type == "cpu" else "gpu", quick)
     grid = probe.calibration_grid("cpu" if dev.type == "cpu" else "gpu", quick)
     dtypes = probe.supported_dtypes(dev)
-    bar = tqdm(total=4 + len(dtypes) + len(grid), desc="profile", disable=not progress, leave=False)
+    bar = tqdm(total=5 + len(dtypes) + len(grid), desc="profile", disable=not progress, leave=False)
 
     def step(text: str) -> None:
         bar.set_postfix_str(text)
@@ -137,7 +163,7 @@ def _profile(quick: bool, device: str | None, power_w: float | None, threads: in
 
     def load() -> None:
         a @ a
-        probe.sync(dev)
+        sync(dev)
     try:
         idle_w, loaded_w, psrc = _power(monitor, s["power_s"], load)
     finally:
@@ -153,11 +179,14 @@ def _profile(quick: bool, device: str | None, power_w: float | None, threads: in
         figure_sources["spec.idle_power_w"] = f"{psrc} ({monitor.describe()}, idle {s['power_s']:g} s)"
     step("power")
 
-    dtype = "fp32" if dev.type == "cpu" else ("fp16" if torch.cuda.get_device_capability(dev)[0] >= 7 else "fp32")
+    sheet = _datasheet_match(ident.get("gpu", "")) if dev.type == "cuda" else None
+    dtype, why_dtype, block_ms = _training_dtype(dev, achieved, s["reps"],
+                                                 allowed=set(sheet.spec.peak_tflops) if sheet else set(achieved))
+    ident.update(dtype_choice=why_dtype, autocast_block_ms=block_ms)
+    step("dtype")
     runs = probe.run_grid(dev, grid, dtype, reps=s["reps"], progress=lambda t: step(t))
     bar.close()
 
-    sheet = _datasheet_match(ident.get("gpu", "")) if dev.type == "cuda" else None
     if sheet is not None:
         peaks, bw_spec = dict(sheet.spec.peak_tflops), sheet.spec.memory_bandwidth_gbs
         figure_sources["spec.peak_tflops"] = f"data sheet, from shipped profile {sheet.name!r}"
@@ -168,7 +197,7 @@ def _profile(quick: bool, device: str | None, power_w: float | None, threads: in
                                               "a dtype slower than fp32 is emulated/unaccelerated here, not a peak")
         figure_sources["spec.memory_bandwidth_gbs"] = f"measured: {s['copy_mb']} MB tensor copy"
     figure_sources["spec.usable_memory_mb"] = ("measured: CUDA mem_get_info free" if dev.type == "cuda"
-                                               else "measured: psutil available RAM")
+                                               else "measured: available RAM (psutil or /proc/meminfo)")
     ident.update(achieved_tflops=achieved, achieved_bandwidth_gbs=bandwidth, figure_sources=figure_sources,
                  quick=quick)
     if dev.type == "cpu":
@@ -214,6 +243,7 @@ def summary(profile: DeviceProfile, path: str | Path | None = None) -> str:
         lines.append(f"written to {path}")
     peaks = ", ".join(f"{k} {v:.4g}" for k, v in sp.peak_tflops.items())
     lines += [f"  matmul TFLOP/s: {peaks}{tag('spec.peak_tflops')}",
+              f"  training dtype: {profile.identity.get('dtype_choice', profile.dtype)}",
               f"  memory bandwidth: {sp.memory_bandwidth_gbs:.4g} GB/s{tag('spec.memory_bandwidth_gbs')}",
               f"  memory: {sp.memory_mb:.0f} MB total, {sp.usable_memory_mb or 0:.0f} MB usable{tag('spec.usable_memory_mb')}",
               f"  power: idle {sp.idle_power_w} W{tag('spec.idle_power_w')}, loaded {sp.power_w} W{tag('spec.power_w')}",

@@ -4,10 +4,16 @@
     with monitor.window("train") as w:
         ...
     print(w.result)      # elapsed time, energy per domain with its source, peak memory
+
+Synchronisation and peak memory come from the one timing-and-memory module,
+``rep_tune.runtime.measure``, imported only once torch is (this module never imports torch):
+on CUDA the window's memory figure is the allocator peak, on the CPU the process RSS peak
+(a whole-process figure, labelled so; peak *training* memory is ``measure.PeakMemory``).
 """
 from __future__ import annotations
 
 import socket
+import sys
 import time
 import warnings
 from contextlib import contextmanager
@@ -16,9 +22,7 @@ from pathlib import Path
 from typing import Iterator
 
 from rep_tune.figures import Cost, Figure
-from rep_tune.profiler.memory import CudaPeak, RssPeak, cuda_in_use, cuda_sync
 from rep_tune.profiler.meter import EnergyMeter, EstimatedMeter
-from rep_tune.profiler.rapl import POWERCAP
 
 
 class ShortWindowWarning(UserWarning):
@@ -53,11 +57,36 @@ class WindowResult:
         return ", ".join(parts)
 
 
+def cuda_in_use() -> bool:
+    """True when torch is already imported and CUDA is available (never imports torch itself)."""
+    torch = sys.modules.get("torch")
+    return bool(torch is not None and torch.cuda.is_available())
+
+
+def _sync() -> None:
+    """Synchronise CUDA at a window boundary, when torch is in use (never imports torch itself)."""
+    if "torch" in sys.modules:
+        from rep_tune.runtime.measure import sync
+        sync()
+
+
+def _memory_window(nested: bool):
+    """The window's peak-memory probe: CUDA allocator peak, or process RSS peak (MiB).
+
+    Imports ``rep_tune.runtime.measure`` (and so torch) only when memory is tracked.
+    """
+    if cuda_in_use():
+        from rep_tune.runtime.measure import CudaWindowPeak
+        return CudaWindowPeak(reset=not nested)
+    from rep_tune.runtime.measure import RssPeak
+    return RssPeak()
+
+
 @dataclass
 class _Open:
     t0: float
     energy0: list[dict[str, float]]
-    memory: RssPeak | CudaPeak | None
+    memory: object | None
 
 
 class WindowHandle:
@@ -83,7 +112,7 @@ class Monitor:
 
     @classmethod
     def for_this_machine(cls, *, power_w: float | None = None, jetson_root: str | Path = "/",
-                         powercap: str | Path = POWERCAP, **kwargs) -> "Monitor":
+                         powercap: str | Path | None = None, **kwargs) -> "Monitor":
         """Auto-detect: Jetson INA3221, else NVML (+ RAPL for the CPU), else RAPL, else estimated."""
         from rep_tune.profiler.detect import detect_meters
         meters, notes = detect_meters(power_w=power_w, jetson_root=jetson_root, powercap=powercap)
@@ -104,16 +133,14 @@ class Monitor:
     def begin_window(self, name: str) -> None:
         if name in self._open:
             raise ValueError(f"measurement window {name!r} is already open")
-        cuda_sync()
-        memory = None
-        if self.track_memory:
-            memory = CudaPeak(reset=not self._open) if cuda_in_use() else RssPeak()
+        _sync()
+        memory = _memory_window(nested=bool(self._open)) if self.track_memory else None
         self._open[name] = _Open(time.perf_counter(), [m.read() for m in self.meters], memory)
 
     def end_window(self, name: str) -> WindowResult:
         if name not in self._open:
             raise ValueError(f"no open measurement window {name!r}")
-        cuda_sync()
+        _sync()
         t1 = time.perf_counter()
         readings = [m.read() for m in self.meters]
         w = self._open.pop(name)

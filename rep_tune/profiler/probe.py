@@ -1,44 +1,25 @@
-"""Probes of one torch device: identity, matmul throughput, copy bandwidth, usable memory, and the
-ViT-block calibration runs the cost model fits its efficiency factors on."""
+"""Probes of one torch device: identity, matmul throughput, copy bandwidth, usable memory, the
+training dtype, and the ViT-block calibration runs the cost model fits its efficiency factors on.
+
+Timing, synchronisation and peak memory come from ``rep_tune.runtime.measure`` (the one
+timing-and-memory module)."""
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
 import socket
-import statistics
-import time
 from typing import Callable, Iterable
 
-import psutil
 import torch
 
 from rep_tune.device import CalibrationRun
+from rep_tune.runtime.measure import PeakMemory, time_ms
+from rep_tune.runtime.step import DTYPES
 
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def time_ms(fn: Callable[[], object], device: torch.device, *, warmup: int = 1, reps: int = 3,
-            min_s: float = 0.0, max_s: float = 2.0) -> float:
-    """Median wall time of ``fn`` in ms (synchronized): ``reps`` runs (more until ``min_s`` seconds,
-    fewer, at least one, once ``max_s`` seconds have passed)."""
-    for _ in range(warmup):
-        fn()
-    sync(device)
-    times: list[float] = []
-    start = time.perf_counter()
-    while len(times) < reps or (time.perf_counter() - start < min_s and len(times) < 100):
-        if times and time.perf_counter() - start > max_s:
-            break
-        t0 = time.perf_counter()
-        fn()
-        sync(device)
-        times.append((time.perf_counter() - t0) * 1000)
-    return statistics.median(times)
+__all__ = ["DTYPES", "identity", "supported_dtypes", "matmul_tflops", "copy_bandwidth_gbs",
+           "memory_mb", "calibration_run", "calibration_grid", "run_grid", "pick_cpu_threads",
+           "autocast_block_ms", "FAST_DTYPE_MATMUL", "FAST_DTYPE_BLOCK", "choose_dtype"]
 
 
 def cpu_model() -> str:
@@ -98,12 +79,22 @@ def copy_bandwidth_gbs(device: torch.device, mb: int, reps: int = 3) -> float:
 
 
 def memory_mb(device: torch.device) -> tuple[float, float]:
-    """(total, usable now) in MB: CUDA mem_get_info, or system RAM and psutil's available."""
+    """(total, usable now) in MiB: CUDA mem_get_info, or system RAM and its available part
+    (psutil, else /proc/meminfo's MemTotal and MemAvailable)."""
     if device.type == "cuda":
         free, total = torch.cuda.mem_get_info(device)
         return total / 2 ** 20, free / 2 ** 20
-    vm = psutil.virtual_memory()
-    return vm.total / 2 ** 20, vm.available / 2 ** 20
+    try:
+        import psutil
+        vm = psutil.virtual_memory()
+        return vm.total / 2 ** 20, vm.available / 2 ** 20
+    except ImportError:                   # psutil is optional (absent on some GPU images)
+        info = {}
+        with open("/proc/meminfo") as f:
+            for line in f:
+                key, _, rest = line.partition(":")
+                info[key] = int(rest.split()[0]) * 1024
+        return info["MemTotal"] / 2 ** 20, info.get("MemAvailable", info["MemTotal"]) / 2 ** 20
 
 
 def calibration_run(device: torch.device, batch: int, tokens: int, dim: int, heads: int, *,
@@ -111,38 +102,43 @@ def calibration_run(device: torch.device, batch: int, tokens: int, dim: int, hea
     """Time ``blocks`` frozen timm ViT blocks: forward (no grad) and forward + backward to the input.
 
     Block parameters have requires_grad False; the input requires grad, as in prompt training
-    where only prompts/keys/head learn. Peak memory above the pre-run allocation on CUDA only
-    (CPU allocator reuse makes an RSS delta meaningless at this scale).
+    where only prompts/keys/head learn. At bf16/fp16 the fp32 blocks run under autocast, exactly
+    as ``training.precision`` runs them (``CalibrationRun.autocast``), so the fit describes the
+    training path. Peak memory (MiB) above the pre-run allocation on CUDA only
+    (``measure.PeakMemory``'s transient bytes).
     """
     from timm.models.vision_transformer import Block
     torch.manual_seed(0)
     model = torch.nn.Sequential(*[Block(dim, heads, mlp_ratio=4.0, qkv_bias=True) for _ in range(blocks)])
-    model = model.to(device=device, dtype=DTYPES[dtype]).eval()
+    model = model.to(device=device).eval()
     for p in model.parameters():
         p.requires_grad_(False)
-    x = torch.randn(batch, tokens, dim, device=device, dtype=DTYPES[dtype])
+    x = torch.randn(batch, tokens, dim, device=device)
+    autocast = dtype != "fp32"
+
+    def ctx():
+        return torch.autocast(device.type, dtype=DTYPES[dtype]) if autocast else contextlib.nullcontext()
 
     def fwd() -> None:
-        with torch.no_grad():
+        with torch.no_grad(), ctx():
             model(x)
 
     def fwd_bwd() -> None:
         xi = x.detach().requires_grad_(True)
-        model(xi).float().sum().backward()
+        with ctx():
+            out = model(xi)
+        out.float().sum().backward()
 
     fwd_ms = time_ms(fwd, device, warmup=1, reps=reps)
     peak = None
     if device.type == "cuda":
-        sync(device)
-        base = torch.cuda.memory_allocated(device)
-        torch.cuda.reset_peak_memory_stats(device)
-        fwd_bwd()
-        sync(device)
-        peak = (torch.cuda.max_memory_allocated(device) - base) / 2 ** 20
+        with PeakMemory(device) as pm:
+            fwd_bwd()
+        peak = pm.transient_bytes / 2 ** 20
     fwd_bwd_ms = time_ms(fwd_bwd, device, warmup=1, reps=reps)
     return CalibrationRun(batch=batch, tokens=tokens, embed_dim=dim, num_heads=heads, blocks=blocks,
                           mlp_ratio=4.0, fwd_ms=round(fwd_ms, 4), fwd_bwd_ms=round(fwd_bwd_ms, 4),
-                          peak_mb=None if peak is None else round(peak, 3), dtype=dtype)
+                          peak_mb=None if peak is None else round(peak, 3), dtype=dtype, autocast=autocast)
 
 
 def calibration_grid(kind: str, quick: bool) -> list[tuple[int, int, int, int]]:
@@ -198,3 +194,54 @@ def pick_cpu_threads(requested: int | None = None) -> tuple[int, str]:
         return 1, (f"{current} threads slower than 1 ({multi:.2f} vs {single:.2f} ms on a small block): "
                    "cores busy with other work, profiled with 1 thread")
     return current, f"torch default ({multi:.2f} ms vs {single:.2f} ms with 1 thread)"
+
+
+# ---- the training dtype ---------------------------------------------------------------------------
+FAST_DTYPE_MATMUL = 1.5    # a half dtype must reach >= 1.5x fp32's matmul TFLOP/s ...
+FAST_DTYPE_BLOCK = 1.2     # ... and run a ViT block's forward+backward >= 1.2x faster under autocast
+
+
+def autocast_block_ms(device: torch.device, dtype: str, *, batch: int, tokens: int, dim: int, heads: int,
+                      reps: int = 3) -> float:
+    """Forward + backward (to the input) of one frozen fp32 timm Block under autocast at ``dtype``
+    (plain fp32 for "fp32"): how REP training runs at ``training.precision``."""
+    import contextlib
+
+    from timm.models.vision_transformer import Block
+    torch.manual_seed(0)
+    block = Block(dim, heads, mlp_ratio=4.0, qkv_bias=True).to(device).eval().requires_grad_(False)
+    x = torch.randn(batch, tokens, dim, device=device)
+    ctx = contextlib.nullcontext if dtype == "fp32" else (lambda: torch.autocast(device.type, dtype=DTYPES[dtype]))
+
+    def fwd_bwd() -> None:
+        xi = x.detach().requires_grad_(True)
+        with ctx():
+            out = block(xi)
+        out.float().sum().backward()
+    return time_ms(fwd_bwd, device, warmup=1, reps=reps)
+
+
+def choose_dtype(achieved_tflops: dict[str, float], block_ms: dict[str, float]) -> tuple[str, str]:
+    """(dtype, why): the dtype REP training should run in on this device.
+
+    Rule: a half dtype (bf16, then fp16) is chosen when its matmul rate is at least
+    ``FAST_DTYPE_MATMUL`` x fp32's and a ViT block's forward+backward under autocast at it is at
+    least ``FAST_DTYPE_BLOCK`` x faster than in fp32; bf16 is preferred over fp16 (fp32's exponent
+    range, no loss scaling) unless fp16 is faster by the same block margin. Otherwise fp32.
+    """
+    f32, b32 = achieved_tflops.get("fp32"), block_ms.get("fp32")
+    fast = {}
+    for name in ("bf16", "fp16"):
+        mm, blk = achieved_tflops.get(name), block_ms.get(name)
+        if f32 and b32 and mm and blk and mm >= FAST_DTYPE_MATMUL * f32 and b32 / blk >= FAST_DTYPE_BLOCK:
+            fast[name] = b32 / blk
+    summary = ", ".join(f"{k}: matmul {achieved_tflops[k] / f32:.2f}x, block {b32 / block_ms[k]:.2f}x"
+                        for k in ("bf16", "fp16") if k in achieved_tflops and k in block_ms and f32 and b32)
+    rule = (f"half dtype needs >= {FAST_DTYPE_MATMUL:g}x fp32 matmul and >= {FAST_DTYPE_BLOCK:g}x "
+            f"faster autocast block; bf16 preferred")
+    if not fast:
+        return "fp32", f"fp32 ({summary or 'no half dtype measured'}; {rule})"
+    choice = "bf16" if "bf16" in fast else "fp16"
+    if "fp16" in fast and "bf16" in fast and fast["fp16"] >= FAST_DTYPE_BLOCK * fast["bf16"]:
+        choice = "fp16"
+    return choice, f"{choice} ({summary}; {rule})"

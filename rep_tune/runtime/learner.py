@@ -5,6 +5,16 @@ knows nothing of search or devices: callbacks (e.g. an optuna pruner) see the re
 every task and may raise to stop the run. What does not depend on the config is built once
 per process: the task data (rep_tune.data.tasks caches it), the frozen backbones
 (backbone.load_backbone caches them) and the per-sample selection queries (selection.process_cache).
+
+Cost of the run (``TrainResult.cost``, per training iteration): latency and peak memory from
+``rep_tune.runtime.measure``; energy from the profiler's measurement windows
+(``rep_tune.profiler.energy.RunEnergy``: NVML, Jetson rails or RAPL, else estimated and said
+so once), which span each task's training iterations (evaluation and the memory-probed
+iteration excluded). The counters are device-wide: runs training at the same time on one
+device (search workers in threads or processes) each see the others' energy too. The profiler
+is imported lazily, inside ``train``: the profiler's probes
+use this package's ``measure`` module, so a module-level import here would tie the two
+packages into a cycle; lazily, ``runtime.measure`` stays the bottom of both.
 """
 from __future__ import annotations
 
@@ -23,7 +33,7 @@ from rep_tune.data.tasks import TaskSet, backbone_normalization, build_tasks
 from rep_tune.figures import Cost
 from rep_tune.runtime import metrics
 from rep_tune.runtime.measure import IterationTimer, PeakMemory, make_cost, resident_bytes
-from rep_tune.runtime.step import NonFiniteLoss, class_mask, make_optimizer, train_step
+from rep_tune.runtime.step import NonFiniteLoss, class_mask, make_optimizer, make_precision, train_step
 
 WARMUP_ITERS = 3     # first iterations of the run left out of the time per iteration
 PROBE_AT = 3         # iteration (within each task) whose peak memory is probed; not timed
@@ -67,9 +77,6 @@ class TrainResult:
 
     def to_dict(self) -> dict[str, Any]:
         """Plain data for YAML/JSON (NaN entries of the matrix become null)."""
-        def fig(f):
-            return None if f is None else {"value": round(f.value, 6), "unit": f.unit, "source": f.source,
-                                           "detail": f.detail, "machine": f.machine}
         return {
             "config": self.config_name,
             "device": self.device,
@@ -80,9 +87,7 @@ class TrainResult:
             "acc_matrix": [[None if math.isnan(v) else round(float(v), 6) for v in row] for row in self.acc_matrix],
             "iterations": self.iterations,
             "seconds": round(self.seconds, 3),
-            "cost": {"scope": self.cost.scope, "latency_ms": fig(self.cost.latency_ms),
-                     "peak_memory_mb": fig(self.cost.peak_memory_mb),
-                     "extras": {k: float(v) for k, v in self.cost.extras.items()}},
+            "cost": self.cost.to_dict(),
             "query_cache": dict(self.query_cache),
             "per_task": [{"task_id": r.task_id, "classes": list(r.classes), "iterations": r.iterations,
                           "train_seconds": round(r.train_seconds, 3), "eval_seconds": round(r.eval_seconds, 3),
@@ -92,6 +97,34 @@ class TrainResult:
 
 
 Callback = Callable[[int, TrainResult], None]
+
+
+class _NoEnergy:
+    """Energy windows turned off (``train(energy=False)``)."""
+
+    def begin(self) -> None: ...
+
+    def end(self, iterations: int) -> None: ...
+
+    def per_iteration(self):
+        return None
+
+    def close(self) -> None: ...
+
+
+def _energy_meter(energy: Any, dev: torch.device):
+    """(meter, owned): the caller's EnergyWindows object, none (False), or this machine's meters (None)."""
+    if energy is False:
+        return _NoEnergy(), False
+    if energy is not None and energy is not True:
+        return energy, False
+    try:
+        from rep_tune.profiler.energy import RunEnergy      # lazy: see the module doc
+        return RunEnergy.for_this_machine(str(dev), label="train"), True
+    except Exception as e:                                  # a meter never fails a run
+        import sys
+        print(f"rep-tune: energy not measured ({type(e).__name__}: {e})", file=sys.stderr)
+        return _NoEnergy(), False
 
 
 def load_tasks(config: RepConfig, scenario: Scenario) -> TaskSet:
@@ -135,7 +168,7 @@ def _evaluate(model, split, ts: TaskSet, batch_size: int, device: torch.device, 
 
 def train(config: RepConfig, scenario: Scenario, *, callbacks: Sequence[Callback] = (),
           device: torch.device | str | None = None, progress: bool = True,
-          use_query_cache: bool | None = None) -> TrainResult:
+          use_query_cache: bool | None = None, energy: Any = None) -> TrainResult:
     """Train ``config`` on ``scenario`` task by task; evaluate on all seen tasks after each.
 
     Per task: ``training.epochs`` passes over the task's training set (capped at
@@ -144,6 +177,12 @@ def train(config: RepConfig, scenario: Scenario, *, callbacks: Sequence[Callback
     iterations within the task when ``ald.reset_per_task``, else over the run.
     Callbacks run after each task's evaluation and may raise to stop the run.
     Raises NonFiniteLoss when the loss becomes NaN/inf.
+
+    Precision: ``training.precision`` (fp32, or autocast bf16/fp16 with a loss scaler for fp16;
+    see ``rep_tune.runtime.step``). At the start of each task, ``model.begin_task(task_id,
+    n_tasks)`` runs when the model has it (E-prompt carry-over, component freezing).
+    ``energy``: None = this machine's meters (estimated where none is readable), False = none,
+    or an object with ``begin()``, ``end(iterations)``, ``per_iteration()`` (``measure.EnergyWindows``).
     """
     from tqdm.auto import tqdm
 
@@ -158,6 +197,7 @@ def train(config: RepConfig, scenario: Scenario, *, callbacks: Sequence[Callback
     torch.manual_seed(tc.seed)
     gen = torch.Generator().manual_seed(tc.seed)
     model = RepModel(config, ts.num_classes).to(dev)
+    precision = make_precision(config, dev)
     use_cache, reason = _query_cache_plan(config, use_query_cache)
     cache = process_cache() if use_cache else None
     hits0, misses0 = (cache.hits, cache.misses) if cache else (0, 0)
@@ -176,8 +216,12 @@ def train(config: RepConfig, scenario: Scenario, *, callbacks: Sequence[Callback
     global_t = 0
     bar = tqdm(total=sum(plan), desc="train", unit="it", disable=not progress, dynamic_ncols=True)
     result: TrainResult | None = None
+    meter, own_meter = _energy_meter(energy, dev)
+    begin_task = getattr(model, "begin_task", None)
     try:
         for task, n_iter in zip(ts, plan):
+            if begin_task is not None:
+                begin_task(task.task_id, n)
             model.train()
             opt = make_optimizer(config, model.trainable_parameters())
             mask = class_mask(ts.num_classes, task.classes, dev) if tc.train_mask else None
@@ -185,6 +229,8 @@ def train(config: RepConfig, scenario: Scenario, *, callbacks: Sequence[Callback
             t0 = time.perf_counter()
             losses, blocks, k = [], [], 0
             probe_at = min(PROBE_AT, n_iter - 1)
+            meter.begin()
+            in_window = 0                             # iterations of the open energy window
             while k < n_iter:
                 order = torch.randperm(len(task.train), generator=gen)
                 for start in range(0, len(order), tc.batch_size):
@@ -194,16 +240,19 @@ def train(config: RepConfig, scenario: Scenario, *, callbacks: Sequence[Callback
                     probe = k == probe_at             # memory-probed (profiled on CPU): not timed
                     timed = not probe and global_t >= WARMUP_ITERS
                     base = resident_bytes([model], [opt]) if probe else 0
+                    if probe:                          # the profiled iteration is left out of the energy
+                        meter.end(in_window)
                     with PeakMemory(dev) if probe else contextlib.nullcontext() as pm:
                         if timed:
                             timer.start()
                         x, y, ids = task.train.batch(order[start:start + tc.batch_size])
                         x, y = x.to(dev, non_blocking=True), y.to(dev)
-                        q = model.query(x, ids=ids, dataset_key=ts.key, cache=cache) if cache is not None \
-                            else model.query(x)
+                        with precision.autocast():
+                            q = model.query(x, ids=ids, dataset_key=ts.key, cache=cache) if cache is not None \
+                                else model.query(x)
                         try:
                             loss, out = train_step(model, opt, x, y, query=q, iteration=t, task_id=task.task_id,
-                                                   mask=mask, clip_grad=tc.clip_grad)
+                                                   mask=mask, clip_grad=tc.clip_grad, precision=precision)
                         except NonFiniteLoss as e:
                             raise NonFiniteLoss(f"{config.name}: {e}") from None
                         if timed:
@@ -211,6 +260,10 @@ def train(config: RepConfig, scenario: Scenario, *, callbacks: Sequence[Callback
                             timed_blocks.append(sum(out.ran))
                     if probe:
                         peak_bytes = max(peak_bytes, base + pm.transient_bytes)
+                        meter.begin()
+                        in_window = 0
+                    else:
+                        in_window += 1
                     losses.append(loss)
                     blocks.append(sum(out.ran))
                     k += 1
@@ -218,6 +271,7 @@ def train(config: RepConfig, scenario: Scenario, *, callbacks: Sequence[Callback
                     bar.update(1)
                     if k % 10 == 0:
                         bar.set_postfix(loss=f"{loss:.3f}")
+            meter.end(in_window)
             train_s = time.perf_counter() - t0
             t1 = time.perf_counter()
             for j in range(task.task_id + 1):
@@ -228,16 +282,19 @@ def train(config: RepConfig, scenario: Scenario, *, callbacks: Sequence[Callback
                                       float(np.mean(blocks)) if blocks else 0.0))
             bar.set_postfix(acc=f"{np.mean(acc[task.task_id, :task.task_id + 1]):.3f}")
             result = _result(config, acc, records, timer, timed_blocks, peak_bytes, dev, global_t,
-                             time.perf_counter() - t_start, use_cache, reason, cache, hits0, misses0)
+                             time.perf_counter() - t_start, use_cache, reason, cache, hits0, misses0,
+                             meter.per_iteration(), precision.name)
             for cb in callbacks:
                 cb(task.task_id, result)
     finally:
         bar.close()
+        if own_meter:
+            meter.close()
     return result
 
 
 def _result(config, acc, records, timer, timed_blocks, peak_bytes, dev, iterations, seconds,
-            use_cache, reason, cache, hits0, misses0) -> TrainResult:
+            use_cache, reason, cache, hits0, misses0, energy_j=None, precision="fp32") -> TrainResult:
     done = len(records)
     sub = acc[:done, :done]
     m = metrics.summarize(sub)
@@ -246,8 +303,8 @@ def _result(config, acc, records, timer, timed_blocks, peak_bytes, dev, iteratio
               "blocks_run": float(np.mean(timed_blocks)) if timed_blocks else float("nan"),
               "batch_size": config.training.batch_size}
     cost = make_cost(lat, peak_bytes or None, dev,
-                     f"median over the run's iterations after {WARMUP_ITERS} warm-up, batch {config.training.batch_size}",
-                     extras)
+                     f"median over the run's iterations after {WARMUP_ITERS} warm-up, batch {config.training.batch_size}, "
+                     f"{precision}", extras, energy_j)
     qc = {"used": use_cache, "reason": reason}
     if cache is not None:
         qc.update(hits=cache.hits - hits0, misses=cache.misses - misses0)

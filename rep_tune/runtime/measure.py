@@ -1,6 +1,11 @@
-"""Time per training iteration and peak training memory: the one way the runtime measures them.
+"""Timing and peak memory: the one place rep-tune measures them.
 
-Peak memory is "peak live tensor bytes" on every device:
+Used by the learner, ``measure_iterations`` (benchmarks, ``rep-tune verify``), the profiler's
+probes (``rep-tune profile``) and the profiler's measurement windows. One synchronisation helper
+(``sync``), one timer (``IterationTimer``, with ``time_ms`` for a repeated callable), one
+definition of peak training memory (``PeakMemory``), unit MiB (2**20 bytes) everywhere.
+
+Peak training memory is "peak live tensor bytes" on every device:
 
     resident  = bytes of the model's parameters and buffers (frozen backbone and surrogate
                 included) + the optimiser's state tensors, counted once per storage
@@ -11,28 +16,51 @@ Peak memory is "peak live tensor bytes" on every device:
     peak      = resident + transient
 
 CUDA: transient = torch.cuda.max_memory_allocated() - memory_allocated() at window start
-(after reset_peak_memory_stats). CPU: transient from torch.profiler memory events (every
-alloc/free of torch's CPU allocator while profiling; cumulative sum, maximum). Not counted
-anywhere: Python objects, allocator caching/fragmentation, library code and its private
-scratch (oneDNN/BLAS workspaces), the dataset held in host RAM, tensors of other models living
-in the same process. The cost model predicts this
-same quantity. Timing: time.perf_counter around each iteration, with torch.cuda.synchronize at
-both ends on CUDA; warm-up iterations are excluded; memory windows are not timed.
+(after reset_peak_memory_stats). CPU: transient from torch.profiler memory events of the
+calling thread (every alloc/free of torch's CPU allocator while profiling; cumulative sum,
+maximum). Not counted anywhere: Python objects, allocator caching/fragmentation, library code
+and its private scratch (oneDNN/BLAS workspaces), the dataset held in host RAM, tensors of
+other models living in the same process. The cost model predicts this same quantity.
+
+Concurrency: the torch profiler is one per process, so CPU memory windows of several threads
+are serialised by a lock (each records its own thread's allocations only); the window is
+never timed, so a worker waiting for it loses no accuracy. On CUDA the allocator peak is per
+device: workers sharing a GPU see each other's live tensors in it. The profiler's own log
+lines (kineto's ``profiler_start``/``profiler_stop``) are silenced through its log level
+(``KINETO_LOG_LEVEL``, set here before the first profiler use unless the user set it), not by
+redirecting stderr: measurement windows never touch file descriptors, so every thread's stderr
+stays intact. The one exception is c10's once-per-process allocator note, spent once on a
+throw-away window from the main thread while no worker runs (``_prime_cpu_profiler``).
+
+Timing: time.perf_counter around each iteration, with torch.cuda.synchronize at both ends on
+CUDA; warm-up iterations are excluded; memory windows are not timed.
+
+Process RSS (``RssPeak``) is a different quantity (whole process, allocator caches and
+libraries included); only the profiler's generic measurement windows report it, labelled so.
 """
 from __future__ import annotations
 
-import contextlib
 import os
-import socket
-import statistics
-import sys
-import time
-from typing import Any, Callable, Iterable
 
-import torch
-from torch import Tensor, nn
+# kineto reads its log level once, at the first profiler use in the process: 6 silences its
+# start/stop lines (USDT) and its CPU-only "gpuGetDeviceCount failed" notes. Set before any
+# profiler runs; a level the user set wins.
+os.environ.setdefault("KINETO_LOG_LEVEL", "6")
 
-from rep_tune.figures import Cost, Figure
+import contextlib  # noqa: E402
+import resource  # noqa: E402
+import socket  # noqa: E402
+import statistics  # noqa: E402
+import threading  # noqa: E402
+import time  # noqa: E402
+from typing import Any, Callable, Iterable, Protocol  # noqa: E402
+
+import torch  # noqa: E402
+from torch import Tensor, nn  # noqa: E402
+
+from rep_tune.figures import Cost, Figure  # noqa: E402
+
+MIB = 2 ** 20                     # the memory unit of every figure rep-tune reports ("MiB")
 
 MEMORY_DETAIL = {
     "cpu": "peak live tensor bytes: params+buffers+optimizer state + peak in-window CPU allocator bytes (torch.profiler)",
@@ -40,15 +68,74 @@ MEMORY_DETAIL = {
 }
 
 
-def _device(device: torch.device | str | None) -> torch.device:
+def as_device(device: torch.device | str | None) -> torch.device:
+    """``device`` as a torch.device (None: the CPU)."""
     return torch.device(device) if device is not None else torch.device("cpu")
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+def sync(device: torch.device | str | None = None) -> None:
+    """Wait for queued work on ``device`` (CUDA); no-op on the CPU.
+
+    ``None``: the current CUDA device when CUDA is already initialised in this process.
+    """
+    if device is None:
+        if torch.cuda.is_available() and torch.cuda.is_initialized():
+            torch.cuda.synchronize()
+        return
+    dev = as_device(device)
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)
 
 
+def to_mib(nbytes: float) -> float:
+    return nbytes / MIB
+
+
+# ---- timing -------------------------------------------------------------------------------------
+class IterationTimer:
+    """Wall time of each iteration (perf_counter; CUDA synchronised at both ends)."""
+
+    def __init__(self, device: torch.device | str | None = None) -> None:
+        self.device = as_device(device)
+        self.times: list[float] = []
+        self._t0 = 0.0
+
+    def start(self) -> None:
+        sync(self.device)
+        self._t0 = time.perf_counter()
+
+    def stop(self) -> float:
+        sync(self.device)
+        dt = time.perf_counter() - self._t0
+        self.times.append(dt)
+        return dt
+
+    def summary_ms(self, skip: int = 0, statistic: str = "median") -> float | None:
+        """Median (or mean) over the recorded iterations after the first ``skip``."""
+        xs = self.times[skip:] or self.times
+        if not xs:
+            return None
+        return 1000.0 * (statistics.median(xs) if statistic == "median" else statistics.fmean(xs))
+
+
+def time_ms(fn: Callable[[], object], device: torch.device | str | None, *, warmup: int = 1, reps: int = 3,
+            min_s: float = 0.0, max_s: float = 2.0) -> float:
+    """Median wall time of ``fn`` in ms (synchronised): ``reps`` runs (more until ``min_s`` seconds,
+    fewer, at least one, once ``max_s`` seconds have passed)."""
+    for _ in range(warmup):
+        fn()
+    timer = IterationTimer(device)
+    start = time.perf_counter()
+    while len(timer.times) < reps or (time.perf_counter() - start < min_s and len(timer.times) < 100):
+        if timer.times and time.perf_counter() - start > max_s:
+            break
+        timer.start()
+        fn()
+        timer.stop()
+    return timer.summary_ms()
+
+
+# ---- peak training memory -----------------------------------------------------------------------
 def storage_bytes(tensors: Iterable[Tensor]) -> int:
     """Bytes of the distinct storages behind ``tensors`` (views and shared tensors count once)."""
     seen: dict[tuple[str, int], int] = {}
@@ -73,19 +160,41 @@ def resident_bytes(modules: Iterable[nn.Module] = (), optimizers: Iterable[torch
     return storage_bytes(tensors)
 
 
-@contextlib.contextmanager
-def _quiet_stderr():
-    """Silence the C++ profiler's start/stop lines (written straight to fd 2)."""
+_CPU_PROFILER = threading.Lock()      # one torch.profiler session at a time in this process
+_in_window = threading.local()
+_primed = False
+
+
+def _alone_in_main_thread() -> bool:
+    """True in the main thread while no other non-daemon thread (a worker) is alive."""
+    main = threading.main_thread()
+    return threading.current_thread() is main and not any(
+        t is not main and t.is_alive() and not t.daemon for t in threading.enumerate())
+
+
+def _prime_cpu_profiler() -> None:
+    """Spend c10's once-per-process allocator note ("Memory block of unknown size was allocated
+    before the profiling started"), a C++ log line no runtime switch silences, on a throw-away
+    window whose fd 2 points at /dev/null. Done once, and only from the main thread while no
+    worker thread runs (no other thread can be writing to stderr then); until then skipped (a
+    window opened by a worker may print the note once). Caller holds ``_CPU_PROFILER``."""
+    global _primed
+    if _primed or not _alone_in_main_thread():
+        return
+    _primed = True
+    from torch.profiler import ProfilerActivity, profile
+    block = torch.empty(16)
     try:
+        import sys
         sys.stderr.flush()
         saved = os.dup(2)
     except (OSError, ValueError):
-        yield
         return
     devnull = os.open(os.devnull, os.O_WRONLY)
     os.dup2(devnull, 2)
     try:
-        yield
+        with profile(activities=[ProfilerActivity.CPU], profile_memory=True):
+            del block                              # freeing a pre-window block emits the note
     finally:
         os.dup2(saved, 2)
         os.close(saved)
@@ -95,37 +204,54 @@ def _quiet_stderr():
 class PeakMemory:
     """Context manager: transient peak of live tensor bytes allocated inside the window.
 
-    ``transient_bytes`` after exit; add the resident bytes for the full figure (see module doc).
+    ``transient_bytes`` after exit (``start_bytes``: CUDA bytes allocated at the window's start);
+    add the resident bytes for the full figure (see the module doc). Thread-safe: CPU windows
+    of different threads run one after the other; stderr is never redirected.
     """
 
     def __init__(self, device: torch.device | str | None = None) -> None:
-        self.device = _device(device)
+        self.device = as_device(device)
         self.transient_bytes = 0
+        self.start_bytes = 0
         self._prof = None
-        self._start = 0
+        self._locked = False
 
     def __enter__(self) -> "PeakMemory":
         if self.device.type == "cuda":
-            _sync(self.device)
+            sync(self.device)
             torch.cuda.reset_peak_memory_stats(self.device)
-            self._start = torch.cuda.memory_allocated(self.device)
-        else:
-            from torch.profiler import ProfilerActivity, profile
+            self.start_bytes = torch.cuda.memory_allocated(self.device)
+            return self
+        if getattr(_in_window, "open", False):
+            raise RuntimeError("PeakMemory: CPU memory windows cannot nest (one torch.profiler per process)")
+        from torch.profiler import ProfilerActivity, profile
+        _CPU_PROFILER.acquire()
+        self._locked = True
+        _in_window.open = True
+        try:
+            _prime_cpu_profiler()
             self._prof = profile(activities=[ProfilerActivity.CPU], profile_memory=True)
-            self._quiet = _quiet_stderr()   # profiler start/stop lines and allocator notes
-            self._quiet.__enter__()
             self._prof.__enter__()
+        except BaseException:
+            self._release()
+            raise
         return self
+
+    def _release(self) -> None:
+        _in_window.open = False
+        if self._locked:
+            self._locked = False
+            _CPU_PROFILER.release()
 
     def __exit__(self, *exc: Any) -> None:
         if self.device.type == "cuda":
-            _sync(self.device)
-            self.transient_bytes = max(0, torch.cuda.max_memory_allocated(self.device) - self._start)
+            sync(self.device)
+            self.transient_bytes = max(0, torch.cuda.max_memory_allocated(self.device) - self.start_bytes)
             return
         try:
             self._prof.__exit__(*exc)
         finally:
-            self._quiet.__exit__(None, None, None)
+            self._release()
         if exc[0] is not None:
             return
         events = [e for e in self._prof.profiler.kineto_results.events()
@@ -137,67 +263,133 @@ class PeakMemory:
             peak = max(peak, live)
         self.transient_bytes = peak
 
-
-class IterationTimer:
-    """Wall time of each iteration (perf_counter; CUDA synchronised at both ends)."""
-
-    def __init__(self, device: torch.device | str | None = None) -> None:
-        self.device = _device(device)
-        self.times: list[float] = []
-        self._t0 = 0.0
-
-    def start(self) -> None:
-        _sync(self.device)
-        self._t0 = time.perf_counter()
-
-    def stop(self) -> float:
-        _sync(self.device)
-        dt = time.perf_counter() - self._t0
-        self.times.append(dt)
-        return dt
-
-    def summary_ms(self, skip: int = 0, statistic: str = "median") -> float | None:
-        """Median (or mean) over the recorded iterations after the first ``skip``."""
-        xs = self.times[skip:] or self.times
-        if not xs:
-            return None
-        return 1000.0 * (statistics.median(xs) if statistic == "median" else statistics.fmean(xs))
+    @property
+    def peak_mib(self) -> float:
+        """CUDA: allocator peak of the window (start + transient) in MiB; CPU: transient in MiB."""
+        return to_mib(self.start_bytes + self.transient_bytes)
 
 
+def _rss_bytes() -> int:
+    try:
+        import psutil
+        return psutil.Process().memory_info().rss
+    except ImportError:                        # psutil is optional (absent on some GPU images)
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+class RssPeak:
+    """Peak resident set size of this process over a window, sampled every ``interval_s`` in a thread.
+
+    Not peak training memory (see the module doc): a whole-process figure for the profiler's
+    generic windows. ``ru_maxrss`` sharpens it: when the process's lifetime peak rose during the
+    window, that exact peak happened inside it. ``stop()`` returns a Figure in MiB.
+    """
+
+    def __init__(self, interval_s: float = 0.02):
+        self.interval_s = interval_s
+        self._stop = threading.Event()
+        self._peak = _rss_bytes()
+        self._ru0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        self._thread = threading.Thread(target=self._loop, name="rep-tune-rss", daemon=True)
+        self._thread.start()
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            self._peak = max(self._peak, _rss_bytes())
+
+    def stop(self) -> Figure:
+        self._stop.set()
+        self._thread.join(timeout=1.0)
+        peak = max(self._peak, _rss_bytes())
+        ru1 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        if ru1 > self._ru0:                       # Linux: KiB
+            return Figure(to_mib(max(peak, ru1 * 1024)), "MiB", "measured", "process RSS peak (ru_maxrss)")
+        return Figure(to_mib(peak), "MiB", "measured", f"process RSS peak, sampled every {self.interval_s * 1000:g} ms")
+
+
+class CudaWindowPeak:
+    """CUDA allocator peak over a generic window: bytes allocated at its start + transient peak (MiB)."""
+
+    def __init__(self, device: torch.device | str | None = None, reset: bool = True):
+        self.device = as_device(device if device is not None else "cuda")
+        self.reset = reset
+        self._pm = PeakMemory(self.device)
+        if reset:
+            self._pm.__enter__()
+
+    def stop(self) -> Figure:
+        detail = "CUDA allocator peak (max_memory_allocated)"
+        if not self.reset:
+            sync(self.device)
+            detail += ", not reset: overlapping window, peak since the outer window began"
+            return Figure(to_mib(torch.cuda.max_memory_allocated(self.device)), "MiB", "measured", detail)
+        self._pm.__exit__(None, None, None)
+        return Figure(self._pm.peak_mib, "MiB", "measured", detail)
+
+
+# ---- figures ------------------------------------------------------------------------------------
 def machine_name() -> str:
     return socket.gethostname()
 
 
+def device_label(device: torch.device | str | None) -> str:
+    dev = as_device(device)
+    return torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu"
+
+
 def make_cost(latency_ms: float | None, peak_bytes: int | None, device: torch.device | str | None,
-              detail: str = "", extras: dict[str, float] | None = None) -> Cost:
+              detail: str = "", extras: dict[str, float] | None = None, energy_j: Figure | None = None) -> Cost:
     """A measured Cost with the device and what was counted in each figure's detail."""
-    dev = _device(device)
-    where = torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu"
+    dev = as_device(device)
+    where = device_label(dev)
     host = machine_name()
     lat = None if latency_ms is None else Figure(latency_ms, "ms", "measured",
                                                  f"per training iteration on {where}{', ' + detail if detail else ''}", host)
-    mem = None if peak_bytes is None else Figure(peak_bytes / 2 ** 20, "MiB", "measured",
+    mem = None if peak_bytes is None else Figure(to_mib(peak_bytes), "MiB", "measured",
                                                  f"{MEMORY_DETAIL['cuda' if dev.type == 'cuda' else 'cpu']} on {where}", host)
-    return Cost(latency_ms=lat, peak_memory_mb=mem, scope="iteration", extras=dict(extras or {}))
+    return Cost(latency_ms=lat, peak_memory_mb=mem, energy_j=energy_j, scope="iteration", extras=dict(extras or {}))
+
+
+class EnergyWindows(Protocol):
+    """What ``measure_step`` needs from an energy meter (``rep_tune.profiler.energy.RunEnergy`` is one):
+    windows around the timed iterations and the energy per iteration over them."""
+
+    def begin(self) -> None: ...
+
+    def end(self, iterations: int) -> None: ...
+
+    def per_iteration(self) -> Figure | None: ...
 
 
 def measure_step(step: Callable[[int], Any], *, n: int = 5, warmup: int = 2, memory_iters: int = 2,
                  device: torch.device | str | None = None, resident: Callable[[], int] = lambda: 0,
-                 statistic: str = "median", detail: str = "") -> Cost:
+                 statistic: str = "median", detail: str = "", energy: EnergyWindows | None = None,
+                 progress: Callable[[], None] | None = None) -> Cost:
     """Run ``step(i)`` for warm-up, ``n`` timed and ``memory_iters`` memory-probed iterations.
 
     ``i`` runs 0, 1, ... over all calls. ``resident()`` is read just before the memory window.
+    ``progress()`` is called after every iteration (outside the timed span; microseconds).
+    ``energy``: when given, one energy window spans the ``n`` timed iterations (the timer's
+    synchronisations included), and the cost carries ``energy_j`` per iteration with its source.
     """
     timer = IterationTimer(device)
+    tick = progress or (lambda: None)
     i = 0
     for _ in range(warmup):
         step(i)
         i += 1
+        tick()
+    if energy is not None and n > 0:
+        energy.begin()
     for _ in range(n):
         timer.start()
         step(i)
         timer.stop()
         i += 1
+        tick()
+    if energy is not None and n > 0:
+        energy.end(n)
     peak = None
     if memory_iters > 0:
         base = resident()
@@ -206,33 +398,37 @@ def measure_step(step: Callable[[int], Any], *, n: int = 5, warmup: int = 2, mem
             with PeakMemory(device) as pm:
                 step(i)
             i += 1
+            tick()
             transient = max(transient, pm.transient_bytes)
         peak = base + transient
     lat = timer.summary_ms(0, statistic)
     extras = {"timed_iterations": n, "warmup_iterations": warmup}
     if timer.times:
         extras.update(min_ms=1000 * min(timer.times), max_ms=1000 * max(timer.times))
-    return make_cost(lat, peak, device, f"{statistic} of {n}" + (f", {detail}" if detail else ""), extras)
+    return make_cost(lat, peak, device, f"{statistic} of {n}" + (f", {detail}" if detail else ""), extras,
+                     energy.per_iteration() if energy is not None and n > 0 else None)
 
 
 def measure_iterations(model_or_config, *, batch_size: int | None = None, n: int = 5, warmup: int = 2,
                        memory_iters: int = 2, iteration: int = 0, iteration_stride: int = 1,
                        device: torch.device | str | None = None, num_classes: int = 10, classes_per_task: int | None = None,
-                       cached_query: bool | None = None, statistic: str = "median", seed: int = 0) -> Cost:
-    """Time and memory of REP training iterations on random inputs (no dataset needed).
+                       cached_query: bool | None = None, statistic: str = "median", seed: int = 0,
+                       energy: EnergyWindows | None = None, progress: Callable[[], None] | None = None) -> Cost:
+    """Time and memory (and energy, given ``energy``) of REP training iterations on random inputs.
 
     ``model_or_config``: a RepModel or a RepConfig (a RepModel is built, its frozen backbone
     shared per process). Iteration k (timed or not) runs ALD at t = iteration + k * stride.
     ``cached_query``: True = the selection query comes from the per-sample cache (a hit: computed
     once before timing, as in every epoch after the first); False = computed in every iteration
-    (the base method, or an uncached surrogate). Default: the config's ``selection.cache``.
-    ``extras`` report the mean number of blocks run and tokens per block over the timed iterations.
+    (the base method, or the first epoch of a cached surrogate). Default: ``selection.cache``.
+    Runs at the config's ``training.precision`` (autocast, see ``rep_tune.runtime.step``).
+    ``extras`` report the mean number of blocks run over the timed iterations.
     """
     from rep_tune.config import RepConfig
     from rep_tune.runtime.model import RepModel
-    from rep_tune.runtime.step import class_mask, make_optimizer, train_step
+    from rep_tune.runtime.step import class_mask, make_optimizer, make_precision, train_step
 
-    dev = _device(device)
+    dev = as_device(device)
     model = RepModel(model_or_config, num_classes) if isinstance(model_or_config, RepConfig) else model_or_config
     cfg: RepConfig = model.config
     model.to(dev).train()
@@ -244,19 +440,26 @@ def measure_iterations(model_or_config, *, batch_size: int | None = None, n: int
     y = torch.randint(0, k, (bs,), generator=g).to(dev)
     mask = class_mask(num_classes, range(k), dev) if cfg.training.train_mask else None
     opt = make_optimizer(cfg, model.trainable_parameters())
+    precision = make_precision(cfg, dev)
     use_cache = cfg.selection.cache if cached_query is None else cached_query
-    q_cached = model.query(x) if use_cache else None
+    with precision.autocast():
+        q_cached = model.query(x) if use_cache else None
     blocks: list[int] = []
 
     def step(i: int) -> None:
-        q = q_cached if use_cache else model.query(x)
+        if use_cache:
+            q = q_cached
+        else:
+            with precision.autocast():
+                q = model.query(x)
         _, out = train_step(model, opt, x, y, query=q, iteration=iteration + i * iteration_stride, task_id=0,
-                            mask=mask, clip_grad=cfg.training.clip_grad)
+                            mask=mask, clip_grad=cfg.training.clip_grad, precision=precision)
         blocks.append(sum(out.ran))
 
     cost = measure_step(step, n=n, warmup=warmup, memory_iters=memory_iters, device=dev,
                         resident=lambda: resident_bytes([model], [opt]) + storage_bytes([x, y, q_cached]), statistic=statistic,
-                        detail=f"batch {bs}, t = {iteration}+{iteration_stride}k, query {'cached' if use_cache else 'computed'}")
+                        detail=f"batch {bs}, {precision.name}, t = {iteration}+{iteration_stride}k, "
+                               f"query {'cached' if use_cache else 'computed'}", energy=energy, progress=progress)
     timed = blocks[warmup:warmup + n]
     cost.extras.update(blocks_run=sum(timed) / max(1, len(timed)), batch_size=bs)
     return cost

@@ -37,6 +37,11 @@ class RepOutput:
     prompt_idx: Tensor | None = None
 
 
+def _full_precision(x: Tensor):
+    """Autocast off for the block (trainable parts stay fp32 under ``training.precision``)."""
+    return torch.autocast(device_type=x.device.type, enabled=False)
+
+
 class RepModel(nn.Module):
     """REP on a frozen timm ViT: any registered prompt method, swift selection, AToM, ALD.
 
@@ -56,9 +61,11 @@ class RepModel(nn.Module):
         self.depth = len(self.backbone.blocks)
         self.surrogate = (load_backbone(s.surrogate, pretrained=s.pretrained, checkpoint=s.checkpoint, section="selection")
                           if s.surrogate else None)
+        # the query's identity: the model computing it, its weights, and the precision it runs at
+        prec = config.training.precision
         self.surrogate_key: Hashable = (
-            surrogate_identity("surrogate", s.surrogate, s.pretrained, s.checkpoint) if s.surrogate
-            else surrogate_identity("backbone", b.name, b.pretrained, b.checkpoint, b.img_size))
+            surrogate_identity("surrogate", s.surrogate, s.pretrained, s.checkpoint, prec) if s.surrogate
+            else surrogate_identity("backbone", b.name, b.pretrained, b.checkpoint, b.img_size, prec))
         d = self.surrogate.embed_dim if self.surrogate is not None else D
         self.register_buffer("projection", projection(d, D, s.projection_seed) if d != D else None, persistent=False)
 
@@ -130,15 +137,16 @@ class RepModel(nn.Module):
         bb = self.backbone
         h = bb.norm_pre(bb.patch_drop(bb._pos_embed(bb.patch_embed(x))))
         B = h.shape[0]
-        sel = self.prompt.select(query, task_id)
+        with _full_precision(x):   # prompt matching and assembly in fp32, whatever the autocast
+            sel = self.prompt.select(query.float(), task_id)
+            prompts = self.prompt.tokens(sel)
+            prefixes = self.prompt.prefixes(sel, B)
         state = TokenState()
-        prompts = self.prompt.tokens(sel)
         if prompts is not None:
             h = torch.cat([h[:, :self.n_prefix], prompts.to(h.dtype), h[:, self.n_prefix:]], dim=1)
             if not self.protect_prompts:
                 n_patch = h.shape[1] - self.n_prefix - self.n_prompt
                 state.mass = torch.cat([h.new_ones(B, self.n_prompt, 1), h.new_zeros(B, n_patch, 1)], dim=1)
-        prefixes = self.prompt.prefixes(sel, B)
 
         ran = self.dropper.sample(iteration) if self.training else [True] * self.depth
         tokens = []
@@ -150,7 +158,8 @@ class RepModel(nn.Module):
                                      n_protected=self.n_protected, state=state,
                                      prop_attn=self.config.atom.prop_attn, prefix=prefixes.get(l))
         h = bb.norm(h)
-        logits = self.head(self._pool(h, state))
+        with _full_precision(x):   # the pooled feature and the head in fp32 (the head's parameters are fp32)
+            logits = self.head(self._pool(h, state).float())
         return RepOutput(logits, sel.loss, tokens, ran, sel.idx)
 
     def _pool(self, h: Tensor, state: TokenState) -> Tensor:
