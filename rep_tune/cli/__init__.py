@@ -38,13 +38,28 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--debug", action="store_true", help="show the traceback of an error")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, help_text in COMMANDS.items():
-        module = importlib.import_module(f"rep_tune.cli.{name}")
         p = sub.add_parser(name, help=help_text, description=help_text)
-        module.add_arguments(p)
+        try:
+            module = importlib.import_module(f"rep_tune.cli.{name}")
+            module.add_arguments(p)
+        except ModuleNotFoundError as e:
+            # a third-party package this subcommand needs is absent (e.g. optuna on a bare GPU image):
+            # the other subcommands still work; this one says what is missing. rep_tune's own modules
+            # failing to import is a bug and stays loud.
+            if (e.name or "").split(".")[0] == "rep_tune":
+                raise
+            p.set_defaults(_missing=f"needs the package {e.name!r}, which is not installed here "
+                                    f"(pip install rep-tune installs it)")
+            p.add_argument("rest", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
+            module = None
         p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
                        help="show the traceback of an error")
-        p.set_defaults(_run=module.run)
+        p.set_defaults(_run=module.run if module is not None else _missing_package)
     return parser
+
+
+def _missing_package(args: argparse.Namespace) -> int:
+    raise ValueError(args._missing)
 
 
 def describe(e: BaseException) -> str:

@@ -19,6 +19,7 @@ import yaml
 from rep_tune.cli.common import (add_threads_argument, non_negative_float, positive_int,
                                    set_threads)
 from rep_tune.figures import METRICS
+from rep_tune.methods import method_names
 from rep_tune.search.optuna_backend import PRUNERS, SAMPLERS
 
 
@@ -29,7 +30,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", action="append", default=[], metavar="PROFILE",
                    help="device profile file, folder of profiles, shipped name, or 'local' (repeatable)")
     p.add_argument("--space", help="search space YAML (default: search_spaces/<method>.yaml)")
-    p.add_argument("--method", choices=("l2p", "dualprompt"), help=f"default space to use (default {d.method})")
+    p.add_argument("--method", choices=method_names(), help=f"default space to use (default {d.method})")
     p.add_argument("--backbone", metavar="NAME", help=f"proxy backbone trained for accuracy (default {d.backbone})")
     p.add_argument("--scenario", help="scenario YAML (default: the embedded benchmark)")
     for m in METRICS.values():
