@@ -50,7 +50,6 @@ def build_parser() -> argparse.ArgumentParser:
                 raise
             p.set_defaults(_missing=f"needs the package {e.name!r}, which is not installed here "
                                     f"(pip install rep-tune installs it)")
-            p.add_argument("rest", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
             module = None
         p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
                        help="show the traceback of an error")
@@ -77,7 +76,9 @@ def main(argv: list[str] | None = None) -> int:
     """Run one subcommand; return its exit status (see the module docstring)."""
     parser = build_parser()
     try:
-        args = parser.parse_args(argv)
+        args, extra = parser.parse_known_args(argv)
+        if extra and not hasattr(args, "_missing"):
+            parser.parse_args(argv)          # argparse reports the unknown arguments as usual
     except SystemExit as e:                  # argparse already printed usage and "argument --x: ..."
         return e.code if isinstance(e.code, int) else EXIT_INPUT
     debug = bool(getattr(args, "debug", False))
