@@ -5,6 +5,7 @@
     rep-tune search --device profiles/ --space search_spaces/dualprompt.yaml
     rep-tune search --device jetson_orin --deploy-backbone vit_small_patch16_224
     rep-tune search --resume runs/search-jetson_orin-20260101-120000   (also: join a running search)
+    rep-tune search --device jetson_orin --backend ray --address 10.0.0.1:6379 --n-workers 8 --gpus-per-trial 1
 
 Defaults are ``SearchSettings``'s (rep_tune/search/run.py): only the flags given here override them.
 """
@@ -16,8 +17,8 @@ import sys
 
 import yaml
 
-from rep_tune.cli.common import (add_threads_argument, non_negative_float, positive_int,
-                                   set_threads)
+from rep_tune.cli.common import (add_threads_argument, int_range, non_negative_float, positive_float,
+                                   positive_int, set_threads)
 from rep_tune.figures import METRICS
 from rep_tune.methods import method_names
 from rep_tune.search.optuna_backend import PRUNERS, SAMPLERS
@@ -60,6 +61,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="dotted RepConfig override for every candidate, e.g. training.lr=0.05")
     p.add_argument("--backend", choices=("optuna", "ray"), help=f"default {d.backend}")
+    ray = p.add_argument_group("Ray (--backend ray)")
+    ray.add_argument("--address", metavar="HOST:PORT",
+                     help="an existing Ray cluster's head (`ray start --head --port PORT`), or 'auto' (the cluster "
+                          "started last on this machine), or 'local' (a new local Ray instance); default: RAY_ADDRESS, "
+                          "else a new local instance. Implies --backend ray. A cluster that does not answer fails "
+                          "within seconds")
+    ray.add_argument("--cpus-per-trial", type=positive_float, metavar="N", help=f"CPUs per training (default {d.cpus_per_trial:g})")
+    ray.add_argument("--gpus-per-trial", type=non_negative_float, metavar="N", help=f"GPUs per training (default {d.gpus_per_trial:g})")
+    ray.add_argument("--proxy-port", type=int_range(1, 65535), metavar="PORT",
+                     help="port on this machine serving the study to the workers over gRPC (default: a free one)")
     p.add_argument("--run-dir", help="run folder (default runs/search-<device>-<timestamp>)")
     p.add_argument("--resume", metavar="RUN_DIR", help="resume (or join) the search in RUN_DIR")
     add_threads_argument(p)
@@ -73,7 +84,12 @@ def settings_from_args(args: argparse.Namespace):
     timeout = args.timeout
     if timeout is not None and timeout == 0:
         timeout = None
-    common = {"n_trials": args.n_trials, "n_workers": args.n_workers}
+    backend = args.backend
+    if backend is None and args.address is not None:
+        backend = "ray"
+    common = {"n_trials": args.n_trials, "n_workers": args.n_workers, "backend": backend, "address": args.address,
+              "cpus_per_trial": args.cpus_per_trial, "gpus_per_trial": args.gpus_per_trial,
+              "proxy_port": args.proxy_port}
     if args.timeout is not None:
         common["timeout"] = timeout
     if args.no_progress:
@@ -100,7 +116,7 @@ def settings_from_args(args: argparse.Namespace):
         "scenario": Scenario.load(args.scenario) if args.scenario else None, "overrides": overrides,
         "deploy_backbone": args.deploy_backbone, "deploy_epochs": args.deploy_epochs,
         "deploy_iters_per_task": args.deploy_iters_per_task, "sampler": args.sampler, "seed": args.seed,
-        "pruner": args.pruner, "margin": args.margin, "backend": args.backend, "run_dir": args.run_dir,
+        "pruner": args.pruner, "margin": args.margin, "run_dir": args.run_dir,
         "budgets": {m: getattr(args, f"budget_{m}") for m in METRICS if getattr(args, f"budget_{m}")},
         **common,
     }

@@ -32,9 +32,12 @@ accuracy on the trial and asks the study's pruner; it writes nothing else, and r
 ``Outcome`` (complete / pruned / failed, never raising). An executor that loses a worker (a killed
 process) returns ``Outcome(None, "failed", why)`` for its job; the search goes on.
 
-Adding Ray-cluster features (``--address``, resources per trial, the gRPC storage proxy so that
-workers need no shared file system, a Ray Tune searcher feeding asks) means a new executor or a
-new ``StudyRef`` (e.g. one that opens ``optuna.storages.GrpcStorageProxy``); the loop is unchanged.
+Executors and study references: ``ThreadExecutor`` shares the driver's study object;
+``ray_backend.RayExecutor`` runs trainings as Ray tasks on a local instance or a cluster
+(``cluster.py``) and gives each job a ``storage_proxy.ProxyStudyRef`` (the driver's study served
+over Optuna's gRPC storage proxy: workers never open the SQLite file). The per-trial steps of the
+loop live in ``TrialFlow``, which the Ray Tune searcher (``tune.py``) drives too: one control flow
+whether this loop or Tune schedules the trainings.
 
 Budgets: ``n_trials`` counts trained trials in the whole study (every process sharing it): before
 each ask the loop counts finished trainings plus trainings in flight anywhere. Counting, asking
@@ -53,9 +56,8 @@ import threading
 import time
 import warnings
 from collections.abc import Callable, Hashable
-from typing import ContextManager
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import TYPE_CHECKING, ContextManager, Protocol
 
 import optuna
 from optuna.trial import FrozenTrial
@@ -64,6 +66,9 @@ from rep_tune.config import RepConfig
 from rep_tune.search.objective import CACHED, PRESCREENED, REFUSED, TRAIN, WAIT, Objective, Outcome, Plan, Trainer
 from rep_tune.search.optuna_backend import Heartbeat, StudyRef, count_committed, fail_dead_trials, trial_cap
 from rep_tune.search.record import RecordWriter
+
+if TYPE_CHECKING:
+    from rep_tune.search.storage_proxy import ProxyStudyRef
 
 STALE_CHECK_S = 15.0
 THREAD_PREFIX = "rep-tune-trial-"
@@ -85,7 +90,7 @@ class TrainJob:
     config_hash: str
     n_tasks: int
     deadline: float | None = None          # time.time() after which the training stops at its next task
-    study: StudyRef | None = None          # how a worker in another process reaches the study
+    study: StudyRef | ProxyStudyRef | None = None   # how a worker in another process opens the study
 
 
 class Executor(Protocol):
@@ -186,121 +191,175 @@ class LoopResult:
     interrupted: list[int] = field(default_factory=list)
 
 
+class TrialFlow:
+    """The loop's steps for one study: ask and plan a trial under ``lock``, finish at once the plans
+    that need no training, keep WAIT plans aside, finish trainings, fail interrupted ones.
+
+    Two drivers use it, so the control flow lives here once: ``run_trials`` (which hands TRAIN
+    plans to an executor and waits) and the Ray Tune searcher (``search.tune``: Tune asks for a
+    config, runs it and reports back). ``beat`` records heartbeats of the trials held.
+    """
+
+    def __init__(self, study: optuna.Study, objective: Objective, beat: Heartbeat, *, n_trials: int | None,
+                 deadline: float | None = None, on_trial: Callable[[optuna.Study, FrozenTrial], None] | None = None,
+                 lock: Callable[[], ContextManager] = contextlib.nullcontext, out=sys.stderr):
+        self.study, self.objective, self.beat = study, objective, beat
+        self.n_trials, self.deadline, self.on_trial, self.lock, self.out = n_trials, deadline, on_trial, lock, out
+        self.cap = trial_cap(n_trials)
+        self.result = LoopResult()
+        self.waiting: list[Plan] = []
+        self.asked: list[optuna.Trial] = []      # asked, not yet planned or handed on (failed on Ctrl-C)
+        self._last_check = time.monotonic()
+
+    def want_more(self) -> bool:
+        """Budget left: before the deadline, under the trial cap, fewer than ``n_trials`` committed."""
+        study = self.study
+        if self.deadline is not None and time.time() > self.deadline:
+            return False
+        if self.cap is not None and len(study.get_trials(deepcopy=False)) >= self.cap:
+            self.result.stopped_by_cap = True
+            return False
+        return self.n_trials is None or count_committed(study) < self.n_trials
+
+    def check_stale(self, force: bool = False) -> None:
+        """Every ``STALE_CHECK_S``: fail trials whose process is gone (any process sharing the study)."""
+        if force or time.monotonic() - self._last_check > STALE_CHECK_S:
+            fail_dead_trials(self.study)
+            self._last_check = time.monotonic()
+
+    def done(self, plan: Plan) -> None:
+        self.beat.discard(plan.trial._trial_id)
+        if self.on_trial is not None:
+            self.on_trial(self.study, self.study._storage.get_trial(plan.trial._trial_id))
+
+    def guarded(self, plan: Plan | None, action: Callable[[], None]) -> None:
+        """Run a finishing action; a trial another process already failed (heartbeat lapse) is noted."""
+        try:
+            action()
+        except optuna.exceptions.UpdateFinishedTrialError:
+            if plan is not None:
+                self.result.lost.append(plan.number)
+                print(f"rep-tune search: trial {plan.number} was finished by another process meanwhile; "
+                      "its result is kept in this process only", file=self.out)
+
+    def settle(self, plan: Plan) -> Plan | None:
+        """Finish a plan that needs no training (pre-screened, refused, cached) or keep a WAIT plan
+        aside; returns a TRAIN plan, for the caller to run."""
+        objective, study = self.objective, self.study
+        if plan.kind == TRAIN:
+            return plan
+        if plan.kind == WAIT:
+            self.waiting.append(plan)
+            return None
+        if plan.kind == PRESCREENED:
+            self.guarded(plan, lambda: objective.finish_prescreened(study, plan))
+        elif plan.kind == REFUSED:
+            self.guarded(plan, lambda: objective.finish_refused(study, plan))
+        elif plan.kind == CACHED:
+            self.guarded(plan, lambda: objective.replay(study, plan))
+        self.done(plan)
+        return None
+
+    def _ask_and_plan(self) -> Plan | None:
+        study = self.study
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Heartbeat of storage")    # the loop beats, not optimize()
+            trial = study.ask()
+        self.asked.append(trial)
+        self.beat.add(trial._trial_id)
+        try:
+            return self.objective.plan(study, trial)
+        except optuna.exceptions.UpdateFinishedTrialError:
+            self.result.lost.append(trial.number)
+            self.beat.discard(trial._trial_id)
+            return None
+        except Exception as e:               # a bug in planning fails the trial, not the search
+            plan = Plan(REFUSED, trial, reason=f"{type(e).__name__}: {e}")
+            self.guarded(plan, lambda: RecordWriter.of(trial).error(plan.reason))
+            return plan
+
+    def step(self) -> tuple[bool, Plan | None]:
+        """Ask and plan one trial if the budget allows: (budget left, a TRAIN plan or None). The
+        trial stays in ``asked`` until the caller has handed the plan on (``asked.clear()``)."""
+        with self.lock():
+            more = self.want_more()
+            plan = self._ask_and_plan() if more else None
+        if plan is not None:
+            plan = self.settle(plan)
+        return more, plan
+
+    def ready(self) -> list[Plan]:
+        """WAIT plans decided again: CACHED ones are finished here; TRAIN ones are returned."""
+        out = []
+        for plan in list(self.waiting):
+            with self.lock():
+                nxt = self.objective.recheck(self.study, plan)
+            if nxt is not None:
+                self.waiting.remove(plan)
+                nxt = self.settle(nxt)
+                if nxt is not None:
+                    out.append(nxt)
+        return out
+
+    def job(self, plan: Plan, study_ref: StudyRef | None = None) -> TrainJob:
+        return TrainJob(plan.trial._trial_id, plan.number, plan.config, plan.config_hash, self.objective.n_tasks,
+                        self.deadline, study_ref)
+
+    def finish(self, plan: Plan, outcome: Outcome) -> None:
+        """A training's outcome: record it, tell Optuna, let go of the trial."""
+        self.guarded(plan, lambda: self.objective.finish(self.study, plan, outcome))
+        self.done(plan)
+
+    def interrupt(self, held: list[Plan], why: str) -> None:
+        """Fail the trials in flight, waiting, or asked and not yet handed on (not counted as trained:
+        a resumed run trains them again)."""
+        plans = {p.trial._trial_id: p for p in [*held, *self.waiting]}
+        for t in self.asked:
+            plans.setdefault(t._trial_id, Plan(REFUSED, t))
+        for plan in plans.values():
+            self.result.interrupted.append(plan.number)
+            try:                         # best effort: a resumed run fails them anyway (owner gone)
+                self.objective.interrupted(self.study, plan, why)
+            except Exception:
+                pass
+            self.beat.discard(plan.trial._trial_id)
+
+
 def run_trials(study: optuna.Study, objective: Objective, executor: Executor, *, n_trials: int | None,
                timeout: float | None = None, on_trial: Callable[[optuna.Study, FrozenTrial], None] | None = None,
                lock: Callable[[], ContextManager] = contextlib.nullcontext, out=sys.stderr) -> LoopResult:
     """Ask, plan and finish trials until ``n_trials`` trained trials exist in the study, the trial cap,
     or ``timeout`` seconds; trainings run on ``executor``. Ctrl-C fails the trials in flight
     (``interrupted``; a resumed run trains them again) and re-raises KeyboardInterrupt."""
-    result = LoopResult()
     deadline = None if timeout is None else time.time() + timeout
-    cap = trial_cap(n_trials)
     running: dict[Hashable, Plan] = {}
-    waiting: list[Plan] = []
-    last_check = time.monotonic()
-
-    def want_more() -> bool:
-        if deadline is not None and time.time() > deadline:
-            return False
-        if cap is not None and len(study.get_trials(deepcopy=False)) >= cap:
-            result.stopped_by_cap = True
-            return False
-        return n_trials is None or count_committed(study) < n_trials
-
-    def done(plan: Plan) -> None:
-        beat.discard(plan.trial._trial_id)
-        if on_trial is not None:
-            on_trial(study, study._storage.get_trial(plan.trial._trial_id))
-
-    def guarded(plan: Plan | None, action: Callable[[], None]) -> None:
-        """Run a finishing action; a trial another process already failed (heartbeat lapse) is noted."""
-        try:
-            action()
-        except optuna.exceptions.UpdateFinishedTrialError:
-            if plan is not None:
-                result.lost.append(plan.number)
-                print(f"rep-tune search: trial {plan.number} was finished by another process meanwhile; "
-                      "its result is kept in this process only", file=out)
-
-    def dispatch(plan: Plan) -> None:
-        if plan.kind == TRAIN:
-            job = TrainJob(plan.trial._trial_id, plan.number, plan.config, plan.config_hash, objective.n_tasks,
-                           deadline, study_ref)
-            running[executor.submit(job)] = plan
-            return
-        if plan.kind == WAIT:
-            waiting.append(plan)
-            return
-        if plan.kind == PRESCREENED:
-            guarded(plan, lambda: objective.finish_prescreened(study, plan))
-        elif plan.kind == REFUSED:
-            guarded(plan, lambda: objective.finish_refused(study, plan))
-        elif plan.kind == CACHED:
-            guarded(plan, lambda: objective.replay(study, plan))
-        done(plan)
-
-    def ask_and_plan() -> Plan | None:
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message="Heartbeat of storage")    # the loop beats, not optimize()
-            trial = study.ask()
-        asked.append(trial)
-        beat.add(trial._trial_id)
-        try:
-            return objective.plan(study, trial)
-        except optuna.exceptions.UpdateFinishedTrialError:
-            result.lost.append(trial.number)
-            beat.discard(trial._trial_id)
-            return None
-        except Exception as e:               # a bug in planning fails the trial, not the search
-            plan = Plan(REFUSED, trial, reason=f"{type(e).__name__}: {e}")
-            guarded(plan, lambda: RecordWriter.of(trial).error(plan.reason))
-            return plan
-
     study_ref = getattr(executor, "study_ref", None)
-    asked: list[optuna.Trial] = []
     with Heartbeat(study) as beat:
+        flow = TrialFlow(study, objective, beat, n_trials=n_trials, deadline=deadline, on_trial=on_trial,
+                         lock=lock, out=out)
         try:
-            fail_dead_trials(study)
+            flow.check_stale(force=True)
             while True:
-                if time.monotonic() - last_check > STALE_CHECK_S:
-                    fail_dead_trials(study)
-                    last_check = time.monotonic()
-                for plan in list(waiting):
-                    with lock():
-                        nxt = objective.recheck(study, plan)
-                    if nxt is not None:
-                        waiting.remove(plan)
-                        dispatch(nxt)
+                flow.check_stale()
+                for plan in flow.ready():
+                    running[executor.submit(flow.job(plan, study_ref))] = plan
                 while len(running) < executor.slots:
-                    with lock():
-                        more = want_more()
-                        plan = ask_and_plan() if more else None
+                    more, plan = flow.step()
                     if not more:
                         break
                     if plan is not None:
-                        dispatch(plan)
-                    asked.clear()
-                if not running and not waiting:
+                        running[executor.submit(flow.job(plan, study_ref))] = plan
+                    flow.asked.clear()
+                if not running and not flow.waiting:
                     break
-                for handle, outcome in executor.wait(timeout=0.5 if waiting else 2.0):
+                for handle, outcome in executor.wait(timeout=0.5 if flow.waiting else 2.0):
                     plan = running.pop(handle, None)
-                    if plan is None:
-                        continue
-                    guarded(plan, lambda: objective.finish(study, plan, outcome))
-                    done(plan)
+                    if plan is not None:
+                        flow.finish(plan, outcome)
         except KeyboardInterrupt:
             executor.cancel()
-            held = {p.trial._trial_id: p for p in [*running.values(), *waiting]}
-            for t in asked:                  # asked, not yet planned or dispatched
-                held.setdefault(t._trial_id, Plan(REFUSED, t))
-            for plan in held.values():
-                result.interrupted.append(plan.number)
-                try:                         # best effort: a resumed run fails them anyway (owner gone)
-                    objective.interrupted(study, plan, "Ctrl-C")
-                except Exception:
-                    pass
+            flow.interrupt(list(running.values()), "Ctrl-C")
             raise
         finally:
             executor.close()
-    return result
-
+    return flow.result

@@ -1,52 +1,61 @@
 """Ray executor (``--backend ray``): the search's one trial loop, with trainings run as Ray tasks.
 
-Ray Tune's ``Tuner`` + ``OptunaSearch`` passes no constraints to Optuna and cannot skip a
-candidate before it is scheduled, so it would lose both the constraints and the pre-screening.
-The driver therefore keeps Optuna and the loop (``loop.run_trials``: ask, plan, pre-screen,
-replay, tell) and uses Ray only to execute trainings: ``submit`` starts a ``ray.remote`` task that
-opens the study through ``job.study`` (a ``StudyRef``), runs ``loop.run_job`` (per-task reports
-through a real ``optuna.Trial``, so the pruner works) and returns an ``Outcome``; the driver
-records it and tells. A worker process that dies gives a failed trial, and the search goes on.
+The driver keeps Optuna and the loop (``loop.run_trials``: ask, plan, pre-screen, replay, tell);
+Ray only executes trainings. ``submit`` starts a ``ray.remote`` task that opens the study through
+``job.study`` (a ``storage_proxy.ProxyStudyRef``: the driver's gRPC storage proxy, so workers on
+other nodes need no shared file system and never open the SQLite file), runs ``loop.run_job``
+(per-task reports through a real ``optuna.Trial``, so the pruner works) and returns an
+``Outcome``; the driver records it and tells. A task is never retried: a worker process that dies
+(killed, out of memory, its node lost) gives a failed trial (``error``: "Ray worker lost: ..."),
+and the search goes on.
 
-Locally: ``ray.init(num_cpus=n_workers, include_dashboard=False)``. With ``RAY_ADDRESS`` set the
-driver joins that cluster; the workers open the SQLite study, so the run folder must then be on a
-file system every node sees. Trainings that share a machine contaminate each other's *measured*
-latency; predicted costs are unaffected.
+Where it runs (``cluster.connect``): a new local Ray instance, or an existing cluster named by
+``--address`` / ``RAY_ADDRESS``, probed first so that a dead address fails within seconds. Each
+training asks for ``cpus_per_trial`` CPUs and ``gpus_per_trial`` GPUs (Ray sets
+``CUDA_VISIBLE_DEVICES`` for the task); ``n_workers`` trainings are in flight at once, anywhere in
+the cluster. Trainings that share a machine contaminate each other's *measured* latency; predicted
+costs are unaffected.
+
+Why not Ray Tune's ``OptunaSearch``: it passes no constraints to Optuna and cannot skip a
+candidate before it is scheduled. ``rep_tune.search.tune`` gives Tune users a searcher that keeps
+both (the same planning, through the same loop steps).
 """
 from __future__ import annotations
 
-import os
-import sys
 from collections.abc import Hashable
 
 import optuna
 
+from rep_tune.search.cluster import Cluster
 from rep_tune.search.loop import TrainJob, run_job
 from rep_tune.search.objective import Outcome, Trainer
-from rep_tune.search.optuna_backend import StudyRef
+from rep_tune.search.storage_proxy import StorageProxy
+
+LOST = "Ray worker lost"
 
 
 def _remote_job(job: TrainJob, trainer: Trainer) -> Outcome:
-    """Runs in a Ray worker."""
+    """Runs in a Ray worker: the study through the driver's storage proxy."""
     return run_job(job, trainer, job.study.open())
 
 
 class RayExecutor:
-    """Executes ``TrainJob``s as Ray tasks (one CPU each); ``slots`` of them at once."""
+    """Executes ``TrainJob``s as Ray tasks on ``cluster``; ``slots`` of them at once.
 
-    def __init__(self, study: optuna.Study, trainer: Trainer, study_ref: StudyRef, n_workers: int = 1):
+    Serves ``study``'s storage to the workers for as long as it lives; ``close()`` stops the proxy
+    and lets go of a Ray this executor's cluster started.
+    """
+
+    def __init__(self, study: optuna.Study, trainer: Trainer, cluster: Cluster, *, pruner: str,
+                 n_workers: int = 1, cpus_per_trial: float = 1.0, gpus_per_trial: float = 0.0,
+                 proxy_port: int = 0):
         import ray
 
-        if not ray.is_initialized():
-            if os.environ.get("RAY_ADDRESS"):
-                ray.init(include_dashboard=False, log_to_driver=False)
-            else:   # local workers import what this driver imports (a train_fn defined next to the caller too)
-                path = os.pathsep.join(p for p in sys.path if p and os.path.isdir(p))
-                ray.init(num_cpus=max(1, n_workers), include_dashboard=False, log_to_driver=False,
-                         configure_logging=False, runtime_env={"env_vars": {"PYTHONPATH": path}})
+        self.cluster = cluster
         self.slots = max(1, int(n_workers))
-        self.study_ref = study_ref
-        self._remote = ray.remote(num_cpus=1, max_retries=0)(_remote_job)
+        self.proxy = StorageProxy(study._storage, cluster.node_ip, proxy_port)
+        self.study_ref = self.proxy.ref(study.study_name, pruner)
+        self._remote = ray.remote(num_cpus=cpus_per_trial, num_gpus=gpus_per_trial, max_retries=0)(_remote_job)
         self._trainer = ray.put(trainer)
         self._refs: dict = {}
 
@@ -69,9 +78,10 @@ class RayExecutor:
             self._refs.pop(ref, None)
             try:
                 out.append((ref, ray.get(ref)))
-            except Exception as e:           # the worker process died (RayTaskError / WorkerCrashedError)
+            except Exception as e:           # the worker process died (WorkerCrashedError, NodeDiedError, ...)
                 cause = getattr(e, "cause", None) or e
-                out.append((ref, Outcome(None, "failed", f"Ray worker lost: {type(cause).__name__}: {cause}")))
+                first = str(cause).strip().splitlines()[0] if str(cause).strip() else ""
+                out.append((ref, Outcome(None, "failed", f"{LOST}: {type(cause).__name__}: {first}")))
         return out
 
     def cancel(self) -> None:
@@ -85,3 +95,4 @@ class RayExecutor:
 
     def close(self) -> None:
         self._refs.clear()
+        self.proxy.stop()

@@ -37,7 +37,7 @@ from rep_tune.figures import METRICS
 from rep_tune.schema import from_dict, read_mapping, to_dict, write_mapping
 from rep_tune.search import optuna_backend, record
 from rep_tune.search.budgets import DeviceBudgets, parse_budget, resolve
-from rep_tune.search.loop import LoopResult, ThreadExecutor, run_trials
+from rep_tune.search.loop import Executor, LoopResult, ThreadExecutor, run_trials
 from rep_tune.search.objective import Objective, Trainer, restore
 from rep_tune.search.space import SearchSpace, default_space
 from rep_tune.search.targets import Target, load_targets
@@ -70,6 +70,10 @@ class SearchSettings:
     margin: float = 0.1                      # prescreen rules out costs above budget * (1 + margin)
     budgets: dict[str, str] = field(default_factory=dict)   # metric -> "0.6x" | "250ms" (flags)
     backend: str = "optuna"                  # optuna (local worker threads) | ray
+    address: str | None = None               # ray: HOST:PORT of a cluster's head, "auto"; None: RAY_ADDRESS or local
+    cpus_per_trial: float = 1.0              # ray: resources each training asks for
+    gpus_per_trial: float = 0.0
+    proxy_port: int = 0                      # ray: port of the study's gRPC proxy on the driver (0: a free one)
     run_dir: str | None = None
     study_name: str | None = None
     references: bool = True                  # enqueue paper + baseline first
@@ -157,6 +161,19 @@ def _check_before_work(settings: SearchSettings, targets: list[Target], base: Re
         raise ValueError(f"--timeout: expected seconds > 0 (0 on the command line: none), found {settings.timeout}")
     if settings.n_workers < 1:
         raise ValueError(f"--n-workers: expected an int >= 1, found {settings.n_workers}")
+    for name, value, low in (("--cpus-per-trial", settings.cpus_per_trial, 0.0), ("--gpus-per-trial", settings.gpus_per_trial, None)):
+        if not (value < float("inf") and (value > low if low is not None else value >= 0)):
+            raise ValueError(f"{name}: expected a finite number {'> 0' if low is not None else '>= 0'}, found {value}")
+    if settings.backend != "ray":
+        d = SearchSettings()
+        for flag, value, default in (("--address", settings.address, d.address),
+                                     ("--cpus-per-trial", settings.cpus_per_trial, d.cpus_per_trial),
+                                     ("--gpus-per-trial", settings.gpus_per_trial, d.gpus_per_trial),
+                                     ("--proxy-port", settings.proxy_port, d.proxy_port)):
+            if value != default:
+                raise ValueError(f"{flag}: applies to --backend ray only, found --backend {settings.backend}")
+    if not 0 <= settings.proxy_port < 65536:
+        raise ValueError(f"--proxy-port: expected a port number (0: a free one), found {settings.proxy_port}")
     if not (settings.margin >= 0 and settings.margin < float("inf")):
         raise ValueError(f"--margin: expected a finite number >= 0, found {settings.margin}")
     for t in targets:
@@ -168,8 +185,29 @@ def _check_before_work(settings: SearchSettings, targets: list[Target], base: Re
             raise ValueError(f"--device {t.path or t.key}: {e}{hint}") from None
 
 
-def search(settings: SearchSettings, *, train_fn=None, out=sys.stdout) -> SearchOutcome:
-    """Run (or resume, or join) a search; write the run folder's files; return what was found."""
+@dataclass
+class Prepared:
+    """A search ready for its trials: settings checked, the study created or joined, budgets resolved."""
+
+    settings: SearchSettings
+    space: SearchSpace
+    targets: list[Target]
+    trainer: Trainer
+    objective: Objective
+    study: optuna.Study
+    run_dir: Path
+    cluster: Any = None                      # cluster.Cluster for backend ray (connected before any work)
+
+    def outcome(self, loop: LoopResult | None = None) -> SearchOutcome:
+        return SearchOutcome(self.run_dir, self.study, self.targets, self.space, self.trainer, self.settings,
+                             loop=loop or LoopResult())
+
+
+def prepare(settings: SearchSettings, *, train_fn=None, out=sys.stdout) -> Prepared:
+    """Everything before the first trial: check the settings and data, reach the Ray cluster
+    (backend ray: a dead address fails here, in seconds), create or join the study, resolve the
+    budgets, enqueue the references. ``search`` runs the loop on it; the Ray Tune searcher
+    (``search.tune``) hands its trainings to Tune instead."""
     if settings.run_dir:
         if Path(settings.run_dir).exists() and not Path(settings.run_dir).is_dir():
             raise ValueError(f"--run-dir {settings.run_dir}: expected a folder, found an existing file")
@@ -184,6 +222,22 @@ def search(settings: SearchSettings, *, train_fn=None, out=sys.stdout) -> Search
     _check_before_work(settings, targets, base)
     for metric, text in settings.budgets.items():
         parse_budget(text, metric)
+    cluster = None
+    if settings.backend == "ray":
+        from rep_tune.search.cluster import connect
+        cluster = connect(settings.address, n_workers=settings.n_workers, cpus_per_trial=settings.cpus_per_trial,
+                          gpus_per_trial=settings.gpus_per_trial)
+        print(f"ray: {cluster.describe()}; {settings.n_workers} training(s) at once, {settings.cpus_per_trial:g} CPU "
+              f"and {settings.gpus_per_trial:g} GPU each", file=out)
+    try:
+        return _prepare_study(settings, space, base, targets, train_fn, cluster, out)
+    except BaseException:
+        if cluster is not None:
+            cluster.shutdown()
+        raise
+
+
+def _prepare_study(settings, space, base, targets, train_fn, cluster, out) -> Prepared:
     trainer = Trainer(settings.scenario, train_fn)
     objective = Objective(space, base, targets, trainer, margin=settings.margin, prescreen=settings.prescreen)
     refs = reference_configs(space, base, settings) if settings.references else {}
@@ -224,25 +278,39 @@ def search(settings: SearchSettings, *, train_fn=None, out=sys.stdout) -> Search
             study.enqueue_trial(params, user_attrs={record.ROLE: role})
         study.set_user_attr(record.STUDY_REFERENCES, list(refs))
 
-    if settings.backend == "ray":
+    return Prepared(settings, space, targets, trainer, objective, study, run_dir, cluster)
+
+
+def make_executor(p: Prepared) -> Executor:
+    """Local worker threads, or Ray tasks on ``p.cluster`` reaching the study through its gRPC proxy."""
+    s = p.settings
+    if s.backend == "ray":
         from rep_tune.search.ray_backend import RayExecutor
-        executor = RayExecutor(study, trainer, optuna_backend.StudyRef(optuna_backend.storage_url(run_dir),
-                                                                       study.study_name, settings.pruner),
-                               settings.n_workers)
-    else:
-        executor = ThreadExecutor(study, trainer, settings.n_workers)
+        return RayExecutor(p.study, p.trainer, p.cluster, pruner=s.pruner, n_workers=s.n_workers,
+                           cpus_per_trial=s.cpus_per_trial, gpus_per_trial=s.gpus_per_trial, proxy_port=s.proxy_port)
+    return ThreadExecutor(p.study, p.trainer, s.n_workers)
+
+
+def search(settings: SearchSettings, *, train_fn=None, out=sys.stdout) -> SearchOutcome:
+    """Run (or resume, or join) a search; write the run folder's files; return what was found."""
+    p = prepare(settings, train_fn=train_fn, out=out)
+    study, run_dir = p.study, p.run_dir
     from rep_tune.search.report import ProgressBar
     try:
-        with ProgressBar(settings.n_trials, targets, enabled=settings.progress,
+        executor = make_executor(p)
+        with ProgressBar(settings.n_trials, p.targets, enabled=settings.progress,
                          done=optuna_backend.count_trained(study)) as bar:
-            loop = run_trials(study, objective, executor, n_trials=settings.n_trials, timeout=settings.timeout,
+            loop = run_trials(study, p.objective, executor, n_trials=settings.n_trials, timeout=settings.timeout,
                               on_trial=bar.update, lock=optuna_backend.planning_lock(run_dir), out=out)
     except KeyboardInterrupt:
         done = optuna_backend.count_trained(study)
         raise SearchInterrupted(
             f"interrupted: {done} trained trials and every other finished trial are kept in "
             f"{run_dir / 'study.db'}; continue with: rep-tune search --resume {run_dir}") from None
-    outcome = SearchOutcome(run_dir, study, targets, space, trainer, settings, loop=loop)
+    finally:
+        if p.cluster is not None:
+            p.cluster.shutdown()
+    outcome = p.outcome(loop)
     from rep_tune.search.report import write_outputs
     write_outputs(outcome, settings, out=out)
     return outcome
