@@ -49,6 +49,6 @@ def test_pyproject_declares_the_extras_outside_the_core():
     project = tomllib.loads(PYPROJECT.read_text())["project"]
     extras = project["optional-dependencies"]
     assert set(EXTRAS) <= set(extras)
-    assert extras["ray"] == ["ray[tune]>=2.9"] and extras["dashboard"] == ["optuna-dashboard>=0.21"]
+    assert extras["ray"] == ["ray[tune]>=2.9", "grpcio"] and extras["dashboard"] == ["optuna-dashboard>=0.21"]
     core = " ".join(project["dependencies"])
     assert "ray" not in core and "optuna-dashboard" not in core

@@ -124,6 +124,14 @@ def test_addresses_are_resolved_before_ray_is_touched(monkeypatch, tmp_path, cap
     assert "--cpus-per-trial: applies to --backend ray only" in capsys.readouterr().err
 
 
+def test_a_missing_ray_extra_is_one_line_with_the_pip_command(monkeypatch, tmp_path, capsys):
+    monkeypatch.setitem(sys.modules, "ray", None)            # as if rep-tune[ray] were not installed
+    rc = main(["search", "--device", "jetson_orin", "--backbone", PROXY, "--backend", "ray",
+               "--run-dir", str(tmp_path / "run"), "--no-progress"])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and len(err.splitlines()) == 1 and "pip install 'rep-tune[ray]'" in err and "--backend ray" in err
+
+
 @pytest.mark.slow
 def test_resources_no_node_has_are_refused(cluster):
     with pytest.raises(ClusterError, match=r"--gpus-per-trial 1: no node .* has that many"):
