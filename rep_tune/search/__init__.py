@@ -7,6 +7,9 @@
     objective.py      Trainer (one training), prescreen, Objective (plan each trial, finish it)
     loop.py           run_trials: the one trial loop; the Executor interface; ThreadExecutor
     ray_backend.py    RayExecutor: the same loop, trainings as Ray tasks
+    cluster.py        which Ray: a local instance or a cluster (--address), probed in bounded time
+    storage_proxy.py  the driver's study served to Ray workers over Optuna's gRPC storage proxy
+    tune.py           Ray Tune: RepSearcher (the constrained study as a Tune Searcher), rep_trainable
     optuna_backend.py shared SQLite storage, samplers, TaskPercentilePruner, counting, liveness
     report.py         best_<device>.yaml, pareto_<device>.csv/.png, trials.csv, summary table
     run.py            SearchSettings (the defaults) and search(settings): the whole flow, resume, join

@@ -237,6 +237,18 @@ def check_resources(nodes: list[Node], cpus: float, gpus: float, where: str) -> 
                            f"({', '.join(n.describe() for n in alive) or 'no alive node'})")
 
 
+def _enable_token_auth() -> None:
+    """RAY_AUTH_MODE=token for this process (and its children), as ``ray start`` does when it finds
+    a token: Ray's driver does not infer it when joining a cluster, and caches its config."""
+    try:
+        from ray._private.authentication.authentication_token_setup import _enable_token_auth as enable
+        enable()
+    except ImportError:
+        os.environ[AUTH_ENV] = "token"
+        from ray._raylet import Config
+        Config.initialize("")
+
+
 # ---- connect ---------------------------------------------------------------------------------
 def worker_env() -> dict[str, Any]:
     """runtime_env for the job: workers also import what this driver imports from source folders
@@ -291,7 +303,7 @@ def connect(address: str | None = None, *, n_workers: int = 1, cpus_per_trial: f
                            f"{resolved}` here first, or run rep-tune on the head node")
     check_resources(nodes, cpus_per_trial, gpus_per_trial, where)
     if auth and not os.environ.get(AUTH_ENV):
-        os.environ[AUTH_ENV] = "token"        # Ray's driver does not infer it when joining a cluster
+        _enable_token_auth()
     import logging
     logging.getLogger("ray").setLevel(logging.WARNING)
     ray.init(address=resolved, **quiet)

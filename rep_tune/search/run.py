@@ -229,6 +229,10 @@ def prepare(settings: SearchSettings, *, train_fn=None, out=sys.stdout) -> Prepa
                           gpus_per_trial=settings.gpus_per_trial)
         print(f"ray: {cluster.describe()}; {settings.n_workers} training(s) at once, {settings.cpus_per_trial:g} CPU "
               f"and {settings.gpus_per_trial:g} GPU each", file=out)
+        fits = cluster.fits(settings.cpus_per_trial, settings.gpus_per_trial)
+        if fits < settings.n_workers:
+            print(f"  note: the cluster runs {fits} such training(s) at once; the other submitted ones wait in Ray's "
+                  f"queue (--n-workers {fits} avoids it)", file=out)
     try:
         return _prepare_study(settings, space, base, targets, train_fn, cluster, out)
     except BaseException:
