@@ -184,7 +184,7 @@ def train(config: RepConfig, scenario: Scenario, *, callbacks: Sequence[Callback
     ``energy``: None = this machine's meters (estimated where none is readable), False = none,
     or an object with ``begin()``, ``end(iterations)``, ``per_iteration()`` (``measure.EnergyWindows``).
     """
-    from tqdm.auto import tqdm
+    from rep_tune.progress import ProgressBar
 
     from rep_tune.runtime.model import RepModel
     from rep_tune.runtime.selection import process_cache
@@ -214,7 +214,7 @@ def train(config: RepConfig, scenario: Scenario, *, callbacks: Sequence[Callback
     peak_bytes = 0
     records: list[TaskRecord] = []
     global_t = 0
-    bar = tqdm(total=sum(plan), desc="train", unit="it", disable=not progress, dynamic_ncols=True)
+    bar = ProgressBar(sum(plan), "train", unit="it", enabled=progress)
     result: TrainResult | None = None
     meter, own_meter = _energy_meter(energy, dev)
     begin_task = getattr(model, "begin_task", None)
