@@ -96,6 +96,8 @@ class TrainResult:
         }
 
 
+# callback(task_id, result_so_far) after each task's evaluation; it may raise (e.g. optuna.TrialPruned)
+# to stop the run, and the exception propagates to the caller of ``train``.
 Callback = Callable[[int, TrainResult], None]
 
 
