@@ -70,6 +70,13 @@ class TrainResult:
     query_cache: dict[str, Any] = field(default_factory=dict)   # used, reason, hits, misses
     device: str = "cpu"
     config_name: str = ""
+    eval_size: int = 0             # test images the final accuracy is measured on (its sampling error's n)
+
+    @property
+    def sampling_error(self) -> float:
+        """Binomial standard error of ``final_acc`` from the choice of test images (a fraction)."""
+        from rep_tune.data.tasks import sampling_error
+        return sampling_error(self.final_acc, self.eval_size) if self.eval_size else float("nan")
 
     @property
     def tasks_done(self) -> int:
@@ -79,6 +86,8 @@ class TrainResult:
         """Plain data for YAML/JSON (NaN entries of the matrix become null)."""
         return {
             "config": self.config_name,
+            "eval_size": self.eval_size,
+            "sampling_error": None if not self.eval_size else round(self.sampling_error, 6),
             "device": self.device,
             "tasks_done": self.tasks_done,
             "final_acc": self.final_acc,
@@ -286,6 +295,7 @@ def train(config: RepConfig, scenario: Scenario, *, callbacks: Sequence[Callback
             result = _result(config, acc, records, timer, timed_blocks, peak_bytes, dev, global_t,
                              time.perf_counter() - t_start, use_cache, reason, cache, hits0, misses0,
                              meter.per_iteration(), precision.name)
+            result.eval_size = sum(len(t.test) for t in ts.tasks[:task.task_id + 1])
             for cb in callbacks:
                 cb(task.task_id, result)
     finally:
