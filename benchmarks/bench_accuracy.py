@@ -381,7 +381,7 @@ def write_csv(rows: list[dict], path: Path, subsets: list[int]) -> None:
 
 # ---- main -------------------------------------------------------------------------------------------
 def main(argv: list[str] | None = None) -> int:
-    from tqdm.auto import tqdm
+    from rep_tune.progress import ProgressBar
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--backbone", default="vit_micro_patch2_28.fmnist")
     p.add_argument("--surrogate", default="vit_pico_patch2_28.fmnist")
@@ -444,7 +444,7 @@ def main(argv: list[str] | None = None) -> int:
     store = Store(stem.with_suffix(".jsonl"), args.fresh)
     t0 = time.time()
     rows = []
-    with tqdm(total=len(jobs), desc="runs", unit="run", dynamic_ncols=True) as bar:
+    with ProgressBar(len(jobs), "runs", unit="runs") as bar:
         for meta, cfg in jobs:
             rows.append(store.get_or_run(key_of(cfg.to_dict(), setup), meta, cfg, setup, bar))
     out = [f"# bench_accuracy ({args.tag}): backbone {args.backbone}, surrogate {args.surrogate}, "

@@ -36,7 +36,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
+from rep_tune.progress import ProgressBar
 
 from rep_tune.config import preset
 from rep_tune.cost import predict
@@ -228,8 +228,9 @@ def main(argv=None) -> int:
     rows = []
     configs = draw_configs(args.configs, args.seed, precision)
     header = (f"{'':4}{'config':<58} {'t':>5} {'pred':>8} {'meas':>8} {'err':>7}  {'pred':>7} {'meas':>7} {'err':>7}")
-    tqdm.write(header + "\n" + f"{'':68}{'ms/iteration':^25}  {'peak MiB (all blocks)':^23}")
-    for cfg, t in tqdm(configs, desc="configs", leave=False):
+    bar = ProgressBar(len(configs), "configs", unit="configs", transient=True)
+    bar.write(header + "\n" + f"{'':68}{'ms/iteration':^25}  {'peak MiB (all blocks)':^23}")
+    for cfg, t in configs:
         m = measure(cfg, t, args)
         preds = [predict(cfg, prof, t=t, keep=pat) for pat in m["patterns"]]
         key = "latency_ms_cached" if cfg.selection.cache else "latency_ms_first_epoch"
@@ -247,8 +248,10 @@ def main(argv=None) -> int:
         row["lat_err"] = (row["pred_ms"] - row["meas_ms"]) / row["meas_ms"]
         row["mem_err"] = (row["pred_mb"] - row["meas_mb"]) / row["meas_mb"]
         rows.append(row)
-        tqdm.write(f"{row['name']:<4}{row['config']:<58} {t:>5} {pred_ms:8.1f} {meas_ms:8.1f} {100 * row['lat_err']:+6.1f}%"
-                   f"  {row['pred_mb']:7.1f} {row['meas_mb']:7.1f} {100 * row['mem_err']:+6.1f}%")
+        bar.write(f"{row['name']:<4}{row['config']:<58} {t:>5} {pred_ms:8.1f} {meas_ms:8.1f} {100 * row['lat_err']:+6.1f}%"
+                  f"  {row['pred_mb']:7.1f} {row['meas_mb']:7.1f} {100 * row['mem_err']:+6.1f}%")
+        bar.update(1)
+    bar.close()
 
     lat = np.array([r["lat_err"] for r in rows])
     mem = np.array([r["mem_err"] for r in rows])

@@ -38,7 +38,7 @@ import time
 from pathlib import Path
 
 import torch
-from tqdm import tqdm
+from rep_tune.progress import ProgressBar
 
 from rep_tune.config import EMBEDDED_BACKBONE, EMBEDDED_SURROGATE, preset
 from rep_tune.runtime.backbone import embedded_weights
@@ -192,7 +192,7 @@ def main() -> int:
             runs.append((name, embedded and have_weights, batch, n, rounds))
     n_cfg = len(variants) * len(precisions)
     todo = sum(n_cfg * r for *_, r in runs) + (0 if a.skip_accuracy or EMBEDDED_BACKBONE not in backbones else n_cfg)
-    bar = tqdm(total=todo, desc="bench", unit="run")
+    bar = ProgressBar(todo, "bench", unit="runs")
     table = []
     t0 = time.time()
     accs: dict = {}

@@ -13,6 +13,7 @@ from types import ModuleType
 EXTRAS = {
     "ray": "Ray cluster sweeps and Ray Tune (ray[tune])",
     "dashboard": "optuna-dashboard",
+    "digits": "scikit-learn, for the digits scenario",
 }
 
 

@@ -46,6 +46,18 @@ class ProgressBar:
         if self._progress is not None:
             self._progress.update(self._task, post=self._post)
 
+    def set_postfix_str(self, text: str) -> None:
+        self._post = text
+        if self._progress is not None:
+            self._progress.update(self._task, post=text)
+
+    def write(self, text: str) -> None:
+        """Print a line above the bar (or plainly when the bar is off)."""
+        if self._progress is not None:
+            self._progress.console.print(text, markup=False, highlight=False)
+        else:
+            print(text, file=sys.stderr)
+
     def close(self) -> None:
         if self._progress is not None:
             self._progress.stop()

@@ -25,10 +25,10 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from timm.models.vision_transformer import checkpoint_filter_fn
-from tqdm import tqdm
 
 from rep_tune.data.fashion_mnist import holdout_split
 from rep_tune.data.idx import find_fashion_mnist, load_idx_split
+from rep_tune.progress import ProgressBar
 from rep_tune.runtime.backbone import WEIGHTS_DIR
 
 
@@ -57,7 +57,8 @@ def evaluate(model, x, y, bs=500) -> float:
 
 def run_stage(model, stage: str, epochs: int, start: int, xtr, ytr, xte, yte, a, log, save) -> None:
     """``epochs`` epochs of AdamW + warm-up/cosine; resumes at epoch ``start`` (moments restart)."""
-    opt = torch.optim.AdamW(model.parameters(), lr=a.lr, weight_decay=a.weight_decay)
+    lr = a.fine_lr if (stage == "fine" and a.fine_lr) else a.lr
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=a.weight_decay)
     steps = len(xtr) // a.batch_size
     total, warm = max(1, epochs * steps), max(1, steps // 2)
     sched = torch.optim.lr_scheduler.LambdaLR(
@@ -71,8 +72,8 @@ def run_stage(model, stage: str, epochs: int, start: int, xtr, ytr, xte, yte, a,
         model.train()
         t0 = time.time()
         perm = torch.randperm(len(xtr), generator=gen)
-        bar = tqdm(range(steps), desc=f"{stage} epoch {epoch + 1}/{epochs}", mininterval=10)
-        for i in bar:
+        bar = ProgressBar(steps, f"{stage} epoch {epoch + 1}/{epochs}", unit="steps")
+        for i in range(steps):
             idx = perm[i * a.batch_size:(i + 1) * a.batch_size]
             loss = F.cross_entropy(model(augment(xtr[idx], gen)), ytr[idx], label_smoothing=0.1)
             opt.zero_grad(set_to_none=True)
@@ -80,8 +81,10 @@ def run_stage(model, stage: str, epochs: int, start: int, xtr, ytr, xte, yte, a,
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             opt.step()
             sched.step()
+            bar.update(1)
             if i % 50 == 0:
                 bar.set_postfix(loss=f"{loss.item():.3f}")
+        bar.close()
         acc = evaluate(model, xte, yte)
         log["epochs"].append({"stage": stage, "patch": model.patch_embed.patch_size[0], "epoch": epoch + 1,
                               "test_acc": acc, "seconds": round(time.time() - t0, 1)})
@@ -97,6 +100,8 @@ def main() -> None:
     p.add_argument("--epochs", type=int, default=2, help="epochs at the model's own patch size")
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--fine-lr", type=float, default=None,
+                   help="peak learning rate at the model's own patch size (default: --lr)")
     p.add_argument("--weight-decay", type=float, default=0.05)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)

@@ -83,7 +83,8 @@ def test_cli_train_writes_results(tmp_path, capsys):
     text = capsys.readouterr().out
     assert "final average accuracy" in text and "measured" in text and str(out / "results.yaml") in text
     res = yaml.safe_load((out / "results.yaml").read_text())
-    assert len(res["acc_matrix"]) == 2 and res["scenario"]["dataset"] == "digits"
+    assert len(res["acc_matrix"]) == 2 and res["scenario"]["dataset"] == "fashion-mnist"   # the default
+    assert res["eval_size"] == 2000 and "on 2,000 test images, sampling error" in text      # 200 per class
     assert yaml.safe_load((out / "config.yaml").read_text())["training"]["iters_per_task"] == 1
 
 

@@ -14,6 +14,8 @@ import traceback
 
 import yaml
 
+from rep_tune.extras import MissingExtra
+
 # subcommand -> module under rep_tune.cli exposing add_arguments(parser) and run(args) -> int
 COMMANDS = {
     "train": "Run REP continual learning for one config (default: the embedded offline benchmark).",
@@ -28,7 +30,9 @@ COMMANDS = {
 # Exceptions that mean "the input is wrong" (their message names the file/flag/field): exit 2.
 # ValueError covers SchemaError, UnicodeError and the loaders' errors; OSError a missing, unreadable
 # or existing path; FloatingPointError a training that diverged (NonFiniteLoss: change the config).
-USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, OSError, KeyError, FloatingPointError, yaml.YAMLError)
+# MissingExtra: an optional integration is not installed (the message carries the pip command).
+USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, OSError, KeyError, FloatingPointError, yaml.YAMLError,
+                                                 MissingExtra)
 
 EXIT_INPUT, EXIT_INTERNAL, EXIT_INTERRUPTED = 2, 70, 130
 

@@ -1,7 +1,7 @@
 """`rep-tune train`: run REP continual learning for one config and report accuracy and cost.
 
-With no flags: the embedded offline benchmark (preset paper, L2P, Split Digits in 5 tasks,
-the embedded backbone and surrogate), a few minutes on 2 CPU cores. Cost per iteration:
+With no flags: the embedded offline benchmark (preset paper, L2P, Split Fashion-MNIST in 5 tasks,
+the embedded backbone and surrogate), under 3 minutes on 2 CPU cores. Cost per iteration:
 latency, peak memory and energy (measured by this machine's counters, or estimated, labelled).
 ``--set training.precision=bf16`` trains under autocast (see rep_tune.runtime.step).
 """
@@ -12,21 +12,22 @@ import math
 import time
 from pathlib import Path
 
-from rep_tune.cli.common import add_threads_argument, set_threads
-from rep_tune.config import PRESETS, EMBEDDED_BACKBONE
+from rep_tune.cli.common import add_threads_argument, positive_int, set_threads
+from rep_tune.config import EMBEDDED_BACKBONE, PRESETS
+from rep_tune.methods import method_names
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", metavar="C.yaml", help="a RepConfig file (wins over --preset/--method/--backbone)")
     p.add_argument("--preset", choices=PRESETS, default="paper", help="starting point when no --config (default paper)")
-    p.add_argument("--method", choices=("l2p", "dualprompt"), default="l2p", help="prompt method of the preset")
+    p.add_argument("--method", choices=method_names(), default="l2p", help="prompt method of the preset")
     p.add_argument("--backbone", default=EMBEDDED_BACKBONE, help=f"timm ViT name of the preset (default {EMBEDDED_BACKBONE})")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config field, e.g. --set training.epochs=1 (repeatable; YAML values)")
     p.add_argument("--scenario", metavar="S.yaml", help="a Scenario file (wins over --dataset/--tasks)")
-    p.add_argument("--dataset", default="digits",
+    p.add_argument("--dataset", default="fashion-mnist",
                    choices=("digits", "fashion-mnist", "cifar100", "imagenet-r", "folder"))
-    p.add_argument("--tasks", type=int, default=5, help="number of tasks (default 5)")
+    p.add_argument("--tasks", type=positive_int, default=5, help="number of tasks (default 5)")
     p.add_argument("--data-path", help="dataset folder (cifar100, imagenet-r, folder, fashion-mnist)")
     p.add_argument("--download", action="store_true", help="let torchvision download the dataset if absent")
     p.add_argument("--out", metavar="DIR", help="output folder (default runs/train-<date>-<time>)")
@@ -36,9 +37,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_threads_argument(p)
 
 
-def _value(text: str):
+def _value(item: str, text: str):
     import yaml
-    return yaml.safe_load(text)
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise ValueError(f"--set {item!r}: the value is not valid YAML ({' '.join(str(e).split())})") from None
 
 
 def build_config(args: argparse.Namespace):
@@ -50,7 +54,7 @@ def build_config(args: argparse.Namespace):
         if "=" not in item:
             raise ValueError(f"--set: expected KEY=VALUE, found {item!r}")
         k, v = item.split("=", 1)
-        overrides[k.strip()] = _value(v)
+        overrides[k.strip()] = _value(item, v)
     if overrides:
         try:
             cfg = cfg.replace(**overrides)
@@ -62,9 +66,13 @@ def build_config(args: argparse.Namespace):
 def build_scenario(args: argparse.Namespace):
     from rep_tune.data.scenario import Scenario
     if args.scenario:
-        return Scenario.load(args.scenario).validate(args.scenario)
-    return Scenario(dataset=args.dataset, n_tasks=args.tasks, data_path=args.data_path,
-                    download=args.download).validate("command line")
+        scenario = Scenario.load(args.scenario).validate(args.scenario)
+        scenario.check_reachable(args.scenario)           # data there and enough classes, before any work
+        return scenario
+    scenario = Scenario(dataset=args.dataset, n_tasks=args.tasks, data_path=args.data_path,
+                        download=args.download).validate("--dataset/--tasks/--data-path")
+    scenario.check_reachable("--dataset/--tasks/--data-path")
+    return scenario
 
 
 def format_matrix(acc) -> str:
@@ -97,7 +105,8 @@ def run(args: argparse.Namespace) -> int:
                 use_query_cache=False if args.no_query_cache else None)
     print("\naccuracy (%) on each task's test set")
     print(format_matrix(res.acc_matrix.tolist()))
-    print(f"\nfinal average accuracy   {100 * res.final_acc:.2f} %")
+    print(f"\nfinal average accuracy   {100 * res.final_acc:.2f} %  (on {res.eval_size:,} test images, "
+          f"sampling error ±{100 * res.sampling_error:.2f} points)")
     print(f"average incremental acc  {100 * res.avg_incremental_acc:.2f} %")
     print(f"forgetting               {100 * res.forgetting:.2f} %")
     for name, fig in res.cost.items():

@@ -31,8 +31,8 @@ def probe(scenario: Scenario) -> int:
 
 def load(scenario: Scenario) -> RawDataset:
     """All 1797 digits split train/test by ``test_fraction``, stratified with ``scenario.seed``."""
-    from sklearn.datasets import load_digits
-    d = load_digits()
+    from rep_tune.extras import require
+    d = require("digits", "sklearn.datasets").load_digits()
     images, labels = render_digits(d.images), np.asarray(d.target, dtype=np.int64)
     ids = np.arange(len(labels))
     tr, te = stratified_split(labels, scenario.test_fraction, scenario.seed)

@@ -48,11 +48,23 @@ class RawDataset:
 
 
 def stratified_split(labels: np.ndarray, test_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Train and test positions, stratified by label, reproducible for a seed."""
-    from sklearn.model_selection import train_test_split
-    idx = np.arange(len(labels))
-    tr, te = train_test_split(idx, test_size=test_fraction, random_state=seed, stratify=labels)
-    return np.sort(tr), np.sort(te)
+    """Train and test positions, stratified by label, reproducible for a seed.
+
+    ``ceil(test_fraction * N)`` test samples in all (scikit-learn's count), shared across classes
+    in proportion to their sizes (the remainder to the classes with the largest fractional
+    share); within a class a seeded permutation picks them. Sorted positions.
+    """
+    labels = np.asarray(labels)
+    rng = np.random.RandomState(seed)
+    classes, sizes = np.unique(labels, return_counts=True)
+    n_test = int(np.ceil(test_fraction * len(labels)))
+    share = test_fraction * sizes
+    take = np.floor(share).astype(int)
+    for i in np.argsort(-(share - take), kind="stable")[: n_test - int(take.sum())]:
+        take[i] += 1
+    test = [rng.permutation(np.flatnonzero(labels == c))[:k] for c, k in zip(classes, take)]
+    te = np.sort(np.concatenate(test)).astype(np.int64) if test else np.empty(0, dtype=np.int64)
+    return np.setdiff1d(np.arange(len(labels)), te), te
 
 
 def default_root(name: str) -> Path:

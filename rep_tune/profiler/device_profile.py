@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Callable
 
 import torch
-from tqdm.auto import tqdm
+from rep_tune.progress import ProgressBar
 
 from rep_tune.device import Budgets, Calibration, DeviceProfile, Spec, shipped_profiles
 from rep_tune.profiler import probe
@@ -120,7 +120,7 @@ def _profile(quick: bool, device: str | None, power_w: float | None, threads: in
     s = _settings("cpu" if dev.type == "cpu" else "gpu", quick)
     grid = probe.calibration_grid("cpu" if dev.type == "cpu" else "gpu", quick)
     dtypes = probe.supported_dtypes(dev)
-    bar = tqdm(total=5 + len(dtypes) + len(grid), desc="profile", disable=not progress, leave=False)
+    bar = ProgressBar(5 + len(dtypes) + len(grid), "profile", unit="steps", enabled=progress, transient=True)
 
     def step(text: str) -> None:
         bar.set_postfix_str(text)

@@ -3,6 +3,10 @@
 Keep probabilities come from ``rep_tune.schedule`` (the cost model uses the same numbers).
 Draws come from a private seeded CPU generator: the same seed and the same sequence of
 training forwards give the same drop pattern, whatever else uses the global RNG.
+
+A dropped block is skipped whole, its merges included: later blocks then see more tokens than
+``schedule.tokens_per_block`` plans, and the cost model adds the expected un-made merges.
+``ald.schedule: pld`` swaps REP's keep probability for DeepSpeed's progressive layer dropping.
 """
 from __future__ import annotations
 

@@ -70,6 +70,13 @@ class TrainResult:
     query_cache: dict[str, Any] = field(default_factory=dict)   # used, reason, hits, misses
     device: str = "cpu"
     config_name: str = ""
+    eval_size: int = 0             # test images the final accuracy is measured on (its sampling error's n)
+
+    @property
+    def sampling_error(self) -> float:
+        """Binomial standard error of ``final_acc`` from the choice of test images (a fraction)."""
+        from rep_tune.data.tasks import sampling_error
+        return sampling_error(self.final_acc, self.eval_size) if self.eval_size else float("nan")
 
     @property
     def tasks_done(self) -> int:
@@ -79,6 +86,8 @@ class TrainResult:
         """Plain data for YAML/JSON (NaN entries of the matrix become null)."""
         return {
             "config": self.config_name,
+            "eval_size": self.eval_size,
+            "sampling_error": None if not self.eval_size else round(self.sampling_error, 6),
             "device": self.device,
             "tasks_done": self.tasks_done,
             "final_acc": self.final_acc,
@@ -96,6 +105,8 @@ class TrainResult:
         }
 
 
+# callback(task_id, result_so_far) after each task's evaluation; it may raise (e.g. optuna.TrialPruned)
+# to stop the run, and the exception propagates to the caller of ``train``.
 Callback = Callable[[int, TrainResult], None]
 
 
@@ -184,7 +195,7 @@ def train(config: RepConfig, scenario: Scenario, *, callbacks: Sequence[Callback
     ``energy``: None = this machine's meters (estimated where none is readable), False = none,
     or an object with ``begin()``, ``end(iterations)``, ``per_iteration()`` (``measure.EnergyWindows``).
     """
-    from tqdm.auto import tqdm
+    from rep_tune.progress import ProgressBar
 
     from rep_tune.runtime.model import RepModel
     from rep_tune.runtime.selection import process_cache
@@ -214,7 +225,7 @@ def train(config: RepConfig, scenario: Scenario, *, callbacks: Sequence[Callback
     peak_bytes = 0
     records: list[TaskRecord] = []
     global_t = 0
-    bar = tqdm(total=sum(plan), desc="train", unit="it", disable=not progress, dynamic_ncols=True)
+    bar = ProgressBar(sum(plan), "train", unit="it", enabled=progress)
     result: TrainResult | None = None
     meter, own_meter = _energy_meter(energy, dev)
     begin_task = getattr(model, "begin_task", None)
@@ -284,6 +295,7 @@ def train(config: RepConfig, scenario: Scenario, *, callbacks: Sequence[Callback
             result = _result(config, acc, records, timer, timed_blocks, peak_bytes, dev, global_t,
                              time.perf_counter() - t_start, use_cache, reason, cache, hits0, misses0,
                              meter.per_iteration(), precision.name)
+            result.eval_size = sum(len(t.test) for t in ts.tasks[:task.task_id + 1])
             for cb in callbacks:
                 cb(task.task_id, result)
     finally:

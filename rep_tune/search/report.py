@@ -307,7 +307,7 @@ def print_summary(outcome, recs: Sequence[TrialRecord], refs: dict[str, TrialRec
 
 @dataclass
 class ProgressBar:
-    """tqdm bar over trained trials, with the best feasible accuracy so far per device."""
+    """Progress bar over trained trials, with the best feasible accuracy so far per device."""
 
     total: int | None
     targets: Sequence[Target]
@@ -317,8 +317,8 @@ class ProgressBar:
     def __enter__(self) -> ProgressBar:
         self.bar = None
         if self.enabled:
-            from tqdm import tqdm
-            self.bar = tqdm(total=self.total, initial=self.done, unit="trained trial", dynamic_ncols=True)
+            from rep_tune.progress import ProgressBar
+            self.bar = ProgressBar(self.total, "search", unit="trained trials", initial=self.done)
         return self
 
     def __exit__(self, *exc) -> None:
@@ -336,4 +336,4 @@ class ProgressBar:
             b = best_for(recs, t.key)
             post[t.key] = "-" if b is None else f"{100 * b.final_acc:.1f}%"
         post["ruled_out"] = sum(r.prescreened for r in recs)
-        self.bar.set_postfix(post, refresh=True)
+        self.bar.set_postfix(post)
