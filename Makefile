@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test install data search bench clean
+.PHONY: demo test install data search bench gpu-check clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -45,8 +45,14 @@ search: $(STAMP) data ## hardware-aware search for a Jetson AGX Orin on the embe
 test: $(STAMP) data   ## the test suite (GPU/Jetson/RAPL tests skip where the hardware is absent)
 	$(BIN)/python -m pytest -q
 
-bench: $(STAMP)
+bench: $(STAMP) data   ## side-by-side benchmarks (minutes to an hour on 2 cores; results in benchmarks/results/)
 	$(BIN)/python benchmarks/bench_runtime.py
+	$(BIN)/python benchmarks/bench_accuracy.py
+	$(BIN)/python benchmarks/bench_cost_model.py --threads 1
+	$(BIN)/python benchmarks/bench_search.py
+
+gpu-check:   ## the prepared GPU check (on a CUDA machine: its python3, the project on PYTHONPATH)
+	bash benchmarks/gpu_check.sh
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -19,6 +19,7 @@ def test_installed_extra_is_imported():
 
 def test_missing_extra_gives_one_line_with_the_pip_command(monkeypatch):
     monkeypatch.setitem(sys.modules, "ray", None)            # as if ray were not installed
+    monkeypatch.setitem(sys.modules, "ray.tune", None)       # (even when another test imported it)
     with pytest.raises(MissingExtra) as e:
         require("ray", "ray.tune")
     msg = str(e.value)
