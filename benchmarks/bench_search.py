@@ -1,12 +1,13 @@
 """rep-tune's search against random search, same number of trained trials, 3 seeds each.
 
-    .venv/bin/python benchmarks/bench_search.py [--trials 12] [--seeds 0 1 2] [--device profiles/cpu_x86_generic.yaml]
+    .venv/bin/python benchmarks/bench_search.py [--trials 16] [--seeds 0 1 2] [--device profiles/jetson_orin.yaml]
 
 rep-tune: constrained TPE + cost-model pre-screening + per-task pruning + paper/baseline enqueued.
 random:   Optuna's RandomSampler, every sample trained, no pruning (constraints only recorded).
-Both: the embedded default (digits, embedded ViTs) at a reduced fidelity (see --iters-per-task,
---max-per-class) so 6 searches fit on 2 shared CPU cores; the device's default budgets
-(relative to the baseline, as ``rep-tune search`` applies them); the same trained-trial budget.
+Both: what ``rep-tune search --device profiles/jetson_orin.yaml`` runs by default (Split
+Fashion-MNIST on the embedded ViTs at the search's fidelity, ``SEARCH_FIDELITY`` and
+``SEARCH_EVAL_PER_CLASS``; costs priced on the profile's deployment workload under its absolute
+budgets); the same trained-trial budget. ``--max-per-class`` / ``--iters-per-task`` shrink it.
 
 Reported per method (mean over seeds, and per seed in the JSON next to the table):
   best      best feasible final accuracy after N trained trials
@@ -31,24 +32,15 @@ import torch
 
 from rep_tune.data.scenario import Scenario
 from rep_tune.search.record import read_all
-from rep_tune.search.run import SearchSettings, search
-
-
-def _pretrained() -> dict:
-    from rep_tune.runtime.backbone import WEIGHTS_DIR
-    out = {}
-    if not (WEIGHTS_DIR / "vit_micro_patch4_32.fmnist.safetensors").exists():
-        out["backbone.pretrained"] = False
-    if not (WEIGHTS_DIR / "vit_pico_patch4_32.fmnist.safetensors").exists():
-        out["selection.pretrained"] = False
-    return out
+from rep_tune.search.run import SEARCH_EVAL_PER_CLASS, SEARCH_FIDELITY, SearchSettings, search
 
 
 def run_one(method: str, seed: int, args, root: Path) -> dict:
     rep = method == "rep-tune"
     settings = SearchSettings(
-        devices=[args.device], scenario=Scenario(n_tasks=args.tasks, max_per_class=args.max_per_class),
-        overrides={"training.epochs": 1, "training.iters_per_task": args.iters_per_task, **_pretrained()},
+        devices=[args.device], scenario=Scenario(n_tasks=args.tasks, max_per_class=args.max_per_class,
+                                                 eval_per_class=args.eval_per_class),
+        overrides={**SEARCH_FIDELITY, **({"training.iters_per_task": args.iters_per_task} if args.iters_per_task else {})},
         n_trials=args.trials, timeout=None, sampler="tpe" if rep else "random", seed=seed,
         pruner="percentile" if rep else "none", prescreen=rep, references=rep, margin=args.margin,
         deploy_backbone=args.deploy_backbone, run_dir=str(root / f"{method}-seed{seed}"), progress=False)
@@ -97,12 +89,14 @@ def first_reaching(curve: list[float], level: float | None) -> int | None:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--device", default="profiles/cpu_x86_generic.yaml")
-    p.add_argument("--trials", type=int, default=12, help="trained trials per search")
+    p.add_argument("--device", default="profiles/jetson_orin.yaml")
+    p.add_argument("--trials", type=int, default=16, help="trained trials per search (rep-tune search's default)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--tasks", type=int, default=5)
-    p.add_argument("--iters-per-task", type=int, default=6)
-    p.add_argument("--max-per-class", type=int, default=40)
+    p.add_argument("--iters-per-task", type=int, default=None, help="default: the search's (SEARCH_FIDELITY)")
+    p.add_argument("--max-per-class", type=int, default=None, help="cap training images per class (default: all)")
+    p.add_argument("--eval-per-class", type=int, default=SEARCH_EVAL_PER_CLASS,
+                   help="test images per class (default: the search's)")
     p.add_argument("--margin", type=float, default=0.1)
     p.add_argument("--deploy-backbone", default=None,
                    help="deployment backbone costs are priced on (default: the profile's workload)")
@@ -132,7 +126,8 @@ def main(argv: list[str] | None = None) -> int:
 
     n = len(args.seeds)
     print(f"\nbench_search: {args.trials} trained trials per search, seeds {args.seeds}, device {args.device}, "
-          f"digits {args.tasks} tasks, {args.iters_per_task} iters/task, max {args.max_per_class}/class")
+          f"{Scenario().dataset} {args.tasks} tasks, {args.iters_per_task or SEARCH_FIDELITY['training.iters_per_task']} "
+          f"iters/task, train cap {args.max_per_class or 'none'}/class, eval {args.eval_per_class}/class")
     print(f"budgets: {rows[-1]['budgets']}")
     print("| method   | best feasible acc % | trials to random's best | trials to within 1 pt | wasted train s (ruled out) | ref train s | prescreened | pruned | wall s |")
     print("|----------|---------------------|-------------------------|-----------------------|----------------------------|-------------|-------------|--------|--------|")

@@ -46,7 +46,7 @@ def test_disabled_runs_everything():
 def test_prompt_blocks_always_run_and_eval_runs_all():
     cfg = preset("paper", "dualprompt", **OFFLINE, **{"ald.theta_min": 0.1, "ald.gamma": 1.0})
     model = RepModel(cfg, 5).train()
-    x = torch.randn(1, 3, 32, 32)
+    x = torch.randn(1, 3, 28, 28)
     with torch.no_grad():
         runs = [model(x, task_id=0, iteration=50).ran for _ in range(8)]
     assert all(r[:5] == [True] * 5 for r in runs)                  # G layers 0-1, E layers 2-4
@@ -63,7 +63,7 @@ def test_dropped_block_is_not_computed():
     hooks = [blk.attn.qkv.register_forward_hook(lambda *_, l=l: calls.__setitem__(l, calls[l] + 1))
              for l, blk in enumerate(model.backbone.blocks)]
     try:
-        out = model(torch.randn(2, 3, 32, 32), iteration=100)
+        out = model(torch.randn(2, 3, 28, 28), iteration=100)
     finally:
         for h in hooks:
             h.remove()

@@ -11,18 +11,18 @@ from rep_tune.runtime.backbone import load_backbone
 from rep_tune.runtime.model import RepModel
 from rep_tune.schedule import tokens_per_block
 
-MICRO = "vit_micro_patch4_32"
+MICRO = "vit_micro_patch2_28"     # the embedded default (28 px, 196 patches)
 OFFLINE = {"backbone.pretrained": False, "selection.pretrained": False, "ald.enabled": False}
 
 
 
 
 def _x(seed: int = 0, b: int = 2) -> torch.Tensor:
-    return torch.randn(b, 3, 32, 32, generator=torch.Generator().manual_seed(seed))
+    return torch.randn(b, 3, 28, 28, generator=torch.Generator().manual_seed(seed))
 
 
 @pytest.mark.parametrize("method,protect,n_protected,mergeable", [
-    ("l2p", True, 1 + 25, 64), ("l2p", False, 1, 64 + 25), ("dualprompt", True, 1, 64)])
+    ("l2p", True, 1 + 25, 196), ("l2p", False, 1, 196 + 25), ("dualprompt", True, 1, 196)])
 def test_token_counts_follow_schedule(method, protect, n_protected, mergeable):
     cfg = preset("paper", method, **OFFLINE, **{"atom.protect_prompts": protect})
     model = RepModel(cfg, 10).eval()
@@ -35,8 +35,8 @@ def test_token_counts_follow_schedule(method, protect, n_protected, mergeable):
 def test_large_merge_counts_are_capped_like_the_schedule():
     cfg = preset("paper", "l2p", **OFFLINE, **{"atom.merge": [40] * 12})
     out = RepModel(cfg, 10).eval()(_x())
-    assert out.tokens == tokens_per_block(26, 64, [40] * 12)
-    assert out.tokens[:4] == [90, 58, 42, 34]
+    assert out.tokens == tokens_per_block(26, 196, [40] * 12)
+    assert out.tokens[:5] == [222, 182, 142, 102, 64]      # block 4 merges 38 (< 40): the cap binds
 
 
 def test_protected_tokens_bit_identical_after_merge():

@@ -74,15 +74,19 @@ def test_arch_check_against_arch_of():
         check_arch(pico, "vit_micro_patch4_32")
 
 
-def test_embedded_pretrained_weights_or_a_clear_error():
-    name = "vit_pico_patch4_32.fmnist"
+@pytest.mark.parametrize("name", ["vit_micro_patch2_28.fmnist", "vit_pico_patch2_28.fmnist"])
+def test_shipped_embedded_weights_load_with_the_196_patch_layout(name):
+    from safetensors.torch import load_file
     path = embedded_weights(name)
-    if not path.is_file():   # weights not committed yet: the error says where they are expected
-        with pytest.raises(FileNotFoundError, match=str(path)):
-            load_backbone(name, pretrained=True)
-    else:
-        from safetensors.torch import load_file
-        _assert_loaded(load_backbone(name, pretrained=True), load_file(str(path)))
+    model = load_backbone(name, pretrained=True)
+    _assert_loaded(model, load_file(str(path)))
+    assert model.patch_embed.num_patches == 196 and model.num_prefix_tokens == 1     # ViT/16@224's layout
+
+
+def test_retired_embedded_weights_give_a_clear_error():
+    name = "vit_pico_patch4_32.fmnist"           # 64-patch test architecture: random init only
+    with pytest.raises(FileNotFoundError, match="pretrained=False"):
+        load_backbone(name, pretrained=True)
 
 
 # ---- hub failures: the model, "offline", and the way out; no retry loop ----------------------

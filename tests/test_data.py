@@ -30,21 +30,21 @@ def test_split_classes_even():
 
 
 def test_digits_rendered_like_fmnist_pretraining():
-    ts = build_tasks(Scenario(dataset="digits", n_tasks=5, class_order_seed=-1), 32, cache=False)
+    ts = build_tasks(Scenario(dataset="digits", n_tasks=5, class_order_seed=-1), 28, cache=False)
     assert ts.num_classes == 10 and ts.n_tasks == 5 and ts.class_order == list(range(10))
     n_train = sum(len(t.train) for t in ts)
     n_test = sum(len(t.test) for t in ts)
     assert n_train + n_test == 1797 and abs(n_test - 0.2 * 1797) <= 1
     x, y, ids = ts[0].train.batch(torch.arange(len(ts[0].train)))
-    assert x.shape[1:] == (3, 32, 32)
+    assert x.shape[1:] == (3, 28, 28)                            # the Fashion-MNIST canvas, unpadded
     assert torch.equal(x[:, 0], x[:, 1])                         # grayscale replicated
     assert float(x.min()) == -1.0 and float(x.max()) <= 1.0       # [-1, 1] after mean/std 0.5
-    assert torch.all(x[:, :, :2, :] == -1.0) and torch.all(x[:, :, :, -2:] == -1.0)   # 2 px pad
+    assert float((x == -1.0).float().mean()) > 0.3                # dark background, like Fashion-MNIST
     assert set(y.tolist()) == {0, 1}
     # ids are unique across train and test and stable between builds
     all_ids = torch.cat([torch.cat([t.train.ids, t.test.ids]) for t in ts])
     assert len(set(all_ids.tolist())) == 1797
-    again = build_tasks(Scenario(dataset="digits", n_tasks=5, class_order_seed=-1), 32, cache=False)
+    again = build_tasks(Scenario(dataset="digits", n_tasks=5, class_order_seed=-1), 28, cache=False)
     assert torch.equal(again[0].train.ids, ts[0].train.ids)
 
 
@@ -242,6 +242,6 @@ def test_image_folder_train_test_subfolders(tmp_path):
 
 
 def test_backbone_normalization():
-    assert backbone_normalization("vit_micro_patch4_32.fmnist") == ((0.5,) * 3, (0.5,) * 3)
+    assert backbone_normalization("vit_micro_patch2_28.fmnist") == ((0.5,) * 3, (0.5,) * 3)
     mean, std = backbone_normalization("vit_base_patch16_224.orig_in21k")
     assert len(mean) == 3 and len(std) == 3

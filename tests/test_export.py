@@ -287,10 +287,10 @@ def test_unflagged_settings_need_allow_approx(change, word):
 
 
 def test_embedded_backbone_needs_allow_approx():
-    with pytest.raises(ExportError, match="vit_micro_patch4_32"):
+    with pytest.raises(ExportError, match="vit_micro_patch2_28"):
         export(preset("paper"), "rep-argparse")
     ns = parse(export(preset("paper"), "rep-argparse", allow_approx=True))
-    assert ns.model == "vit_micro_patch4_32_adaptive_layer_drop"
+    assert ns.model == "vit_micro_patch2_28_adaptive_layer_drop"
 
 
 def test_lr_unscaled_and_no_clipping():

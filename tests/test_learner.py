@@ -93,14 +93,14 @@ HAVE_WEIGHTS = all(embedded_weights(n).is_file() for n in (EMBEDDED_BACKBONE, EM
 
 @pytest.mark.slow
 @pytest.mark.skipif(not HAVE_WEIGHTS, reason="embedded backbone weights not committed yet")
-def test_end_to_end_digits_learns():
-    cfg = preset("paper", **{"training.iters_per_task": 20, "training.lr": 0.3})
-    res = train(cfg, Scenario(dataset="digits", n_tasks=5), progress=False)
-    assert res.acc_matrix.shape == (5, 5)
-    # chance is 0.1 (argmax over all 10 classes); rehearsal-free class-incremental learning on a
-    # small Fashion-MNIST backbone forgets a lot. Measured with the committed weights: final 0.33,
-    # average incremental 0.51, first task 0.94; the bars leave room for numeric drift only.
-    assert res.final_acc > 0.25, res.acc_matrix
-    assert res.avg_incremental_acc > 0.42, res.acc_matrix
-    assert res.acc_matrix[0, 0] > 0.8, res.acc_matrix     # the first task is learnt
-    assert not math.isnan(res.forgetting)
+def test_end_to_end_split_fashion_mnist_learns():
+    cfg = preset("paper", **{"training.iters_per_task": 12})
+    res = train(cfg, Scenario(dataset="fashion-mnist", n_tasks=5, eval_per_class=40), progress=False)
+    assert res.acc_matrix.shape == (5, 5) and res.eval_size == 400
+    # chance is 0.1 (argmax over all 10 classes). Measured with the committed weights and 20
+    # iterations per task on 500 test images: final 0.77, average incremental 0.85, first task 0.97;
+    # the bars leave room for 12 iterations, 400 images (sampling error ~2 points) and numeric drift.
+    assert res.final_acc > 0.6, res.acc_matrix
+    assert res.avg_incremental_acc > 0.7, res.acc_matrix
+    assert res.acc_matrix[0, 0] > 0.85, res.acc_matrix    # the first task is learnt
+    assert 0.0 <= res.forgetting < 0.4

@@ -25,7 +25,7 @@ OFFLINE = {"backbone.pretrained": False, "selection.pretrained": False}
 
 
 def _x(b: int = 4, seed: int = 0) -> torch.Tensor:
-    return torch.randn(b, 3, 32, 32, generator=torch.Generator().manual_seed(seed))
+    return torch.randn(b, 3, 28, 28, generator=torch.Generator().manual_seed(seed))
 
 
 def _record_prefixes(monkeypatch) -> dict[int, int]:
@@ -171,7 +171,7 @@ def test_query_cache_key_changes_when_the_checkpoint_is_rewritten(tmp_path):
 
     from rep_tune.runtime.backbone import clear_backbone_cache, load_backbone
     ckpt = tmp_path / "pico.safetensors"
-    base = load_backbone("vit_pico_patch4_32", pretrained=False)
+    base = load_backbone("vit_pico_patch2_28", pretrained=False)
     save_file({k: v.contiguous() for k, v in base.state_dict().items()}, str(ckpt))
     cfg = preset("paper", "l2p", **OFFLINE, **{"selection.checkpoint": str(ckpt)})
     key1 = RepModel(cfg, 10).surrogate_key

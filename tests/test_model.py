@@ -14,7 +14,7 @@ OFFLINE = {"backbone.pretrained": False, "selection.pretrained": False, "ald.ena
 
 
 def _x(seed: int = 0, b: int = 4) -> torch.Tensor:
-    return torch.randn(b, 3, 32, 32, generator=torch.Generator().manual_seed(seed))
+    return torch.randn(b, 3, 28, 28, generator=torch.Generator().manual_seed(seed))
 
 
 def test_trainable_parameters_and_shared_frozen_backbone():
@@ -74,4 +74,4 @@ def test_dualprompt_task_prompt_in_training_query_match_in_eval():
     evaluated = model.eval()(x, q)
     best = (F.normalize(q, dim=1) @ F.normalize(model.prompt.keys, dim=1).t()).argmax(dim=1)
     assert evaluated.prompt_idx[:, 0].tolist() == best.tolist()
-    assert evaluated.logits.shape == (4, 10) and evaluated.tokens[0] == 65
+    assert evaluated.logits.shape == (4, 10) and evaluated.tokens[0] == 197     # 196 patches + CLS

@@ -125,13 +125,13 @@ def test_deployment_pricing_labels_and_refusals(tmp_path):
     assert abs(jetson.predict(proxy).extras["deploy_iters_per_task"] - w.iterations(16)) <= w.epochs
     same = load_targets(["jetson_orin"], deploy_backbone=PROXY)[0]
     assert same.deployment(proxy).accuracy == "direct"
-    old = preset("paper", "l2p", "vit_micro_patch4_32.fmnist")           # 64 patches: cannot map 1:1
+    old = preset("paper", "l2p", "vit_micro_patch4_32")           # 64 patches: cannot map 1:1
     with pytest.raises(MappingError, match="patches"):
         jetson.check(old)
 
 
 def test_a_proxy_that_cannot_map_is_refused_before_any_work(tmp_path, capsys):
-    rc = main(["search", "--device", "jetson_orin", "--backbone", "vit_micro_patch4_32.fmnist",
+    rc = main(["search", "--device", "jetson_orin", "--backbone", "vit_micro_patch4_32",
                "--run-dir", str(tmp_path / "run"), "--no-progress"])
     err = capsys.readouterr().err
     assert rc == 2 and "64 vs 196 patches" in err and "--deploy-backbone" in err and "Traceback" not in err

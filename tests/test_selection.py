@@ -14,7 +14,7 @@ OFFLINE = {"backbone.pretrained": False, "selection.pretrained": False}
 
 
 def _x(seed: int, b: int = 4) -> torch.Tensor:
-    return torch.randn(b, 3, 32, 32, generator=torch.Generator().manual_seed(seed))
+    return torch.randn(b, 3, 28, 28, generator=torch.Generator().manual_seed(seed))
 
 
 def test_projection_fixed_by_seed():

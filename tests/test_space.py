@@ -264,7 +264,7 @@ def test_paper_surrogate_choice_follows_the_backbone():
         assert cfg.selection.surrogate == paper_surrogate(backbone)
     assert paper_surrogate(NEW_BACKBONE) == "vit_pico_patch2_28.fmnist"
     # a literal surrogate that is not the paper's pairing is outside a [paper, null] space
-    other = preset("paper", "l2p", NEW_BACKBONE).replace(**{"selection.surrogate": "vit_pico_patch4_32.fmnist"})
+    other = preset("paper", "l2p", NEW_BACKBONE).replace(**{"selection.surrogate": "vit_pico_patch4_32"})
     with pytest.raises(ValueError, match="selection.surrogate"):
         space.params_of(other)
 

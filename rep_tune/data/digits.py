@@ -1,8 +1,9 @@
 """Split Digits: scikit-learn's bundled 8x8 digits, rendered like the embedded backbone's Fashion-MNIST.
 
-8x8 values 0..16 -> [0, 1] -> bilinear upscale to 28x28 -> 2 px zero pad to 32x32, the same
-canvas (and, after normalisation with mean/std 0.5, the same [-1, 1] range) as
-scripts/train_embedded_backbone.py ``to_tensor``. Offline, no download, never seen in pre-training.
+8x8 values 0..16 -> [0, 1] -> bilinear upscale to 28x28, the same canvas (and, after
+normalisation with mean/std 0.5, the same [-1, 1] range) as scripts/train_embedded_backbone.py
+``to_tensor``. Offline (``rep-tune[digits]`` installs scikit-learn), no download, classes the
+backbones never saw: the transfer scenario, beside the default Split Fashion-MNIST.
 """
 from __future__ import annotations
 
@@ -15,10 +16,9 @@ from rep_tune.data.scenario import Scenario
 
 
 def render_digits(images: np.ndarray) -> torch.Tensor:
-    """float (N, 8, 8) in 0..16 -> float (N, 1, 32, 32) in [0, 1]."""
+    """float (N, 8, 8) in 0..16 -> float (N, 1, 28, 28) in [0, 1]."""
     x = torch.as_tensor(np.asarray(images), dtype=torch.float32).div(16.0).unsqueeze(1)
-    x = F.interpolate(x, size=(28, 28), mode="bilinear", align_corners=False).clamp_(0.0, 1.0)
-    return F.pad(x, (2, 2, 2, 2))
+    return F.interpolate(x, size=(28, 28), mode="bilinear", align_corners=False).clamp_(0.0, 1.0)
 
 
 NUM_CLASSES = 10

@@ -1,9 +1,14 @@
 """Backbones: timm ViTs by name, local checkpoints, and the embedded offline ViTs.
 
 The embedded backbones are ordinary timm ``VisionTransformer`` models registered under
-timm-style names, so ``timm.create_model("vit_micro_patch4_32.fmnist", pretrained=True)``
-loads the committed Fashion-MNIST weights without a network. They have 12 blocks, like
-ViT-Ti/B/L, so a per-layer AToM/ALD schedule means the same thing on them.
+timm-style names, so ``timm.create_model("vit_micro_patch2_28.fmnist", pretrained=True)``
+loads the committed Fashion-MNIST weights without a network. The update backbone has 12 blocks
+and ViT/16@224's token layout (14x14 = 196 patches + CLS), so every AToM/ALD schedule of the
+paper applies unchanged and a config found on it maps knob for knob onto ``vit_*_patch16_224``.
+
+The 64-patch ``vit_micro_patch4_32`` / ``vit_pico_patch4_32`` remain registered as small,
+fast test architectures (random init only: their weights were retired with the 196-patch
+default, so ``pretrained=True`` on them says the weights are not available).
 """
 from __future__ import annotations
 
@@ -21,9 +26,9 @@ from timm.models.vision_transformer import VisionTransformer, checkpoint_filter_
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 
 EMBEDDED = {
-    # update backbone: 12 blocks, width 96, 3 heads, 32 px input, patch 4 -> 64 patches + CLS
+    # test-sized (random init only): 12 blocks, width 96, 32 px, patch 4 -> 64 patches + CLS
     "vit_micro_patch4_32": dict(img_size=32, patch_size=4, embed_dim=96, depth=12, num_heads=3),
-    # selection surrogate: 6 blocks, width 64, 2 heads (about 4x cheaper than the backbone)
+    # test-sized surrogate (random init only): 6 blocks, width 64
     "vit_pico_patch4_32": dict(img_size=32, patch_size=4, embed_dim=64, depth=6, num_heads=2),
     # update backbone with ViT/16@224's token layout: 12 blocks, 28 px, patch 2 -> 14x14 = 196 patches + CLS
     "vit_micro_patch2_28": dict(img_size=28, patch_size=2, embed_dim=96, depth=12, num_heads=3),
@@ -60,13 +65,13 @@ def _create(name: str, pretrained: bool, **kwargs) -> VisionTransformer:
 
 @register_model
 def vit_micro_patch4_32(pretrained: bool = False, **kwargs) -> VisionTransformer:
-    """Embedded update backbone (1.35M parameters), pre-trained on Fashion-MNIST."""
+    """Test-sized 64-patch ViT (1.35M parameters, random init only)."""
     return _create("vit_micro_patch4_32", pretrained, **kwargs)
 
 
 @register_model
 def vit_pico_patch4_32(pretrained: bool = False, **kwargs) -> VisionTransformer:
-    """Embedded selection surrogate (0.3M parameters), pre-trained on Fashion-MNIST."""
+    """Test-sized 64-patch surrogate (0.3M parameters, random init only)."""
     return _create("vit_pico_patch4_32", pretrained, **kwargs)
 
 
@@ -88,7 +93,7 @@ _LOADED: dict[tuple, VisionTransformer] = {}
 
 
 def embedded_weights(name: str) -> Path | None:
-    """Committed weights file of an embedded backbone name (``vit_micro_patch4_32.fmnist``), else None."""
+    """Committed weights file of an embedded backbone name (``vit_micro_patch2_28.fmnist``), else None."""
     base = name.split(".")[0]
     return WEIGHTS_DIR / f"{base}.fmnist.safetensors" if base in EMBEDDED else None
 
@@ -136,7 +141,7 @@ def _build(name: str, *, pretrained: bool, checkpoint: Path | None, img_size: in
     if local is None and pretrained:
         local = embedded_weights(name)
         if local is not None and not local.is_file():
-            raise FileNotFoundError(f"embedded weights of {name!r} are not available yet: {local} "
+            raise FileNotFoundError(f"no embedded weights ship for {name!r} (expected at {local}) "
                                     f"(use pretrained=False, or give a checkpoint)")
     if local is None and pretrained:
         model = from_hub(name, section=section, **kwargs)

@@ -44,6 +44,12 @@ from rep_tune.search.targets import Target, load_targets
 
 ROLES = ("paper", "baseline")
 SEARCH_FIDELITY = {"training.epochs": 1, "training.iters_per_task": 12}
+SEARCH_EVAL_PER_CLASS = 200   # the default scenario's test subset during a search (benchmarks/bench_accuracy.py)
+
+
+def search_scenario() -> Scenario:
+    """The default scenario at the search's fidelity: the embedded benchmark on a smaller fixed test subset."""
+    return Scenario(eval_per_class=SEARCH_EVAL_PER_CLASS)
 BACKENDS = ("optuna", "ray")
 
 
@@ -55,7 +61,7 @@ class SearchSettings:
     space: str | None = None                 # search space file; default search_spaces/<method>.yaml
     method: str = "l2p"
     backbone: str = EMBEDDED_BACKBONE        # the proxy trained for accuracy
-    scenario: Scenario = field(default_factory=Scenario)
+    scenario: Scenario = field(default_factory=search_scenario)
     overrides: dict[str, Any] = field(default_factory=lambda: dict(SEARCH_FIDELITY))   # every candidate (--set)
     deploy_backbone: str | None = None       # None: each profile's workload backbone
     deploy_epochs: int | None = None         # None: each profile's workload schedule
