@@ -393,7 +393,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--search-iters", type=int, nargs="+", default=[12, 24],
                    help="iterations per task of the search fidelities compared (1 epoch cap)")
     p.add_argument("--variant-search-iters", type=int, default=None,
-                   help="the search fidelity part 1 runs at (default: the first --search-iters)")
+                   help="the search fidelity part 1 runs at (default: the first --search-iters; 0 = full fidelity only)")
     p.add_argument("--eval-per-class", type=int, default=200, help="test images per class of the rows before the last")
     p.add_argument("--eval-big", type=int, default=500, help="test images per class of the final evaluation")
     p.add_argument("--subsets", type=int, nargs="+", default=[50, 100, 200, 500],
@@ -422,13 +422,13 @@ def main(argv: list[str] | None = None) -> int:
                      f"{args.full_epochs} epoch(s), {full_iters or 'all'} it/task")}
     for it in args.search_iters:
         fids[f"search{it}"] = (fidelity_overrides(1, it), f"1 epoch, {it} it/task")
-    vfid = f"search{args.variant_search_iters or args.search_iters[0]}"
-    if vfid not in fids:
+    vfid = None if args.variant_search_iters == 0 else f"search{args.variant_search_iters or args.search_iters[0]}"
+    if vfid is not None and vfid not in fids:
         fids[vfid] = (fidelity_overrides(1, args.variant_search_iters), f"1 epoch, {args.variant_search_iters} it/task")
 
     jobs = []     # (meta, cfg)
     if "variants" in args.parts:
-        for fid in ("full", vfid):
+        for fid in ("full", vfid) if vfid else ("full",):
             for seed in args.seeds:
                 for label, name, over in VARIANTS:
                     cfg = variant_config(name, over, setup, fids[fid][0], seed)
@@ -453,7 +453,7 @@ def main(argv: list[str] | None = None) -> int:
     out.append(f"fidelities: " + "; ".join(f"{k} = {v[1]}" for k, v in fids.items()))
     out.append(f"eval: final row on {args.eval_big}/class, earlier rows (forgetting) on {args.eval_per_class}/class; "
                f"accuracy also read on nested subsets {args.subsets} per class")
-    variant_table(rows, ["full", vfid], setup, out)
+    variant_table(rows, ["full", vfid] if vfid else ["full"], setup, out)
     rank_table(rows, [f"search{it}" for it in args.search_iters], setup, out)
     text = "\n".join(out)
     print(text)

@@ -59,7 +59,7 @@ def one_thread():
 
 
 def _settings(run_dir, **kw) -> SearchSettings:
-    base = dict(devices=DEVICES, scenario=Scenario(n_tasks=2, max_per_class=8, test_fraction=0.1),
+    base = dict(devices=DEVICES, scenario=Scenario(n_tasks=2, max_per_class=8, eval_per_class=20),
                 overrides={**TINY, **_pretrained()}, n_trials=4, timeout=None, run_dir=str(run_dir),
                 budgets={"latency_ms": "0.95x", "peak_memory_mb": "0.9x"}, progress=False, seed=3,
                 deploy_backbone=EMBEDDED_BACKBONE)
