@@ -161,3 +161,17 @@ def test_register_tokens_and_gated_mlps_come_from_the_arch_and_layout():
     b0 = count(glu, batch=1).blocks[0]
     N, D = b0.tokens, a.embed_dim
     assert b0.fwd.matmul_flops == 2.0 * N * (4 * D * D + D * (2 * a.mlp_hidden + a.mlp_hidden))
+
+
+def test_the_deployment_trains_in_the_profiles_dtype_unless_the_config_chose_one():
+    prof = gpu_profile()                                              # dtype fp16, 8x fp32's peak
+    fp32 = preset("paper", "l2p", PROXY)
+    assert fp32.training.precision == "fp32"
+    fast = predict_deployed(fp32, prof)
+    slow = predict_deployed(fp32, prof, keep_precision=True)
+    assert fast["latency_ms"].value < 0.5 * slow["latency_ms"].value           # priced at fp16, not fp32
+    bf16 = fp32.replace(**{"training.precision": "bf16"})              # a searched precision is kept
+    assert map_to_deployment(bf16, prof.workload, precision="fp16").training.precision == "bf16"
+    from rep_tune.search.targets import load_targets
+    jetson = load_targets(["jetson_orin"])[0]
+    assert jetson.deployed_config(fp32).training.precision == "fp16"

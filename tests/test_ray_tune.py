@@ -141,7 +141,7 @@ def test_the_trainable_runs_the_real_learner_and_reports_costs(tmp_path):
     tiny = {"training.epochs": 1, "training.iters_per_task": 2, "training.batch_size": 8,
             "training.eval_batch_size": 256, **({} if have else {"backbone.pretrained": False,
                                                                   "selection.pretrained": False})}
-    settings = SearchSettings(devices=["profiles/cpu_x86_generic.yaml"], scenario=Scenario(n_tasks=2, max_per_class=8, eval_per_class=20,
+    settings = SearchSettings(devices=["profiles/cpu_x86_generic.yaml"], scenario=Scenario(n_tasks=2, max_per_class=8, eval_per_class=5,
                               test_fraction=0.1), overrides=tiny, n_trials=1, run_dir=str(tmp_path / "run"),
                               progress=False, seed=3, deploy_backbone=EMBEDDED_BACKBONE, references=False,
                               prescreen=False)

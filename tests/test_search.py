@@ -59,7 +59,7 @@ def one_thread():
 
 
 def _settings(run_dir, **kw) -> SearchSettings:
-    base = dict(devices=DEVICES, scenario=Scenario(n_tasks=2, max_per_class=8, eval_per_class=20),
+    base = dict(devices=DEVICES, scenario=Scenario(n_tasks=2, max_per_class=8, eval_per_class=5),
                 overrides={**TINY, **_pretrained()}, n_trials=4, timeout=None, run_dir=str(run_dir),
                 budgets={"latency_ms": "0.95x", "peak_memory_mb": "0.9x"}, progress=False, seed=3,
                 deploy_backbone=EMBEDDED_BACKBONE)
@@ -176,7 +176,7 @@ def test_cli_defaults_and_bad_budget(capsys):
     add_arguments(p)
     s = settings_from_args(p.parse_args(["--device", "profiles/jetson_orin.yaml"]))
     assert s.n_trials == 16 and s.timeout == 600 and s.sampler == "tpe" and s.budgets == {} and s.prescreen
-    assert s.overrides["training.iters_per_task"] == 12
+    assert s.overrides["training.iters_per_task"] == 12 and s.scenario.eval_per_class == 50   # the search fidelity
     assert main(["search", "--device", "profiles/jetson_orin.yaml", "--latency-budget", "fast"]) == 2
     assert "latency-budget" in capsys.readouterr().err
 

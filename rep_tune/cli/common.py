@@ -72,8 +72,28 @@ def add_threads_argument(p: argparse.ArgumentParser) -> None:
                         "default; oversubscribed OpenMP threads run several times slower)")
 
 
+def _busy_cores(window_s: float = 0.3) -> float:
+    """Cores other work keeps busy *now*: /proc/stat sampled over ``window_s`` (the 1-minute load
+    average lags a minute behind, so a run started right after another would think the cores busy)."""
+    import time
+
+    def sample() -> tuple[int, int]:
+        with open("/proc/stat") as f:
+            v = [int(x) for x in f.readline().split()[1:]]
+        idle = v[3] + (v[4] if len(v) > 4 else 0)
+        return sum(v), idle
+    try:
+        t0, i0 = sample()
+        time.sleep(window_s)
+        t1, i1 = sample()
+    except (OSError, ValueError, IndexError):
+        return os.getloadavg()[0]
+    total = max(1, t1 - t0)
+    return (os.cpu_count() or 1) * (1.0 - (i1 - i0) / total)
+
+
 def set_threads(requested: int | None) -> int:
-    """Set torch's intra-op threads: as requested, else 1 when other work keeps the cores busy."""
+    """Set torch's intra-op threads: as requested, else 1 when other work keeps half the cores busy."""
     import torch
 
     if requested is not None and not 1 <= requested <= MAX_THREADS:
@@ -81,7 +101,7 @@ def set_threads(requested: int | None) -> int:
     if requested:
         n = requested
     else:
-        busy = os.getloadavg()[0] >= 0.5 * (os.cpu_count() or 1)
+        busy = _busy_cores() >= 0.5 * (os.cpu_count() or 1)
         n = 1 if busy else torch.get_num_threads()
     torch.set_num_threads(n)
     return n

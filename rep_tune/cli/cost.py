@@ -57,7 +57,7 @@ def _config(args, prof: DeviceProfile) -> tuple[RepConfig, str]:
 def run(args) -> int:
     from rep_tune.cost import check
     from rep_tune.cost.counts import count
-    from rep_tune.cost.deploy import map_to_deployment, predict_deployed
+    from rep_tune.cost.deploy import deploy_precision, map_to_deployment, predict_deployed
     from rep_tune.cost.latency import rates
     from rep_tune.cost.model import block_ms, predict, task_schedule
     from rep_tune.cost.verdict import verdict
@@ -68,8 +68,11 @@ def run(args) -> int:
     if args.deploy:
         w = prof.workload
         batch = prof.budgets.batch_size
-        priced = map_to_deployment(cfg, w, args.deploy_backbone, batch)
-        cost = predict_deployed(cfg, prof, backbone=args.deploy_backbone)
+        keep = bool(args.precision)
+        priced = map_to_deployment(cfg, w, args.deploy_backbone, batch, None if keep else deploy_precision(prof))
+        cost = predict_deployed(cfg, prof, backbone=args.deploy_backbone, keep_precision=keep)
+        if priced.training.precision != prec:
+            prec, why = priced.training.precision, f"the deployment's: {prof.name}'s training dtype"
         sched = task_schedule(priced, batch, images_per_task=w.images_per_task)
         t, classes = None, w.num_classes
         print(f"proxy  {cfg.name}: {cfg.backbone.name} ({cfg.prompt.method})")

@@ -108,15 +108,17 @@ class Target:
                           "direct" if same_model(proxy.backbone.name, w.backbone) else "proxy", w)
 
     def deployed_config(self, proxy: RepConfig) -> RepConfig:
-        """``proxy``'s knobs as deployed: the deployment's backbone, surrogate and training schedule.
+        """``proxy``'s knobs as deployed: the deployment's backbone, surrogate, training schedule and
+        precision (``cost.deploy.map_to_deployment``).
 
         Raises ``rep_tune.cost.deploy.MappingError`` when the knobs cannot map 1:1.
         """
         if self.local:
             d = self.deployment(proxy)
             return proxy.replace(**{"training.epochs": d.epochs, "training.iters_per_task": d.iters_per_task})
-        from rep_tune.cost.deploy import map_to_deployment
-        return map_to_deployment(proxy, self.workload(), None, self.profile.budgets.batch_size)
+        from rep_tune.cost.deploy import deploy_precision, map_to_deployment
+        return map_to_deployment(proxy, self.workload(), None, self.profile.budgets.batch_size,
+                                 deploy_precision(self.profile))
 
     def check(self, proxy: RepConfig) -> None:
         """Raise ``MappingError`` (a ValueError) when ``proxy`` cannot be priced on the deployment."""
