@@ -25,7 +25,7 @@ FAKE_W = 1000.0                       # the fake package's power: far from any e
 
 
 def tiny_config(**over):
-    return preset("paper", **RANDOM, **{"training.iters_per_task": 6, "training.eval_batch_size": 256, **over})
+    return preset("paper", **RANDOM, **{"training.epochs": 6, "training.iters_per_task": 6, "training.eval_batch_size": 256, **over})
 
 
 class FakeRapl:

@@ -59,9 +59,9 @@ def one_thread():
 
 
 def _settings(run_dir, **kw) -> SearchSettings:
-    base = dict(devices=DEVICES, scenario=Scenario(n_tasks=2, max_per_class=8, eval_per_class=5),
+    base = dict(devices=DEVICES, scenario=Scenario(n_tasks=2, max_per_class=8, eval_per_class=20),
                 overrides={**TINY, **_pretrained()}, n_trials=4, timeout=None, run_dir=str(run_dir),
-                budgets={"latency_ms": "0.95x", "peak_memory_mb": "0.9x"}, progress=False, seed=3,
+                budgets={"latency_ms": "0.8x", "peak_memory_mb": "1.05x"}, progress=False, seed=3,
                 deploy_backbone=EMBEDDED_BACKBONE)
     base.update(kw)
     return SearchSettings(**base)
