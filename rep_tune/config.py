@@ -29,6 +29,7 @@ PAPER_SURROGATE = "vit_tiny_patch16_224"
 # the embedded benchmark's full-fidelity schedule (benchmarks/bench_accuracy.py: seed std <= 1 point,
 # `make demo` <= 3 minutes on 2 cores); other backbones keep TrainingConfig's reference defaults
 EMBEDDED_SCHEDULE = {"epochs": 1, "iters_per_task": 64}
+PRECISIONS = ("fp32", "bf16", "fp16")   # training.precision's choices (TrainingConfig)
 MAX_IMG_SIZE = 4096           # as Scenario's limit: larger inputs are typos, not workloads
 MAX_PROMPT_TOKENS = 1024      # prompt tokens in the sequence, or prefix keys/values per block
 MAX_PROMPT_PARAMS = 10 ** 8   # prompt/key parameters of a method (a typo, not a config, beyond this)

@@ -4,11 +4,10 @@ from __future__ import annotations
 import argparse
 
 from rep_tune.cli.common import non_negative_float, non_negative_int, positive_int
-from rep_tune.config import PRESETS, RepConfig, preset
+from rep_tune.config import PRECISIONS, PRESETS, RepConfig, preset
+from rep_tune.cost.deploy import deploy_precision
 from rep_tune.device import DeviceProfile
 from rep_tune.methods import method_names
-
-PRECISIONS = ("fp32", "bf16", "fp16")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -44,8 +43,8 @@ def _config(args, prof: DeviceProfile) -> tuple[RepConfig, str]:
         except KeyError as e:
             raise ValueError(f"--backbone: expected a timm ViT name like vit_tiny_patch16_224, "
                              f"found {args.backbone!r}") from e
-        if prof.dtype in PRECISIONS:
-            cfg = cfg.replace(**{"training.precision": prof.dtype})
+        if deploy_precision(prof):
+            cfg = cfg.replace(**{"training.precision": deploy_precision(prof)})
             why = f"preset for {prof.name}: the profile's preferred dtype"
         else:
             why = f"preset default (the profile's dtype {prof.dtype} is not a training precision)"
@@ -57,7 +56,7 @@ def _config(args, prof: DeviceProfile) -> tuple[RepConfig, str]:
 def run(args) -> int:
     from rep_tune.cost import check
     from rep_tune.cost.counts import count
-    from rep_tune.cost.deploy import deploy_precision, map_to_deployment, predict_deployed
+    from rep_tune.cost.deploy import map_to_deployment, predict_deployed
     from rep_tune.cost.latency import rates
     from rep_tune.cost.model import block_ms, predict, task_schedule
     from rep_tune.cost.verdict import verdict

@@ -28,12 +28,10 @@ def _prefix_tokens(arch) -> int:
     return int(getattr(arch, "num_prefix_tokens", 1))
 
 
-TRAINING_PRECISIONS = ("fp32", "bf16", "fp16")
-
-
 def deploy_precision(profile) -> str | None:
     """The training precision a deployment on ``profile`` runs at: its dtype, when that is one."""
-    return profile.dtype if profile.dtype in TRAINING_PRECISIONS else None
+    from rep_tune.config import PRECISIONS
+    return profile.dtype if profile.dtype in PRECISIONS else None
 
 
 def map_to_deployment(config, workload, backbone: str | None = None, batch_size: int | None = None,
