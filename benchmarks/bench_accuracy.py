@@ -53,6 +53,7 @@ from rep_tune.runtime import metrics
 RESULTS = Path(__file__).resolve().parent / "results"
 OLD_SURROGATES = ("vit_pico_patch4_32.fmnist", "vit_pico_patch2_28.fmnist")
 
+EQUAL_BLOCKS = "equal-blocks"     # marker: PLD's theta_min/gamma solved for the paper preset's blocks run
 VARIANTS: list[tuple[str, str, dict[str, Any]]] = [
     ("baseline", "baseline", {}),
     ("paper preset (REP)", "paper", {}),
@@ -60,9 +61,39 @@ VARIANTS: list[tuple[str, str, dict[str, Any]]] = [
     ("ALD only", "paper", {"atom.enabled": False}),
     ("ToMe instead of AToM", "paper", {"atom.protect_prompts": False}),
     ("PLD instead of ALD", "paper", {"ald.schedule": "pld", "ald.theta_min": 0.5, "ald.gamma": 0.001}),
+    ("PLD at ALD's blocks", "paper", {"ald.schedule": "pld", EQUAL_BLOCKS: True}),
 ]
 ORDERINGS = [("REP (AToM) >= ToMe merging", "paper preset (REP)", "ToMe instead of AToM"),
-             ("ALD >= PLD", "paper preset (REP)", "PLD instead of ALD")]
+             ("ALD >= PLD", "paper preset (REP)", "PLD instead of ALD"),
+             ("ALD >= PLD at equal blocks run", "paper preset (REP)", "PLD at ALD's blocks")]
+
+
+def expected_blocks(cfg) -> float:
+    """Blocks run per training iteration in expectation over the run's task (the cost model's count)."""
+    from rep_tune.cost import counts
+    return float(sum(counts.keep_probs(cfg, iters=cfg.training.iters_per_task or counts.DEFAULT_ITERS_PER_TASK)))
+
+
+def pld_at_equal_blocks(reference) -> dict[str, Any]:
+    """PLD's (theta_min, gamma) whose expected blocks run equal ``reference``'s (ALD).
+
+    DeepSpeed's theta_min 0.5 cannot drop as much as REP's ALD at gamma 0.001 (PLD keeps every
+    block with probability >= theta(t), ALD's deep blocks drop to 0.9 theta(t)), so gamma is solved
+    (bisection, log scale) at theta_min 0.5, else at 0.25, else at 0.
+    """
+    target = expected_blocks(reference)
+    for theta_min in (0.5, 0.25, 0.0):
+        def blocks(g: float) -> float:
+            return expected_blocks(reference.replace(**{"ald.schedule": "pld", "ald.theta_min": theta_min,
+                                                        "ald.gamma": g}))
+        lo, hi = 1e-6, 10.0
+        if blocks(hi) > target:            # even the fastest decay keeps more blocks: lower theta_min
+            continue
+        for _ in range(80):
+            mid = math.sqrt(lo * hi)
+            lo, hi = (mid, hi) if blocks(mid) > target else (lo, mid)
+        return {"ald.schedule": "pld", "ald.theta_min": theta_min, "ald.gamma": round(hi, 8)}
+    raise ValueError(f"PLD cannot run as few blocks as {target:.2f}")
 
 
 # ---- statistics ---------------------------------------------------------------------------------
@@ -242,12 +273,25 @@ class Store:
 
 
 # ---- configs --------------------------------------------------------------------------------------
-def variant_config(name: str, over: dict, setup: Setup, fid: dict, seed: int):
+def variant_config(name: str, over: dict, setup: Setup, fid: dict, seed: int, horizon: int | None = None):
+    """The variant's config; ``horizon`` lays ALD/PLD's keep schedule over the deployment's task length."""
     base = {"training.seed": seed, **fid}
     if name != "baseline":
         base["selection.surrogate"] = setup.surrogate
+    if horizon:
+        base["ald.horizon"] = horizon
     cfg = preset(name, "l2p", setup.backbone, **base)
+    if over.get(EQUAL_BLOCKS):
+        over = {**{k: v for k, v in over.items() if k != EQUAL_BLOCKS}, **pld_at_equal_blocks(cfg)}
     return cfg.replace(**over) if over else cfg
+
+
+def deployment_horizon(device: str | None, backbone: str) -> int | None:
+    """Iterations per task of ``device``'s deployment (``search.targets.ald_horizon``); None for none."""
+    if not device:
+        return None
+    from rep_tune.search.targets import ald_horizon, load_targets
+    return ald_horizon(load_targets([device]), preset("paper", "l2p", backbone))
 
 
 def space_configs(setup: Setup, n: int, seed: int) -> list[tuple[str, Any, dict]]:
@@ -398,7 +442,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--eval-big", type=int, default=500, help="test images per class of the final evaluation")
     p.add_argument("--subsets", type=int, nargs="+", default=[50, 100, 200, 500],
                    help="per-class eval-subset sizes the final accuracy is also read on")
-    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
+    p.add_argument("--variants", nargs="+", default=None,
+                   help="labels of the variants to run (default: all); e.g. 'paper preset (REP)'")
+    p.add_argument("--deploy-device", default="jetson_orin",
+                   help="ALD/PLD keep schedules are laid over this profile's deployed task length (ald.horizon), "
+                        "as the search trains its proxy; 'none' = the run's own length")
     p.add_argument("--configs", type=int, default=12, help="configs of the default space for the rank correlation")
     p.add_argument("--space-seed", type=int, default=0)
     p.add_argument("--parts", nargs="+", default=["variants", "rank"], choices=["variants", "rank"])
@@ -426,12 +475,14 @@ def main(argv: list[str] | None = None) -> int:
     if vfid is not None and vfid not in fids:
         fids[vfid] = (fidelity_overrides(1, args.variant_search_iters), f"1 epoch, {args.variant_search_iters} it/task")
 
+    horizon = deployment_horizon(None if args.deploy_device == "none" else args.deploy_device, args.backbone)
+    variants = [v for v in VARIANTS if args.variants is None or v[0] in args.variants]
     jobs = []     # (meta, cfg)
     if "variants" in args.parts:
         for fid in ("full", vfid) if vfid else ("full",):
             for seed in args.seeds:
-                for label, name, over in VARIANTS:
-                    cfg = variant_config(name, over, setup, fids[fid][0], seed)
+                for label, name, over in variants:
+                    cfg = variant_config(name, over, setup, fids[fid][0], seed, horizon)
                     jobs.append(({"part": "variant", "label": label, "fidelity": fid, "fidelity_desc": fids[fid][1],
                                   "seed": seed}, cfg))
     if "rank" in args.parts:
@@ -451,6 +502,14 @@ def main(argv: list[str] | None = None) -> int:
            f"{args.dataset} in {args.tasks} tasks (class order seed {setup.scenario.class_order_seed}), "
            f"{torch.get_num_threads()} torch thread(s); {len(jobs)} runs, {time.time() - t0:.0f} s this invocation"]
     out.append(f"fidelities: " + "; ".join(f"{k} = {v[1]}" for k, v in fids.items()))
+    out.append(f"ALD/PLD keep schedule: " + (f"laid over {horizon} iterations per task (ald.horizon: the "
+               f"{args.deploy_device} deployment's task length, as the search trains its proxy)" if horizon
+               else "over the run's own iterations"))
+    for label, _, over in variants:
+        if over.get(EQUAL_BLOCKS):
+            cfg = next(c for m, c in jobs if m["label"] == label)
+            out.append(f"{label}: theta_min {cfg.ald.theta_min}, gamma {cfg.ald.gamma:.6g} (solved for the paper "
+                       f"preset's expected blocks run, {expected_blocks(cfg):.2f})")
     out.append(f"eval: final row on {args.eval_big}/class, earlier rows (forgetting) on {args.eval_per_class}/class; "
                f"accuracy also read on nested subsets {args.subsets} per class")
     variant_table(rows, ["full", vfid] if vfid else ["full"], setup, out)

@@ -101,6 +101,10 @@ class AldConfig:
     alpha: float = 0.9
     reset_per_task: bool = True      # t counts iterations within the current task
     schedule: Literal["ald", "pld"] = "ald"   # pld: DeepSpeed progressive layer dropping (depth-linear, no tau/alpha)
+    # iterations per task the keep schedule is laid over (None: the run's own). The search sets the
+    # deployment's, so its short proxy runs drop blocks as the deployed run does at the same fraction
+    # of each task (rep_tune.schedule.horizon_scale); a deployed config runs its own schedule (None).
+    horizon: int | None = None
 
 
 @dataclass
@@ -166,6 +170,7 @@ class RepConfig:
         d = self.ald
         check(0.0 < d.theta_min <= 1.0, source, "ald.theta_min", "number in (0, 1]", d.theta_min)
         check(d.gamma >= 0, source, "ald.gamma", "number >= 0", d.gamma)
+        check(d.horizon is None or d.horizon >= 1, source, "ald.horizon", "int >= 1 or null", d.horizon)
         check(d.tau >= 0, source, "ald.tau", "int >= 0", d.tau)
         check(0.0 < d.alpha <= 1.0, source, "ald.alpha", "number in (0, 1]", d.alpha)
         t = self.training

@@ -1,6 +1,6 @@
 """DeviceProfile: a target device's spec, budgets, calibration and telemetry kind.
 
-Written by ``rep-tune profile`` (measured) or shipped in ``profiles/`` (from data sheets, each
+Written by ``rep-tune profile`` (measured) or shipped in ``rep_tune/profiles/`` (from data sheets, each
 figure with its source). The cost model reads spec + calibration; the search reads budgets.
 """
 from __future__ import annotations
@@ -14,9 +14,10 @@ from typing import Any, Literal
 
 from rep_tune.figures import METRICS, metric
 from rep_tune.schema import check, from_dict, read_mapping, to_dict, write_mapping
+from rep_tune.shipped import PROFILES, resolve, shipped_dir
 
 PROFILE_VERSION = 1
-PROFILES_DIR = Path(__file__).resolve().parent.parent / "profiles"
+PROFILES_DIR = shipped_dir(PROFILES)     # rep_tune/profiles, package data (importlib.resources)
 EFFICIENCY_MAX = 1e3     # cost.calibrate.MAX_EFFICIENCY: what the fit gives a class it finds free
 
 
@@ -133,9 +134,9 @@ class Workload:
     dataset: str = "cifar100"
 
     def iterations(self, batch_size: int) -> int:
-        """Training iterations per task at ``batch_size``: ceil(epochs * images / batch), capped."""
-        n = -(-self.epochs * self.images_per_task // batch_size)
-        return min(n, self.iters_per_task) if self.iters_per_task else n
+        """Training iterations per task at ``batch_size`` (``rep_tune.schedule.iterations_per_task``)."""
+        from rep_tune.schedule import iterations_per_task
+        return iterations_per_task(self.images_per_task, batch_size, self.epochs, self.iters_per_task)
 
 
 @dataclass
@@ -259,10 +260,12 @@ class DeviceProfile:
 
     @classmethod
     def load(cls, path: str | Path) -> "DeviceProfile":
-        """Load a profile file, or a shipped profile by name (``jetson_orin``)."""
-        p = Path(path)
-        if not p.exists() and (PROFILES_DIR / f"{path}.yaml").exists():
-            p = PROFILES_DIR / f"{path}.yaml"
+        """Load a profile file, or a shipped profile by name (``jetson_orin``).
+
+        An existing path is the user's file; a missing ``jetson_orin`` or ``profiles/jetson_orin.yaml``
+        is the shipped one (from any folder); anything else missing raises FileNotFoundError.
+        """
+        p = resolve(path, PROFILES)
         return cls.from_dict(read_mapping(p), source=str(p))
 
     def save(self, path: str | Path) -> Path:

@@ -10,6 +10,14 @@ from dataclasses import dataclass
 from typing import Sequence
 
 
+def iterations_per_task(images: int, batch: int, epochs: int, cap: int | None = None) -> int:
+    """Training iterations of one task: ``epochs`` passes of ceil(images / batch) iterations (the
+    last batch of a pass may be short), capped at ``cap``. The one count the learner runs, the
+    cost model prices and a deployment's files state."""
+    n = max(1, int(epochs)) * -(-int(images) // int(batch))
+    return min(n, int(cap)) if cap else n
+
+
 def ramp(r: int, depth: int, inflect: float = 1.0) -> list[int]:
     """Per-block merge counts of ToMe's ``parse_r((r, inflect))``; inflect=1 is REP's linear ramp 0..2r."""
     lo = int(r * (1.0 - inflect))
@@ -163,24 +171,48 @@ def _keep_all(theta_t: float, merge: Sequence[int], mergeable: int, tau: int, al
             for i, m in enumerate(merged_before(merge, mergeable))]
 
 
-def keep_probabilities(t: int, merge: Sequence[int], mergeable: int, theta_min: float, gamma: float,
-                       tau: int, alpha: float, protected_blocks: Sequence[int] = (), kind: str = "ald") -> list[float]:
+def horizon_scale(horizon: int | None, iterations: int) -> float:
+    """How many of the schedule's iterations one run iteration stands for: ``horizon / iterations``.
+
+    ``ald.horizon`` lays the keep schedule over a task of ``horizon`` iterations (the deployment's)
+    while the run trains ``iterations`` per task (the search's proxy: far fewer), so both see the
+    same keep probability at the same fraction of the task. None (or equal lengths): 1.
+    """
+    if not horizon or iterations <= 0:
+        return 1.0
+    return float(horizon) / float(iterations)
+
+
+def schedule_time(t: float, scale: float = 1.0) -> float:
+    """The schedule's iteration that run iteration ``t`` stands for: the middle of its span,
+    (t + 0.5) * scale - 0.5, so that a short run's mean keep probability equals the long run's
+    (to second order in gamma * scale); exactly ``t`` at scale 1."""
+    return t if scale == 1.0 else (t + 0.5) * scale - 0.5
+
+
+def keep_probabilities(t: float, merge: Sequence[int], mergeable: int, theta_min: float, gamma: float,
+                       tau: int, alpha: float, protected_blocks: Sequence[int] = (), kind: str = "ald",
+                       scale: float = 1.0) -> list[float]:
     """Keep probability of every block at iteration t; protected blocks always run (1.0).
 
     ``kind`` 'ald' is REP's adaptive layer dropping, 'pld' DeepSpeed's progressive layer dropping.
+    ``scale`` (``horizon_scale``): t is a run iteration standing for ``scale`` schedule iterations.
     """
-    theta_t = (1.0 - theta_min) * math.exp(-gamma * t) + theta_min
+    theta_t = (1.0 - theta_min) * math.exp(-gamma * schedule_time(t, scale)) + theta_min
     return _keep_all(theta_t, merge, mergeable, tau, alpha, protected_blocks, kind)
 
 
 def mean_keep_probabilities(iterations: int, merge: Sequence[int], mergeable: int, theta_min: float,
                             gamma: float, tau: int, alpha: float, protected_blocks: Sequence[int] = (),
-                            kind: str = "ald") -> list[float]:
+                            kind: str = "ald", scale: float = 1.0) -> list[float]:
     """Per-block keep probability averaged over iterations t = 0..iterations-1 (closed form).
 
-    Both schedules are linear in theta(t), so the mean uses the mean of exp(-gamma t).
+    Both schedules are linear in theta(t), so the mean uses the mean of exp(-gamma t'), with
+    t' = schedule_time(t, scale) = (t + 0.5) scale - 0.5.
     """
     n = max(1, iterations)
-    # mean of exp(-gamma t) over t = 0..n-1
-    decay = 1.0 if gamma == 0 else (1 - math.exp(-gamma * n)) / (n * (1 - math.exp(-gamma)))
+    g = gamma * scale
+    # mean of exp(-gamma ((t + 0.5) scale - 0.5)) over t = 0..n-1
+    offset = math.exp(-gamma * (0.5 * scale - 0.5))
+    decay = offset * (1.0 if g == 0 else (1 - math.exp(-g * n)) / (n * (1 - math.exp(-g))))
     return _keep_all((1 - theta_min) * decay + theta_min, merge, mergeable, tau, alpha, protected_blocks, kind)

@@ -6,6 +6,12 @@ import os
 import pytest
 import torch
 
+# Ray on loopback only: every node, GCS, object store and driver of a test binds to 127.0.0.1, never
+# to the machine's network address. Ray reads this switch once, at import (ray_constants.ENABLE_RAY_CLUSTER):
+# off, ``ray.init(address="127.0.0.1:PORT")`` keeps the loopback address instead of rewriting it to the
+# machine's, which a cluster started on loopback does not listen on.
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+
 # one thread: on a shared 2-core machine two threads spin-wait and run many times slower
 torch.set_num_threads(1)
 

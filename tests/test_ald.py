@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import math
 
+import pytest
 import torch
 
 from rep_tune.config import AldConfig, preset
@@ -70,3 +71,69 @@ def test_dropped_block_is_not_computed():
     # the baseline-free query uses the surrogate, so backbone blocks run only inside the REP loop
     assert calls == [int(r) for r in out.ran]
     assert not all(out.ran)
+
+
+# ---- the keep schedule laid over the deployment's task length (ald.horizon) --------------------
+def test_pld_matches_deepspeeds_formula():
+    """DeepSpeed PLD (progressive_layer_drop.py + its BERT example; shared/ANCHORS.md): theta(t) =
+    (1 - theta_bar) exp(-gamma t) + theta_bar, block i = 1..L keeps with 1 - i / L (1 - theta(t))."""
+    from rep_tune.schedule import keep_probabilities
+    theta_bar, gamma, L = 0.5, 0.001, 12
+    for t in (0, 1, 500, 5000):
+        theta_t = (1.0 - theta_bar) * math.exp(-gamma * t) + theta_bar
+        want = [1.0 - i / L * (1.0 - theta_t) for i in range(1, L + 1)]
+        got = keep_probabilities(t, MERGE, 196, theta_bar, gamma, 16, 0.9, kind="pld")
+        assert got == [pytest.approx(w, abs=1e-12) for w in want]
+    assert keep_probabilities(3000, MERGE, 196, 0.5, 0.001, 16, 0.9, kind="pld")[0] < 1.0   # the first block drops too
+    assert keep_probabilities(10 ** 6, MERGE, 196, 0.5, 0.001, 16, 0.9, kind="pld")[-1] == pytest.approx(0.5)
+
+
+def _jetson_proxy():
+    from rep_tune.search.targets import ald_horizon, load_targets
+    target = load_targets(["jetson_orin"])[0]
+    proxy = preset("paper", "l2p", "vit_micro_patch2_28.fmnist", **{"training.epochs": 1, "training.iters_per_task": 12})
+    return target, proxy, ald_horizon([target], proxy)
+
+
+def _deployed_blocks(target, proxy) -> float:
+    from rep_tune.cost import counts
+    deployed = target.deployed_config(proxy)
+    assert deployed.ald.horizon is None                     # the deployment runs its own schedule
+    return sum(counts.keep_probs(deployed, iters=target.deployment(proxy).iterations_per_task))
+
+
+@pytest.mark.parametrize("schedule", ["ald", "pld"])
+def test_proxy_keep_schedule_spans_the_deployments_task(schedule):
+    """A 12-iteration proxy with ald.horizon = the deployment's task length expects the blocks the
+    cost model prices for the deployment (8.58 of 12 for the paper preset on jetson_orin); without
+    the horizon it would run 11.37, the search's old mismatch."""
+    from rep_tune.cost import counts
+    target, proxy, horizon = _jetson_proxy()
+    proxy = proxy.replace(**{"ald.schedule": schedule})
+    assert horizon == target.deployment(proxy).iterations_per_task == 1565
+    deployed = _deployed_blocks(target, proxy)
+    scaled = sum(counts.keep_probs(proxy.replace(**{"ald.horizon": horizon}), iters=12))
+    unscaled = sum(counts.keep_probs(proxy, iters=12))
+    assert scaled == pytest.approx(deployed, abs=0.02)
+    assert unscaled - deployed > (1.5 if schedule == "pld" else 2.5)
+    # the runtime's draws: the dropper at the learner's schedule times, over 40 seeds of 5 tasks
+    from rep_tune.schedule import horizon_scale, schedule_time
+    lay = proxy.layout()
+    runs = []
+    for seed in range(40):
+        d = LayerDropper(proxy.ald, proxy.atom.schedule(lay.depth), lay.mergeable, lay.prompt_blocks, seed=seed)
+        s = horizon_scale(horizon, 12)
+        runs += [sum(d.sample(schedule_time(k, s))) for _ in range(5) for k in range(12)]
+    assert sum(runs) / len(runs) == pytest.approx(deployed, abs=0.1)
+
+
+@pytest.mark.slow
+def test_learner_at_search_fidelity_runs_the_deployments_blocks():
+    """The real learner on the search's proxy (12 it/task, 5 tasks): measured blocks run per
+    iteration within 0.2 of what the cost model prices for the jetson_orin deployment."""
+    from rep_tune.data.scenario import Scenario
+    from rep_tune.runtime.learner import train
+    target, proxy, horizon = _jetson_proxy()
+    res = train(proxy.replace(**{"ald.horizon": horizon}), Scenario(eval_per_class=2), progress=False, energy=False)
+    measured = sum(r.blocks_run * r.iterations for r in res.per_task) / sum(r.iterations for r in res.per_task)
+    assert abs(measured - _deployed_blocks(target, proxy)) < 0.2, measured

@@ -38,7 +38,8 @@ from search_fakes import PROXY, FakeTrain, write_space  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 FAKES = Path(__file__).parent / "search_fakes.py"
-NODE = dict(num_cpus=1, include_dashboard=False, object_store_memory=100 * 2**20)
+# every node, its GCS and the object store on loopback only: a test never listens on the machine's network address
+NODE = dict(num_cpus=1, include_dashboard=False, object_store_memory=100 * 2**20, node_ip_address="127.0.0.1")
 
 
 @pytest.fixture(scope="module")
@@ -48,6 +49,10 @@ def cluster():
 
     if ray.is_initialized():
         ray.shutdown()
+    # Cluster writes its address file to Ray's temp folder ($RAY_TMPDIR, else <system temp>/ray), which
+    # exists only where Ray ran before: a fresh machine has none (cluster.ray_current_cluster_file)
+    from rep_tune.search.cluster import ray_current_cluster_file
+    ray_current_cluster_file().parent.mkdir(parents=True, exist_ok=True)
     temp = f"/tmp/rtc{os.getpid()}"
     c = Cluster(initialize_head=True, head_node_args=dict(NODE, temp_dir=temp))
     c.add_node(**NODE)
@@ -130,6 +135,19 @@ def test_a_missing_ray_extra_is_one_line_with_the_pip_command(monkeypatch, tmp_p
                "--run-dir", str(tmp_path / "run"), "--no-progress"])
     err = capsys.readouterr().err.strip()
     assert rc == 2 and len(err.splitlines()) == 1 and "pip install 'rep-tune[ray]'" in err and "--backend ray" in err
+
+
+@pytest.mark.slow
+def test_every_node_and_the_driver_are_on_loopback_only(cluster):
+    """No Ray process of the test listens on the machine's network address (only 127.0.0.1)."""
+    from rep_tune.search.cluster import connect
+    c = connect(cluster.address)
+    try:
+        assert {n["NodeManagerAddress"] for n in ray.nodes()} == {"127.0.0.1"}
+        assert ray.util.get_node_ip_address() == "127.0.0.1"
+        assert cluster.address.startswith("127.0.0.1:")
+    finally:
+        c.shutdown()
 
 
 @pytest.mark.slow

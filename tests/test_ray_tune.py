@@ -37,7 +37,7 @@ def local_ray():
     if ray.is_initialized():
         ray.shutdown()
     ray.init(address="local", num_cpus=2, include_dashboard=False, object_store_memory=100 * 2**20,
-             _temp_dir=f"/tmp/rtt{os.getpid()}", runtime_env=worker_env(), log_to_driver=False)
+             _temp_dir=f"/tmp/rtt{os.getpid()}", _node_ip_address="127.0.0.1", runtime_env=worker_env(), log_to_driver=False)
     yield
     ray.shutdown()
 

@@ -320,8 +320,18 @@ def test_kill_9_mid_training_then_resume(tmp_path):
     assert not [r for r in after.values() if r.state == TrialState.RUNNING]
 
 
+@pytest.fixture
+def busy_cpu():
+    """Both cores busy (two spinning processes) for the test's duration: the interrupt races under load."""
+    procs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(2)]
+    yield
+    for p in procs:
+        p.kill()
+        p.wait()
+
+
 @pytest.mark.slow
-def test_ctrl_c_prints_one_line_and_exits_130(tmp_path):
+def test_ctrl_c_prints_one_line_and_exits_130(tmp_path, busy_cpu):
     spec = _spec(tmp_path, n_trials=6, n_workers=2, task_s=1.0)
     proc = _spawn(spec, tmp_path / "s.json", tmp_path / "out")
     url = storage_url(tmp_path / "run")

@@ -135,7 +135,7 @@ def keep_probs(config, *, t: int | None = None, iters: int = DEFAULT_ITERS_PER_T
 
 
 def _ald_key(d) -> tuple | None:
-    return (d.theta_min, d.gamma, d.tau, d.alpha, d.schedule) if d.enabled else None
+    return (d.theta_min, d.gamma, d.tau, d.alpha, d.schedule, d.horizon) if d.enabled else None
 
 
 @lru_cache(maxsize=4096)
@@ -147,9 +147,11 @@ def _schedule(merge: tuple, mergeable: int, n_prot: int, ald: tuple | None, t: i
     if ald is None:
         keep = [1.0] * len(merge)
     elif t is not None:
-        keep = schedule.keep_probabilities(t, merge, mergeable, *ald[:4], protected, kind=ald[4])
+        keep = schedule.keep_probabilities(t, merge, mergeable, *ald[:4], protected, kind=ald[4],
+                                           scale=schedule.horizon_scale(ald[5], iters))
     else:
-        keep = schedule.mean_keep_probabilities(iters, merge, mergeable, *ald[:4], protected, kind=ald[4])
+        keep = schedule.mean_keep_probabilities(iters, merge, mergeable, *ald[:4], protected, kind=ald[4],
+                                                scale=schedule.horizon_scale(ald[5], iters))
     return tuple(eff), tuple(toks), tuple(keep)
 
 

@@ -66,7 +66,8 @@ def map_to_deployment(config, workload, backbone: str | None = None, batch_size:
                "selection.checkpoint": None,
                "training.batch_size": batch_size or config.training.batch_size,
                "training.epochs": workload.epochs,
-               "training.iters_per_task": workload.iters_per_task}
+               "training.iters_per_task": workload.iters_per_task,
+               "ald.horizon": None}            # the deployment runs its own keep schedule
     if precision and config.training.precision == "fp32":
         changes["training.precision"] = precision
     return config.replace(**changes)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from rep_tune import schedule as _schedule
 from rep_tune.cost import counts as _counts
 from rep_tune.cost.latency import Rates, rates
 from rep_tune.cost.memory import MiB, activation_bytes, peak_bytes, resident_bytes
@@ -58,7 +59,7 @@ def task_schedule(config, batch: int | None = None, *, images_per_task: int | No
     cap = iters_per_task or config.training.iters_per_task
     if images_per_task:
         per = -(-int(images_per_task) // B)
-        n = min(E * per, cap) if cap else E * per
+        n = _schedule.iterations_per_task(images_per_task, B, E, cap)
         return TaskSchedule(n, float(min(per, n)), E, per)
     n = cap or _counts.DEFAULT_ITERS_PER_TASK
     return TaskSchedule(n, n / E, E, None)

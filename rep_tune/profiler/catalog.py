@@ -5,6 +5,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from rep_tune.device import PROFILES_DIR, DeviceProfile
+from rep_tune.shipped import PROFILES, display
 
 
 @dataclass
@@ -54,9 +55,19 @@ def catalog(dirs: list[str | Path] = ()) -> list[Entry]:
     return out
 
 
+def _where(e: Entry) -> str:
+    """A shipped file as ``rep_tune/profiles/<file>``; a user's relative to here when under it."""
+    if e.shipped:
+        return display(e.path, PROFILES)
+    try:
+        return str(e.path.relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(e.path)
+
+
 def row(e: Entry) -> dict[str, str]:
     """Table cells of one entry."""
-    where = str(e.path.relative_to(PROFILES_DIR.parent)) if e.path.is_relative_to(PROFILES_DIR.parent) else str(e.path)
+    where = _where(e)
     if e.profile is None:
         return {"name": e.path.stem, "kind": "?", "peak TFLOPS": "", "GB/s": "", "memory / usable MB": "",
                 "budgets (batch)": "", "calibrated": "", "file": f"{where}  INVALID: {e.error}"}

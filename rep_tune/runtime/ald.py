@@ -29,15 +29,19 @@ class LayerDropper:
         self.depth = len(self.merge)
         self.generator = torch.Generator(device="cpu").manual_seed(int(seed))
 
-    def probabilities(self, t: int) -> list[float]:
-        """Keep probability of every block at iteration t (1.0 for prompt-carrying blocks, or ALD off)."""
+    def probabilities(self, t: float) -> list[float]:
+        """Keep probability of every block at iteration t (1.0 for prompt-carrying blocks, or ALD off).
+
+        ``t`` is the schedule's iteration: the learner maps its own iteration onto ``ald.horizon``
+        (``rep_tune.schedule.schedule_time``) before it asks.
+        """
         if not self.cfg.enabled:
             return [1.0] * self.depth
         c = self.cfg
         return keep_probabilities(t, self.merge, self.mergeable, c.theta_min, c.gamma, c.tau, c.alpha,
                                   self.protected, kind=c.schedule)
 
-    def sample(self, t: int) -> list[bool]:
+    def sample(self, t: float) -> list[bool]:
         """Bernoulli(theta(t, l)) per block; draws one number per block every call (fixed stream use)."""
         p = self.probabilities(t)
         if not self.cfg.enabled:

@@ -34,6 +34,7 @@ from rep_tune.figures import Cost
 from rep_tune.runtime import metrics
 from rep_tune.runtime.measure import IterationTimer, PeakMemory, make_cost, resident_bytes
 from rep_tune.runtime.step import NonFiniteLoss, class_mask, make_optimizer, make_precision, train_step
+from rep_tune.schedule import horizon_scale, iterations_per_task, schedule_time
 
 WARMUP_ITERS = 3     # first iterations of the run left out of the time per iteration
 PROBE_AT = 3         # iteration (within each task) whose peak memory is probed; not timed
@@ -185,7 +186,9 @@ def train(config: RepConfig, scenario: Scenario, *, callbacks: Sequence[Callback
     Per task: ``training.epochs`` passes over the task's training set (capped at
     ``training.iters_per_task`` iterations), loss = CE (logits outside the task masked when
     ``training.train_mask``) + pull loss, optimiser re-created per task. ALD's t counts
-    iterations within the task when ``ald.reset_per_task``, else over the run.
+    iterations within the task when ``ald.reset_per_task``, else over the run; with ``ald.horizon``
+    each iteration stands for ``horizon / iterations-per-task`` iterations of the keep schedule
+    (``rep_tune.schedule.schedule_time``), so a short run drops blocks as a ``horizon``-long one does.
     Callbacks run after each task's evaluation and may raise to stop the run.
     Raises NonFiniteLoss when the loss becomes NaN/inf.
 
@@ -217,9 +220,7 @@ def train(config: RepConfig, scenario: Scenario, *, callbacks: Sequence[Callback
     acc = np.full((n, n), np.nan)
     plan = []
     for task in ts:
-        per_epoch = math.ceil(len(task.train) / tc.batch_size)
-        total = per_epoch * tc.epochs
-        plan.append(min(total, tc.iters_per_task) if tc.iters_per_task else total)
+        plan.append(iterations_per_task(len(task.train), tc.batch_size, tc.epochs, tc.iters_per_task))
     timer = IterationTimer(dev)
     timed_blocks: list[int] = []
     peak_bytes = 0
@@ -240,6 +241,7 @@ def train(config: RepConfig, scenario: Scenario, *, callbacks: Sequence[Callback
             t0 = time.perf_counter()
             losses, blocks, k = [], [], 0
             probe_at = min(PROBE_AT, n_iter - 1)
+            scale = horizon_scale(config.ald.horizon, n_iter)
             meter.begin()
             in_window = 0                             # iterations of the open energy window
             while k < n_iter:
@@ -247,7 +249,7 @@ def train(config: RepConfig, scenario: Scenario, *, callbacks: Sequence[Callback
                 for start in range(0, len(order), tc.batch_size):
                     if k >= n_iter:
                         break
-                    t = k if config.ald.reset_per_task else global_t
+                    t = schedule_time(k if config.ald.reset_per_task else global_t, scale)
                     probe = k == probe_at             # memory-probed (profiled on CPU): not timed
                     timed = not probe and global_t >= WARMUP_ITERS
                     base = resident_bytes([model], [opt]) if probe else 0

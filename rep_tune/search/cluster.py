@@ -284,7 +284,7 @@ def connect(address: str | None = None, *, n_workers: int = 1, cpus_per_trial: f
         import logging
         logging.getLogger("ray").setLevel(logging.WARNING)
         ray.init(address="local", num_cpus=max(1, int(round(n_workers * cpus_per_trial))),
-                 object_store_memory=LOCAL_OBJECT_STORE, _temp_dir=temp_dir, **quiet)
+                 object_store_memory=LOCAL_OBJECT_STORE, _temp_dir=temp_dir, _node_ip_address="127.0.0.1", **quiet)
         nodes = [Node(n["NodeManagerAddress"], bool(n["Alive"]), dict(n.get("Resources", {}))) for n in ray.nodes()]
         cluster = Cluster(None, "local", "127.0.0.1", nodes)
         try:
@@ -306,5 +306,7 @@ def connect(address: str | None = None, *, n_workers: int = 1, cpus_per_trial: f
         _enable_token_auth()
     import logging
     logging.getLogger("ray").setLevel(logging.WARNING)
-    ray.init(address=resolved, **quiet)
+    # the driver joins as the node that is here, by the address that node registered (a cluster
+    # started on loopback has no node at the machine's network address, and ray.init would wait for one)
+    ray.init(address=resolved, _node_ip_address=mine[0].ip, **quiet)
     return Cluster(resolved, source, ray.util.get_node_ip_address(), nodes)

@@ -64,7 +64,8 @@ from optuna.trial import FrozenTrial
 
 from rep_tune.config import RepConfig
 from rep_tune.search.objective import CACHED, PRESCREENED, REFUSED, TRAIN, WAIT, Objective, Outcome, Plan, Trainer
-from rep_tune.search.optuna_backend import Heartbeat, StudyRef, count_committed, fail_dead_trials, trial_cap
+from rep_tune.search.optuna_backend import (Heartbeat, StudyRef, count_committed, fail_dead_trials, fail_own_trials,
+                                           trial_cap)
 from rep_tune.search.record import RecordWriter
 
 if TYPE_CHECKING:
@@ -359,6 +360,8 @@ def run_trials(study: optuna.Study, objective: Objective, executor: Executor, *,
         except KeyboardInterrupt:
             executor.cancel()
             flow.interrupt(list(running.values()), "Ctrl-C")
+            executor.close()
+            fail_own_trials(study, "Ctrl-C")     # whatever the bookkeeping above missed
             raise
         finally:
             executor.close()

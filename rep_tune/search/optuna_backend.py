@@ -40,6 +40,7 @@ import contextlib
 import datetime
 import math
 import threading
+import time
 import warnings
 from pathlib import Path
 
@@ -283,6 +284,32 @@ def fail_dead_trials(study: optuna.Study) -> list[int]:
         if t.number in before - after and record.INTERRUPTED not in t.user_attrs:
             RecordWriter(study._storage, t._trial_id).interrupted(f"no heartbeat for {GRACE_S} s")
             failed.append(t.number)
+    return failed
+
+
+def fail_own_trials(study: optuna.Study, why: str, attempts: int = 20) -> list[int]:
+    """Fail every RUNNING trial this process owns (``record.OWNER``), with ``interrupted`` = ``why``.
+
+    The last step of an interrupted loop: whatever the loop's own bookkeeping missed (a trial
+    between being asked and handed to a worker, a write that lost a busy-database race with a
+    training thread still stopping), no trial of a process that exits stays RUNNING. Retries a
+    storage error a few times (SQLite under load); returns the numbers failed here.
+    """
+    me = record.this_process()
+    failed: list[int] = []
+    for attempt in range(attempts):
+        try:
+            for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+                if t.user_attrs.get(record.OWNER) == me:
+                    try:
+                        RecordWriter(study._storage, t._trial_id).interrupted(why)
+                        if study._storage.set_trial_state_values(t._trial_id, TrialState.FAIL):
+                            failed.append(t.number)
+                    except optuna.exceptions.UpdateFinishedTrialError:
+                        pass
+            return failed
+        except Exception:                    # a locked database: the training threads are still letting go
+            time.sleep(0.05 * (attempt + 1))
     return failed
 
 

@@ -94,7 +94,10 @@ def deployable(r: TrialRecord, target: Target, study: optuna.Study, settings,
         "final_acc": {"value": round(r.final_acc, 6), "unit": "fraction", "source": "measured",
                       "accuracy": dep.accuracy, "detail": label + "; final average accuracy after the last task, "
                       f"at the search's fidelity ({proxy.training.epochs} epoch(s), "
-                      f"{proxy.training.iters_per_task or 'all'} iterations per task)",
+                      f"{proxy.training.iters_per_task or 'all'} iterations per task"
+                      + (f"; ALD's keep schedule laid over the deployment's {proxy.ald.horizon} iterations per task "
+                         f"(ald.horizon), so the proxy dropped the blocks the deployment drops)"
+                         if proxy.ald.enabled and proxy.ald.horizon else ")"),
                       "proxy": {"backbone": proxy.backbone.name, "scenario": scen.to_dict()},
                       "machine": socket.gethostname()},
         "forgetting": {"value": r.forgetting, "unit": "fraction", "source": "measured"},
@@ -120,7 +123,8 @@ def deployable(r: TrialRecord, target: Target, study: optuna.Study, settings,
                       "search_space": settings.space, "sampler": settings.sampler, "seed": settings.seed,
                       "search_fidelity": {"backbone": proxy.backbone.name, "epochs": proxy.training.epochs,
                                           "iters_per_task": proxy.training.iters_per_task,
-                                          "batch_size": proxy.training.batch_size, "scenario": scen.to_dict()},
+                                          "batch_size": proxy.training.batch_size, "ald_horizon": proxy.ald.horizon,
+                                          "scenario": scen.to_dict()},
                       "host": socket.gethostname(), "date": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     return cfg.validate()
 

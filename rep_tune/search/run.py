@@ -40,7 +40,7 @@ from rep_tune.search.budgets import DeviceBudgets, parse_budget, resolve
 from rep_tune.search.loop import Executor, LoopResult, ThreadExecutor, run_trials
 from rep_tune.search.objective import Objective, Trainer, restore
 from rep_tune.search.space import SearchSpace, default_space
-from rep_tune.search.targets import Target, load_targets
+from rep_tune.search.targets import Target, ald_horizon, load_targets
 
 ROLES = ("paper", "baseline")
 SEARCH_FIDELITY = {"training.epochs": 1, "training.iters_per_task": 12}
@@ -224,6 +224,12 @@ def prepare(settings: SearchSettings, *, train_fn=None, out=sys.stdout) -> Prepa
     base = space.base_config(settings.backbone, **settings.overrides)
     targets = load_targets(settings.devices, base.training.batch_size, deploy_backbone=settings.deploy_backbone,
                            deploy_epochs=settings.deploy_epochs, deploy_iters_per_task=settings.deploy_iters_per_task)
+    horizon = ald_horizon(targets, base)
+    if horizon and "ald.horizon" not in settings.overrides:
+        # ALD/PLD's keep schedule over the deployment's task: the proxy pays the accuracy price of the
+        # blocks the deployment drops (run.yaml keeps it with the other overrides; --set ald.horizon=N wins)
+        settings.overrides["ald.horizon"] = horizon
+        base = space.base_config(settings.backbone, **settings.overrides)
     settings.scenario.check_reachable()      # data there, enough classes: once, before the first trial
     _check_before_work(settings, targets, base)
     for metric, text in settings.budgets.items():

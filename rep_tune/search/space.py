@@ -1,4 +1,4 @@
-"""SearchSpace: distributions over RepConfig fields, loaded from ``search_spaces/*.yaml``.
+"""SearchSpace: distributions over RepConfig fields, loaded from ``rep_tune/search_spaces/*.yaml``.
 
 File format. :class:`SpaceFile` and :class:`Param` are its schema: ``rep_tune.schema.from_dict``
 checks types and unknown keys, then every bound and choice is written into the base config and
@@ -53,8 +53,9 @@ from rep_tune.config import EMBEDDED_BACKBONE, PRESETS, RepConfig, paper_surroga
 from rep_tune.methods import method_names
 from rep_tune.schedule import INFLECTS, fit_ramp, ramp
 from rep_tune.schema import SchemaError, check, from_dict as schema_from_dict, read_mapping
+from rep_tune.shipped import SPACES, resolve, shipped_dir
 
-SPACES_DIR = Path(__file__).resolve().parent.parent.parent / "search_spaces"
+SPACES_DIR = shipped_dir(SPACES)     # rep_tune/search_spaces, package data (importlib.resources)
 SPACE_VERSION = 1
 PAPER = "paper"                 # symbolic surrogate choice: paper_surrogate(backbone)
 ATOM_KEYS = ("atom.form", "atom.r", "atom.inflect", "atom.per_layer")
@@ -267,10 +268,12 @@ class SearchSpace:
     # ---- loading ----------------------------------------------------------------------------
     @classmethod
     def load(cls, path: str | Path) -> SearchSpace:
-        """Load and validate a space file (or a shipped one by name: ``l2p``, ``dualprompt``, ``coda``)."""
-        p = Path(path)
-        if not p.exists() and (SPACES_DIR / f"{path}.yaml").exists():
-            p = SPACES_DIR / f"{path}.yaml"
+        """Load and validate a space file (or a shipped one by name: ``l2p``, ``dualprompt``, ``coda``).
+
+        An existing path is the user's file; a missing ``l2p`` or ``search_spaces/l2p.yaml`` is the
+        shipped one (from any folder); anything else missing raises FileNotFoundError.
+        """
+        p = resolve(path, SPACES)
         return cls.from_dict(read_mapping(p), source=str(p))
 
     @classmethod

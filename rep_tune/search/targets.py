@@ -29,6 +29,7 @@ from rep_tune.config import RepConfig
 from rep_tune.device import DeviceProfile, Workload, shipped_profiles
 from rep_tune.figures import Cost
 from rep_tune.search.budgets import DeviceBudgets
+from rep_tune.shipped import PROFILES, shipped_file
 
 
 @dataclass
@@ -44,6 +45,11 @@ class Deployment:
     accuracy: str                 # direct | proxy
     workload: Workload | None     # None for a local target (the proxy itself)
 
+    @property
+    def iterations_per_task(self) -> int | None:
+        """Training iterations per task of the deployed run (None for a local target: the proxy's own)."""
+        return self.workload.iterations(self.batch_size) if self.workload is not None else None
+
     def to_dict(self) -> dict:
         out = {"backbone": self.backbone, "surrogate": self.surrogate, "img_size": self.img_size,
                "epochs": self.epochs, "iters_per_task": self.iters_per_task, "batch_size": self.batch_size,
@@ -51,7 +57,7 @@ class Deployment:
         if self.workload is not None:
             out.update(images_per_task=self.workload.images_per_task, dataset=self.workload.dataset,
                        num_classes=self.workload.num_classes,
-                       iterations_per_task=self.workload.iterations(self.batch_size))
+                       iterations_per_task=self.iterations_per_task)
         return out
 
 
@@ -138,6 +144,14 @@ class Target:
         return predict_deployed(config, self._deploy_profile())
 
 
+def ald_horizon(targets: list[Target], proxy: RepConfig) -> int | None:
+    """The iterations per task the proxy's ALD schedule is laid over (``ald.horizon``): the first
+    non-local target's deployed task length, so the proxy drops blocks as that deployment does.
+    None when every target is local (the proxy is the deployment)."""
+    lengths = [t.deployment(proxy).iterations_per_task for t in targets if not t.local]
+    return next((n for n in lengths if n), None)
+
+
 def slug(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("_") or "device"
 
@@ -174,11 +188,11 @@ def load_targets(devices: list[str], batch_size: int = 16, *, deploy_backbone: s
         if p.is_dir() and not paths:
             raise FileNotFoundError(f"{spec}: folder has no *.yaml device profiles")
         for path in paths:
-            if not path.exists():
+            # an existing path is the user's; a missing shipped name or profiles/<shipped>.yaml is shipped
+            if not path.exists() and shipped_file(path, PROFILES) is None:
                 names = ", ".join(s.stem for s in shipped_profiles())
-                if not any(s.stem == spec for s in shipped_profiles()):
-                    raise FileNotFoundError(f"{spec}: no such device profile (shipped: {names or 'none'}; or 'local')")
-            prof = DeviceProfile.load(path if path.exists() else spec)
+                raise FileNotFoundError(f"{spec}: no such device profile (shipped: {names or 'none'}; or 'local')")
+            prof = DeviceProfile.load(path)
             out.append(Target(prof, slug(prof.name), is_this_machine(prof), str(path), **extra))
     keys = [t.key for t in out]
     dup = {k for k in keys if keys.count(k) > 1}
