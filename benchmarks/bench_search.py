@@ -3,7 +3,10 @@
     .venv/bin/python benchmarks/bench_search.py [--trials 16] [--seeds 0 1 2] [--device profiles/jetson_orin.yaml]
 
 rep-tune: constrained TPE + cost-model pre-screening + per-task pruning + paper/baseline enqueued.
-random:   Optuna's RandomSampler, every sample trained, no pruning (constraints only recorded).
+random:   Optuna's RandomSampler, every sample trained, no pruning (constraints only recorded); the
+          paper/baseline references are enqueued too, so both confirm against the same paper preset.
+Both end with the same confirmation stage (``search.confirm``: top K feasible + the paper preset,
+S paired seeds, chosen on validation, test accuracy with 95 % intervals).
 Both: what ``rep-tune search --device profiles/jetson_orin.yaml`` runs by default (Split
 Fashion-MNIST on the embedded ViTs at the search's fidelity, ``SEARCH_FIDELITY`` and
 ``SEARCH_EVAL_PER_CLASS``; costs priced on the profile's deployment workload under its absolute
@@ -42,7 +45,8 @@ def run_one(method: str, seed: int, args, root: Path) -> dict:
                                                  eval_per_class=args.eval_per_class),
         overrides={**SEARCH_FIDELITY, **({"training.iters_per_task": args.iters_per_task} if args.iters_per_task else {})},
         n_trials=args.trials, timeout=None, sampler="tpe" if rep else "random", seed=seed,
-        pruner="percentile" if rep else "none", prescreen=rep, references=rep, margin=args.margin,
+        pruner="percentile" if rep else "none", prescreen=rep, references=True, margin=args.margin,
+        confirm_top_k=args.confirm[0], confirm_seeds=args.confirm[1],
         deploy_backbone=args.deploy_backbone, run_dir=str(root / f"{method}-seed{seed}"), progress=False)
     t0 = time.perf_counter()
     outcome = search(settings, out=io.StringIO())
@@ -76,9 +80,25 @@ def run_one(method: str, seed: int, args, root: Path) -> dict:
         vs_paper = {"acc_points": 100 * (b.final_acc - paper.final_acc),
                     "latency_ratio": b.value_of("latency_ms", key) / paper.value_of("latency_ms", key),
                     "paper_feasible": paper.feasible(key)}
-    return {"method": method, "seed": seed, "curve": curve, "best": best if best > float("-inf") else None,
+    confirmed = None
+    conf = outcome.confirmation
+    if conf is not None and conf.answers.get(key) is not None and conf.answers[key].best is not None:
+        a = conf.answers[key]
+        confirmed = {"candidate": a.best.label, "test": a.best.test_interval().to_dict(100.0),
+                     "vs_paper": None if a.vs_paper is None else {**a.vs_paper.to_dict(100.0),
+                                                                  "resolved": a.vs_paper.resolved},
+                     "latency_ratio_vs_paper": (a.best.trial is not None and paper is not None and
+                                                _latency_ratio(recs, a.best.trial, paper, key))}
+    return {"method": method, "seed": seed, "curve": curve, "confirmed": confirmed, "best": best if best > float("-inf") else None,
             "wasted_s": wasted, "ref_s": ref_s, "prescreened": n_pre, "pruned": n_pruned, "wall_s": wall,
             "vs_paper": vs_paper, "budgets": target.budgets.describe(), "run_dir": settings.run_dir}
+
+
+def _latency_ratio(recs, trial: int, paper, key: str) -> float | None:
+    r = next((x for x in recs if x.number == trial), None)
+    if r is None or not r.value_of("latency_ms", key) or not paper.value_of("latency_ms", key):
+        return None
+    return r.value_of("latency_ms", key) / paper.value_of("latency_ms", key)
 
 
 def first_reaching(curve: list[float], level: float | None) -> int | None:
@@ -100,6 +120,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--margin", type=float, default=0.1)
     p.add_argument("--deploy-backbone", default=None,
                    help="deployment backbone costs are priced on (default: the profile's workload)")
+    p.add_argument("--confirm", type=int, nargs=2, default=[3, 3], metavar=("K", "S"),
+                   help="confirmation: top K candidates, S paired seeds (the search's default)")
     p.add_argument("--out", default="runs/bench_search")
     p.add_argument("--threads", type=int, default=1, help="torch threads (1: the cores are shared)")
     args = p.parse_args(argv)
@@ -142,6 +164,14 @@ def main(argv: list[str] | None = None) -> int:
             v = r["vs_paper"]
             print(f"seed {r['seed']}: best vs paper default: {v['acc_points']:+.2f} points at {v['latency_ratio']:.2f}x its latency "
                   f"(paper default {'fits' if v['paper_feasible'] else 'does NOT fit'} the budget)")
+    for r in rows:
+        c = r.get("confirmed")
+        if c:
+            vs = c["vs_paper"]
+            print(f"seed {r['seed']} {r['method']:8s} confirmed best {c['candidate']}: test {c['test']['mean']:.2f} "
+                  f"{c['test']['ci95']}" + ("" if vs is None else
+                  f"; vs paper preset {vs['mean']:+.2f} {vs['ci95']} -> {'resolved' if vs['resolved'] else 'not resolved'}")
+                  + ("" if not c["latency_ratio_vs_paper"] else f" at {c['latency_ratio_vs_paper']:.2f}x its latency"))
     root.mkdir(parents=True, exist_ok=True)
     (root / "bench_search.json").write_text(json.dumps(rows, indent=1, default=str))
     print(f"per-seed results: {root / 'bench_search.json'}")

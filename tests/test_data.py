@@ -140,6 +140,31 @@ def test_real_fashion_mnist_split_and_eval_subset():
     assert ts.eval_size == 1000 and all(len(t.test) == 200 for t in ts)
 
 
+@pytest.mark.skipif(fashion_mnist.find() is None, reason="Fashion-MNIST not installed (make data)")
+def test_validation_split_is_held_out_of_training_and_apart_from_test_and_pretraining():
+    """The search's split: 50 per class out of the 10,000 held-out training images; never trained on,
+    never a test image, never a pre-training image; fixed for a seed, another for another seed."""
+    root = fashion_mnist.find()
+    _, ytr = load_idx_split(root, "train")
+    pre, held = fashion_mnist.holdout_split(ytr)
+    sc = Scenario(dataset="fashion-mnist", eval_per_class=50, val_per_class=50, eval_split="val")
+    ts = build_tasks(sc, 28, cache=False)
+    val = torch.cat([t.val.ids for t in ts]).numpy()
+    train = torch.cat([t.train.ids for t in ts]).numpy()
+    test = torch.cat([t.test.ids for t in ts]).numpy()
+    assert len(val) == 500 and len(train) == 9_500 and np.bincount(ytr[val]).tolist() == [50] * 10
+    assert not np.isin(val, train).any() and not np.isin(val, pre).any() and np.isin(val, held).all()
+    assert not np.isin(val, test).any() and test.min() >= 1 << 32        # test ids live apart
+    assert ts.eval_split == "val" and ts.eval_size == 500 and ts.eval_of(0) is ts[0].val
+    assert "500 validation images" in ts.eval_note(0.8)
+    again = torch.cat([t.val.ids for t in build_tasks(sc, 28, cache=False)]).numpy()
+    other = torch.cat([t.val.ids for t in build_tasks(Scenario(val_per_class=50, eval_split="val", seed=1), 28,
+                                                       cache=False)]).numpy()
+    assert np.array_equal(np.sort(val), np.sort(again)) and not np.array_equal(np.sort(val), np.sort(other))
+    with pytest.raises(Exception, match="eval_split"):
+        Scenario(eval_split="val").validate()          # scoring on a validation split needs one
+
+
 def test_eval_subset_is_fixed_nested_and_balanced(tmp_path):
     _fake_fashion_mnist(tmp_path, n_test=100)
     def test_ids(per_class, seed=0):

@@ -163,7 +163,7 @@ def cost_device(path: Path | str) -> list[str]:
 
 def search(tmp: Path, *extra: str) -> list[str]:
     return ["search", "--device", "jetson_orin", "--run-dir", str(tmp / "run"), "--n-trials", "1", "--timeout", "60",
-            "--no-progress", "--iters-per-task", "1", "--threads", "1", *extra]
+            "--no-progress", "--iters-per-task", "1", "--threads", "1", "--no-confirm", *extra]
 
 
 def export_scenario(tmp: Path, path: Path) -> list[str]:

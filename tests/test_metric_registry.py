@@ -60,7 +60,7 @@ def test_a_search_constrains_records_and_reports_the_new_metric(power_w, tmp_pat
     from rep_tune.search.record import TrialRecord
     from rep_tune.search.run import SearchSettings, search
 
-    settings = SearchSettings(devices=["local"], space=write_space(tmp_path / "space.yaml"), backbone=PROXY,
+    settings = SearchSettings(confirm_seeds=0, devices=["local"], space=write_space(tmp_path / "space.yaml"), backbone=PROXY,
                               n_trials=4, timeout=None, n_workers=1, run_dir=str(tmp_path / "run"), progress=False,
                               seed=0, budgets={"power_w": "10W", "latency_ms": "1e6ms", "peak_memory_mb": "1e6MB"})
     outcome = search(settings, train_fn=PowerTrain(0.0), out=io.StringIO())

@@ -63,7 +63,7 @@ def cluster():
 
 
 def _settings(tmp: Path, address: str, **kw) -> SearchSettings:
-    base = dict(devices=["jetson_orin"], space=write_space(tmp / "space.yaml"), backbone=PROXY,
+    base = dict(confirm_seeds=0, devices=["jetson_orin"], space=write_space(tmp / "space.yaml"), backbone=PROXY,
                 scenario=Scenario(n_tasks=3), n_trials=4, timeout=None, n_workers=2, run_dir=str(tmp / "run"),
                 progress=False, seed=0, backend="ray", address=address)
     base.update(kw)

@@ -61,7 +61,7 @@ class Started(tune.Callback):
 
 
 def _settings(tmp: Path, **kw) -> SearchSettings:
-    base = dict(devices=["jetson_orin"], space=write_space(tmp / "space.yaml"), backbone=PROXY,
+    base = dict(confirm_seeds=0, devices=["jetson_orin"], space=write_space(tmp / "space.yaml"), backbone=PROXY,
                 scenario=Scenario(n_tasks=3), n_trials=5, run_dir=str(tmp / "run"), progress=False, seed=0)
     base.update(kw)
     return SearchSettings(**base)

@@ -164,7 +164,7 @@ def test_ctrl_c_in_the_cli_is_one_line_and_exit_130(monkeypatch, capfd):
 
 # ---- one search, seen through the files and the dashboard ------------------------------------
 def _settings(tmp, **kw) -> SearchSettings:
-    base = dict(devices=["jetson_orin"], space=write_space(tmp / "space.yaml"), backbone=PROXY,
+    base = dict(confirm_seeds=0, devices=["jetson_orin"], space=write_space(tmp / "space.yaml"), backbone=PROXY,
                 scenario=Scenario(n_tasks=3), n_trials=5, timeout=None, n_workers=2, run_dir=str(tmp / "run"),
                 progress=False, seed=0)
     base.update(kw)
@@ -252,7 +252,7 @@ def _spawn(spec: dict, path: Path, log: Path) -> subprocess.Popen:
 
 
 def _spec(tmp: Path, **kw) -> dict:
-    spec = dict(devices=["jetson_orin"], space=write_space(tmp / "space.yaml"), backbone=PROXY,
+    spec = dict(confirm_seeds=0, devices=["jetson_orin"], space=write_space(tmp / "space.yaml"), backbone=PROXY,
                 scenario={"n_tasks": 3}, n_trials=8, timeout=None, n_workers=2, run_dir=str(tmp / "run"),
                 progress=False, seed=0, task_s=0.2, log_dir=str(tmp / "log"))
     spec.update(kw)

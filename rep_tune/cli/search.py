@@ -24,6 +24,18 @@ from rep_tune.methods import method_names
 from rep_tune.search.optuna_backend import PRUNERS, SAMPLERS
 
 
+def confirm_pair(text: str) -> tuple[int, int]:
+    """``--confirm K,S``: K candidates >= 1, S seeds >= 1."""
+    k, sep, seeds = text.partition(",")
+    try:
+        pair = (int(k), int(seeds))
+    except ValueError:
+        pair = None
+    if not sep or pair is None or pair[0] < 1 or pair[1] < 1:
+        raise argparse.ArgumentTypeError(f"expected K,S with K >= 1 candidates and S >= 1 seeds (e.g. 3,3), found {text!r}")
+    return pair
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     from rep_tune.search.run import SEARCH_FIDELITY, SearchSettings
 
@@ -58,6 +70,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--epochs", type=positive_int, help=f"epochs per task during the search (default {SEARCH_FIDELITY['training.epochs']})")
     p.add_argument("--iters-per-task", type=positive_int,
                    help=f"iteration cap per task during the search (default {SEARCH_FIDELITY['training.iters_per_task']})")
+    p.add_argument("--confirm", type=confirm_pair, metavar="K,S",
+                   help=f"after the search, retrain the top K feasible configs per device and the paper preset with S "
+                        f"paired training seeds, choose by validation accuracy and report test accuracy with 95 %% "
+                        f"intervals (default {d.confirm_top_k},{d.confirm_seeds})")
+    p.add_argument("--confirm-iters", type=positive_int, metavar="N",
+                   help=f"iterations per task of the confirmation's retraining (default {d.confirm_iters_per_task})")
+    p.add_argument("--no-confirm", action="store_true", help="skip the confirmation (the answer is then unconfirmed)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="dotted RepConfig override for every candidate, e.g. training.lr=0.05")
     p.add_argument("--backend", choices=("optuna", "ray"), help=f"default {d.backend}")
@@ -92,6 +111,12 @@ def settings_from_args(args: argparse.Namespace):
               "proxy_port": args.proxy_port}
     if args.timeout is not None:
         common["timeout"] = timeout
+    if args.confirm is not None:
+        common["confirm_top_k"], common["confirm_seeds"] = args.confirm
+    if args.confirm_iters is not None:
+        common["confirm_iters_per_task"] = args.confirm_iters
+    if args.no_confirm:
+        common["confirm_seeds"] = 0
     if args.no_progress:
         common["progress"] = False
     if args.resume:

@@ -23,6 +23,8 @@ class Scenario:
     official test set (``rep_tune.data.fashion_mnist``). ``digits`` (scikit-learn's bundled
     digits, offline) is the second scenario: transfer to classes the backbones never saw.
 
+    ``val_per_class`` holds a seeded validation split out of the training pool (the search scores
+    candidates on it, ``eval_split: val``, and touches the test set only to report its answer).
     ``eval_per_class`` keeps a fixed, seeded subset of the test set (at most that many images per
     class, the same images for every config and training seed; ``null`` = the whole test set).
     The default, 200 per class (2,000 images), has a binomial standard error of about 1 point at
@@ -39,7 +41,11 @@ class Scenario:
     test_fraction: float = 0.2         # for datasets without an official test split
     max_per_class: int | None = None   # cap training samples per class (fast experiments)
     eval_per_class: int | None = 200   # fixed seeded test subset: at most this many per class; null = all
-    seed: int = 0                      # split seed (test_fraction splits and the eval subset)
+    seed: int = 0                      # split seed (test_fraction splits, the eval subset, the validation split)
+    # validation split: at most this many images per class held out of the continual-learning
+    # training pool (seeded by ``seed``, at most half of a class's pool), never trained on; null = none
+    val_per_class: int | None = None
+    eval_split: Literal["test", "val"] = "test"   # which split the per-task accuracy is measured on
 
     def validate(self, source: str | None = None) -> "Scenario":
         """Range checks that need no data: SchemaError naming the field (see check_reachable for the data)."""
@@ -57,6 +63,11 @@ class Scenario:
         check(self.max_per_class is None or self.max_per_class >= 1, source, "max_per_class", "int >= 1 or null", self.max_per_class)
         check(self.eval_per_class is None or self.eval_per_class >= 1, source, "eval_per_class", "int >= 1 or null",
               self.eval_per_class)
+        check(self.val_per_class is None or self.val_per_class >= 1, source, "val_per_class", "int >= 1 or null",
+              self.val_per_class)
+        check(self.eval_split in ("test", "val"), source, "eval_split", "'test' or 'val'", self.eval_split)
+        check(self.eval_split == "test" or self.val_per_class is not None, source, "eval_split",
+              "'test' (or set val_per_class for 'val')", self.eval_split)
         return self
 
     def check_reachable(self, source: str | None = None) -> int:

@@ -50,6 +50,7 @@ class Task:
     classes: list[int]
     train: Split
     test: Split
+    val: Split | None = None   # held out of the training pool (Scenario.val_per_class), never trained on
 
 
 @dataclass
@@ -62,6 +63,16 @@ class TaskSet:
     class_order: list[int]     # renumbered label -> dataset class id
     class_names: list[str]     # in renumbered order
     rendering: Rendering
+    eval_split: str = "test"   # the split accuracy is measured on (Scenario.eval_split)
+
+    def eval_of(self, task: int) -> Split:
+        """The split task ``task``'s accuracy is measured on: its validation or its test split."""
+        t = self.tasks[task]
+        return t.val if self.eval_split == "val" else t.test
+
+    def size_of(self, split: str, tasks: int | None = None) -> int:
+        """Images of ``split`` ('test' or 'val') over the first ``tasks`` tasks (all by default)."""
+        return sum(len(getattr(t, split) or ()) for t in self.tasks[:tasks])
 
     @property
     def num_classes(self) -> int:
@@ -82,12 +93,13 @@ class TaskSet:
 
     @property
     def eval_size(self) -> int:
-        """Test images accuracy is measured on (all tasks): the n of its sampling error."""
-        return sum(len(t.test) for t in self.tasks)
+        """Images accuracy is measured on (all tasks, the eval split): the n of its sampling error."""
+        return self.size_of(self.eval_split)
 
     def eval_note(self, acc: float) -> str:
         """``"on 2,000 test images, sampling error ±0.97 points"``: what to print next to a final accuracy."""
-        return f"on {self.eval_size:,} test images, sampling error ±{100 * sampling_error(acc, self.eval_size):.2f} points"
+        what = "validation" if self.eval_split == "val" else "test"
+        return f"on {self.eval_size:,} {what} images, sampling error ±{100 * sampling_error(acc, self.eval_size):.2f} points"
 
 
 def sampling_error(acc: float, n: int) -> float:
@@ -180,6 +192,21 @@ def eval_subset(labels: np.ndarray, per_class: int | None, seed: int) -> np.ndar
     return np.sort(np.concatenate(keep)) if keep else np.arange(0)
 
 
+def validation_subset(labels: np.ndarray, per_class: int | None, seed: int) -> np.ndarray:
+    """Sorted positions of the validation split of a training pool: per class, the first
+    min(``per_class``, half the class) of a seeded permutation (another stream than the test subset's).
+    Empty when ``per_class`` is None."""
+    labels = np.asarray(labels)
+    if per_class is None:
+        return np.arange(0)
+    rng = np.random.RandomState([int(seed), 0x5EED])
+    keep = []
+    for c in np.unique(labels):
+        pos = np.flatnonzero(labels == c)
+        keep.append(rng.permutation(pos)[:min(int(per_class), len(pos) // 2)])
+    return np.sort(np.concatenate(keep)) if keep else np.arange(0)
+
+
 def _store(images: torch.Tensor | list[str], rendering: Rendering) -> ImageStore:
     return TensorImages(images, rendering) if isinstance(images, torch.Tensor) else FileImages(images, rendering)
 
@@ -209,13 +236,17 @@ def build_tasks(scenario: Scenario, img_size: int, in_chans: int = 3, *,
     order = class_order(raw.num_classes, scenario.class_order_seed)
     new_label = np.empty(raw.num_classes, dtype=np.int64)
     new_label[order] = np.arange(raw.num_classes)
-    train_raw = raw.train.take(_cap_per_class(raw.train.labels, scenario.max_per_class))
+    pool = raw.train.take(_cap_per_class(raw.train.labels, scenario.max_per_class))
+    val_pos = validation_subset(pool.labels, scenario.val_per_class, scenario.seed)
+    val_raw = pool.take(val_pos) if scenario.val_per_class is not None else None
+    train_raw = pool.take(np.setdiff1d(np.arange(len(pool.labels)), val_pos))
     test_raw = raw.test.take(eval_subset(raw.test.labels, scenario.eval_per_class, scenario.seed))
     tasks = [Task(i, group, _task_split(train_raw, new_label, group, rendering),
-                  _task_split(test_raw, new_label, group, rendering))
+                  _task_split(test_raw, new_label, group, rendering),
+                  _task_split(val_raw, new_label, group, rendering) if val_raw is not None else None)
              for i, group in enumerate(split_classes(raw.num_classes, scenario.n_tasks))]
     ts = TaskSet(f"{raw.key}|{rendering.key()}", raw.name, tasks, order, [raw.class_names[c] for c in order],
-                 rendering)
+                 rendering, scenario.eval_split)
     if cache:
         _CACHE[key] = ts
     return ts

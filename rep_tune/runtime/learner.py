@@ -71,7 +71,10 @@ class TrainResult:
     query_cache: dict[str, Any] = field(default_factory=dict)   # used, reason, hits, misses
     device: str = "cpu"
     config_name: str = ""
-    eval_size: int = 0             # test images the final accuracy is measured on (its sampling error's n)
+    eval_size: int = 0             # images the final accuracy is measured on (its sampling error's n)
+    eval_split: str = "test"       # the split final_acc is measured on: test, or the validation split
+    test_acc: float | None = None  # final average accuracy on the test split (train(report_test=True)), a fraction
+    test_size: int = 0             # test images test_acc is measured on
 
     @property
     def sampling_error(self) -> float:
@@ -87,7 +90,10 @@ class TrainResult:
         """Plain data for YAML/JSON (NaN entries of the matrix become null)."""
         return {
             "config": self.config_name,
+            "eval_split": self.eval_split,
             "eval_size": self.eval_size,
+            "test_acc": self.test_acc,
+            "test_size": self.test_size,
             "sampling_error": None if not self.eval_size else round(self.sampling_error, 6),
             "device": self.device,
             "tasks_done": self.tasks_done,
@@ -180,8 +186,14 @@ def _evaluate(model, split, ts: TaskSet, batch_size: int, device: torch.device, 
 
 def train(config: RepConfig, scenario: Scenario, *, callbacks: Sequence[Callback] = (),
           device: torch.device | str | None = None, progress: bool = True,
-          use_query_cache: bool | None = None, energy: Any = None) -> TrainResult:
+          use_query_cache: bool | None = None, energy: Any = None, eval_every_task: bool = True,
+          report_test: bool = False) -> TrainResult:
     """Train ``config`` on ``scenario`` task by task; evaluate on all seen tasks after each.
+
+    Accuracy is measured on ``scenario.eval_split`` (the test subset, or the validation split held
+    out of the training pool). ``eval_every_task`` False evaluates only after the last task (the
+    final accuracy; forgetting is then NaN). ``report_test`` also measures the finished run's final
+    accuracy on the test split (``TrainResult.test_acc``): the search's confirmation reports it.
 
     Per task: ``training.epochs`` passes over the task's training set (capped at
     ``training.iters_per_task`` iterations), loss = CE (logits outside the task masked when
@@ -287,8 +299,10 @@ def train(config: RepConfig, scenario: Scenario, *, callbacks: Sequence[Callback
             meter.end(in_window)
             train_s = time.perf_counter() - t0
             t1 = time.perf_counter()
-            for j in range(task.task_id + 1):
-                acc[task.task_id, j] = _evaluate(model, ts[j].test, ts, tc.eval_batch_size, dev, cache)
+            last = task.task_id == n - 1
+            if eval_every_task or last:
+                for j in range(task.task_id + 1):
+                    acc[task.task_id, j] = _evaluate(model, ts.eval_of(j), ts, tc.eval_batch_size, dev, cache)
             records.append(TaskRecord(task.task_id, list(task.classes), n_iter, train_s, time.perf_counter() - t1,
                                       float(np.mean(losses)) if losses else float("nan"),
                                       [float(a) for a in acc[task.task_id, :task.task_id + 1]],
@@ -297,7 +311,17 @@ def train(config: RepConfig, scenario: Scenario, *, callbacks: Sequence[Callback
             result = _result(config, acc, records, timer, timed_blocks, peak_bytes, dev, global_t,
                              time.perf_counter() - t_start, use_cache, reason, cache, hits0, misses0,
                              meter.per_iteration(), precision.name)
-            result.eval_size = sum(len(t.test) for t in ts.tasks[:task.task_id + 1])
+            result.eval_size = ts.size_of(ts.eval_split, task.task_id + 1)
+            result.eval_split = ts.eval_split
+            if not eval_every_task:
+                result.forgetting = result.avg_incremental_acc = float("nan")
+            if last and report_test:
+                if ts.eval_split == "test":
+                    result.test_acc = result.final_acc
+                else:
+                    result.test_acc = float(np.mean([_evaluate(model, t.test, ts, tc.eval_batch_size, dev, cache)
+                                                     for t in ts]))
+                result.test_size = ts.size_of("test")
             for cb in callbacks:
                 cb(task.task_id, result)
     finally:

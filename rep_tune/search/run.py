@@ -44,12 +44,24 @@ from rep_tune.search.targets import Target, ald_horizon, load_targets
 
 ROLES = ("paper", "baseline")
 SEARCH_FIDELITY = {"training.epochs": 1, "training.iters_per_task": 12}
-SEARCH_EVAL_PER_CLASS = 50    # test images per class during a search: rank agreement with full fidelity holds (benchmarks/bench_accuracy.py)
+SEARCH_EVAL_PER_CLASS = 50    # test images per class of the search's scenario (the confirmation reports on more)
+SEARCH_VAL_PER_CLASS = 50     # validation images per class held out of the training pool: what candidates are scored on
 
 
 def search_scenario() -> Scenario:
-    """The default scenario at the search's fidelity: the embedded benchmark on a smaller fixed test subset."""
-    return Scenario(eval_per_class=SEARCH_EVAL_PER_CLASS)
+    """The default scenario of a search: the embedded benchmark, candidates scored on a validation
+    split held out of the continual-learning training pool (the test set only reports the answer)."""
+    return Scenario(eval_per_class=SEARCH_EVAL_PER_CLASS, val_per_class=SEARCH_VAL_PER_CLASS, eval_split="val")
+
+
+def with_validation(scenario: Scenario, out=sys.stdout) -> Scenario:
+    """``scenario`` scoring on a validation split: a scenario without one gets ``SEARCH_VAL_PER_CLASS``."""
+    if scenario.val_per_class is None:
+        scenario.val_per_class = SEARCH_VAL_PER_CLASS
+        print(f"  note: scenario has no validation split: candidates are scored on {SEARCH_VAL_PER_CLASS} images "
+              f"per class held out of its training pool (val_per_class), never on its test set", file=out)
+    scenario.eval_split = "val"
+    return scenario
 BACKENDS = ("optuna", "ray")
 
 
@@ -83,6 +95,9 @@ class SearchSettings:
     run_dir: str | None = None
     study_name: str | None = None
     references: bool = True                  # enqueue paper + baseline first
+    confirm_top_k: int = 3                   # confirmation: top configs per device retrained (search.confirm)
+    confirm_seeds: int = 3                   # training seeds each, paired; 0 = no confirmation stage
+    confirm_iters_per_task: int = 32         # the confirmation's fidelity (1 epoch, capped at this)
     progress: bool = True
     resolved_budgets: dict[str, dict] = field(default_factory=dict)   # filled on first run
 
@@ -117,6 +132,7 @@ class SearchOutcome:
     files: dict[str, Path] = field(default_factory=dict)
     bests: dict[str, Any] = field(default_factory=dict)
     loop: LoopResult = field(default_factory=LoopResult)
+    confirmation: Any = None                 # search.confirm.Confirmation when the stage ran
 
     @property
     def stopped_by_cap(self) -> bool:
@@ -165,6 +181,10 @@ def _check_before_work(settings: SearchSettings, targets: list[Target], base: Re
         raise ValueError(f"--n-trials: expected an int >= 1, found {settings.n_trials}")
     if settings.timeout is not None and not settings.timeout > 0:
         raise ValueError(f"--timeout: expected seconds > 0 (0 on the command line: none), found {settings.timeout}")
+    if settings.confirm_top_k < 1 or settings.confirm_seeds < 0 or settings.confirm_iters_per_task < 1:
+        raise ValueError(f"--confirm: expected K >= 1 candidates and S >= 0 seeds (0: no confirmation), at >= 1 "
+                         f"iteration per task; found {settings.confirm_top_k},{settings.confirm_seeds} at "
+                         f"{settings.confirm_iters_per_task}")
     if settings.n_workers < 1:
         raise ValueError(f"--n-workers: expected an int >= 1, found {settings.n_workers}")
     for name, value, low in (("--cpus-per-trial", settings.cpus_per_trial, 0.0), ("--gpus-per-trial", settings.gpus_per_trial, None)):
@@ -230,6 +250,7 @@ def prepare(settings: SearchSettings, *, train_fn=None, out=sys.stdout) -> Prepa
         # blocks the deployment drops (run.yaml keeps it with the other overrides; --set ald.horizon=N wins)
         settings.overrides["ald.horizon"] = horizon
         base = space.base_config(settings.backbone, **settings.overrides)
+    with_validation(settings.scenario, out)
     settings.scenario.check_reachable()      # data there, enough classes: once, before the first trial
     _check_before_work(settings, targets, base)
     for metric, text in settings.budgets.items():
@@ -329,4 +350,32 @@ def search(settings: SearchSettings, *, train_fn=None, out=sys.stdout) -> Search
     outcome = p.outcome(loop)
     from rep_tune.search.report import write_outputs
     write_outputs(outcome, settings, out=out)
+    if settings.confirm_seeds > 0:
+        run_confirmation(outcome, settings, p.trainer, out=out)
     return outcome
+
+
+def run_confirmation(outcome: SearchOutcome, settings: SearchSettings, trainer: Trainer, *, out=sys.stdout) -> None:
+    """The confirmation stage (``search.confirm``): retrain, decide, rewrite best_<device>.yaml, write confirm.csv."""
+    from rep_tune.search import confirm, report
+    recs = report.records(outcome.study)
+    paper = report.role_trial(report.scored(recs), "paper")
+    fidelity = {"training.epochs": 1, "training.iters_per_task": settings.confirm_iters_per_task}
+    print(f"confirming: the top {settings.confirm_top_k} feasible config(s) per device and the paper preset, "
+          f"{settings.confirm_seeds} paired training seeds each, 1 epoch of {settings.confirm_iters_per_task} "
+          f"iterations per task", file=out)
+    try:
+        conf = confirm.confirm(recs, outcome.targets, paper, settings.scenario, trainer.train_fn,
+                               top_k=settings.confirm_top_k, seeds=settings.confirm_seeds, fidelity=fidelity,
+                               progress=settings.progress)
+    except KeyboardInterrupt:
+        raise SearchInterrupted(f"interrupted during the confirmation: the search's files in {outcome.run_dir} are "
+                                f"written (unconfirmed); confirm again with: rep-tune search --resume "
+                                f"{outcome.run_dir}") from None
+    outcome.confirmation = conf
+    outcome.files["confirm"] = confirm.write_csv(conf, Path(outcome.run_dir) / "confirm.csv")
+    report.write_confirmed(outcome, settings, conf, recs)
+    confirm.print_table(conf, outcome.targets, out=out)
+    for name in ("confirm", *[f"best_{t.key}" for t in outcome.targets]):
+        if name in outcome.files:
+            print(f"  {name}: {outcome.files[name]}", file=out)

@@ -1,0 +1,139 @@
+"""The confirmation stage: paired seeds, intervals, choice on validation, report on test.
+
+Arithmetic against hand computations and scipy; the stage end to end on a fake trainer whose
+accuracies have known per-config means and known seed noise (shared per seed, so that pairing
+cancels it), through a real search, study and files.
+"""
+from __future__ import annotations
+
+import io
+import math
+import statistics
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from rep_tune.data.scenario import Scenario
+from rep_tune.search import confirm
+from rep_tune.search.confirm import Candidate, interval, paired
+
+sys.path.insert(0, str(Path(__file__).parent))
+from search_fakes import PROXY, fake_accuracy, write_space  # noqa: E402
+
+
+def test_interval_is_the_student_t_interval_of_the_mean():
+    vals = [0.80, 0.82, 0.78]
+    iv = interval(vals)
+    half = 4.302652729911275 * statistics.stdev(vals) / math.sqrt(3)    # t(0.975, 2)
+    assert iv.mean == pytest.approx(0.80) and iv.half == pytest.approx(half) and iv.n == 3
+    assert iv.low == pytest.approx(0.80 - half) and iv.high == pytest.approx(0.80 + half)
+    assert interval([0.01, 0.02, 0.015]).resolved                       # a difference clear of 0 is resolved
+    assert not interval([0.01, -0.02, 0.015]).resolved
+    assert math.isnan(interval([0.5]).half) and not interval([0.5]).resolved
+
+
+def test_pairing_cancels_noise_shared_by_a_seed():
+    """Seed noise of +-3 points shared by both configs: the unpaired intervals overlap, the paired
+    difference (0.5 points every seed) is resolved."""
+    noise = {0: 0.03, 1: -0.03, 2: 0.0, 3: 0.02}
+    a = {s: 0.800 + e for s, e in noise.items()}
+    b = {s: 0.795 + e for s, e in noise.items()}
+    assert interval(list(a.values())).low < interval(list(b.values())).high       # unpaired: not told apart
+    d = paired(a, b)
+    assert d.mean == pytest.approx(0.005) and d.half == pytest.approx(0.0, abs=1e-12) and d.n == 4
+    # only the seeds both have are paired
+    assert paired({0: 0.9, 1: 0.8}, {1: 0.7, 2: 0.1}).n == 1
+
+
+class NoisyTrain:
+    """A trainer with known truth: validation/test accuracy = the config's mean + seed noise shared
+    by every config (+ a small per-config term), as training-seed noise acts on real runs."""
+
+    SEED_NOISE = {0: 0.02, 1: -0.015, 2: 0.005}
+
+    def __init__(self):
+        self.calls = []
+
+    def mean(self, config) -> float:
+        return fake_accuracy(config)
+
+    def __call__(self, config, scenario, *, callbacks=(), progress=False, eval_every_task=True, report_test=False, **_):
+        from search_fakes import FakeResult
+        seed = config.training.seed
+        self.calls.append((config.training.iters_per_task, seed, eval_every_task, report_test, scenario.eval_split))
+        n = scenario.n_tasks
+        val = self.mean(config) + self.SEED_NOISE.get(seed, 0.0)
+        acc = np.full((n, n), val)
+        for t in range(n):
+            for cb in callbacks:
+                cb(t, _Partial(acc))
+        res = FakeResult(acc, val, val, 0.0, None, n, 0.01)
+        res.test_acc, res.test_size, res.eval_size = val - 0.01, 1000, 500     # test a point below validation
+        return res
+
+
+class _Partial:
+    def __init__(self, acc):
+        self.acc_matrix = acc
+        self.final_acc = float(acc[-1].mean())
+
+
+def test_confirmed_search_writes_the_answer_with_intervals(tmp_path):
+    from rep_tune.search.run import SearchSettings, search
+    train = NoisyTrain()
+    settings = SearchSettings(devices=["jetson_orin"], space=write_space(tmp_path / "space.yaml"), backbone=PROXY,
+                              scenario=Scenario(n_tasks=2, max_per_class=8, eval_per_class=5), n_trials=6,
+                              timeout=None, run_dir=str(tmp_path / "run"), progress=False, seed=0,
+                              confirm_top_k=2, confirm_seeds=3, confirm_iters_per_task=7)
+    out = io.StringIO()
+    outcome = search(settings, train_fn=train, out=out)
+    text = out.getvalue()
+    conf = outcome.confirmation
+    # the search scored on the validation split; the confirmation retrained at its own fidelity, paired seeds
+    assert settings.scenario.eval_split == "val" and settings.scenario.val_per_class == 50
+    retrains = [c for c in train.calls if c[0] == 7]
+    assert len(retrains) == 3 * len(conf.candidates) and {c[1] for c in retrains} == {0, 1, 2}
+    assert all(not every and report and split == "val" for _, _, every, report, split in retrains)
+    assert any(c.role == "paper" for c in conf.candidates) and len(conf.candidates) <= 3
+    answer = conf.answers["jetson_orin"]
+    best = answer.best
+    # the best is the feasible candidate of highest mean validation accuracy
+    assert best.val_interval().mean == max(c.val_interval().mean for c in conf.candidates if c.hash in answer.feasible_hashes)
+    # its test accuracy is mean over seeds of (truth - 0.01 + seed noise); the interval is the t-interval
+    truth = train.mean(best.config) - 0.01 + statistics.fmean(NoisyTrain.SEED_NOISE.values())
+    assert best.test_interval().mean == pytest.approx(truth)
+    paper = next(c for c in conf.candidates if c.role == "paper")
+    if best is not paper:
+        # shared seed noise cancels: the paired difference is exact, zero-width, and resolved when non-zero
+        want = train.mean(best.config) - train.mean(paper.config)
+        assert answer.vs_paper.mean == pytest.approx(want) and answer.vs_paper.half == pytest.approx(0, abs=1e-9)
+        assert answer.vs_paper.resolved == (abs(want) > 1e-9)
+    # files: confirm.csv rows, best_<device>.yaml's expected.final_acc is the confirmed test accuracy
+    rows = (tmp_path / "run" / "confirm.csv").read_text().splitlines()
+    assert len(rows) == 1 + 3 * len(conf.candidates) and rows[0].startswith("candidate,trial,role,config_hash,seed")
+    best_yaml = yaml.safe_load((tmp_path / "run" / "best_jetson_orin.yaml").read_text())
+    fa = best_yaml["expected"]["final_acc"]
+    assert fa["value"] == pytest.approx(round(truth, 6)) and fa["seeds"] == [0, 1, 2] and len(fa["ci95"]) == 2
+    assert best_yaml["expected"]["confirmed"]["fidelity"]["training.iters_per_task"] == 7
+    assert best_yaml["expected"]["search_acc"]["value"] == pytest.approx(best.search_acc, abs=1e-6)
+    assert "confirmed best" in text and "vs the paper preset" in text or best is paper
+    run_yaml = yaml.safe_load((tmp_path / "run" / "run.yaml").read_text())
+    assert run_yaml["scenario"]["val_per_class"] == 50 and run_yaml["scenario"]["eval_split"] == "val"
+    assert run_yaml["confirm_seeds"] == 3 and run_yaml["overrides"]["ald.horizon"] == 1565
+
+
+def test_a_crashing_confirmation_run_is_a_failed_run_not_a_failed_stage():
+    from rep_tune.config import preset
+    cfg = preset("paper", "l2p", PROXY)
+    good, bad = Candidate("a", 1, cfg, 0.8), Candidate("b", 2, cfg.replace(**{"prompt.length": 7}), 0.7)
+
+    def train(config, scenario, **kw):
+        if config.prompt.length == 7 and config.training.seed == 1:
+            raise RuntimeError("boom")
+        return NoisyTrain()(config, scenario, **kw)
+
+    confirm.retrain([good, bad], Scenario(n_tasks=2), [0, 1], confirm.CONFIRM_FIDELITY, train, progress=False)
+    assert sorted(good.val) == [0, 1] and sorted(bad.val) == [0] and "boom" in bad.errors[1]
