@@ -46,6 +46,18 @@ class Metric:
             raise ValueError(f"--{self.flag}-budget: unit {unit!r} is not one of {', '.join(self.scales)}")
         return number * self.scales[u]
 
+    def plain(self, value: float) -> str:
+        """``value`` (in ``unit``) in the largest unit of ``scales`` it reaches, without exponents:
+        45000 MiB -> '43.95 GiB', 162 ms -> '162 ms'. Units spelled as this metric's own when they
+        differ only in case ('gib' -> 'GiB')."""
+        def spell(u: str) -> str:
+            own = self.unit
+            return own if u == own.lower() else (u[:-2].upper() + "iB" if u.endswith("ib") else u)
+        up = [(f, u) for u, f in self.scales.items() if f >= 1 and abs(value) >= f]
+        factor, unit = max(up) if up else (1.0, self.unit.lower())
+        v = value / factor
+        return f"{v:.4g} {spell(unit)}" if abs(v) < 1e4 else f"{v:,.0f} {spell(unit)}"
+
 
 METRICS: dict[str, Metric] = {}
 

@@ -116,7 +116,7 @@ class DeviceBudgets:
         return {m: b.value for m, b in self.budgets.items()}
 
     def describe(self) -> str:
-        parts = [f"{METRICS[m].flag} <= {b.value:.4g} {METRICS[m].unit} [{b.basis}]" for m, b in self.budgets.items()]
+        parts = [f"{METRICS[m].flag} <= {METRICS[m].plain(b.value)} [{b.basis}]" for m, b in self.budgets.items()]
         return f"{self.device}: " + ("; ".join(parts) if parts else "no budget")
 
 
