@@ -37,6 +37,8 @@ def forgetting(acc) -> float:
     T = a.shape[0]
     if T == 1:
         return 0.0
+    if np.isnan(a[T - 1, :T]).any():
+        return float("nan")                  # the last row was not evaluated (train(eval_every_task=False))
     drops = [np.nanmax(a[j:T, j]) - a[T - 1, j] for j in range(T - 1)]
     return float(np.mean(drops))
 
