@@ -365,3 +365,38 @@ def test_timeout_stops_a_training_at_its_next_task_boundary(tmp_path):
     assert first.state == TrialState.PRUNED and first.stopped == "search timeout" and first.pruned_at_task is None
     assert first.paid and len(first.task_acc) < 3                       # stopped before its last task
     assert len([r for r in recs if r.trained]) == 1                      # no new training after the timeout
+
+
+def test_the_run_folders_lock_excludes_threads_and_processes(tmp_path):
+    """``optuna_backend.file_lock`` (filelock): held by one thread or process at a time."""
+    import threading
+
+    from rep_tune.search.optuna_backend import file_lock
+    path, spans = tmp_path / ".plan.lock", []
+
+    def hold(i):
+        with file_lock(path):
+            t0 = time.monotonic()
+            time.sleep(0.1)
+            spans.append((t0, time.monotonic()))
+
+    threads = [threading.Thread(target=hold, args=(i,)) for i in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    spans.sort()
+    assert len(spans) == 3 and all(a[1] <= b[0] for a, b in zip(spans, spans[1:]))     # no overlap
+    held = tmp_path / "held"
+    code = (f"import time, pathlib; from rep_tune.search.optuna_backend import file_lock\n"
+            f"with file_lock(pathlib.Path({str(path)!r})):\n"
+            f"    pathlib.Path({str(held)!r}).touch(); time.sleep(1.0)\n")
+    other = subprocess.Popen([sys.executable, "-c", code])
+    deadline = time.monotonic() + 60
+    while not held.exists() and time.monotonic() < deadline:      # the other process holds it now
+        time.sleep(0.02)
+    t0 = time.monotonic()
+    with file_lock(path):
+        waited = time.monotonic() - t0
+    other.wait(timeout=30)
+    assert waited > 0.2

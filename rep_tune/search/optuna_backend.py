@@ -152,17 +152,13 @@ def open_storage_url(url: str) -> optuna.storages.RDBStorage:
     return storage
 
 
-@contextlib.contextmanager
 def file_lock(path: Path):
-    """An exclusive lock among the processes of one host (``flock`` on ``path``)."""
-    import fcntl
+    """An exclusive lock among the processes and threads of one host on ``path`` (``filelock``'s
+    ``FileLock``: ``flock`` on POSIX). A new lock object per use, so two threads of one process
+    exclude each other too; a context manager."""
+    from filelock import FileLock
 
-    with open(path, "a") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
+    return FileLock(str(path))
 
 
 def _creation_lock(run_dir: Path):
