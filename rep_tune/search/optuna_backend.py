@@ -253,6 +253,16 @@ def count_committed(study: optuna.Study) -> int:
     return n
 
 
+def _fail_interrupted(study: optuna.Study, t: FrozenTrial, why: str) -> bool:
+    """FAIL a RUNNING trial with ``interrupted`` = ``why`` (not an error: a resumed run trains it
+    again). False when another process finished it first."""
+    try:
+        RecordWriter(study._storage, t._trial_id).interrupted(why)
+        return bool(study._storage.set_trial_state_values(t._trial_id, TrialState.FAIL))
+    except optuna.exceptions.UpdateFinishedTrialError:
+        return False
+
+
 # ---- liveness --------------------------------------------------------------------------------
 def fail_dead_trials(study: optuna.Study) -> list[int]:
     """Fail RUNNING trials whose owner process (on this host) is gone, and trials whose heartbeat
@@ -265,12 +275,8 @@ def fail_dead_trials(study: optuna.Study) -> list[int]:
         unowned = owner is None and t.datetime_start is not None and (now - t.datetime_start).total_seconds() > GRACE_S
         if record.owner_alive(owner) is False or unowned:
             why = f"its process {owner} is gone" if owner else "its process stopped before recording itself"
-            try:
-                RecordWriter(study._storage, t._trial_id).interrupted(why)
-                if study._storage.set_trial_state_values(t._trial_id, TrialState.FAIL):
-                    failed.append(t.number)
-            except optuna.exceptions.UpdateFinishedTrialError:
-                pass
+            if _fail_interrupted(study, t, why):
+                failed.append(t.number)
     before = {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
@@ -296,13 +302,8 @@ def fail_own_trials(study: optuna.Study, why: str, attempts: int = 20) -> list[i
     for attempt in range(attempts):
         try:
             for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-                if t.user_attrs.get(record.OWNER) == me:
-                    try:
-                        RecordWriter(study._storage, t._trial_id).interrupted(why)
-                        if study._storage.set_trial_state_values(t._trial_id, TrialState.FAIL):
-                            failed.append(t.number)
-                    except optuna.exceptions.UpdateFinishedTrialError:
-                        pass
+                if t.user_attrs.get(record.OWNER) == me and _fail_interrupted(study, t, why):
+                    failed.append(t.number)
             return failed
         except Exception:                    # a locked database: the training threads are still letting go
             time.sleep(0.05 * (attempt + 1))
