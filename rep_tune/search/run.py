@@ -37,6 +37,7 @@ from rep_tune.figures import METRICS
 from rep_tune.schema import from_dict, read_mapping, to_dict, write_mapping
 from rep_tune.search import optuna_backend, record
 from rep_tune.search.budgets import DeviceBudgets, parse_budget, resolve
+from rep_tune.search.confirm import CONFIRM_FIDELITY, DEFAULT_SEEDS, DEFAULT_TOP_K
 from rep_tune.search.loop import Executor, LoopResult, ThreadExecutor, run_trials
 from rep_tune.search.objective import Objective, Trainer, restore
 from rep_tune.search.space import SearchSpace, default_space
@@ -62,6 +63,8 @@ def with_validation(scenario: Scenario, out=sys.stdout) -> Scenario:
               f"per class held out of its training pool (val_per_class), never on its test set", file=out)
     scenario.eval_split = "val"
     return scenario
+
+
 BACKENDS = ("optuna", "ray")
 
 
@@ -95,9 +98,9 @@ class SearchSettings:
     run_dir: str | None = None
     study_name: str | None = None
     references: bool = True                  # enqueue paper + baseline first
-    confirm_top_k: int = 3                   # confirmation: top configs per device retrained (search.confirm)
-    confirm_seeds: int = 3                   # training seeds each, paired; 0 = no confirmation stage
-    confirm_iters_per_task: int = 32         # the confirmation's fidelity (1 epoch, capped at this)
+    confirm_top_k: int = DEFAULT_TOP_K       # confirmation: top configs per device retrained (search.confirm)
+    confirm_seeds: int = DEFAULT_SEEDS       # training seeds each, paired; 0 = no confirmation stage
+    confirm_iters_per_task: int = CONFIRM_FIDELITY["training.iters_per_task"]   # its fidelity (1 epoch, capped)
     progress: bool = True
     resolved_budgets: dict[str, dict] = field(default_factory=dict)   # filled on first run
 
@@ -360,7 +363,7 @@ def run_confirmation(outcome: SearchOutcome, settings: SearchSettings, trainer: 
     from rep_tune.search import confirm, report
     recs = report.records(outcome.study)
     paper = report.role_trial(report.scored(recs), "paper")
-    fidelity = {"training.epochs": 1, "training.iters_per_task": settings.confirm_iters_per_task}
+    fidelity = {**CONFIRM_FIDELITY, "training.iters_per_task": settings.confirm_iters_per_task}
     print(f"confirming: the top {settings.confirm_top_k} feasible config(s) per device and the paper preset, "
           f"{settings.confirm_seeds} paired training seeds each, 1 epoch of {settings.confirm_iters_per_task} "
           f"iterations per task", file=out)
