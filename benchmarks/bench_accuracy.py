@@ -97,20 +97,12 @@ def pld_at_equal_blocks(reference) -> dict[str, Any]:
 
 
 # ---- statistics ---------------------------------------------------------------------------------
-def t95(n: int) -> float:
-    """Two-sided 95 % Student t quantile for n samples (n - 1 degrees of freedom)."""
-    from scipy.stats import t
-    return float(t.ppf(0.975, n - 1)) if n > 1 else float("nan")
-
-
 def mean_std_ci(values: list[float]) -> tuple[float, float, float]:
-    """Mean, sample std, and the half-width of the 95 % t-interval of the mean."""
-    n = len(values)
-    if n == 0:
-        return float("nan"), float("nan"), float("nan")
-    m = statistics.fmean(values)
-    s = statistics.stdev(values) if n > 1 else float("nan")
-    return m, s, t95(n) * s / math.sqrt(n) if n > 1 else float("nan")
+    """Mean, sample std, and the half-width of the 95 % t-interval of the mean (``search.confirm.interval``)."""
+    from rep_tune.search.confirm import interval
+    iv = interval(values)
+    s = statistics.stdev(values) if len(values) > 1 else float("nan")
+    return iv.mean, s, iv.half
 
 
 def spearman(a: list[float], b: list[float], boot: int = 2000, seed: int = 0) -> tuple[float, float, float]:
