@@ -4,6 +4,7 @@
 #
 #   benchmarks/gpu_check.sh              # on a CUDA machine
 #   benchmarks/gpu_check.sh --dry-run    # print the plan (anywhere; exits 0 without a GPU)
+#   benchmarks/gpu_check.sh --steps profile,published   # a subset, in the order given
 #
 # Runs against the machine's python3 (PYTHON=... to override) with the repository on PYTHONPATH.
 # Needs torch, timm, pyyaml, numpy, tqdm, nvidia-ml-py; no optuna, ray, scikit-learn, scipy,
@@ -18,6 +19,10 @@
 #              (cost_model_error.csv), then benchmarks/bench_cost_model.py with the flags it has
 #   5 verify   rep-tune verify of a ViT-B/16 paper config (precision = the profile's dtype)
 #              against the fresh profile (its budgets and its cost-model prediction)
+#   6 published  bench_published.py's rows (REP-L2P ViT-L/16 ablation) timed by rep-tune's runtime,
+#              fp32 and bf16, one fresh process each -> published_measured.csv
+#   7 memory   live-tensor vs CUDA-allocator peak over ViT-Ti/B x L2P/DualPrompt/CODA x baseline/paper
+#              x batch 8/32 x fp32/bf16 (not timed; 6 processes at a time) -> memory_grid.csv
 set -u
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -25,9 +30,15 @@ PY=${PYTHON:-python3}
 export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
 export PYTHONUNBUFFERED=1
 DRY=0
-for a in "$@"; do
+ONLY=""
+args=("$@")
+for ((i = 0; i < ${#args[@]}; i++)); do
+  [[ ${args[i]} == --steps ]] && { args[i]="--steps=${args[i+1]:-}"; unset 'args[i+1]'; }
+done
+for a in "${args[@]}"; do
   case "$a" in
     --dry-run|-n) DRY=1 ;;
+    --steps=*) ONLY=${a#--steps=} ;;
     -h|--help) sed -n '2,24p' "$0"; exit 0 ;;
     *) echo "gpu_check.sh: unknown argument $a (expected --dry-run)" >&2; exit 2 ;;
   esac
@@ -77,15 +88,23 @@ gpu_tests() {
   "$PY" -m pytest -q -m gpu -p no:cacheprovider tests/test_gpu.py tests/test_telemetry.py
 }
 
-STEPS=(gpu profile bench cost verify)
-declare -A LIMIT=([gpu]=90 [profile]=100 [bench]=160 [cost]=60 [verify]=50)      # 460 s at most
+STEPS=(gpu profile bench cost verify published memory)
+declare -A LIMIT=([gpu]=90 [profile]=100 [bench]=160 [cost]=60 [verify]=50 [published]=200 [memory]=100)
 declare -A CMD=(
   [gpu]="gpu_tests"
   [profile]="cli profile --quick --device cuda --out $OUT/profile.yaml --no-progress"
   [bench]="$PY benchmarks/bench_runtime.py --device cuda --backbones vit_tiny_patch16_224,vit_base_patch16_224 --batches 16,32 --variants baseline,paper --precisions fp32,bf16 --skip-accuracy --n 10 --rounds 2 --min-window-s 0.5 --profile $OUT/profile.yaml --out $OUT"
   [cost]="cost_error; e=\$?; bench_cost_model && exit \$e"
   [verify]="verify_config && cli verify --config $OUT/best_gpu_check.yaml --device $OUT/profile.yaml --run-on cuda --iters 10 --out $OUT/verify.yaml --no-progress"
+  [published]="$PY $STEPS_PY published $OUT"
+  [memory]="$PY $STEPS_PY memory-grid $OUT"
 )
+if [[ -n $ONLY ]]; then
+  IFS=, read -r -a STEPS <<< "$ONLY"
+  for s in "${STEPS[@]}"; do
+    [[ -n ${CMD[$s]:-} ]] || { echo "gpu_check.sh: unknown step $s (expected one of ${!CMD[*]})" >&2; exit 2; }
+  done
+fi
 
 if [[ $DRY == 1 ]]; then
   echo "gpu_check.sh plan (dry run): python $PY, GPU '$NAME', results in $OUT/"
