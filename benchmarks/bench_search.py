@@ -39,7 +39,9 @@ from rep_tune.search.run import SEARCH_EVAL_PER_CLASS, SEARCH_FIDELITY, SearchSe
 
 
 def run_one(method: str, seed: int, args, root: Path) -> dict:
+    """Run one search (its folder: ROOT/METHOD-seedSEED) and summarise it from its folder."""
     rep = method == "rep-tune"
+    run_dir = root / f"{method}-seed{seed}"
     settings = SearchSettings(
         devices=[args.device], scenario=Scenario(n_tasks=args.tasks, max_per_class=args.max_per_class,
                                                  eval_per_class=args.eval_per_class),
@@ -47,14 +49,34 @@ def run_one(method: str, seed: int, args, root: Path) -> dict:
         n_trials=args.trials, timeout=None, sampler="tpe" if rep else "random", seed=seed,
         pruner="percentile" if rep else "none", prescreen=rep, references=True, margin=args.margin,
         confirm_top_k=args.confirm[0], confirm_seeds=args.confirm[1],
-        deploy_backbone=args.deploy_backbone, run_dir=str(root / f"{method}-seed{seed}"), progress=False)
+        deploy_backbone=args.deploy_backbone, run_dir=str(run_dir), progress=False)
     t0 = time.perf_counter()
-    outcome = search(settings, out=io.StringIO())
+    search(settings, out=io.StringIO())
     wall = time.perf_counter() - t0
-    target = outcome.targets[0]
-    key = target.key
-    recs = sorted(read_all(outcome.study.get_trials(deepcopy=False)), key=lambda r: r.number)
-    curve, best, wasted, ref_s, n_pre, n_pruned = [], float("-inf"), 0.0, 0.0, 0, 0
+    (run_dir / "wall_s.txt").write_text(f"{wall:.1f}\n")
+    return summarise(run_dir, args.margin)
+
+
+def summarise(run_dir: Path, margin: float) -> dict:
+    """One finished search's row, read from its folder alone (run.yaml, study.db, confirm.csv).
+
+    Lets ``--collect`` report searches that finished in an earlier (or interrupted) invocation.
+    """
+    import csv
+
+    import optuna
+    import yaml
+
+    from rep_tune.search.confirm import interval, paired
+
+    run = yaml.safe_load((run_dir / "run.yaml").read_text())
+    method, seed = run_dir.name.rsplit("-seed", 1)
+    storage = f"sqlite:///{run_dir / 'study.db'}"
+    study = optuna.load_study(study_name=run["study_name"], storage=storage)
+    key, budgets = next(iter(run["resolved_budgets"].items()))
+    limits = {m: b["value"] for m, b in budgets.items() if isinstance(b, dict) and "value" in b}
+    recs = sorted(read_all(study.get_trials(deepcopy=False)), key=lambda r: r.number)
+    curve, best, best_rec, wasted, ref_s, n_pre, n_pruned = [], float("-inf"), None, 0.0, 0.0, 0, 0
     paper = None
     for r in recs:
         n_pre += r.prescreened
@@ -65,33 +87,47 @@ def run_one(method: str, seed: int, args, root: Path) -> dict:
         n_pruned += r.state.name == "PRUNED"
         secs = float(r.train_seconds or 0.0)
         pred = r.devices[key].predicted if key in r.devices else {}
-        ruled_out = any(m in pred and pred[m].value > b.value * (1 + args.margin)
-                        for m, b in target.budgets.budgets.items())
+        ruled_out = any(m in pred and pred[m].value > v * (1 + margin) for m, v in limits.items())
         if r.role:
             ref_s += secs
         elif ruled_out:
             wasted += secs
-        if r.scored and r.feasible(key):
-            best = max(best, 100 * r.final_acc)
+        if r.scored and r.feasible(key) and 100 * r.final_acc > best:
+            best, best_rec = 100 * r.final_acc, r
         curve.append(best)
-    b = outcome.bests.get(key)
     vs_paper = None
-    if b is not None and paper is not None:
-        vs_paper = {"acc_points": 100 * (b.final_acc - paper.final_acc),
-                    "latency_ratio": b.value_of("latency_ms", key) / paper.value_of("latency_ms", key),
+    if best_rec is not None and paper is not None:
+        vs_paper = {"acc_points": best - 100 * paper.final_acc,
+                    "latency_ratio": best_rec.value_of("latency_ms", key) / paper.value_of("latency_ms", key),
                     "paper_feasible": paper.feasible(key)}
     confirmed = None
-    conf = outcome.confirmation
-    if conf is not None and conf.answers.get(key) is not None and conf.answers[key].best is not None:
-        a = conf.answers[key]
-        confirmed = {"candidate": a.best.label, "test": a.best.test_interval().to_dict(100.0),
-                     "vs_paper": None if a.vs_paper is None else {**a.vs_paper.to_dict(100.0),
-                                                                  "resolved": a.vs_paper.resolved},
-                     "latency_ratio_vs_paper": (a.best.trial is not None and paper is not None and
-                                                _latency_ratio(recs, a.best.trial, paper, key))}
-    return {"method": method, "seed": seed, "curve": curve, "confirmed": confirmed, "best": best if best > float("-inf") else None,
-            "wasted_s": wasted, "ref_s": ref_s, "prescreened": n_pre, "pruned": n_pruned, "wall_s": wall,
-            "vs_paper": vs_paper, "budgets": target.budgets.describe(), "run_dir": settings.run_dir}
+    conf_csv = run_dir / "confirm.csv"
+    if conf_csv.is_file():
+        rows = list(csv.DictReader(conf_csv.open()))
+        by: dict[str, dict[str, dict[int, float]]] = {}
+        for row in rows:
+            if row["test_acc"]:
+                by.setdefault(row["candidate"], {}).setdefault("test", {})[int(row["seed"])] = float(row["test_acc"])
+        chosen = next((row for row in rows if row.get(f"best@{key}") == "yes"), None)
+        ref = next((row["candidate"] for row in rows if row["role"] == "paper"), None)
+        if chosen is not None:
+            test = by[chosen["candidate"]]["test"]
+            vs = paired(test, by[ref]["test"]) if ref and ref in by and chosen["candidate"] != ref else None
+            trial = int(chosen["trial"]) if chosen["trial"] else None
+            confirmed = {"candidate": chosen["candidate"], "test": interval(list(test.values())).to_dict(100.0),
+                         "vs_paper": None if vs is None else {**vs.to_dict(100.0), "resolved": vs.resolved},
+                         "latency_ratio_vs_paper": (trial is not None and paper is not None and
+                                                    _latency_ratio(recs, trial, paper, key))}
+    wall_file = run_dir / "wall_s.txt"
+    wall = float(wall_file.read_text()) if wall_file.is_file() else None
+    if wall is None and conf_csv.is_file():     # an earlier invocation: folder creation to confirm.csv
+        wall = conf_csv.stat().st_mtime - (run_dir / "run.yaml").stat().st_mtime
+    return {"method": method, "seed": int(seed), "curve": curve, "confirmed": confirmed,
+            "best": best if best > float("-inf") else None, "wasted_s": wasted, "ref_s": ref_s,
+            "prescreened": n_pre, "pruned": n_pruned,
+            "wall_s": wall,
+            "vs_paper": vs_paper, "budgets": ", ".join(f"{m} <= {v:g}" for m, v in limits.items()),
+            "run_dir": str(run_dir)}
 
 
 def _latency_ratio(recs, trial: int, paper, key: str) -> float | None:
@@ -99,6 +135,11 @@ def _latency_ratio(recs, trial: int, paper, key: str) -> float | None:
     if r is None or not r.value_of("latency_ms", key) or not paper.value_of("latency_ms", key):
         return None
     return r.value_of("latency_ms", key) / paper.value_of("latency_ms", key)
+
+
+def _ci(d: dict) -> str:
+    lo, hi = d["ci95"]
+    return f"[{lo:+.2f}, {hi:+.2f}]" if lo < 0 else f"[{lo:.2f}, {hi:.2f}]"
 
 
 def first_reaching(curve: list[float], level: float | None) -> int | None:
@@ -124,11 +165,23 @@ def main(argv: list[str] | None = None) -> int:
                    help="confirmation: top K candidates, S paired seeds (the search's default)")
     p.add_argument("--out", default="runs/bench_search")
     p.add_argument("--threads", type=int, default=1, help="torch threads (1: the cores are shared)")
+    p.add_argument("--collect", default=None, metavar="DIR",
+                   help="run nothing: report the searches that finished under DIR (an earlier run's folder); "
+                        "a seed counts when both of its methods finished")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
-    root = Path(args.out) / time.strftime("%Y%m%d-%H%M%S")
     rows = []
-    for seed in args.seeds:
+    if args.collect:
+        root = Path(args.collect)
+        done = {(d.name.rsplit("-seed", 1)[0], int(d.name.rsplit("-seed", 1)[1])): d for d in root.glob("*-seed*")
+                if (d / "confirm.csv").is_file() or (args.confirm[1] == 0 and (d / "study.db").is_file())}
+        args.seeds = [s for s in args.seeds if ("random", s) in done and ("rep-tune", s) in done]
+        if not args.seeds:
+            raise SystemExit(f"--collect {root}: no seed with both searches finished (confirm.csv in both folders)")
+        rows = [summarise(done[(m, s)], args.margin) for s in args.seeds for m in ("random", "rep-tune")]
+    else:
+        root = Path(args.out) / time.strftime("%Y%m%d-%H%M%S")
+    for seed in ([] if args.collect else args.seeds):
         for method in ("random", "rep-tune"):
             r = run_one(method, seed, args, root)
             rows.append(r)
@@ -169,9 +222,24 @@ def main(argv: list[str] | None = None) -> int:
         if c:
             vs = c["vs_paper"]
             print(f"seed {r['seed']} {r['method']:8s} confirmed best {c['candidate']}: test {c['test']['mean']:.2f} "
-                  f"{c['test']['ci95']}" + ("" if vs is None else
-                  f"; vs paper preset {vs['mean']:+.2f} {vs['ci95']} -> {'resolved' if vs['resolved'] else 'not resolved'}")
+                  f"{_ci(c['test'])}" + ("" if vs is None else
+                  f"; vs paper preset {vs['mean']:+.2f} {_ci(vs)} -> {'resolved' if vs['resolved'] else 'not resolved'}")
                   + ("" if not c["latency_ratio_vs_paper"] else f" at {c['latency_ratio_vs_paper']:.2f}x its latency"))
+    wins = [r for r in rows if r["method"] == "rep-tune" and r.get("confirmed") and r["confirmed"]["vs_paper"]
+            and r["confirmed"]["vs_paper"]["resolved"] and r["confirmed"]["vs_paper"]["mean"] > 0
+            and (r["confirmed"]["latency_ratio_vs_paper"] or 9) <= 1.0]
+    print(f"target 1: rep-tune's confirmed best beats the paper preset by a resolved margin at <= its latency in "
+          f"{len(wins)} of {n} seeds (target >= {min(2, n)} of {n}): {'MET' if len(wins) >= min(2, n) else 'MISSED'}")
+    fast = []
+    for seed in args.seeds:
+        rep = next(r for r in rows if r["seed"] == seed and r["method"] == "rep-tune")
+        rnd = next(r for r in rows if r["seed"] == seed and r["method"] == "random")
+        n_rand = first_reaching(rnd["curve"], rnd["best"])
+        fast.append(rep["to_rand"] is not None and n_rand is not None and rep["to_rand"] <= n_rand / 2)
+        print(f"seed {seed}: rep-tune reached random's final best ({rnd['best']:.2f} %) after {rep['to_rand']} trained "
+              f"trials; random after {n_rand} of {len(rnd['curve'])}")
+    print(f"target 2: rep-tune reaches random's best in <= 1/2 of random's trials in {sum(fast)} of {n} seeds: "
+          f"{'MET' if all(fast) else 'MISSED'}")
     root.mkdir(parents=True, exist_ok=True)
     (root / "bench_search.json").write_text(json.dumps(rows, indent=1, default=str))
     print(f"per-seed results: {root / 'bench_search.json'}")
