@@ -13,7 +13,7 @@ Part 2, rank agreement: ``--configs`` configs drawn from the default search spac
 full fidelity and once at every ``--search-iters`` fidelity; the Spearman rank correlation
 between each search fidelity's accuracy and full fidelity's (with a bootstrap 95 % CI over configs).
 
-Eval subsets: every run's final evaluation covers ``--eval-big`` test images per class; the rows
+Eval subsets: every run's final evaluation covers ``--eval-big`` images per class of ``--split`` (validation by default, held out of the training pool; or test); the rows
 before it (only used for forgetting) cover ``--eval-per-class``. Because the subsets are nested
 (``rep_tune.data.tasks.eval_subset``: a smaller one is a prefix of the same seeded permutation),
 the final accuracy on every smaller subset (``--subsets``) is read off the same predictions:
@@ -46,7 +46,7 @@ import torch
 
 from rep_tune.config import preset
 from rep_tune.data.scenario import Scenario
-from rep_tune.data.tasks import eval_subset, load_raw, sampling_error
+from rep_tune.data.tasks import _cap_per_class, eval_subset, load_raw, sampling_error, validation_subset
 from rep_tune.runtime import learner
 from rep_tune.runtime import metrics
 
@@ -176,12 +176,20 @@ class Setup:
 
 
 def make_setup(args) -> Setup:
+    """The scenario and its nested eval subsets, on ``args.split``: the validation split held out of
+    the training pool (what the search selects on; default) or the official test set."""
+    val = args.split == "val"
     sc = Scenario(dataset=args.dataset, n_tasks=args.tasks, eval_per_class=args.eval_big,
-                  max_per_class=args.max_per_class)
+                  max_per_class=args.max_per_class, val_per_class=args.eval_big if val else None,
+                  eval_split=args.split)
     raw = load_raw(sc)
     sizes = sorted(set(args.subsets) | {args.eval_per_class, args.eval_big})
     # nested: the subset of n per class is a prefix of the same seeded per-class permutations
-    subset_ids = {n: {int(raw.test.ids[p]) for p in eval_subset(raw.test.labels, n, sc.seed)} for n in sizes}
+    if val:
+        pool = raw.train.take(_cap_per_class(raw.train.labels, sc.max_per_class))
+        subset_ids = {n: {int(pool.ids[p]) for p in validation_subset(pool.labels, n, sc.seed)} for n in sizes}
+    else:
+        subset_ids = {n: {int(raw.test.ids[p]) for p in eval_subset(raw.test.labels, n, sc.seed)} for n in sizes}
     return Setup(args.backbone, args.surrogate, sc, args.eval_per_class, sizes, subset_ids)
 
 
@@ -324,7 +332,7 @@ def variant_table(rows: list[dict], fidelities: list[str], setup: Setup, out: li
         mean_acc = statistics.fmean(r["final_acc"] for r in sel)
         out.append(f"\n### variants at fidelity {fid} ({sel[0]['fidelity_desc']}), seeds "
                    f"{sorted({r['seed'] for r in sel})}")
-        out.append(f"final accuracy on {n_eval:,} test images (sampling error ±"
+        out.append(f"final accuracy on {n_eval:,} {setup.scenario.eval_split} images (sampling error ±"
                    f"{100 * sampling_error(mean_acc, n_eval):.2f} points at {100 * mean_acc:.1f} %); "
                    f"mean ± std [95 % CI half-width] over seeds")
         out.append("| variant | final acc % | forgetting (pts) | ms/iter | peak MiB | blocks run | train s | eval s |")
@@ -372,7 +380,7 @@ def rank_table(rows: list[dict], search_fids: list[str], setup: Setup, out: list
         return summary
     out.append(f"\n### rank agreement over {len(full)} configs of the default space (Spearman rho, bootstrap 95 % CI)")
     big = str(max(setup.subsets))
-    out.append(f"truth: full fidelity on {full[next(iter(full))]['eval_n'][big]:,} test images; columns: the "
+    out.append(f"truth: full fidelity on {full[next(iter(full))]['eval_n'][big]:,} {setup.scenario.eval_split} images; columns: the "
                f"search fidelity's accuracy on an eval subset of that size")
     out.append("| search fidelity | " + " | ".join(f"{n}/class" for n in setup.subsets) + " | train s/config |")
     out.append("|---|" + "---|" * len(setup.subsets) + "---|")
@@ -440,6 +448,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--deploy-device", default="jetson_orin",
                    help="ALD/PLD keep schedules are laid over this profile's deployed task length (ald.horizon), "
                         "as the search trains its proxy; 'none' = the run's own length")
+    p.add_argument("--split", default="val", choices=("val", "test"),
+                   help="what runs are scored on: 'val' (held out of the training pool, per class, seeded: what "
+                        "the search selects on; default) or 'test' (the official test set)")
     p.add_argument("--configs", type=int, default=12, help="configs of the default space for the rank correlation")
     p.add_argument("--space-seed", type=int, default=0)
     p.add_argument("--parts", nargs="+", default=["variants", "rank"], choices=["variants", "rank"])
@@ -498,10 +509,11 @@ def main(argv: list[str] | None = None) -> int:
                f"{args.deploy_device} deployment's task length, as the search trains its proxy)" if horizon
                else "over the run's own iterations"))
     for label, _, over in variants:
-        if over.get(EQUAL_BLOCKS):
-            cfg = next(c for m, c in jobs if m["label"] == label)
+        cfg = next((c for m, c in jobs if m["label"] == label), None)
+        if over.get(EQUAL_BLOCKS) and cfg is not None:
             out.append(f"{label}: theta_min {cfg.ald.theta_min}, gamma {cfg.ald.gamma:.6g} (solved for the paper "
                        f"preset's expected blocks run, {expected_blocks(cfg):.2f})")
+    out.append(f"eval split: {args.split} ({'held out of the training pool, seeded per class' if args.split == 'val' else 'the official test set'})")
     out.append(f"eval: final row on {args.eval_big}/class, earlier rows (forgetting) on {args.eval_per_class}/class; "
                f"accuracy also read on nested subsets {args.subsets} per class")
     variant_table(rows, ["full", vfid] if vfid else ["full"], setup, out)

@@ -150,12 +150,12 @@ def measure(cfg, t: int, args, num_classes: int = 100) -> dict:
     patterns = stratified(probs, k)
     ms = []
     for pat in patterns:
-        model.dropper.sample = lambda _t, pat=pat: list(pat)
+        model.dropper.fix(pat)
         c = measure_iterations(model, n=args.reps * (args.patterns if k == 1 else 1), warmup=1, memory_iters=0,
                                iteration=t, iteration_stride=0, num_classes=num_classes, device=args.device)
         ms.append(c.latency_ms.value)
     everything = tuple([True] * model.depth)
-    model.dropper.sample = lambda _t: list(everything)
+    model.dropper.fix(everything)
     mem = measure_iterations(model, n=0, warmup=1, memory_iters=args.mem_iters, iteration=t, iteration_stride=0,
                              num_classes=num_classes, device=args.device)
     return {"patterns": patterns, "ms": ms, "peak_mb": mem.peak_memory_mb.value}

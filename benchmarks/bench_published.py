@@ -54,24 +54,29 @@ def _ramp(r: int) -> list[int]:
 ROWS: list[Row] = [
     Row("full REP (r 8)", 240, 4.5),
     Row(SWIFT, 349, 5.5, overrides={"atom.enabled": False, "atom.merge": [], "ald.enabled": False}),
-    Row("ToMe instead of AToM", 275, 3.7, overrides={"atom.protect_prompts": False}),
+    # ToMe as its library runs by default: constant r per block (parse_r(8)), prompts merge too. The
+    # published 3.7 GB identifies this schedule: priced at 3.69 GB (REP's ramp with prompts merged
+    # prices at 4.55 GB, the full-REP row's memory), see EXPLAIN.
+    Row("ToMe instead of AToM", 275, 3.7, overrides={"atom.protect_prompts": False, "atom.merge": [8] * DEPTH}),
     Row("PLD instead of ALD", 259, 4.5, overrides={"ald.schedule": "pld"}),
     Row("r = 4", 256, 5.2, overrides={"atom.merge": _ramp(4)}),
     Row("r = 10", 228, 4.1, overrides={"atom.merge": _ramp(10)}),
     # base L2P: 1.9x the time and 1.4x the memory of full REP (the main result, not the ablation table)
     Row("base L2P", 240 * 1.9, 4.5 * 1.4, preset="baseline"),
 ]
-# Candidate explanations of the published ToMe row (no published figure of their own): ToMe's own
-# schedule (constant r, ``parse_r`` inflect 0) with prompts merged, its proportional attention, and
-# ALD without its spatial term (alpha = 1: nothing AToM-specific to count merges against).
+# Other readings of the published ToMe row (no published figure of their own): REP's ramp with
+# prompts merged, ToMe's proportional attention, and ALD without its spatial term (alpha 1).
 EXPLAIN: list[Row] = [
-    Row("ToMe, constant r 8", float("nan"), float("nan"),
-        overrides={"atom.protect_prompts": False, "atom.merge": [8] * DEPTH}),
-    Row("ToMe, ramp, prop. attention", float("nan"), float("nan"),
+    Row("ToMe on REP's ramp", float("nan"), float("nan"), overrides={"atom.protect_prompts": False}),
+    Row("ToMe on REP's ramp, prop. attention", float("nan"), float("nan"),
         overrides={"atom.protect_prompts": False, "atom.prop_attn": True}),
-    Row("ToMe, constant r 8, prop. attn, ALD alpha 1", float("nan"), float("nan"),
+    Row("ToMe constant r 8, prop. attn, ALD alpha 1", float("nan"), float("nan"),
         overrides={"atom.protect_prompts": False, "atom.merge": [8] * DEPTH, "atom.prop_attn": True, "ald.alpha": 1.0}),
 ]
+# labels of gpu_check_steps.py published's first run (2026-12-04, benchmarks/results/gpu-nvidia-h200)
+MEASURED_AS = {"ToMe instead of AToM": "ToMe, constant r 8", "ToMe on REP's ramp": "ToMe instead of AToM",
+               "ToMe on REP's ramp, prop. attention": "ToMe, ramp, prop. attention",
+               "ToMe constant r 8, prop. attn, ALD alpha 1": "ToMe, constant r 8, prop. attn, ALD alpha 1"}
 
 
 def iterations_per_task() -> int:
@@ -79,10 +84,15 @@ def iterations_per_task() -> int:
     return ipt(WORKLOAD["images_per_task"], WORKLOAD["batch"], WORKLOAD["epochs"], None)
 
 
-def config(row: Row, precision: str = "fp32", **more: Any):
-    """The row's config: ViT-L/16 L2P, random weights (pricing and timing need none), the task's horizon."""
+def config(row: Row, precision: str = "fp32", attention: str = "eager", **more: Any):
+    """The row's config: ViT-L/16 L2P, random weights (pricing and timing need none), the task's horizon.
+
+    ``attention``: "eager" prices the reference runtime (timm 0.6.13 writes attention out and keeps
+    the probabilities for backward); "fused" prices rep-tune's own runtime (SDPA).
+    """
     from rep_tune.config import preset
     over = {"backbone.pretrained": False, "selection.pretrained": False, "training.precision": precision,
+            "backbone.attention": attention,
             "training.batch_size": WORKLOAD["batch"], "training.epochs": WORKLOAD["epochs"], **row.overrides, **more}
     cfg = preset(row.preset, "l2p", BACKBONE, **over)
     if cfg.ald.enabled:
@@ -107,20 +117,25 @@ def read_measured(path: str | None, precision: str) -> dict[str, dict[str, float
     if not path:
         return {}
     rows = [r for r in csv.DictReader(open(path)) if r.get("precision", "fp32") == precision]
-    return {r["label"]: {k: float(v) for k, v in r.items() if k not in ("label", "precision") and v not in ("", None)}
-            for r in rows}
+    found = {r["label"]: {k: float(v) for k, v in r.items() if k not in ("label", "precision", "error")
+                          and v not in ("", None)} for r in rows if not r.get("error")}
+    return {row.label: found[MEASURED_AS.get(row.label, row.label)] for row in ROWS + EXPLAIN
+            if MEASURED_AS.get(row.label, row.label) in found}
 
 
-def table(profile_name: str, measured_csv: str | None = None, precision: str = "fp32") -> list[str]:
+def table(profile_name: str, measured_csv: str | None = None, precision: str = "fp32",
+          attention: str = "eager") -> list[str]:
     from rep_tune.device import DeviceProfile
     prof = DeviceProfile.load(profile_name)
     meas = read_measured(measured_csv, precision)
-    pred = {r.label: predicted(r, prof, precision=precision) for r in ROWS}
+    pred = {r.label: predicted(r, prof, precision=precision, attention=attention) for r in ROWS + EXPLAIN}
     swift = next(r for r in ROWS if r.label == SWIFT)
     T = iterations_per_task()
     out = [f"bench_published: REP-L2P ViT-L/16@224, batch {WORKLOAD['batch']}, Split ImageNet-R "
            f"({WORKLOAD['images_per_task']} images/task, {WORKLOAD['epochs']} epochs = {T} iterations/task), {precision}; "
-           f"priced on profile {prof.name} ({'calibrated' if prof.calibrated else 'spec only, uncalibrated'})"]
+           f"priced on profile {prof.name} ({'calibrated' if prof.calibrated else 'spec only, uncalibrated'}), "
+           f"{attention} attention ({'the reference runtime' if attention == 'eager' else 'rep-tune runtime'}), "
+           f"base L2P's query from a separate ViT-L (selection.query_model: separate)"]
     head = "| row | published ms | predicted ms | pred/pub | published GB | predicted GB | pred/pub | saving vs swift: published | predicted |"
     if meas:
         head += " measured ms | measured saving | measured GiB (live / allocator) |"
@@ -142,9 +157,20 @@ def table(profile_name: str, measured_csv: str | None = None, precision: str = "
             else:
                 line += " - | - | - |"
         out.append(line)
+    for r in EXPLAIN:
+        ms, gb = pred[r.label]
+        line = (f"| {r.label} (explanation, unpublished) | - | {ms:.0f} | - | - | {gb:.2f} | - | - "
+                f"| {saving(ms, pred[SWIFT][0]):+.1f} % |")
+        m, ms_sw = meas.get(r.label), meas.get(SWIFT, {}).get("ms")
+        if meas:
+            line += (f" {m['ms']:.1f} | {saving(m['ms'], ms_sw):+.1f} % | {m['live_mib'] / 1024:.2f} / "
+                     f"{m['allocator_mib'] / 1024:.2f} |") if m and ms_sw else " - | - | - |"
+        out.append(line)
+
+    def direction(a: float, b: float) -> str:
+        return "slower" if a > b * 1.01 else "faster" if a < b * 0.99 else "the same (within 1 %)"
     tome, atom = pred["ToMe instead of AToM"][0], pred["full REP (r 8)"][0]
-    pub_dir = "slower" if 275 > 240 else "faster"
-    pred_dir = "slower" if tome > atom else "faster"
+    pub_dir, pred_dir = direction(275, 240), direction(tome, atom)
     worst = max(errs, key=lambda e: abs(e[1]))
     out.append(f"relative savings vs '{SWIFT}': worst {worst[0]} {worst[1]:+.1f} points off the published "
                f"(target: all within 10): {'MET' if abs(worst[1]) <= 10 else 'MISSED'}")
@@ -160,10 +186,12 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--profile", default="rtx3090", help="device profile (the paper's GPU by default)")
     p.add_argument("--precision", default="fp32", help="training precision of every row (the reference ran fp32)")
+    p.add_argument("--attention", default="eager", choices=("eager", "fused"),
+                   help="eager: price the reference runtime (default); fused: rep-tune's own runtime")
     p.add_argument("--measured", default=None, help="CSV of gpu_check_steps.py published (measured columns)")
     p.add_argument("--out", default=None, help="also write the table to OUT/bench_published_<profile>.txt")
     args = p.parse_args(argv)
-    lines = table(args.profile, args.measured, args.precision)
+    lines = table(args.profile, args.measured, args.precision, args.attention)
     print("\n".join(lines))
     if args.out:
         Path(args.out).mkdir(parents=True, exist_ok=True)

@@ -1,6 +1,8 @@
 """rep-tune's search against random search, same number of trained trials, 3 seeds each.
 
     .venv/bin/python benchmarks/bench_search.py [--trials 16] [--seeds 0 1 2] [--device profiles/jetson_orin.yaml]
+    .venv/bin/python benchmarks/bench_search.py --into runs/bench_search/<time>   # continue an earlier run
+    .venv/bin/python benchmarks/bench_search.py --collect runs/bench_search/<time>  # report what finished
 
 rep-tune: constrained TPE + cost-model pre-screening + per-task pruning + paper/baseline enqueued.
 random:   Optuna's RandomSampler, every sample trained, no pruning (constraints only recorded); the
@@ -50,9 +52,11 @@ def run_one(method: str, seed: int, args, root: Path) -> dict:
         pruner="percentile" if rep else "none", prescreen=rep, references=True, margin=args.margin,
         confirm_top_k=args.confirm[0], confirm_seeds=args.confirm[1],
         deploy_backbone=args.deploy_backbone, run_dir=str(run_dir), progress=False)
+    if (run_dir / "run.yaml").is_file():      # --into: an earlier, interrupted invocation's search
+        settings = SearchSettings.resume(run_dir, progress=False)
     t0 = time.perf_counter()
     search(settings, out=io.StringIO())
-    wall = time.perf_counter() - t0
+    wall = time.perf_counter() - t0             # a resumed search: the resumed part only
     (run_dir / "wall_s.txt").write_text(f"{wall:.1f}\n")
     return summarise(run_dir, args.margin)
 
@@ -165,6 +169,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="confirmation: top K candidates, S paired seeds (the search's default)")
     p.add_argument("--out", default="runs/bench_search")
     p.add_argument("--threads", type=int, default=1, help="torch threads (1: the cores are shared)")
+    p.add_argument("--into", default=None, metavar="DIR",
+                   help="run into DIR (an earlier run's folder) instead of a new --out/<time> folder: searches "
+                        "already confirmed there are kept, an interrupted one resumes (--resume), then all are reported")
     p.add_argument("--collect", default=None, metavar="DIR",
                    help="run nothing: report the searches that finished under DIR (an earlier run's folder); "
                         "a seed counts when both of its methods finished")
@@ -180,10 +187,11 @@ def main(argv: list[str] | None = None) -> int:
             raise SystemExit(f"--collect {root}: no seed with both searches finished (confirm.csv in both folders)")
         rows = [summarise(done[(m, s)], args.margin) for s in args.seeds for m in ("random", "rep-tune")]
     else:
-        root = Path(args.out) / time.strftime("%Y%m%d-%H%M%S")
+        root = Path(args.into) if args.into else Path(args.out) / time.strftime("%Y%m%d-%H%M%S")
     for seed in ([] if args.collect else args.seeds):
         for method in ("random", "rep-tune"):
-            r = run_one(method, seed, args, root)
+            done = root / f"{method}-seed{seed}" / "confirm.csv"
+            r = summarise(done.parent, args.margin) if done.is_file() else run_one(method, seed, args, root)
             rows.append(r)
             print(f"seed {seed} {method:8s} best {r['best']} wasted {r['wasted_s']:.1f}s wall {r['wall_s']:.0f}s "
                   f"prescreened {r['prescreened']} pruned {r['pruned']}", file=sys.stderr)

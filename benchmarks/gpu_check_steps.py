@@ -6,6 +6,7 @@
     python benchmarks/gpu_check_steps.py published OUT [--device cuda]    # bench_published's rows, timed
     python benchmarks/gpu_check_steps.py memory-grid OUT [--device cuda]  # allocator view of memory
     python benchmarks/gpu_check_steps.py measure-one JSON                 # one config, one fresh process
+    python benchmarks/gpu_check_steps.py memory-error OUT [PROFILE]       # the cost model vs memory-grid
 
 ``cli`` runs a subcommand without importing the CLI's others (``rep-tune search`` imports optuna,
 absent on the GPU machines), with the CLI's exit status for bad input (2).
@@ -164,7 +165,7 @@ def _write_rows(rows: list[dict], path: Path, keys: list[str]) -> None:
             w.writerow({k: (round(v, 3) if isinstance(v, float) else v) for k, v in r.items()})
 
 
-def published(out: str, device: str = "cuda", precisions: tuple[str, ...] = ("fp32", "bf16")) -> int:
+def published(out: str, device: str = "cuda", precisions: tuple[str, ...] = ("fp32",)) -> int:
     """bench_published.py's rows timed one after the other on ``device`` (fresh process each)."""
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     import bench_published as bp
@@ -199,7 +200,7 @@ MEMORY_GRID = {"backbones": ("vit_tiny_patch16_224", "vit_base_patch16_224"), "m
                "presets": ("baseline", "paper"), "batches": (8, 32), "precisions": ("fp32", "bf16")}
 
 
-def memory_grid(out: str, device: str = "cuda", parallel: int = 6) -> int:
+def memory_grid(out: str, device: str = "cuda", parallel: int = 12) -> int:
     """Live vs allocator memory over backbones x methods x presets x batch x precision (not timed)."""
     g = MEMORY_GRID
     specs = [{"label": f"{b}/{m}/{p}", "backbone": b, "method": m, "preset": p, "batch": bs, "precision": prec,
@@ -217,6 +218,41 @@ def memory_grid(out: str, device: str = "cuda", parallel: int = 6) -> int:
     return 0 if len(ok) == len(rows) else 1
 
 
+def memory_error(out: str, profile: str = "h100_sxm") -> int:
+    """The cost model's peak memory against OUT/memory_grid.csv: the allocator's and the live-tensor peak.
+
+    ``profile``: an uncalibrated profile of the same GPU family (its allocator overhead is the
+    family's default, ``rep_tune.cost.memory.allocator_overhead_mb``), so the check does not lean on
+    a calibration fitted from the very runs it checks. Prints one line per config and the summary.
+    """
+    from rep_tune.config import preset
+    from rep_tune.cost import predict
+    from rep_tune.cost.memory import allocator_overhead_mb
+    from rep_tune.device import DeviceProfile
+
+    prof = DeviceProfile.load(profile)
+    rows = [r for r in csv.DictReader(open(Path(out) / "memory_grid.csv")) if not r.get("error")]
+    live, alloc = [], []
+    for r in rows:
+        cfg = preset(r["preset"], r["method"], r["backbone"], **{"backbone.pretrained": False,
+                                                                "selection.pretrained": False,
+                                                                "training.precision": r["precision"]})
+        p = predict(cfg, prof, batch=int(r["batch"]), num_classes=100, iters_per_task=1).peak_memory_mb.value
+        tensors = p - allocator_overhead_mb(prof)                       # the prediction less the overhead
+        live.append(tensors / float(r["live_mib"]) - 1)
+        alloc.append(p / float(r["allocator_mib"]) - 1)
+        print(f"{r['label']:<42} b{r['batch']:<3} {r['precision']}  predicted {p:7.0f} MiB  allocator "
+              f"{float(r['allocator_mib']):7.0f} ({100 * alloc[-1]:+5.1f} %)  live {float(r['live_mib']):7.0f}")
+
+    def summary(e: list[float]) -> str:
+        return (f"median |error| {100 * statistics.median(abs(x) for x in e):.1f} %, mean signed "
+                f"{100 * statistics.mean(e):+.1f} %, worst {100 * max(e, key=abs):+.1f} %")
+    print(f"{len(rows)} configs, profile {prof.name}: predicted vs CUDA allocator peak (max_memory_allocated): "
+          f"{summary(alloc)}")
+    print(f"tensors only (prediction less its allocator overhead) vs live-tensor peak: {summary(live)}")
+    return 0
+
+
 def main(argv: list[str]) -> int:
     if len(argv) >= 2 and argv[0] == "cli":
         return cli(argv[1], argv[2:])
@@ -224,6 +260,8 @@ def main(argv: list[str]) -> int:
         return cost_error(argv[1])
     if len(argv) == 2 and argv[0] == "verify-config":
         return verify_config(argv[1])
+    if len(argv) in (2, 3) and argv[0] == "memory-error":
+        return memory_error(*argv[1:])
     if len(argv) == 2 and argv[0] == "measure-one":
         import json
         print(json.dumps(measure_one(json.loads(argv[1]))))

@@ -13,7 +13,7 @@ model's path.
 """
 from __future__ import annotations
 
-from rep_tune.archs import ArchSpec, UnsupportedArch
+from rep_tune.arch_spec import ArchSpec, UnsupportedArch
 
 # Other timm ViT-like classes: why their blocks do not fit.
 _CLASS_REASONS = {

@@ -16,7 +16,7 @@ from rep_tune.archs import ArchSpec, arch_of
 from rep_tune.methods import PromptSection, get_method, method_names
 from rep_tune.methods.l2p import L2PConfig
 from rep_tune.schedule import ramp
-from rep_tune.schema import SchemaError, check, from_dict, read_mapping, to_dict, write_mapping
+from rep_tune.schema import INT_MAX, INT_MIN, SchemaError, check, from_dict, read_mapping, to_dict, write_mapping
 
 SCHEMA_VERSION = 2   # 2: one prompt section per method (rep_tune.methods); version 1 files migrate on load
 
@@ -29,10 +29,16 @@ PAPER_SURROGATE = "vit_tiny_patch16_224"
 # the embedded benchmark's full-fidelity schedule (benchmarks/bench_accuracy.py: seed std <= 1 point,
 # `make demo` <= 3 minutes on 2 cores); other backbones keep TrainingConfig's reference defaults
 EMBEDDED_SCHEDULE = {"epochs": 1, "iters_per_task": 64}
+ATTENTIONS = ("fused", "eager")           # backbone.attention's choices
+QUERY_MODELS = ("shared", "separate")   # selection.query_model's choices (the base method's query)
 PRECISIONS = ("fp32", "bf16", "fp16")   # training.precision's choices (TrainingConfig)
 MAX_IMG_SIZE = 4096           # as Scenario's limit: larger inputs are typos, not workloads
 MAX_PROMPT_TOKENS = 1024      # prompt tokens in the sequence, or prefix keys/values per block
 MAX_PROMPT_PARAMS = 10 ** 8   # prompt/key parameters of a method (a typo, not a config, beyond this)
+MAX_BATCH = 2 ** 16           # images per batch (training and evaluation)
+MAX_EPOCHS = 10 ** 5          # passes over a task's images
+MAX_ITERATIONS = 10 ** 9      # iterations per task (iters_per_task, ald.horizon, ald.tau)
+MAX_MERGE = 10 ** 5           # merges per block (clamped to half the tokens anyway)
 
 
 @dataclass
@@ -43,6 +49,10 @@ class BackboneConfig:
     pretrained: bool = True          # hub weights, or the embedded weights for the embedded models
     checkpoint: str | None = None    # local weights file (.safetensors/.pth); wins over pretrained
     img_size: int | None = None      # input resolution; None = the model's default
+    # "fused": torch's scaled_dot_product_attention (flash/memory-efficient kernels: backward keeps
+    # only a logsumexp per query); "eager": softmax(q k^T) v written out, keeping the attention
+    # probabilities for backward, as timm < 0.9 and the REP reference code (timm 0.6.13) run it
+    attention: str = "fused"
 
     @property
     def arch(self) -> ArchSpec:
@@ -63,6 +73,9 @@ class SelectionConfig:
     checkpoint: str | None = None
     projection_seed: int = 0
     cache: bool = True   # cache each sample's query (valid only for a deterministic input pipeline)
+    # base method (surrogate: null) only: the query from the update backbone itself ("shared"), or from
+    # a second frozen copy of it ("separate": the reference code's `original_model`, weights held twice)
+    query_model: str = "shared"
 
     @property
     def arch(self) -> ArchSpec | None:
@@ -166,20 +179,27 @@ class RepConfig:
         check(len(a.merge) in (0, arch.depth), source, "atom.merge",
               f"a list of {arch.depth} merge counts (one per block of {self.backbone.name}) or []", a.merge)
         for i, r in enumerate(a.merge):
-            check(r >= 0, source, f"atom.merge[{i}]", "int >= 0", r)
+            check(0 <= r <= MAX_MERGE, source, f"atom.merge[{i}]", f"int in [0, {MAX_MERGE}]", r)
         d = self.ald
         check(0.0 < d.theta_min <= 1.0, source, "ald.theta_min", "number in (0, 1]", d.theta_min)
         check(d.gamma >= 0, source, "ald.gamma", "number >= 0", d.gamma)
-        check(d.horizon is None or d.horizon >= 1, source, "ald.horizon", "int >= 1 or null", d.horizon)
-        check(d.tau >= 0, source, "ald.tau", "int >= 0", d.tau)
+        check(d.horizon is None or 1 <= d.horizon <= MAX_ITERATIONS, source, "ald.horizon",
+              f"int in [1, {MAX_ITERATIONS:,}] or null", d.horizon)
+        check(0 <= d.tau <= MAX_ITERATIONS, source, "ald.tau", f"int in [0, {MAX_ITERATIONS:,}]", d.tau)
         check(0.0 < d.alpha <= 1.0, source, "ald.alpha", "number in (0, 1]", d.alpha)
         t = self.training
-        check(t.batch_size >= 1, source, "training.batch_size", "int >= 1", t.batch_size)
-        check(t.epochs >= 1, source, "training.epochs", "int >= 1", t.epochs)
-        check(t.iters_per_task is None or t.iters_per_task >= 1, source, "training.iters_per_task", "int >= 1 or null", t.iters_per_task)
+        check(1 <= t.batch_size <= MAX_BATCH, source, "training.batch_size", f"int in [1, {MAX_BATCH}]", t.batch_size)
+        check(1 <= t.epochs <= MAX_EPOCHS, source, "training.epochs", f"int in [1, {MAX_EPOCHS}]", t.epochs)
+        check(t.iters_per_task is None or 1 <= t.iters_per_task <= MAX_ITERATIONS, source, "training.iters_per_task",
+              f"int in [1, {MAX_ITERATIONS:,}] or null", t.iters_per_task)
         check(t.lr > 0, source, "training.lr", "number > 0", t.lr)
         check(t.clip_grad is None or t.clip_grad > 0, source, "training.clip_grad", "number > 0 or null", t.clip_grad)
-        check(t.eval_batch_size >= 1, source, "training.eval_batch_size", "int >= 1", t.eval_batch_size)
+        check(1 <= t.eval_batch_size <= MAX_BATCH, source, "training.eval_batch_size", f"int in [1, {MAX_BATCH}]",
+              t.eval_batch_size)
+        check(self.backbone.attention in ATTENTIONS, source, "backbone.attention", f"one of {ATTENTIONS}",
+              self.backbone.attention)
+        check(self.selection.query_model in QUERY_MODELS, source, "selection.query_model", f"one of {QUERY_MODELS}",
+              self.selection.query_model)
         for name, seed in (("training.seed", t.seed), ("selection.projection_seed", self.selection.projection_seed)):
             check(0 <= seed < 2 ** 32, source, name, "int in [0, 2**32 - 1]", seed)
         if self.backbone.img_size is not None:
@@ -193,6 +213,15 @@ class RepConfig:
         check(lay.geometry.trainable <= MAX_PROMPT_PARAMS, source, "prompt",
               f"at most {MAX_PROMPT_PARAMS:.0e} prompt parameters", lay.geometry.trainable)
 
+        for name, ckpt in (("backbone.checkpoint", self.backbone.checkpoint),
+                           ("selection.checkpoint", self.selection.checkpoint)):
+            check(ckpt is None or ("\x00" not in ckpt and len(ckpt) <= 4096), source, name,
+                  "a weights file path (no NUL byte, at most 4096 characters), or null", ckpt)
+        if self.target is not None:          # read by verify and export: a profile name or path
+            for key in ("device", "profile"):
+                v = self.target.get(key)
+                check(v is None or isinstance(v, str), source, f"target.{key}",
+                      "a device profile name or path (string), or null", v)
         _check_finite(self.to_dict(), source)
         return self
 
@@ -236,14 +265,30 @@ class RepConfig:
         return write_mapping(self.to_dict(), path)
 
     def replace(self, **changes: Any) -> "RepConfig":
-        """Copy with dotted-path changes, e.g. ``cfg.replace(**{"ald.enabled": False})``."""
+        """Copy with dotted-path changes, e.g. ``cfg.replace(**{"ald.enabled": False})``.
+
+        A path must lead through sections (mappings) to a field: an unknown section raises KeyError
+        naming the path; a path into a value that is not a section (a string, a number, a list such
+        as ``atom.merge.0``) raises SchemaError naming it. The result is converted and type-checked
+        (``from_dict``); ``validate()`` is the caller's.
+        """
         data = copy.deepcopy(self.to_dict())
         for key, value in changes.items():
-            node, *path = key.split(".")
+            parts = key.split(".")
+            if not all(parts):
+                raise SchemaError(None, key, "a dotted field path such as training.lr", key)
             target = data
-            for part in [node, *path][:-1]:
+            for i, part in enumerate(parts[:-1]):
+                where = ".".join(parts[:i + 1])
+                if part not in target:
+                    raise KeyError(key if i == 0 else f"{key} ({where} is not a field)")
                 target = target[part]
-            target[[node, *path][-1]] = value
+                if not isinstance(target, dict):
+                    kind = f"a list (set it whole, e.g. --set {where}=[...])" if isinstance(target, list) else \
+                        f"null (set it whole, e.g. --set {where}={{...}})" if target is None else \
+                        f"a value ({type(target).__name__}), not a section"
+                    raise SchemaError(None, key, f"a path through config sections; {where} is {kind}", value)
+            target[parts[-1]] = value
         return RepConfig.from_dict(data)
 
 
@@ -271,7 +316,8 @@ def paper_surrogate(backbone: str) -> str:
 def preset(name: str, method: str = "l2p", backbone: str = EMBEDDED_BACKBONE, **overrides: Any) -> RepConfig:
     """A named starting point: ``baseline`` (the base method, no REP) or ``paper`` (REP's defaults).
 
-    baseline: query from the update backbone itself, no AToM, no ALD.
+    baseline: query from a separate frozen copy of the update backbone, as the reference code builds
+              it (``selection.query_model: separate``: its weights held twice), no AToM, no ALD.
     paper:    ViT-Ti-class surrogate (the embedded surrogate for the embedded backbone), AToM ramp
               0..2r and ALD tau from the method's registry entry, theta_min 0.5, gamma 0.001, alpha 0.9.
     Both use the method's published prompt settings. The embedded backbones train on the embedded
@@ -283,7 +329,7 @@ def preset(name: str, method: str = "l2p", backbone: str = EMBEDDED_BACKBONE, **
     base = RepConfig(name=f"{name}-{method}", backbone=BackboneConfig(name=backbone), prompt=m.preset(name),
                      training=training)
     if name == "baseline":
-        cfg = dataclasses.replace(base, selection=SelectionConfig(surrogate=None, cache=False),
+        cfg = dataclasses.replace(base, selection=SelectionConfig(surrogate=None, cache=False, query_model="separate"),
                                   atom=AtomConfig(enabled=False, merge=[]), ald=AldConfig(enabled=False))
     elif name == "paper":
         cfg = dataclasses.replace(
@@ -309,3 +355,5 @@ def _check_finite(data: Any, source: str | None, path: str = "") -> None:
             _check_finite(v, source, f"{path}[{i}]")
     elif isinstance(data, float) and not math.isfinite(data):
         raise SchemaError(source, path, "a finite number", data)
+    elif isinstance(data, int) and not isinstance(data, bool) and not INT_MIN <= data <= INT_MAX:
+        raise SchemaError(source, path, "an int in the 64-bit range", data)

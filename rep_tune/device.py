@@ -13,12 +13,19 @@ from pathlib import Path
 from typing import Any, Literal
 
 from rep_tune.figures import METRICS, metric
-from rep_tune.schema import check, from_dict, read_mapping, to_dict, write_mapping
+from rep_tune.schema import INT_MAX, INT_MIN, check, from_dict, read_mapping, short_value, to_dict, write_mapping
 from rep_tune.shipped import PROFILES, resolve, shipped_dir
 
 PROFILE_VERSION = 1
 PROFILES_DIR = shipped_dir(PROFILES)     # rep_tune/profiles, package data (importlib.resources)
 EFFICIENCY_MAX = 1e3     # cost.calibrate.MAX_EFFICIENCY: what the fit gives a class it finds free
+
+
+def _finite_number(v: Any) -> bool:
+    """A real number that converts to a finite float (no bool, nan, inf, or int past the 64-bit range)."""
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        return False
+    return INT_MIN <= v <= INT_MAX if isinstance(v, int) else math.isfinite(v)
 
 
 @dataclass
@@ -101,9 +108,15 @@ class Budgets:
                   "one of " + ", ".join(allowed), key)
         for key in METRICS:                # checked here so the error names the key as written in the file
             v = data.get(key)
-            check(v is None or (isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)),
-                  source, f"{prefix}.{key}" if prefix else key, "a finite number or null", v)
-        limits = dict(data.pop("limits", None) or {})
+            check(v is None or _finite_number(v), source, f"{prefix}.{key}" if prefix else key,
+                  "a finite number or null", short_value(v))
+        raw = data.pop("limits", None) or {}
+        where = f"{prefix}.limits" if prefix else "limits"
+        check(isinstance(raw, dict), source, where, "a mapping of metric to limit", raw)
+        for key, v in raw.items():
+            check(key in METRICS, source, f"{where}.{key}", "one of " + ", ".join(METRICS), key)
+            check(v is None or _finite_number(v), source, f"{where}.{key}", "a finite number or null", short_value(v))
+        limits = dict(raw)
         limits.update({k: data.pop(k) for k in list(data) if k in METRICS})
         data["limits"] = limits
         return data
@@ -178,6 +191,17 @@ class Calibration:
     memory_overhead_mb: float = 0.0    # framework / allocator overhead
     runs: list[CalibrationRun] = field(default_factory=list)
     fit_error: dict[str, float] = field(default_factory=dict)    # e.g. {"latency_median_rel": 0.06}
+    # agreement of the profiler's repeated probes (rep_tune.profiler.probe.spread: (median - fastest) / median
+    # of each probe's repeats); noisy: one exceeded probe.AGREEMENT (a busy machine: the runs are unreliable)
+    noisy: bool = False
+    spreads: dict[str, float] = field(default_factory=dict)      # e.g. {"matmul fp32": 0.012, "copy": 0.008}
+
+    def __schema_out__(self, plain: dict) -> dict:
+        """Profiles written before the agreement check (no spreads) keep their file form and checksum."""
+        if not self.noisy and not self.spreads:
+            plain.pop("noisy", None)
+            plain.pop("spreads", None)
+        return plain
 
     def check_ranges(self, source: str | None) -> None:
         """Efficiencies in (0, EFFICIENCY_MAX] (launch_ms >= 0); overheads >= 0; every run sane."""
@@ -196,6 +220,8 @@ class Calibration:
             run.check_ranges(source, f"calibration.runs[{i}]")
         for k, v in self.fit_error.items():
             check(v >= 0, source, f"calibration.fit_error.{k}", "a finite number >= 0", v)
+        for k, v in self.spreads.items():
+            check(v >= 0, source, f"calibration.spreads.{k}", "a finite number >= 0 (relative spread)", v)
 
 
 @dataclass
@@ -229,8 +255,8 @@ class DeviceProfile:
         b = self.budgets
         check(b.batch_size >= 1, source, "budgets.batch_size", "int >= 1", b.batch_size)
         for name, v in b.limits.items():
-            check(v is None or (isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v > 0),
-                  source, f"budgets.{name}", "a finite number > 0, or null", v)
+            check(v is None or (_finite_number(v) and v > 0), source, f"budgets.{name}", "a finite number > 0, or null",
+                  short_value(v))
         if self.spec.usable_memory_mb and b.peak_memory_mb:
             check(b.peak_memory_mb <= self.spec.usable_memory_mb, source, "budgets.peak_memory_mb",
                   f"<= spec.usable_memory_mb ({self.spec.usable_memory_mb})", b.peak_memory_mb)

@@ -81,10 +81,6 @@ def metric(name: str) -> Metric:
         raise KeyError(f"unknown cost metric {name!r}: expected one of {', '.join(METRICS)}") from None
 
 
-def metric_names() -> tuple[str, ...]:
-    return tuple(METRICS)
-
-
 LATENCY = register_metric(Metric("latency_ms", "ms", "latency", "time per training iteration",
                                  {"ms": 1.0, "s": 1000.0, "us": 1e-3}, default_relative=0.8))
 MEMORY = register_metric(Metric("peak_memory_mb", "MiB", "memory", "peak training memory (MiB = 2**20 bytes)",

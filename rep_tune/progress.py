@@ -68,3 +68,20 @@ class ProgressBar:
 
     def __exit__(self, *exc: Any) -> None:
         self.close()
+
+
+class _CurrentStdout:
+    """``sys.stdout`` as it is when written to, not as it was when a default argument was bound:
+    a default of ``out=STDOUT`` follows a later redirection (pytest's capture, contextlib.redirect_stdout)."""
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(sys.stdout, name)
+
+    def write(self, s: str) -> int:
+        return sys.stdout.write(s)
+
+    def flush(self) -> None:
+        sys.stdout.flush()
+
+
+STDOUT = _CurrentStdout()

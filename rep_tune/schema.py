@@ -7,8 +7,11 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import json.decoder
+import json.scanner
 import math
 import os
+import secrets
 import stat
 import types
 from pathlib import Path
@@ -21,6 +24,8 @@ T = TypeVar("T")
 MAX_FILE_BYTES = 8 * 2 ** 20    # a config, profile, space or scenario is a few KB; refuse runaway inputs
 MAX_DEPTH = 32                  # nesting levels of a mapping file (the deepest real one has 4)
 MAX_NODES = 200_000             # values after YAML aliases are expanded (stops "billion laughs")
+FIFO_WAIT_S = 5.0               # how long a named pipe given as a file is waited on for a writer
+INT_MIN, INT_MAX = -2 ** 63, 2 ** 63 - 1   # an int field holds a 64-bit int (10**400 is a typo, not a value)
 
 NONFINITE_OK = "nonfinite-ok"
 AnyFloat = Annotated[float, NONFINITE_OK]
@@ -33,7 +38,29 @@ class SchemaError(ValueError):
     def __init__(self, source: str | None, field: str, expected: str, found: Any):
         self.source, self.field, self.expected, self.found = source, field, expected, found
         where = f"{source}: " if source else ""
-        super().__init__(f"{where}field '{field}': expected {expected}, found {found!r}")
+        super().__init__(f"{where}field '{field}': expected {expected}, found {_found(found)}")
+
+
+MAX_FOUND_CHARS = 300   # a found value is quoted in the message up to this length
+
+
+def _found(value: Any) -> str:
+    """``repr(value)`` for the message, short: huge ints by their digit count, long values cut."""
+    if isinstance(value, int) and not isinstance(value, bool) and not INT_MIN <= value <= INT_MAX:
+        return repr(short_value(value))
+    try:
+        text = repr(value)
+    except (ValueError, RecursionError):       # an int over Python's digit limit inside a container, a cycle
+        return f"<a {type(value).__name__} too large to print>"
+    return text if len(text) <= MAX_FOUND_CHARS else text[:MAX_FOUND_CHARS] + "...(cut)"
+
+
+def short_value(value: Any) -> Any:
+    """A huge int as '<int of N digits>' (its repr would run to pages, or fail past 4300 digits)."""
+    if isinstance(value, int) and not isinstance(value, bool) and not INT_MIN <= value <= INT_MAX:
+        digits = math.floor(math.log10(abs(value))) + 1 if value else 1
+        return f"{'-' if value < 0 else ''}<an int of {digits} digits>"
+    return value
 
 
 def _type_name(tp: Any) -> str:
@@ -64,7 +91,10 @@ def _convert(tp: Any, value: Any, field: str, source: str | None) -> Any:
         if base is float and NONFINITE_OK in meta:
             if isinstance(value, bool) or not isinstance(value, (int, float)):
                 raise SchemaError(source, field, "number", value)
-            return float(value)
+            try:
+                return float(value)
+            except OverflowError:          # an int beyond float range
+                raise SchemaError(source, field, "a number in float range", short_value(value)) from None
         return _convert(base, value, field, source)
     if origin in (Union, types.UnionType):
         args = get_args(tp)
@@ -82,6 +112,9 @@ def _convert(tp: Any, value: Any, field: str, source: str | None) -> Any:
             raise errors[0]
         if isinstance(value, float) and not math.isfinite(value) and (float in args or int in args):
             raise SchemaError(source, field, "a finite number" + (" or null" if type(None) in args else ""), value)
+        if isinstance(value, int) and not INT_MIN <= value <= INT_MAX and (float in args or int in args):
+            raise SchemaError(source, field, "a number in the 64-bit range" + (" or null" if type(None) in args else ""),
+                              short_value(value))
         raise SchemaError(source, field, _type_name(tp), value)
     if origin is Literal:
         if value not in get_args(tp):
@@ -108,6 +141,8 @@ def _convert(tp: Any, value: Any, field: str, source: str | None) -> Any:
     if tp is int:
         if isinstance(value, bool) or not isinstance(value, int):
             raise SchemaError(source, field, "int", value)
+        if not INT_MIN <= value <= INT_MAX:
+            raise SchemaError(source, field, "an int in the 64-bit range", short_value(value))
         return value
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
@@ -115,7 +150,7 @@ def _convert(tp: Any, value: Any, field: str, source: str | None) -> Any:
         try:
             out = float(value)
         except OverflowError:              # an int beyond float range
-            raise SchemaError(source, field, "a finite number", value) from None
+            raise SchemaError(source, field, "a finite number", short_value(value)) from None
         if not math.isfinite(out):
             raise SchemaError(source, field, "a finite number", value)
         return out
@@ -140,7 +175,14 @@ def from_dict(cls: type[T], data: Any, *, source: str | None = None, prefix: str
         raise SchemaError(source, prefix or "<top>", f"mapping for {cls.__name__}", data)
     dispatch = getattr(cls, "__schema_dispatch__", None)
     if dispatch is not None:               # a tagged union: the data picks the concrete class
-        concrete = dispatch(data, source, prefix)
+        try:
+            concrete = dispatch(data, source, prefix)
+        except (TypeError, KeyError) as e:   # e.g. an unhashable tag (a list where a name belongs)
+            bad = next((k for k, v in data.items() if isinstance(v, (dict, list))), None)
+            if bad is not None:
+                raise SchemaError(source, _join(prefix, str(bad)), "a name (string)", short_value(data[bad])) from None
+            raise SchemaError(source, prefix or "<top>", f"a mapping for {cls.__name__}",
+                              f"{type(e).__name__}: {e}") from None
         if concrete is not cls:
             return from_dict(concrete, data, source=source, prefix=prefix)
     hook = getattr(cls, "__schema_in__", None)
@@ -188,19 +230,24 @@ def read_mapping(path: str | Path) -> dict:
 
     Refused (SchemaError, field ``<file>``/``<top>``): a directory or device (``/dev/null``), an
     unreadable file, more than MAX_FILE_BYTES, bytes that are not UTF-8, invalid YAML/JSON (YAML
-    tags that build Python objects included: ``yaml.safe_load``), an empty document, a document that
-    is not a mapping, nesting deeper than MAX_DEPTH, self-referencing aliases, and more than
-    MAX_NODES values once aliases are expanded. A missing file raises FileNotFoundError naming it.
+    tags that build Python objects included: ``yaml.safe_load``), a key given twice in one mapping
+    (the last one would silently win), an empty document, a document that is not a mapping, nesting
+    deeper than MAX_DEPTH, self-referencing aliases, and more than MAX_NODES values once aliases are
+    expanded. A parse error names the line and column, never a line of the file's content. A missing
+    file raises FileNotFoundError naming it.
     """
     path = Path(path)
     src = str(path)
     text = _read_text(path)
     try:
-        data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+        data = load_json(text) if path.suffix == ".json" else load_yaml(text)
     except (yaml.YAMLError, json.JSONDecodeError) as e:
-        raise SchemaError(src, "<file>", "valid YAML/JSON", " ".join(str(e).split())[:300]) from None
+        raise SchemaError(src, "<file>", "valid YAML/JSON", parse_error(e, text)) from None
     except RecursionError:
         raise SchemaError(src, "<file>", f"nesting at most {MAX_DEPTH} levels deep", "deeper nesting") from None
+    except (ValueError, OverflowError) as e:     # e.g. an int literal over Python's 4300-digit limit
+        found = "a number with thousands of digits" if "integer string conversion" in str(e) else _one_line(str(e), 120)
+        raise SchemaError(src, "<file>", "valid YAML/JSON", found) from None
     if data is None:
         raise SchemaError(src, "<top>", "a mapping", "an empty document")
     if not isinstance(data, dict):
@@ -209,9 +256,118 @@ def read_mapping(path: str | Path) -> dict:
     return data
 
 
+class UniqueKeyLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that refuses a key given twice in one mapping (SafeLoader keeps the last).
+
+    Keys brought in by a merge (``<<: *base``) may be overridden, as YAML intends; two explicit
+    keys of one mapping may not.
+    """
+
+    def construct_mapping(self, node: yaml.Node, deep: bool = False) -> dict:
+        if isinstance(node, yaml.MappingNode):
+            seen: set = set()
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    continue
+                key = self.construct_object(key_node, deep=True)
+                try:
+                    duplicate = key in seen
+                    seen.add(key)
+                except TypeError:          # an unhashable key: SafeLoader's own error follows
+                    continue
+                if duplicate:
+                    raise yaml.constructor.ConstructorError(
+                        "while constructing a mapping", node.start_mark,
+                        f"found duplicate key {_found(key)[:80]} (each key once per mapping)", key_node.start_mark)
+        return super().construct_mapping(node, deep=deep)
+
+
+def load_yaml(text: str) -> Any:
+    """``yaml.safe_load`` that refuses duplicate keys (UniqueKeyLoader)."""
+    return yaml.load(text, Loader=UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
+
+
+def _json_object(s_and_end, strict, scan_once, object_hook, object_pairs_hook, memo=None):
+    """json's object parser, refusing a key given twice in one object (json keeps the last)."""
+    s, end = s_and_end
+    pairs, new_end = json.decoder.JSONObject(s_and_end, strict, scan_once, None, list, memo)
+    seen: set = set()
+    for key, _ in pairs:
+        if key in seen:
+            raise json.JSONDecodeError(f"duplicate key {key[:80]!r} in the object starting here "
+                                       "(each key once per object)", s, end - 1)
+        seen.add(key)
+    return (object_pairs_hook(pairs) if object_pairs_hook else dict(pairs)), new_end
+
+
+class UniqueKeyDecoder(json.JSONDecoder):
+    """``json.JSONDecoder`` that refuses duplicate keys, naming the object's line and column."""
+
+    def __init__(self, **kw: Any) -> None:
+        super().__init__(**kw)
+        self.parse_object = _json_object
+        self.scan_once = json.scanner.py_make_scanner(self)   # the C scanner ignores parse_object
+
+
+class _Duplicate(Exception):
+    pass
+
+
+def _unique_pairs(pairs: list) -> dict:
+    out = dict(pairs)
+    if len(out) != len(pairs):
+        raise _Duplicate()
+    return out
+
+
+def load_json(text: str) -> Any:
+    """``json.loads`` that refuses duplicate keys: the C parser finds them, UniqueKeyDecoder says where."""
+    try:
+        return json.loads(text, object_pairs_hook=_unique_pairs)
+    except _Duplicate:
+        return json.loads(text, cls=UniqueKeyDecoder)     # raises JSONDecodeError at the object
+
+
+def parse_error(e: BaseException, text: str | None = None) -> str:
+    """A YAML/JSON parse error as 'problem at line L, column C': no line of the file is quoted."""
+    if isinstance(e, json.JSONDecodeError):
+        return f"{e.msg} at line {e.lineno}, column {e.colno}"
+    if isinstance(e, yaml.reader.ReaderError):
+        where = _line_col(text, e.position) if text is not None else f"position {e.position}"
+        code = ord(e.character) if isinstance(e.character, str) else e.character
+        what = (f"character #x{code:04x}" if e.encoding == "unicode" else f"byte #x{code:02x}") \
+            if isinstance(code, int) else "character"
+        return f"unacceptable {what} ({e.reason}) at {where}"
+    if isinstance(e, yaml.MarkedYAMLError):
+        parts = []
+        for msg, mark in ((e.problem, e.problem_mark), (e.context, e.context_mark)):
+            if msg:
+                parts.append(f"{_one_line(msg)}{_at(mark)}")
+        return "; ".join(parts) or type(e).__name__
+    return _one_line(str(e).split("\n")[0])
+
+
+def _one_line(text: str, limit: int = 160) -> str:
+    text = " ".join(str(text).split())
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def _at(mark: Any) -> str:
+    return f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+
+
+def _line_col(text: str, position: int) -> str:
+    line = text.count("\n", 0, position) + 1
+    column = position - (text.rfind("\n", 0, position) + 1) + 1
+    return f"line {line}, column {column}"
+
+
 def _read_text(path: Path) -> str:
-    """The file's text: a regular file (or pipe), at most MAX_FILE_BYTES, UTF-8."""
+    """The file's text: a regular file (or a pipe, waited on at most FIFO_WAIT_S for a writer), at most
+    MAX_FILE_BYTES, UTF-8."""
     src = str(path)
+    if "\x00" in src:
+        raise SchemaError(repr(src), "<file>", "a path without NUL bytes", "a NUL byte")
     try:
         st = os.stat(path)
     except FileNotFoundError:
@@ -223,7 +379,17 @@ def _read_text(path: Path) -> str:
     if not (stat.S_ISREG(st.st_mode) or stat.S_ISFIFO(st.st_mode)):
         raise SchemaError(src, "<file>", "a regular YAML/JSON file", "a device or special file")
     try:
-        with open(path, "rb") as f:
+        # O_NONBLOCK: opening a FIFO nobody writes to would block forever. A pipe (``--config <(...)``) is
+        # read once a writer has written or closed, waiting at most FIFO_WAIT_S for one to appear.
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
+        with open(fd, "rb") as f:
+            mode = os.fstat(fd).st_mode
+            if not (stat.S_ISREG(mode) or stat.S_ISFIFO(mode)):
+                raise SchemaError(src, "<file>", "a regular YAML/JSON file", "a device or special file")
+            if stat.S_ISFIFO(mode) and not _writer_within(fd, FIFO_WAIT_S):
+                raise SchemaError(src, "<file>", f"a pipe that is written to (waited {FIFO_WAIT_S:g} s)",
+                                  "a named pipe nobody writes to")
+            os.set_blocking(fd, True)
             raw = f.read(MAX_FILE_BYTES + 1)
     except OSError as e:
         raise SchemaError(src, "<file>", "a readable file", e.strerror or type(e).__name__) from None
@@ -234,6 +400,20 @@ def _read_text(path: Path) -> str:
     except UnicodeDecodeError as e:
         raise SchemaError(src, "<file>", "UTF-8 text",
                           f"byte 0x{raw[e.start]:02x} at offset {e.start} (not UTF-8)") from None
+
+
+def _writer_within(fd: int, seconds: float) -> bool:
+    """Whether a pipe opened for reading (non-blocking) gets data or a writer's close within ``seconds``.
+
+    Linux reports POLLHUP on such a reader only after a writer has come and gone, so the poll waits
+    for a real writer rather than returning at once on an empty pipe.
+    """
+    import select
+    if not hasattr(select, "poll"):
+        return True
+    poller = select.poll()
+    poller.register(fd, select.POLLIN | select.POLLHUP)
+    return bool(poller.poll(int(seconds * 1000)))
 
 
 def _check_shape(data: Any, source: str) -> None:
@@ -275,10 +455,49 @@ def _check_shape(data: Any, source: str) -> None:
 
 
 def write_mapping(data: dict, path: str | Path) -> Path:
-    """Write a mapping as YAML (or JSON when the suffix is .json), creating parent folders."""
+    """Write a mapping as YAML (or JSON when the suffix is .json), creating parent folders.
+
+    Atomic and link-safe (``atomic_write_text``): a symlink at ``path`` is replaced, never followed.
+    """
+    return atomic_write_text(path, dump_mapping(data, "json" if Path(path).suffix == ".json" else "yaml"))
+
+
+def atomic_write_text(path: str | Path, text: str, *, newline: str | None = None) -> Path:
+    """Write ``text`` to ``path`` through a new file in the same folder, then ``os.replace`` it.
+
+    A reader never sees half a file, and a symlink (or any file) at ``path`` is replaced by the new
+    file rather than followed: a link planted at an output's name cannot redirect the write. The
+    temporary file is created with O_EXCL|O_NOFOLLOW (mode 0666 less the umask, as ``open`` does)
+    and removed on failure. ``path`` being a directory raises IsADirectoryError naming it.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(dump_mapping(data, "json" if path.suffix == ".json" else "yaml"))
+    if path.is_dir() and not path.is_symlink():
+        raise IsADirectoryError(21, "is a directory, not a file", str(path))
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+    for _ in range(100):
+        tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
+        try:
+            fd = os.open(tmp, flags, 0o666)
+            break
+        except FileExistsError:
+            continue
+        except OSError as e:               # name the file being written, not the temporary one
+            raise type(e)(e.errno, f"cannot write here ({e.strerror})", str(path)) from None
+    else:
+        raise FileExistsError(17, "cannot create a temporary file next to it", str(path))
+    try:
+        with open(fd, "w", encoding="utf-8", newline=newline) as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException as e:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        if isinstance(e, OSError) and e.filename == str(tmp):
+            raise type(e)(e.errno, e.strerror, str(path)) from None
+        raise
     return path
 
 

@@ -137,3 +137,20 @@ def test_learner_at_search_fidelity_runs_the_deployments_blocks():
     res = train(proxy.replace(**{"ald.horizon": horizon}), Scenario(eval_per_class=2), progress=False, energy=False)
     measured = sum(r.blocks_run * r.iterations for r in res.per_task) / sum(r.iterations for r in res.per_task)
     assert abs(measured - _deployed_blocks(target, proxy)) < 0.2, measured
+
+
+def test_a_fixed_drop_pattern_replaces_the_draws():
+    """LayerDropper.fix: the pattern runs at every t (what predict(..., keep=pattern) prices); None draws again."""
+    cfg = preset("paper", "l2p")
+    d = LayerDropper(cfg.ald, cfg.atom.schedule(12), 196, seed=0)
+    pattern = [True, False] * 6
+    d.fix(pattern)
+    assert all(d.sample(t) == pattern for t in (0, 500, 10 ** 6))
+    state = d.generator.get_state()
+    d.sample(3)
+    assert torch.equal(d.generator.get_state(), state)            # no draw consumed
+    d.fix(None)
+    draws = [d.sample(10 ** 6) for _ in range(50)]
+    assert any(x != pattern for x in draws) and not all(all(x) for x in draws)
+    with pytest.raises(ValueError, match="12 entries"):
+        d.fix([True] * 11)

@@ -123,6 +123,16 @@ def test_confirmed_search_writes_the_answer_with_intervals(tmp_path):
     run_yaml = yaml.safe_load((tmp_path / "run" / "run.yaml").read_text())
     assert run_yaml["scenario"]["val_per_class"] == 50 and run_yaml["scenario"]["eval_split"] == "val"
     assert run_yaml["confirm_seeds"] == 3 and run_yaml["overrides"]["ald.horizon"] == 1565
+    # confirm.csv is replaced, never written through: a symlink planted at its name leaves its target alone
+    from rep_tune.search.confirm import write_csv
+    outside = tmp_path / "outside.txt"
+    outside.write_text("keep me\n")
+    link = tmp_path / "run" / "confirm.csv"
+    link.unlink()
+    link.symlink_to(outside)
+    write_csv(conf, link)
+    assert outside.read_text() == "keep me\n" and not link.is_symlink()
+    assert link.read_text().splitlines() == rows
 
 
 def test_a_crashing_confirmation_run_is_a_failed_run_not_a_failed_stage():

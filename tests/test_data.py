@@ -270,3 +270,85 @@ def test_backbone_normalization():
     assert backbone_normalization("vit_micro_patch2_28.fmnist") == ((0.5,) * 3, (0.5,) * 3)
     mean, std = backbone_normalization("vit_base_patch16_224.orig_in21k")
     assert len(mean) == 3 and len(std) == 3
+
+
+# ---- hostile data (issue 19): readers have bounds -------------------------------------------------------
+
+def test_image_folder_lists_as_torchvision_and_survives_loops_and_fifos(tmp_path):
+    import os
+
+    from torchvision.datasets import ImageFolder
+
+    from rep_tune.data import folder
+    for name, sub in (("ant", ""), ("ant", "deep/"), ("bee", ""), ("cow", "x/")):
+        for i in range(2):
+            _png(tmp_path / name / f"{sub}{i}.png", 10 * i)
+    (tmp_path / "cow" / "notes.txt").write_text("not an image")
+    paths, labels, classes = folder._list(tmp_path)
+    ref = ImageFolder(str(tmp_path))
+    assert paths == [p for p, _ in ref.samples] and labels.tolist() == [c for _, c in ref.samples]
+    assert classes == ref.classes
+    # traps torchvision's walk falls into: loops (to the root, to a folder itself), a FIFO named .jpg, a dangling link
+    (tmp_path / "ant" / "up").symlink_to("..")
+    (tmp_path / "bee" / "self").symlink_to(".")
+    os.mkfifo(tmp_path / "bee" / "blocks.jpg")
+    (tmp_path / "cow" / "gone.png").symlink_to("nowhere.png")
+    assert folder._list(tmp_path)[0] == paths          # the same images, once each; nothing opened
+    ts = build_tasks(Scenario(dataset="folder", data_path=str(tmp_path), n_tasks=3, class_order_seed=-1), 8, cache=False)
+    assert sum(len(t.train) + len(t.test) for t in ts) == len(paths)
+
+
+def test_image_folder_of_traps_only_is_refused_naming_the_classes(tmp_path):
+    import os
+
+    from rep_tune.data import folder
+    for c in ("ant", "bee"):
+        (tmp_path / c).mkdir()
+        (tmp_path / c / "up").symlink_to("..")
+        os.mkfifo(tmp_path / c / "x.jpg")
+    with pytest.raises(FileNotFoundError, match="no image files .* for the classes ant, bee"):
+        folder._list(tmp_path)
+
+
+def test_file_images_refuse_a_fifo_without_blocking(tmp_path):
+    import os
+
+    from rep_tune.data.images import FileImages, Rendering
+    os.mkfifo(tmp_path / "x.jpg")
+    with pytest.raises(ValueError, match="x.jpg: cannot read this image .*not a regular image file"):
+        FileImages([str(tmp_path / "x.jpg")], Rendering(8)).batch(torch.tensor([0]))
+
+
+def test_idx_sizes_are_checked_against_the_header_before_reading(tmp_path, monkeypatch):
+    from rep_tune.data import idx
+    header = bytes([0, 0, 8, 3]) + struct.pack(">III", 20, 28, 28)
+    (tmp_path / "ok.gz").write_bytes(gzip.compress(header + bytes(20 * 784)))
+    assert idx.read_idx(tmp_path / "ok.gz").shape == (20, 28, 28)
+    # a header claiming far more than rep-tune reads, from a tiny file
+    (tmp_path / "huge").write_bytes(bytes([0, 0, 8, 3]) + struct.pack(">III", 20, 2 ** 16, 2 ** 16))
+    with pytest.raises(ValueError, match="huge: header shape .* declares 85,899,345,920 bytes"):
+        idx.read_idx(tmp_path / "huge")
+    # a gzip stream that expands past its header: read up to header size + 1 byte, never more
+    (tmp_path / "bomb.gz").write_bytes(gzip.compress(header + bytes(4 * 2 ** 20), 1))
+    reads = []
+    real = idx._read
+    monkeypatch.setattr(idx, "_read", lambda path, n: reads.append(n) or real(path, n))
+    with pytest.raises(ValueError, match=r"bomb.gz: header shape \(20, 28, 28\) needs 15680 values, found more"):
+        idx.read_idx(tmp_path / "bomb.gz")
+    assert max(reads) == len(header) + 20 * 784 + 1
+    # a gzip header claiming more than deflate can expand the file to
+    (tmp_path / "liar.gz").write_bytes(gzip.compress(bytes([0, 0, 8, 3]) + struct.pack(">III", 20, 4096, 4096)))
+    with pytest.raises(ValueError, match="liar.gz: .* more than a .*-byte gzip file can hold"):
+        idx.read_idx(tmp_path / "liar.gz")
+
+
+def test_a_given_fashion_mnist_path_is_the_only_place_looked(tmp_path, monkeypatch):
+    _fake_fashion_mnist(tmp_path / "elsewhere")
+    monkeypatch.setenv("REP_TUNE_FASHION_MNIST", str(tmp_path / "elsewhere"))
+    assert fashion_mnist.find() == tmp_path / "elsewhere"
+    assert fashion_mnist.find(str(tmp_path / "typo")) is None            # never the other copy
+    from rep_tune.schema import SchemaError
+    with pytest.raises(SchemaError, match="typo"):
+        Scenario(dataset="fashion-mnist", data_path=str(tmp_path / "typo"), n_tasks=2).check_reachable("--data-path")
+    with pytest.raises(SchemaError, match="field 'data_path': expected an existing folder"):
+        Scenario(dataset="digits", data_path=str(tmp_path / "typo"), n_tasks=2).check_reachable("--data-path")

@@ -6,15 +6,22 @@ import ast
 import json
 import shlex
 
+import optuna
 import pytest
 import yaml
 
 from rep_tune.cli import export as cli_export
+from rep_tune.cli import search as cli_search
 from rep_tune.config import RepConfig, preset
 from rep_tune.data.scenario import Scenario
-from rep_tune.export import ExportError, export, formats
+from rep_tune.export import ExportError, capabilities, export, export_targets, formats
+from rep_tune.export.rep_argparse import CAPS, IGNORED_PREFIX, dataset_config
+from rep_tune.export.tome import NOT_ATOM
 from rep_tune.schedule import INTEGER_INFLECTS, fit_ramp, keep_probabilities, ramp
 from rep_tune.search.space import SearchSpace
+from rep_tune.search.targets import load_targets
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 LARGE = "vit_large_patch16_224"        # the backbone the public reference copy registers for both methods
 BASE = "vit_base_patch16_224"
@@ -126,7 +133,26 @@ def test_l2p_round_trips_through_reference_parser():
     assert (ns.size, ns.length, ns.top_k, ns.pull_constraint_coeff, ns.head_type) == (12, 6, 4, 0.25, "prompt")
     assert (ns.use_prompt_mask, ns.shared_prompt_pool) == (False, False)
     assert (ns.r, ns.scheduling_factor, ns.theta, ns.gamma, ns.tau, ns.alpha) == (8, 1, 0.5, 0.001, 16, 0.9)
-    assert r.warnings == []          # vit_large with the L2P suffix is registered: nothing to say
+    # vit_large with the L2P suffix is registered: nothing to say but what the public copy does whatever the flags say
+    assert r.warnings == list(CAPS.runtime_warnings)
+
+
+IGNORED = ["--r", "--scheduling_factor", "--tau", "--alpha"]      # REP_METHOD.md: "What the public reference copy actually does"
+
+
+@pytest.mark.parametrize("role", ["paper", "baseline"])
+def test_every_export_names_the_flags_the_public_copy_ignores(role):
+    r = export(preset(role, "l2p", LARGE), "rep-argparse")
+    ignored = [w[len(IGNORED_PREFIX):].split(":")[0] for w in r.warnings if w.startswith(IGNORED_PREFIX)]
+    assert ignored == IGNORED
+    forced = [w for w in r.warnings if "drops 3 blocks every iteration" in w]
+    assert len(forced) == 1 and "even for the baseline" in forced[0] and "--theta 1.0 --alpha 1.0" in forced[0]
+    assert all("\n" not in w for w in r.warnings)                   # one line each on stderr
+    for w in r.warnings:                                             # and a comment line each in the command file
+        assert f"# WARNING: {w}\n" in r.text
+    ns = parse(r)                                                    # the flags are still written, as declared
+    if role == "baseline":
+        assert (ns.r, ns.theta, ns.alpha) == (0, 1.0, 1.0)
 
 
 def test_true_bools_parse_true():
@@ -148,8 +174,9 @@ def test_paper_preset_is_r8_linear_ramp():
 
 
 def test_dualprompt_round_trips_through_reference_parser():
+    """For a reference copy patched to dispatch cifar100_rep_dual (the public one cannot run DualPrompt)."""
     cfg = preset("paper", "dualprompt", LARGE).replace(**{"training.iters_per_task": 1875})
-    r = export(cfg, "rep-argparse")
+    r = export(cfg, "rep-argparse", dataset_config="cifar100_rep_dual")
     ns = parse(r)
     assert ns.subparser_name == "cifar100_rep_dual"
     assert (ns.model, ns.selection_model) == ("vit_large_patch16_224_adaptive_layer_drop_dual", "vit_tiny_patch16_224")
@@ -161,20 +188,37 @@ def test_dualprompt_round_trips_through_reference_parser():
     assert (ns.r, ns.scheduling_factor, ns.theta, ns.tau, ns.budget_per_task, ns.train_mask) == \
         (6, 1, 0.5, 12, 1875, True)
     assert ramp(ns.r, 24, ns.scheduling_factor) == cfg.merge_schedule
-    assert any("dispatches only cifar100_rep/imr_rep" in w for w in r.warnings)
+    assert any("patched to dispatch it" in w and "cannot run DualPrompt" in w for w in r.warnings)
     ns = parse(export(cfg.replace(**{"prompt.g_layers": [], "prompt.e_layers": [1, 5],
-                                     "prompt.carry_over": False}), "rep-argparse"))
+                                     "prompt.carry_over": False}), "rep-argparse", dataset_config="cifar100_rep_dual"))
     assert (ns.use_g_prompt, ns.e_prompt_layer_idx, ns.shared_prompt_pool) == (False, [1, 5], False)
 
 
 def test_coda_is_refused_naming_the_method():
     cfg = preset("paper", "coda", LARGE)
+    for approx, config in ((False, None), (True, None), (False, "cifar100_rep")):
+        with pytest.raises(ExportError) as e:
+            export(cfg, "rep-argparse", allow_approx=approx, dataset_config=config)
+        msg = str(e.value)
+        assert "the REP reference runtime cannot run CODA-Prompt: it has no CODA-Prompt entry point" in msg
+        assert "prompt flags for L2P and DualPrompt only" in msg
+        assert "--format yaml" in msg and "--export-target rep-argparse" in msg
+
+
+@pytest.mark.parametrize("scenario, config", [(None, "cifar100_rep_dual"),
+                                              (Scenario(dataset="imagenet-r", n_tasks=10), "imr_rep_dual")])
+def test_dualprompt_is_refused_saying_why(scenario, config):
+    """REP_METHOD.md: the public copy's run_rep.py dispatches only the L2P configs."""
+    cfg = preset("paper", "dualprompt", LARGE)
     for approx in (False, True):
         with pytest.raises(ExportError) as e:
-            export(cfg, "rep-argparse", allow_approx=approx)
+            export(cfg, "rep-argparse", allow_approx=approx, scenario=scenario)
         msg = str(e.value)
-        assert "CODA-Prompt" in msg and "no CODA-Prompt entry point" in msg and "L2P and DualPrompt" in msg
-        assert "--format yaml" in msg
+        assert ("the public REP reference copy cannot run DualPrompt: its run_rep.py dispatches only the dataset "
+                "configs cifar100_rep/imr_rep") in msg
+        assert "without adding that dispatch" in msg and f"--dataset-config {config}" in msg
+    assert e.value.issues == [f"prompt.method 'dualprompt' (DualPrompt): {CAPS.refused_methods['dualprompt']}"]
+    assert dataset_config(cfg, scenario) == config
 
 
 def test_constant_schedule_maps_to_inflect_zero():
@@ -274,6 +318,10 @@ def test_protect_prompts_false_refused_even_with_allow_approx():
     cfg = preset("paper", "l2p", BASE).replace(**{"atom.protect_prompts": False})
     with pytest.raises(ExportError, match="protect_prompts"):
         export(cfg, "rep-argparse", allow_approx=True)
+    # DualPrompt's prompts are prefixes, not tokens: no merging rule applies, the flags say the same training
+    dual = preset("paper", "dualprompt", LARGE)
+    ns = parse(export(dual.replace(**{"atom.protect_prompts": False}), "rep-argparse", dataset_config="cifar100_rep_dual"))
+    assert ns == parse(export(dual, "rep-argparse", dataset_config="cifar100_rep_dual"))
 
 
 @pytest.mark.parametrize("change, word", [({"atom.prop_attn": True}, "prop_attn"),
@@ -303,7 +351,7 @@ def test_lr_unscaled_and_no_clipping():
 
 def test_scenario_sets_tasks_and_dataset():
     sc = Scenario(dataset="imagenet-r", n_tasks=10, data_path="/data")
-    ns = parse(export(preset("paper", "dualprompt", BASE), "rep-argparse", scenario=sc))
+    ns = parse(export(preset("paper", "dualprompt", BASE), "rep-argparse", scenario=sc, dataset_config="imr_rep_dual"))
     assert (ns.subparser_name, ns.num_tasks, ns.dataset, ns.data_path) == \
         ("imr_rep_dual", 10, "Split-Imagenet-R", "/data")
     ns = parse(export(preset("paper", "l2p", BASE), "rep-argparse", scenario=sc))
@@ -360,3 +408,127 @@ def test_cli_exit_2_on_inexpressible_and_out_file(tmp_path, capsys):
     assert _cli(["--config", str(src), "--format", "json", "--out", str(tmp_path / "c.json")]) == 0
     assert RepConfig.load(tmp_path / "c.json") == RepConfig.load(src)
     assert set(formats()) >= {"yaml", "json", "rep-argparse", "tome"}
+
+
+# ---- --export-target: the search's space restricted to what the format expresses ------------------------
+def _samples(space: SearchSpace, backbone: str, n: int = 30, seed: int = 5) -> list[RepConfig]:
+    """``n`` points of ``space`` drawn by its own sampling function with Optuna's RandomSampler."""
+    base = space.base_config(backbone)
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=seed))
+    out = []
+    for _ in range(n):
+        trial = study.ask()
+        out.append(space.sample(trial, base))
+        study.tell(trial, 0.0)
+    return out
+
+
+def _refused(cfg: RepConfig, fmt: str = "rep-argparse") -> bool:
+    try:
+        export(cfg, fmt)
+    except ExportError:
+        return True
+    return False
+
+
+def test_restricted_space_every_sample_exports_exactly_to_rep_argparse():
+    space = SearchSpace.load("l2p")
+    # the unrestricted space's samples are refused (per-layer schedules, fractional inflections): the restriction matters
+    assert sum(map(_refused, _samples(space, BASE))) >= 10
+    restricted = space.for_export("rep-argparse")
+    assert restricted.export_target == "rep-argparse"
+    for cfg in _samples(restricted, BASE):
+        r = export(cfg, "rep-argparse")                    # no ExportError, no --allow-approx
+        assert not [w for w in r.warnings if w.startswith("approximation")]
+        ns = parse(r)
+        assert ramp(ns.r, 12, ns.scheduling_factor) == (cfg.merge_schedule or [0] * 12)
+        assert (ns.size, ns.length, ns.top_k, ns.batchwise_prompt, ns.pull_constraint_coeff) == (
+            cfg.prompt.pool_size, cfg.prompt.length, cfg.prompt.top_k, cfg.prompt.batchwise, cfg.prompt.pull_coeff)
+        assert ns.selection_model == (cfg.selection.surrogate or BASE)
+        assert cfg.training.precision == "fp32" and not cfg.atom.prop_attn and cfg.atom.protect_prompts
+        if cfg.ald.enabled:
+            assert cfg.ald.schedule == "ald"
+            assert (ns.theta, ns.gamma, ns.tau, ns.alpha) == (cfg.ald.theta_min, cfg.ald.gamma, cfg.ald.tau, cfg.ald.alpha)
+        else:
+            assert (ns.theta, ns.alpha) == (1.0, 1.0)      # every block kept (as far as the flags go)
+        assert (ns.batch_size, ns.lr, ns.seed) == (cfg.training.batch_size, cfg.training.lr, cfg.training.seed)
+
+
+def test_restricted_space_every_sample_exports_exactly_to_tome():
+    space = SearchSpace.load("l2p")
+    left_out = lambda r: [w for w in r.warnings if w == NOT_ATOM or w.startswith("ALD")]    # noqa: E731
+    assert any(left_out(export(c, "tome")) for c in _samples(space, BASE))
+    for cfg in _samples(space.for_export("tome"), BASE):
+        r = export(cfg, "tome")
+        assert left_out(r) == []
+        assert (r.data["r"], r.data["prop_attn"], r.data["model"]) == \
+            ((cfg.merge_schedule or [0] * 12), cfg.atom.prop_attn, BASE)
+        assert not cfg.ald.enabled and not cfg.atom.protect_prompts     # what ToMe runs: no ALD, prompt tokens merge
+
+
+def test_search_best_on_an_fp16_device_stays_fp32_for_rep_argparse():
+    """The best is written as deployed: the device's fp16 unless the export target cannot train at it."""
+    cfg = preset("paper", "l2p", BASE)
+    plain, = load_targets(["jetson_orin"])
+    assert plain.deployed_config(cfg).training.precision == "fp16"
+    with pytest.raises(ExportError, match="mixed-precision"):
+        export(plain.deployed_config(cfg), "rep-argparse")
+    target, = load_targets(["jetson_orin"], export_target="rep-argparse")
+    deployed = target.deployed_config(cfg)
+    assert deployed.training.precision == "fp32" and deployed.backbone.name == BASE
+    assert parse(export(deployed, "rep-argparse")).model == "vit_base_patch16_224_adaptive_layer_drop"
+    # priced at the precision it runs: fp32 is slower than fp16 on the same device
+    assert target.predict(cfg).latency_ms.value > plain.predict(cfg).latency_ms.value
+    tome, = load_targets(["jetson_orin"], export_target="tome")       # ToMe carries no training precision
+    assert tome.deployed_config(cfg).training.precision == "fp16"
+
+
+def test_search_cli_export_target_choices_come_from_the_registry():
+    assert export_targets() == [f for f in formats() if capabilities(f).restricts]
+    assert {"rep-argparse", "tome"} <= set(export_targets()) and "yaml" not in export_targets()
+    p = argparse.ArgumentParser()
+    cli_search.add_arguments(p)
+    s = cli_search.settings_from_args(p.parse_args(["--device", "jetson_orin", "--export-target", "rep-argparse"]))
+    assert s.export_target == "rep-argparse"
+    assert cli_search.settings_from_args(p.parse_args(["--device", "jetson_orin"])).export_target is None
+    with pytest.raises(SystemExit):
+        p.parse_args(["--device", "jetson_orin", "--export-target", "yaml"])
+
+
+def test_cli_prints_each_warning_on_one_stderr_line(tmp_path, capsys):
+    src = preset("baseline", "l2p", LARGE).save(tmp_path / "best.yaml")
+    out = tmp_path / "cmd.sh"
+    assert _cli(["--config", str(src), "--format", "rep-argparse", "--out", str(out)]) == 0
+    err = capsys.readouterr().err.splitlines()
+    warned = [line.removeprefix("rep-tune export: warning: ") for line in err if line.startswith("rep-tune export: warning: ")]
+    assert warned == export(RepConfig.load(src), "rep-argparse").warnings
+    assert [w[len(IGNORED_PREFIX):].split(":")[0] for w in warned if w.startswith(IGNORED_PREFIX)] == IGNORED
+    assert sum(line.startswith("# WARNING: ") for line in out.read_text().splitlines()) == len(warned)
+
+
+def test_search_with_export_target_writes_a_best_that_exports_exactly(tmp_path):
+    """End to end with the fake trainer (no network): the best on an fp16 Jetson exports with no --allow-approx."""
+    import io
+    import sys
+    from pathlib import Path
+
+    from rep_tune.search.run import SearchSettings, search
+    sys.path.insert(0, str(Path(__file__).parent))
+    from search_fakes import PROXY, FakeTrain, write_space
+
+    settings = SearchSettings(confirm_seeds=0, devices=["jetson_orin"], space=write_space(tmp_path / "space.yaml"),
+                              backbone=PROXY, scenario=Scenario(n_tasks=2), n_trials=4, timeout=None,
+                              run_dir=str(tmp_path / "run"), progress=False, seed=0, sampler="random",
+                              budgets={"latency_ms": "10s"}, export_target="rep-argparse")
+    outcome = search(settings, train_fn=FakeTrain(0.0), out=io.StringIO())
+    assert SearchSettings.resume(tmp_path / "run").export_target == "rep-argparse"      # kept in run.yaml
+    assert outcome.study.user_attrs["space"]["export_target"] == "rep-argparse"
+    best = RepConfig.load(outcome.files["best_jetson_orin"])
+    assert (best.training.precision, best.backbone.name) == ("fp32", BASE)
+    r = export(best, "rep-argparse")
+    assert not [w for w in r.warnings if w.startswith("approximation")]
+    ns = parse(r)
+    assert ramp(ns.r, 12, ns.scheduling_factor) == (best.merge_schedule or [0] * 12)
+    assert len(outcome.study.trials) <= 8
+    for t in outcome.study.trials:        # every trial sampled an integer ramp
+        assert t.params.get("atom.form", "ramp") == "ramp" and t.params.get("atom.inflect", 1.0) in (-1.0, 0.0, 1.0)

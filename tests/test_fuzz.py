@@ -9,20 +9,37 @@ the run, so an accepted input costs a second, not a training.
 
 Cases that need a fix in a file this suite's author does not own are marked
 ``xfail(strict=True)`` with the owner and the change: they turn into failures (XPASS) once fixed,
-so the marks must then be removed. ``python tests/test_fuzz.py`` prints the counts.
+so the marks must then be removed. ``python tests/test_fuzz.py`` prints the counts (cases, exit 2,
+exit 70, accepted, hangs; ``-v`` one line per case).
+
+Hostile inputs (``HOSTILE_CASES``, issue 19): paths through ``--set`` into values, ints past the
+64-bit range (``10**400``) and past Python's 4300 digits, devices that do not exist here, duplicate
+YAML/JSON keys, parse errors that must not quote the file, data paths that do not exist, pickles and
+checkpoints whose claimed sizes the file cannot back (``bytearray(4e9)``, a 4 TiB broadcast view, a
+zip bomb), IDX headers and gzip streams that lie, image folders with symlink loops and FIFOs. A case
+may name text that must *not* appear (``absent``: torch's ``weights_only=False`` advice, a secret
+on the line a parse error points at). Every case runs under a hang guard (``CASE_TIMEOUT_S``, a
+SIGALRM timer): a hang is counted and fails the case instead of hanging the suite. The wait for a
+writer on a named pipe given as a YAML file (``rep_tune.schema.FIFO_WAIT_S``, 5 s) is shortened to
+``FIFO_WAIT_S`` here so that the pipe cases stay fast.
 """
 from __future__ import annotations
 
 import contextlib
 import copy
+import gzip
 import io
 import json
 import logging
 import os
 import pickle
+import signal
 import struct
 import sys
 import tempfile
+import threading
+import time
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -190,6 +207,7 @@ class Case:
     build: Callable[[Path], tuple[list[str], str]]      # tmp -> (argv, text the message must contain)
     owner: str | None = None                            # xfail reason while a fix in another file is pending
     not_written: Callable[[Path], Path] | None = None   # a file the input would create if it ran code
+    absent: str | None = None                           # text the output must not contain (advice, file content)
 
 
 def _file_case(kind: str, id: str, name: str, content: Any, command: Callable[[Path, Path], list[str]],
@@ -436,6 +454,263 @@ def _garbage_study(tmp: Path) -> Path:
     return run
 
 
+# ---- hostile inputs (issue 19) ---------------------------------------------------------------------------
+
+HUGE = 10 ** 400                   # past float range and the 64-bit range
+DIGITS_5000 = "9" * 5000           # past Python's 4300-digit int parsing limit
+SECRET = "hunter2-secret-token"    # on the line a parse error points at: must not be quoted back
+BYTEARRAY_4GIB = b"\x80\x02c__builtin__\nbytearray\n\x8a\x05\x00\x00\x00\x00\x01\x85R."   # 35 bytes
+BINBYTES8_4GIB = b"\x80\x04\x8e" + struct.pack("<Q", 2 ** 32) + b"abc."
+MEMO_2G = b"\x80\x02]r\xff\xff\xff\x7f."    # LONG_BINPUT 2**31 - 1: the C unpickler grows its memo table to it
+
+
+class NotATensor:
+    """A plain class in a .pth: torch's weights-only loader refuses it (and advises weights_only=False)."""
+
+
+def cifar_with(tmp: Path, name: str, blob: bytes) -> tuple[Path, Path]:
+    """A valid 5-class CIFAR-100 folder with one file replaced: (data_path, the replaced file)."""
+    root = cifar(tmp)
+    target = root / "cifar-100-python" / name
+    target.write_bytes(blob)
+    return root, target
+
+
+def cifar_case(id: str, name: str, blob: bytes) -> Case:
+    def build(tmp: Path) -> tuple[list[str], str]:
+        root, target = cifar_with(tmp, name, blob)
+        sc = write(tmp, "sc.yaml", scenario_data(dataset="cifar100", data_path=str(root), n_tasks=2))
+        return NT(tmp, sc), str(target)
+    return Case(id, "scenario", build)
+
+
+def fashion_with(tmp: Path, name: str, blob: bytes) -> Path:
+    """A valid 20-image Fashion-MNIST folder whose training images are ``blob`` under ``name``."""
+    root = fashion_with_truncated_images(tmp)
+    (root / "train-images-idx3-ubyte").unlink()
+    write(tmp, f"fm/{name}", blob)
+    return root
+
+
+def fashion_case(id: str, name: str, blob: Callable[[], bytes]) -> Case:
+    def build(tmp: Path) -> tuple[list[str], str]:
+        root = fashion_with(tmp, name, blob())
+        sc = write(tmp, "sc.yaml", scenario_data(dataset="fashion-mnist", data_path=str(root), n_tasks=2))
+        return NT(tmp, sc), str(root / name)
+    return Case(id, "scenario", build)
+
+
+def idx_gzip_bomb() -> bytes:
+    """An IDX header for 20 x 28 x 28 bytes followed by 8 MiB of zeros, gzipped (8 KB)."""
+    return gzip.compress(bytes([0, 0, 8, 3]) + struct.pack(">III", 20, 28, 28) + bytes(8 * 2 ** 20), 1)
+
+
+def image_folder_trap(tmp: Path) -> Path:
+    """Class folders holding only traps: a symlink loop to the root, a loop to itself, a FIFO named
+    x.jpg (opening it blocks forever), a dangling link named y.png. No image to train on."""
+    root = tmp / "imgs"
+    for c in ("ant", "bee"):
+        (root / c).mkdir(parents=True)
+        (root / c / "up").symlink_to("..")
+        (root / c / "self").symlink_to(".")
+        os.mkfifo(root / c / "x.jpg")
+        (root / c / "y.png").symlink_to("nowhere.png")
+    return root
+
+
+def folder_case(tmp: Path) -> tuple[list[str], str]:
+    root = image_folder_trap(tmp)
+    return NT(tmp, write(tmp, "sc.yaml", scenario_data(dataset="folder", data_path=str(root), n_tasks=2))), str(root)
+
+
+def torch_file(tmp: Path, name: str, make: Callable[[Path], None]) -> Path:
+    path = tmp / name
+    make(path)
+    return path
+
+
+def pth_expanded(path: Path) -> None:
+    """1.5 KB on disk; its one stored float viewed as 2**21 x 2**19: a value check would allocate 4 TiB."""
+    import torch
+    torch.save({"cls_token": torch.zeros(1).expand(2 ** 21, 2 ** 19)}, path)
+
+
+def pth_zip_bomb(path: Path) -> None:
+    """A zip checkpoint whose storage entry is deflated: 1 KB on disk, 1 MiB declared (torch inflates first)."""
+    import torch
+    plain = path.with_suffix(".plain")
+    torch.save({"cls_token": torch.zeros(4)}, plain)
+    with zipfile.ZipFile(plain) as zin, zipfile.ZipFile(path, "w") as zout:
+        for info in zin.infolist():
+            data = zin.read(info)
+            if info.filename.endswith("/data/0"):
+                zout.writestr(info.filename, bytes(2 ** 20), compress_type=zipfile.ZIP_DEFLATED)
+            else:
+                zout.writestr(info, data)
+    plain.unlink()
+
+
+def pth_legacy_huge_storage(path: Path) -> None:
+    """The legacy (non-zip) format, its storage claiming 2**60 floats: torch allocates before reading."""
+    import torch
+    torch.save({"cls_token": torch.zeros(4)}, path, _use_new_zipfile_serialization=False)
+    raw = path.read_bytes()
+    marker = b"cpuq\x06K\x04"
+    assert marker in raw, "torch's legacy layout changed: rebuild this case"
+    path.write_bytes(raw.replace(marker, b"cpuq\x06\x8a\x08" + struct.pack("<q", 2 ** 60), 1))
+
+
+def pth_code(path: Path) -> None:
+    """torch.save of a payload that runs code when unpickled without restriction (writes ``pwned``)."""
+    import torch
+    torch.save({"cls_token": torch.zeros(2), "x": WritesFile(path.parent / "pwned")}, path)
+
+
+def pth_not_a_tensor(path: Path) -> None:
+    import torch
+    torch.save({"cls_token": NotATensor()}, path)
+
+
+def ckpt_case(id: str, name: str, make: Callable[[Path], None], section: str = "backbone", absent: str | None = None) -> Case:
+    def build(tmp: Path) -> tuple[list[str], str]:
+        path = torch_file(tmp, name, make)
+        return train_checkpoint(tmp, path, section), str(path)
+    return Case(id, "checkpoint", build, absent=absent)
+
+
+def fifo(tmp: Path, name: str) -> Path:
+    path = tmp / name
+    os.mkfifo(path)
+    return path
+
+
+def valid_config(tmp: Path) -> Path:
+    return write(tmp, "valid.yaml", config_data())
+
+
+def no_gpu_device() -> str:
+    """A CUDA device that is not here: ``cuda`` on a machine without a GPU, else an index past the GPUs."""
+    import torch
+    return "cuda:4096" if torch.cuda.is_available() else "cuda"
+
+
+V = lambda tmp, *extra: ["verify", "--config", str(valid_config(tmp)), "--no-progress", "--threads", "1", *extra]  # noqa: E731
+
+HOSTILE_CASES: list[Case] = [
+    # -- --set paths into values, huge ints, devices (exit 70 before) --
+    Case("set-path-into-string", "flags", lambda tmp: (train(tmp, "--set", "name.x=1"), "name.x")),
+    Case("set-path-into-list", "flags", lambda tmp: (train(tmp, "--set", "atom.merge.0=5"), "atom.merge.0")),
+    Case("set-path-into-number", "flags", lambda tmp: (train(tmp, "--set", "training.lr.x=5"), "training.lr.x")),
+    Case("set-path-into-null", "flags", lambda tmp: (train(tmp, "--set", "target.device=x"), "target.device")),
+    Case("set-empty-path-part", "flags", lambda tmp: (train(tmp, "--set", "training..lr=1"), "training..lr")),
+    Case("set-path-under-unknown", "flags", lambda tmp: (train(tmp, "--set", "training.bogus.x=1"), "training.bogus")),
+    Case("set-int-10e400", "flags", lambda tmp: (train(tmp, "--set", f"training.epochs={HUGE}"), "training.epochs")),
+    Case("set-int-5000-digits", "flags", lambda tmp: (train(tmp, "--set", f"training.lr={DIGITS_5000}"), "--set")),
+    Case("set-batch-100m", "flags", lambda tmp: (train(tmp, "--set", "training.batch_size=100000000"),
+                                                 "training.batch_size")),
+    Case("set-method-list", "flags", lambda tmp: (train(tmp, "--set", "prompt.method=[1]"), "prompt.method")),
+    Case("set-duplicate-key", "flags", lambda tmp: (train(tmp, "--set", "target={a: 1, a: 2}"), "--set")),
+    Case("train-device-tpu", "flags", lambda tmp: (train(tmp, "--device", "tpu:7"), "--device")),
+    Case("train-device-cuda-absent", "flags", lambda tmp: (train(tmp, "--device", no_gpu_device()), "--device")),
+    Case("train-device-empty", "flags", lambda tmp: (train(tmp, "--device", ""), "--device")),
+    Case("train-device-meta", "flags", lambda tmp: (train(tmp, "--device", "meta"), "--device")),
+    Case("verify-run-on-tpu", "flags", lambda tmp: (V(tmp, "--run-on", "tpu"), "--run-on")),
+    Case("verify-run-on-cuda-absent", "flags", lambda tmp: (V(tmp, "--run-on", no_gpu_device()), "--run-on")),
+    Case("verify-iters-negative", "flags", lambda tmp: (V(tmp, "--iters", "-1"), "--iters")),
+    Case("verify-batch-10e400", "flags", lambda tmp: (V(tmp, "--batch", str(HUGE)), "--batch")),
+    Case("cost-t-10e400", "flags", lambda tmp: (["cost", "--device", "jetson_orin", "--t", str(HUGE)], "--t")),
+    Case("cost-iters-10e400", "flags", lambda tmp: (["cost", "--device", "jetson_orin", "--iters-per-task", str(HUGE)],
+                                                    "--iters-per-task")),
+    Case("cost-images-10e400", "flags", lambda tmp: (["cost", "--device", "jetson_orin", "--images-per-task",
+                                                      str(HUGE)], "--images-per-task")),
+    Case("train-data-path-missing-fashion", "flags", lambda tmp: (train(tmp, "--dataset", "fashion-mnist", "--data-path",
+                                                                        str(tmp / "nowhere")), str(tmp / "nowhere"))),
+    Case("train-data-path-missing-digits", "flags", lambda tmp: (train(tmp, "--dataset", "digits", "--data-path",
+                                                                       str(tmp / "nowhere")), str(tmp / "nowhere"))),
+    Case("train-out-nul", "flags", lambda tmp: (["train", "--out", "o\x00x", "--quiet"], "--out")),
+    Case("train-config-path-5000", "flags", lambda tmp: (train(tmp, "--config", "x" * 5000), "--config")),
+    Case("cost-config-nul", "flags", lambda tmp: (["cost", "--device", "jetson_orin", "--config", "c\x00.yaml"],
+                                                  "--config")),
+
+    # -- configs: huge ints, unhashable tags, duplicate keys, parse errors that must not quote the file --
+    _file_case("config", "config-epochs-10e400", "c.yaml", f"training: {{epochs: {HUGE}}}\n", C),
+    _file_case("config", "config-batch-10e400", "c.yaml", config_data(training__batch_size=HUGE), C),
+    _file_case("config", "config-iters-10e400", "c.yaml", config_data(training__iters_per_task=HUGE), C),
+    _file_case("config", "config-horizon-10e400", "c.yaml", config_data(ald__horizon=HUGE), C),
+    _file_case("config", "config-merge-10e400", "c.yaml", config_data(atom__merge=[HUGE] * 12), C),
+    _file_case("config", "config-target-int-10e400", "c.yaml", config_data(target={"x": HUGE}), C),
+    _file_case("config", "config-lr-5000-digits", "c.yaml", f"training: {{lr: {DIGITS_5000}}}\n", C),
+    _file_case("config", "config-json-5000-digits", "c.json", f'{{"training": {{"lr": {DIGITS_5000}}}}}', C),
+    _file_case("config", "config-batch-100m", "c.yaml", config_data(training__batch_size=10 ** 8), C),
+    _file_case("config", "config-method-list", "c.yaml", config_data(prompt__method=[]), C),
+    _file_case("config", "config-method-mapping", "c.yaml", config_data(prompt__method={"a": 1}), C),
+    _file_case("config", "config-target-device-int", "c.yaml", config_data(target={"device": 5}), C),
+    _file_case("config", "config-checkpoint-nul", "c.yaml", config_data(backbone__checkpoint="w\x00.pth"), C),
+    _file_case("config", "config-duplicate-section", "c.yaml", "training: {lr: 0.1}\nname: x\ntraining: {lr: 0.2}\n", C),
+    _file_case("config", "config-duplicate-nested-key", "c.yaml", "training:\n  lr: 0.1\n  lr: 0.2\n", C),
+    _file_case("config", "config-duplicate-json-key", "c.json", '{"name": "a", "training": {"lr": 0.1, "lr": 9}}', C),
+    Case("config-parse-error-quotes-no-line", "config", lambda tmp: (C(tmp, write(
+        tmp, "c.yaml", f"name: x\ntraining: {{lr: {SECRET} ]\n")), str(tmp / "c.yaml")), absent=SECRET),
+    Case("config-tab-error-quotes-no-line", "config", lambda tmp: (C(tmp, write(
+        tmp, "c.yaml", f"training:\n\tlr: {SECRET}\n")), str(tmp / "c.yaml")), absent=SECRET),
+    Case("config-json-error-quotes-no-line", "config", lambda tmp: (C(tmp, write(
+        tmp, "c.json", f'{{"name": "x",\n "token": "{SECRET}" "oops"}}')), str(tmp / "c.json")), absent=SECRET),
+    _special_case("config", "config-fifo", lambda tmp: fifo(tmp, "c.yaml"), C),
+
+    # -- device profiles --
+    _file_case("profile", "profile-budget-10e400", "p.yaml", profile_data(budgets__latency_ms=HUGE), P),
+    _file_case("profile", "profile-budget-minus-10e400", "p.yaml", profile_data(budgets__energy_j=-HUGE), P),
+    _file_case("profile", "profile-budget-batch-10e400", "p.yaml", profile_data(budgets__batch_size=HUGE), P),
+    _file_case("profile", "profile-peak-10e400", "p.yaml", profile_data(spec__peak_tflops__fp16=HUGE), P),
+    _file_case("profile", "profile-limits-list", "p.yaml", profile_data(budgets__limits=[1, 2]), P),
+    _file_case("profile", "profile-limits-unknown-metric", "p.yaml", profile_data(budgets__limits={"bogus": 1.0}), P),
+    _file_case("profile", "profile-duplicate-key", "p.yaml", "name: a\nkind: gpu\nname: b\n", P),
+    _special_case("profile", "profile-fifo", lambda tmp: fifo(tmp, "p.yaml"), P),
+
+    # -- search spaces and scenarios --
+    _file_case("space", "space-high-10e400", "s.yaml",
+               space_data({"training.batch_size": {"type": "int", "low": 1, "high": HUGE}}), S),
+    _file_case("space", "space-duplicate-key", "s.yaml", "name: l2p\nversion: 1\nname: x\n", S),
+    _file_case("scenario", "scenario-max-per-class-10e400", "sc.yaml", scenario_data(max_per_class=HUGE), N),
+    _file_case("scenario", "scenario-duplicate-key", "sc.yaml", "dataset: digits\nn_tasks: 2\nn_tasks: 5\n", N),
+    _file_case("scenario", "scenario-data-path-nul", "sc.yaml", scenario_data(data_path="a\x00b"), N),
+    Case("scenario-train-digits-missing-data-path", "scenario", lambda tmp: (NT(tmp, write(tmp, "sc.yaml", scenario_data(
+        dataset="digits", data_path=str(tmp / "nowhere")))), str(tmp / "nowhere"))),
+    Case("scenario-train-fashion-missing-data-path", "scenario", lambda tmp: (NT(tmp, write(tmp, "sc.yaml", scenario_data(
+        dataset="fashion-mnist", data_path=str(tmp / "nowhere")))), str(tmp / "nowhere"))),
+
+    # -- data readers: pickles, IDX, image folders --
+    cifar_case("cifar-train-bytearray-4gib", "train", BYTEARRAY_4GIB),
+    cifar_case("cifar-meta-binbytes8-4gib", "meta", BINBYTES8_4GIB),
+    cifar_case("cifar-test-memo-index-2g", "test", MEMO_2G),
+    cifar_case("cifar-train-huge-dtype", "train", b"\x80\x02cnumpy.core.multiarray\n_reconstruct\ncnumpy\nndarray\n"
+                                                  b"K\x01\x85U\x03V99\x87R."),
+    fashion_case("idx-header-claims-85gb", "train-images-idx3-ubyte",
+                 lambda: bytes([0, 0, 8, 3]) + struct.pack(">III", 20, 2 ** 16, 2 ** 16) + bytes(64)),
+    fashion_case("idx-gzip-longer-than-header", "train-images-idx3-ubyte.gz", idx_gzip_bomb),
+    fashion_case("idx-gzip-header-beyond-deflate", "train-images-idx3-ubyte.gz",
+                 lambda: gzip.compress(bytes([0, 0, 8, 3]) + struct.pack(">III", 20, 4096, 4096))),
+    Case("folder-symlink-loops-and-fifo", "scenario", folder_case),
+
+    # -- checkpoints: sizes the file cannot back, code, special files --
+    ckpt_case("pth-broadcast-view-4tib", "w.pth", pth_expanded),
+    ckpt_case("pth-zip-bomb", "w.pth", pth_zip_bomb),
+    ckpt_case("pth-legacy-storage-2e60", "w.pth", pth_legacy_huge_storage),
+    ckpt_case("pth-object-no-advice", "w.pth", pth_not_a_tensor, absent="weights_only"),
+    ckpt_case("pth-code-no-advice", "w.pth", lambda p: pth_code(p), absent="weights_only"),
+    ckpt_case("pth-fifo", "w.pth", lambda p: os.mkfifo(p)),
+    Case("safetensors-claims-4tib", "checkpoint", lambda tmp: (train_checkpoint(tmp, write(tmp, "w.safetensors", safetensors_bytes(
+        {"cls_token": {"dtype": "F32", "shape": [2 ** 21, 2 ** 19], "data_offsets": [0, 2 ** 43]}}, b"\0" * 8))),
+        str(tmp / "w.safetensors"))),
+    Case("safetensors-duplicate-tensor", "checkpoint", lambda tmp: (train_checkpoint(tmp, write(
+        tmp, "w.safetensors", struct.pack("<Q", 2 * len(TENSOR_ENTRY) + 3) + b"{" + TENSOR_ENTRY + b"," + TENSOR_ENTRY
+        + b"}" + b"\0" * 8)), str(tmp / "w.safetensors"))),
+]
+TENSOR_ENTRY = b'"cls_token": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}'
+
+CASES += HOSTILE_CASES
+
+
 # ---- running one case -----------------------------------------------------------------------------------
 
 @dataclass
@@ -445,14 +720,44 @@ class Outcome:
     escaped: BaseException | None = None
     work_started: bool = False
     notes: list[str] = field(default_factory=list)
+    hung: bool = False
+    seconds: float = 0.0
 
     @property
     def traceback(self) -> bool:
-        return "Traceback (most recent call last)" in self.text or (self.escaped is not None and not self.work_started)
+        return "Traceback (most recent call last)" in self.text or \
+            (self.escaped is not None and not self.work_started and not self.hung)
 
     @property
     def accepted(self) -> bool:
         return self.work_started or self.rc in (0, 1)
+
+
+CASE_TIMEOUT_S = 30.0   # a case is a hang past this (the slowest takes ~3 s on a busy 2-core machine)
+FIFO_WAIT_S = 0.3       # rep_tune.schema.FIFO_WAIT_S (5 s) in the suite: how long a writer-less FIFO is waited on
+
+
+class CaseHang(BaseException):
+    """Raised by the hang guard's timer: the case ran past CASE_TIMEOUT_S (a blocking read, a loop)."""
+
+
+@contextlib.contextmanager
+def hang_guard(seconds: float = CASE_TIMEOUT_S):
+    """Interrupt the case after ``seconds`` (SIGALRM: a blocking open/read of a FIFO is interrupted too).
+    Only in the main thread (signals); elsewhere the case runs unguarded."""
+    if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "setitimer"):
+        yield
+        return
+
+    def fire(signum, frame):
+        raise CaseHang()
+    previous = signal.signal(signal.SIGALRM, fire)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
 
 
 def run_case(case: Case, tmp: Path) -> tuple[Outcome, str]:
@@ -466,14 +771,19 @@ def run_case(case: Case, tmp: Path) -> tuple[Outcome, str]:
                 for h in getattr(lg, "handlers", []) if isinstance(h, logging.StreamHandler)
                 and getattr(h.stream, "name", None) == "<stderr>"]
     streams = [h.setStream(err) for h in handlers]
+    start = time.perf_counter()
     try:
         with mock.patch("rep_tune.runtime.learner.train_step", _tripwire), \
                 mock.patch("rep_tune.profiler.device_profile.profile_device", _tripwire), \
+                mock.patch("rep_tune.schema.FIFO_WAIT_S", FIFO_WAIT_S), \
                 contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
             try:
-                outcome = Outcome(main(argv), "")
+                with hang_guard():
+                    outcome = Outcome(main(argv), "")
             except WorkStarted:
                 outcome = Outcome(None, "", work_started=True)
+            except CaseHang as e:
+                outcome = Outcome(None, "", escaped=e, hung=True)
             except SystemExit as e:            # what the console script would exit with
                 outcome = Outcome(e.code if isinstance(e.code, int) else 1, "")
             except BaseException as e:  # noqa: BLE001 - an escaped exception is a traceback in a real run
@@ -483,6 +793,7 @@ def run_case(case: Case, tmp: Path) -> tuple[Outcome, str]:
         for h, stream in zip(handlers, streams):
             h.setStream(stream)
     outcome.text = out.getvalue() + err.getvalue()
+    outcome.seconds = time.perf_counter() - start
     return outcome, needle
 
 
@@ -490,12 +801,15 @@ def run_case(case: Case, tmp: Path) -> tuple[Outcome, str]:
                                                if c.owner else []) for c in CASES])
 def test_malformed_input_is_refused(case: Case, tmp_path: Path) -> None:
     outcome, needle = run_case(case, tmp_path)
+    assert not outcome.hung, f"hung: still running after {CASE_TIMEOUT_S} s:\n{outcome.text[-2000:]}"
     assert not outcome.accepted, f"accepted (rc {outcome.rc}, work started {outcome.work_started}):\n{outcome.text[-2000:]}"
     assert not outcome.traceback, f"traceback:\n{outcome.text[-3000:]}\n{outcome.escaped!r}"
     assert outcome.rc == 2, f"exit {outcome.rc}:\n{outcome.text[-2000:]}"
     assert needle in outcome.text, f"message does not name {needle!r}:\n{outcome.text[-2000:]}"
     if case.not_written is not None:
         assert not case.not_written(tmp_path).exists()
+    if case.absent is not None:
+        assert case.absent not in outcome.text, f"the message relays {case.absent!r}:\n{outcome.text[-2000:]}"
     assert not (tmp_path / "pwned").exists()
 
 
@@ -503,6 +817,58 @@ def test_suite_size() -> None:
     kinds = {c.kind for c in CASES}
     assert len(CASES) >= 60 and kinds == {"config", "profile", "space", "scenario", "checkpoint", "flags"}
     assert len({c.id for c in CASES}) == len(CASES)
+    assert len(HOSTILE_CASES) >= 40 and {c.kind for c in HOSTILE_CASES} == kinds
+
+
+# ---- outputs: a symlink at an output's name is replaced, never followed ------------------------------------
+
+def test_outputs_replace_a_symlink_instead_of_writing_through_it(tmp_path):
+    """train writes config.yaml and scenario.yaml before its first step: links planted there (to a file the
+    user can write, say ~/.bashrc) are replaced by the outputs; the link targets are untouched."""
+    victim = tmp_path / "victim.txt"
+    victim.write_text("keep me")
+    out = tmp_path / "out"
+    out.mkdir()
+    for name in ("config.yaml", "scenario.yaml"):
+        (out / name).symlink_to(victim)
+    case = Case("symlinked-outputs", "flags", lambda tmp: (train(tmp, "--dataset", "digits", "--tasks", "2"), ""))
+    outcome, _ = run_case(case, tmp_path)
+    assert outcome.work_started, outcome.text[-2000:]          # the outputs were written, training began
+    assert victim.read_text() == "keep me"
+    for name in ("config.yaml", "scenario.yaml"):
+        assert not (out / name).is_symlink() and (out / name).read_text().strip()
+    assert not [p.name for p in out.iterdir() if p.name.endswith(".tmp")]   # no temporary file left behind
+
+
+def test_write_mapping_is_atomic_and_link_safe(tmp_path):
+    from rep_tune.schema import atomic_write_text, write_mapping
+    victim = tmp_path / "victim.yaml"
+    victim.write_text("keep: me\n")
+    (tmp_path / "best_local.yaml").symlink_to(victim)
+    write_mapping({"a": 1}, tmp_path / "best_local.yaml")
+    assert victim.read_text() == "keep: me\n" and yaml.safe_load((tmp_path / "best_local.yaml").read_text()) == {"a": 1}
+    (tmp_path / "trials.csv").symlink_to(tmp_path / "dangling-target.csv")
+    atomic_write_text(tmp_path / "trials.csv", "a,b\n1,2\n", newline="")
+    assert not (tmp_path / "dangling-target.csv").exists() and (tmp_path / "trials.csv").read_text() == "a,b\n1,2\n"
+    with pytest.raises(IsADirectoryError):
+        write_mapping({"a": 1}, tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["best_local.yaml", "trials.csv", "victim.yaml"]
+
+
+def test_a_named_pipe_with_a_writer_is_read_and_one_without_is_refused_promptly(tmp_path):
+    from rep_tune.schema import SchemaError, read_mapping
+    pipe = tmp_path / "c.yaml"
+    os.mkfifo(pipe)
+    writer = threading.Thread(target=lambda: (time.sleep(0.2), pipe.write_text("name: piped\n")))
+    writer.start()                                # the writer opens after the reader, as a slow producer would
+    try:
+        assert read_mapping(pipe) == {"name": "piped"}
+    finally:
+        writer.join()
+    start = time.perf_counter()
+    with mock.patch("rep_tune.schema.FIFO_WAIT_S", 0.2), pytest.raises(SchemaError, match="nobody writes to"):
+        read_mapping(pipe)
+    assert time.perf_counter() - start < 5
 
 
 # ---- the dispatcher: --debug, internal errors --------------------------------------------------------------
@@ -549,25 +915,35 @@ def test_devices_lists_every_profile_even_broken_ones(tmp_path, capsys):
 # ---- counts for the record: python tests/test_fuzz.py --------------------------------------------------------
 
 def summary(verbose: bool = False) -> dict[str, int]:
-    counts = {"cases": 0, "exit 2": 0, "traceback": 0, "accepted": 0, "names file/flag": 0, "xfail (owner)": 0}
+    counts = {"cases": 0, "hostile (issue 19)": 0, "exit 2": 0, "exit 70": 0, "accepted": 0, "hangs": 0,
+              "traceback": 0, "names file/flag": 0, "relays absent text": 0, "xfail (owner)": 0}
     failures = []
+    hostile = {c.id for c in HOSTILE_CASES}
+    start = time.perf_counter()
     for case in CASES:
         with tempfile.TemporaryDirectory() as d:
             outcome, needle = run_case(case, Path(d).resolve())
         if verbose:
             last = (outcome.text.strip().splitlines() or ["<nothing printed>"])[-1]
-            print(f"{case.id}: rc {outcome.rc}: {last[:240]}")
+            print(f"{case.id}: rc {outcome.rc}{' HUNG' if outcome.hung else ''} ({outcome.seconds:.2f} s): {last[:240]}")
+        leaked = case.absent is not None and case.absent in outcome.text
         counts["cases"] += 1
+        counts["hostile (issue 19)"] += case.id in hostile
         counts["exit 2"] += outcome.rc == 2
-        counts["traceback"] += outcome.traceback
+        counts["exit 70"] += outcome.rc == 70
         counts["accepted"] += outcome.accepted
+        counts["hangs"] += outcome.hung
+        counts["traceback"] += outcome.traceback
         counts["names file/flag"] += needle in outcome.text
+        counts["relays absent text"] += leaked
         counts["xfail (owner)"] += case.owner is not None
-        ok = outcome.rc == 2 and not outcome.traceback and not outcome.accepted and needle in outcome.text
+        ok = outcome.rc == 2 and not outcome.traceback and not outcome.accepted and needle in outcome.text \
+            and not leaked and not outcome.hung
         if not ok:
-            failures.append(f"  {case.id}: rc {outcome.rc}, traceback {outcome.traceback}, accepted {outcome.accepted}"
-                            f"{'' if case.owner else '  (NOT marked xfail)'}")
-    print("\n".join(f"{k:>16}: {v}" for k, v in counts.items()))
+            failures.append(f"  {case.id}: rc {outcome.rc}, traceback {outcome.traceback}, accepted {outcome.accepted}, "
+                            f"hung {outcome.hung}{'' if case.owner else '  (NOT marked xfail)'}")
+    print("\n".join(f"{k:>20}: {v}" for k, v in counts.items()))
+    print(f"{'seconds':>20}: {time.perf_counter() - start:.1f}")
     print("not yet refused cleanly:\n" + ("\n".join(failures) or "  none"))
     return counts
 

@@ -22,14 +22,18 @@ def test_script_syntax_and_dry_run():
     assert subprocess.run(["bash", "-n", str(SCRIPT)]).returncode == 0
     r = subprocess.run(["bash", str(SCRIPT), "--dry-run"], capture_output=True, text=True, env=ENV, timeout=120)
     assert r.returncode == 0, r.stderr
-    for step in ("gpu", "profile", "bench", "cost", "verify"):
-        assert f"  {step} " in r.stdout
-    assert "vit_tiny_patch16_224,vit_base_patch16_224" in r.stdout and "--precisions fp32,bf16" in r.stdout
-    assert "--batches 16,32" in r.stdout and "benchmarks/results/gpu-" in r.stdout
+    steps = [x.split()[0] for x in r.stdout.splitlines() if "(<=" in x]
+    assert steps == ["gpu", "profile", "published", "memory", "verify"]
+    assert "gpu_check_steps.py published" in r.stdout and "benchmarks/results/gpu-" in r.stdout
     limits = [int(x.split("<=")[1].split("s)")[0]) for x in r.stdout.splitlines() if "(<=" in x]
-    assert sum(limits) <= 470                           # every step at its limit still ends under 8 minutes
-    bad = subprocess.run(["bash", str(SCRIPT), "--bogus"], capture_output=True, text=True, env=ENV)
-    assert bad.returncode == 2
+    assert sum(limits) <= 540                           # every step at its limit ends inside a 10-minute device call
+    some = subprocess.run(["bash", str(SCRIPT), "--dry-run", "--steps", "bench,cost"], capture_output=True, text=True,
+                          env=ENV, timeout=120)
+    assert [x.split()[0] for x in some.stdout.splitlines() if "(<=" in x] == ["bench", "cost"]
+    assert "vit_tiny_patch16_224,vit_base_patch16_224" in some.stdout and "--precisions fp32,bf16" in some.stdout
+    for bad_args in (["--bogus"], ["--dry-run", "--steps", "bench,nope"]):
+        bad = subprocess.run(["bash", str(SCRIPT), *bad_args], capture_output=True, text=True, env=ENV)
+        assert bad.returncode == 2
 
 
 # imports with the packages the GPU images lack made unimportable (sys.modules[name] = None)
@@ -101,3 +105,34 @@ def test_cost_error_and_verify_config_steps(tmp_path):
     cfg = RepConfig.load(tmp_path / "best_gpu_check.yaml")
     assert cfg.backbone.name == "vit_base_patch16_224" and cfg.training.precision == prof.dtype
     assert steps.cli("verify", ["--config", str(tmp_path / "missing.yaml")]) == 2
+
+
+def test_measure_one_and_memory_error_steps(tmp_path):
+    """The measured-row step on the CPU (one fresh process), and the memory-error report on its CSV."""
+    import json
+    sys.path.insert(0, str(STEPS.parent))
+    try:
+        import gpu_check_steps as steps
+    finally:
+        sys.path.pop(0)
+    spec = {"label": "x", "backbone": "vit_micro_patch2_28", "preset": "paper", "batch": 4, "n": 1, "warmup": 1,
+            "device": "cpu", "num_classes": 10, "overrides": {"training.precision": "fp32"}}
+    row = steps._run_specs([spec], timeout=300)[0]
+    assert "error" not in row, row
+    assert row["ms"] > 0 and row["live_mib"] > row["resident_mib"] > 0 and row["blocks_run"] >= 1
+    assert "allocator_mib" not in row                   # the allocator's view exists on CUDA only
+    # memory-error: a grid row whose allocator figure is exactly the prediction -> 0 % error
+    from rep_tune.config import preset
+    from rep_tune.cost import predict
+    from rep_tune.device import DeviceProfile
+    cfg = preset("paper", "l2p", "vit_tiny_patch16_224", **{"backbone.pretrained": False,
+                                                           "selection.pretrained": False})
+    pred = predict(cfg, DeviceProfile.load("h100_sxm"), batch=8, num_classes=100, iters_per_task=1).peak_memory_mb.value
+    steps._write_rows([{"label": "t", "backbone": "vit_tiny_patch16_224", "method": "l2p", "preset": "paper",
+                        "batch": 8, "precision": "fp32", "live_mib": pred - 65.0, "allocator_mib": pred}],
+                      tmp_path / "memory_grid.csv", ["label", "backbone", "method", "preset", "batch", "precision"])
+    out = subprocess.run([sys.executable, str(STEPS), "memory-error", str(tmp_path), "h100_sxm"], capture_output=True,
+                         text=True, env=ENV, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "median |error| 0.0 %" in out.stdout.splitlines()[-2], out.stdout
+    assert json.loads(json.dumps(row))["label"] == "x"

@@ -67,6 +67,36 @@ def test_reproducible_and_query_cache_reported():
     assert [r.mean_loss for r in off.per_task] == pytest.approx([r.mean_loss for r in a.per_task], abs=1e-4)
 
 
+def test_resume_from_a_task_state_goes_on_as_the_uninterrupted_run():
+    """``on_task_end``'s state, through torch.save and ``torch.load(weights_only=True)``, resumes the
+    run after that task: the remaining tasks only, with the same accuracies, losses and iterations."""
+    import io
+
+    import torch
+
+    cfg = preset("paper", "dualprompt", **RANDOM, **{"training.iters_per_task": 2, "training.eval_batch_size": 256})
+    states = {}
+    full = train(cfg, TINY, progress=False, energy=False, on_task_end=lambda t, s: states.__setitem__(t, s))
+    buf = io.BytesIO()
+    torch.save(states[0], buf)
+    buf.seek(0)
+    state = torch.load(buf, weights_only=True)
+    assert list(states) == [0, 1, 2] and state["task"] == 0
+    assert state["model"] and not any(k.startswith(("backbone.", "surrogate.")) for k in state["model"])
+    trained, ended = [], []
+    resumed = train(cfg, TINY, progress=False, energy=False, resume_from=state,
+                    callbacks=[lambda i, r: trained.append(i)], on_task_end=lambda t, s: ended.append(t))
+    assert trained == ended == [1, 2]                                   # not from task 0
+    np.testing.assert_array_equal(resumed.acc_matrix, full.acc_matrix)
+    assert [r.mean_loss for r in resumed.per_task] == [r.mean_loss for r in full.per_task]
+    assert resumed.iterations == full.iterations and resumed.tasks_done == 3
+    with pytest.raises(ValueError, match="nothing is left to train"):
+        train(cfg, TINY, progress=False, energy=False, resume_from=states[2])
+    with pytest.raises(ValueError, match="2 tasks"):
+        train(cfg, Scenario(dataset="digits", n_tasks=2, max_per_class=8, test_fraction=0.05), progress=False,
+              energy=False, resume_from=state)
+
+
 def test_nan_loss_is_a_clear_error():
     cfg = tiny_config("baseline", **{"training.optimizer": "sgd", "training.lr": 1e38, "training.clip_grad": None,
                                      "training.iters_per_task": 20})

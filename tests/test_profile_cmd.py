@@ -10,7 +10,10 @@ from rep_tune.device import DeviceProfile
 @pytest.fixture(scope="module")
 def quick_profile(tmp_path_factory):
     out = tmp_path_factory.mktemp("prof") / "local.yaml"
-    rc = main(["profile", "--quick", "--device", "cpu", "--out", str(out), "--no-progress", "--watts", "20"])
+    # --allow-noisy: these tests check the profile's content, not this machine's quiet (a busy machine,
+    # e.g. a benchmark running on the same cores, is refused without it: tests/test_profile_busy.py)
+    rc = main(["profile", "--quick", "--device", "cpu", "--out", str(out), "--no-progress", "--watts", "20",
+               "--allow-noisy"])
     assert rc == 0
     return out
 
@@ -45,6 +48,11 @@ def test_quick_profile_has_calibration_runs(quick_profile):
     big = max(runs, key=lambda r: r.batch * r.tokens * r.embed_dim)
     small = min(runs, key=lambda r: r.batch * r.tokens * r.embed_dim)
     assert big.fwd_bwd_ms > small.fwd_ms
+    # every probe's repeats are judged and recorded, quiet or not
+    from rep_tune.profiler.probe import CALIBRATION_RUNS, MIN_REPEATS
+    assert {"matmul fp32", "copy", CALIBRATION_RUNS} <= set(p.calibration.spreads)
+    assert all(v >= 0 for v in p.calibration.spreads.values())
+    assert all(n >= MIN_REPEATS for n in p.identity["probe_agreement"]["repeats"].values())
 
 
 def test_devices_cli_lists_user_profile(quick_profile, capsys):

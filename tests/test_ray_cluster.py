@@ -194,8 +194,8 @@ def test_proxy_ref_reaches_the_study_without_its_file(cluster, tmp_path):
         ex = RayExecutor(p.study, p.trainer, p.cluster, pruner="percentile")
         ref = ex.study_ref
         assert isinstance(ref, ProxyStudyRef) and str(tmp_path) not in repr(vars(ref))
-        opened = ref.open()
-        assert type(opened._storage).__name__ == "GrpcStorageProxy"
+        opened = ref.open()                                         # through ref.storage(): the gRPC proxy
+        assert isinstance(ref.storage(), optuna.storages.GrpcStorageProxy)
         assert opened.user_attrs[record.STUDY_CONSTRAINTS] == p.study.user_attrs[record.STUDY_CONSTRAINTS]
         ex.close()
         with pytest.raises(ConnectionError):

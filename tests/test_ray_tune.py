@@ -1,17 +1,21 @@
 """Ray Tune: a user's own ``tune.Tuner`` with rep-tune's searcher and ASHA, on a local Ray instance.
 
 One Ray instance for the module (2 CPUs, no dashboard, 100 MB object store). The searcher, the
-study, Tune's scheduler, callbacks and ``Tuner.restore`` are real; trainings are the fake at the
-Trainer seam (``search_fakes.FakeTrain``) except in the last test, which runs the real learner on
+study, Tune's scheduler, callbacks, checkpoints, retries and ``Tuner.restore`` are real;
+trainings are the fakes at the Trainer seam (``search_fakes.FakeTrain``, ``ray_fakes.TaskTrain``
+with the learner's resume interface) except in the last test, which runs the real learner on
 tiny settings through the trainable.
 """
 from __future__ import annotations
 
 import io
+import json
 import os
 import signal
 import sys
+import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from optuna.trial import TrialState
@@ -26,9 +30,11 @@ from rep_tune.data.scenario import Scenario  # noqa: E402
 from rep_tune.search import record  # noqa: E402
 from rep_tune.search.cluster import worker_env  # noqa: E402
 from rep_tune.search.run import SearchSettings  # noqa: E402
-from rep_tune.search.tune import ACC, TRIAL_KEY, RepSearcher, make_trainable  # noqa: E402
+from rep_tune.search.tune import (ACC, RESUMED_KEY, ROLE_KEY, TASK, TRIAL_KEY, ProtectReferences,  # noqa: E402
+                                  RepSearcher, load_task_state, make_trainable)
 
 sys.path.insert(0, str(Path(__file__).parent))
+from ray_fakes import TaskTrain  # noqa: E402
 from search_fakes import PROXY, FakeTrain, write_space  # noqa: E402
 
 
@@ -36,6 +42,8 @@ from search_fakes import PROXY, FakeTrain, write_space  # noqa: E402
 def local_ray():
     if ray.is_initialized():
         ray.shutdown()
+    # private Ray members: ray.init's hidden _temp_dir (a short, per-run folder) and _node_ip_address
+    # (loopback only; see rep_tune/search/cluster.py): no public equivalent for a local instance
     ray.init(address="local", num_cpus=2, include_dashboard=False, object_store_memory=100 * 2**20,
              _temp_dir=f"/tmp/rtt{os.getpid()}", _node_ip_address="127.0.0.1", runtime_env=worker_env(), log_to_driver=False)
     yield
@@ -67,13 +75,20 @@ def _settings(tmp: Path, **kw) -> SearchSettings:
     return SearchSettings(**base)
 
 
-def _tuner(searcher: RepSearcher, tmp: Path, callback: Started) -> tune.Tuner:
-    """The README's example, with a callback."""
+def _tuner(searcher: RepSearcher, tmp: Path, callback: Started, max_failures: int = 0) -> tune.Tuner:
+    """The module docstring's example (references kept from ASHA), with a callback."""
+    asha = ASHAScheduler(max_t=searcher.n_tasks, grace_period=1, reduction_factor=2)
     return tune.Tuner(
         tune.with_resources(searcher.trainable(), {"cpu": 1}),
         tune_config=tune.TuneConfig(search_alg=searcher, metric=ACC, mode="max", num_samples=-1,
-                                    scheduler=ASHAScheduler(max_t=searcher.n_tasks, grace_period=1, reduction_factor=2)),
-        run_config=tune.RunConfig(name="rep", storage_path=str(tmp / "ray_results"), callbacks=[callback], verbose=0))
+                                    scheduler=ProtectReferences(asha)),
+        run_config=tune.RunConfig(name="rep", storage_path=str(tmp / "ray_results"), callbacks=[callback], verbose=0,
+                                  failure_config=tune.FailureConfig(max_failures=max_failures)))
+
+
+def _attempts(log: Path) -> list[dict]:
+    """TaskTrain's log: one entry per training attempt, oldest first."""
+    return sorted((json.loads(p.read_text()) for p in log.glob("*.json")), key=lambda e: (e["hash"], e["steps"]))
 
 
 @pytest.mark.slow
@@ -106,28 +121,122 @@ def test_tuner_with_asha_keeps_constraints_and_prescreening(tmp_path):
     assert (outcome.run_dir / "trials.csv").exists() and "rep-tune search" in out.getvalue()
 
 
+def test_protect_references_keeps_asha_from_stopping_a_reference():
+    """ASHA stops a trial whose value at a rung is below the others'; wrapped, it never sees a reference."""
+    def trial(tid, role=None):
+        return SimpleNamespace(trial_id=tid, config={TRIAL_KEY: 0, **({ROLE_KEY: role} if role else {})})
+
+    def asha():
+        return ASHAScheduler(metric=ACC, mode="max", max_t=3, grace_period=1, reduction_factor=2, brackets=1)
+
+    good, ref, other = trial("good"), trial("ref", "baseline"), trial("other")
+    worst = {"training_iteration": 1, ACC: 0.01}
+    bare, kept = asha(), ProtectReferences(asha())
+    for sched in (bare, kept):
+        for t in (good, ref, other):
+            sched.on_trial_add(None, t)
+        assert sched.on_trial_result(None, good, {"training_iteration": 1, ACC: 0.9}) == "CONTINUE"
+    assert bare.on_trial_result(None, ref, worst) == "STOP"               # what ASHA does to the reference
+    assert kept.on_trial_result(None, ref, worst) == "CONTINUE"           # ... never, wrapped
+    assert kept.on_trial_result(None, other, worst) == "STOP"             # every other trial is ASHA's
+    assert kept.references == ["ref"] and kept.metric == ACC
+    kept.on_trial_complete(None, ref, {"training_iteration": 3, ACC: 0.01})
+    pending = SimpleNamespace(trial_id="ref", config=ref.config, status="PENDING", PENDING="PENDING", PAUSED="PAUSED")
+    assert kept.choose_trial_to_run(SimpleNamespace(get_trials=lambda: [pending])) is pending   # references first
+
+
+@pytest.mark.slow
+def test_references_train_to_the_end_and_the_best_is_the_best_feasible(tmp_path):
+    """The references have the worst values at every rung (ASHA would stop them) and the baseline,
+    over the latency budget, ends the most accurate: it is Tune's best, not rep-tune's."""
+    t0 = time.monotonic()
+    fake = TaskTrain(0.3, str(tmp_path / "log"), scripted={"-trial0": (0.02, 0.5), "-trial1": (0.01, 0.995)})
+    searcher = RepSearcher(_settings(tmp_path), train_fn=fake, out=io.StringIO())
+    results = _tuner(searcher, tmp_path, Started()).fit()
+    out = io.StringIO()
+    outcome = searcher.write_outputs(out=out)
+    best = searcher.best()
+    best_result = searcher.best_result(results)
+    tune_best = results.get_best_result(metric=ACC, mode="max")
+    searcher.close()
+    recs = {r.number: r for r in record.read_all(outcome.study.get_trials())}
+    others = [r for r in recs.values() if r.trained and not r.role]
+    trained = [(r.number, r.role, r.state.name, r.task_acc, r.feasible("jetson_orin")) for r in recs.values() if r.trained]
+    print(f"\nreferences vs ASHA ({time.monotonic() - t0:.1f} s): {trained}; "
+          f"Tune's best trial {tune_best.config[TRIAL_KEY]}, rep-tune's best {best.number if best else None}")
+    for n, role in ((0, "paper"), (1, "baseline")):
+        r = recs[n]
+        assert r.role == role and r.state == TrialState.COMPLETE and len(r.task_acc) == 3   # trained to the end
+        assert r.task_acc[0] < min(o.task_acc[0] for o in others)                          # the worst at rung 1
+    assert "not trained" not in out.getvalue() and "stopped by the Tune scheduler" not in searcher.out.getvalue()
+    # Tune ranks by accuracy alone: the baseline, over the budget; rep-tune's best fits it
+    assert tune_best.config[TRIAL_KEY] == 1 and not recs[1].feasible("jetson_orin")
+    feasible = [r for r in recs.values() if r.scored and r.feasible("jetson_orin")]
+    assert best is not None and best.number == max(feasible, key=lambda r: r.final_acc).number
+    assert best.final_acc < recs[1].final_acc
+    trained_by = best.cached_from if best.cached_from is not None else best.number
+    assert best_result is not None and best_result.config[TRIAL_KEY] == trained_by
+    assert outcome.bests["jetson_orin"].number == best.number                # the summary's and best_<device>.yaml's
+
+
+@pytest.mark.slow
+def test_a_trial_that_fails_after_task_2_resumes_at_task_3(tmp_path):
+    """``FailureConfig(max_failures=1)``: Tune restarts the trial from its checkpoint after task 2."""
+    t0 = time.monotonic()
+    log = tmp_path / "log"
+    settings = _settings(tmp_path, scenario=Scenario(n_tasks=4), n_trials=1, references=False, prescreen=False)
+    searcher = RepSearcher(settings, train_fn=TaskTrain(0.2, str(log), fail_after=2), out=io.StringIO())
+    results = _tuner(searcher, tmp_path, Started(), max_failures=1).fit()
+    searcher.close()
+    attempts = _attempts(log)
+    (r,) = [r for r in record.read_all(searcher.study.get_trials()) if r.trained]
+    (res,) = list(results)
+    saved = load_task_state(res.checkpoint, r.config_hash)       # the last checkpoint: after task 2, weights_only
+    print(f"\nfailed after task 2 ({time.monotonic() - t0:.1f} s): attempts "
+          f"{[(a['resumed_after'], a['tasks'], a['steps']) for a in attempts]}; last checkpoint after task "
+          f"{saved['task']}; Optuna trial {r.number} {r.state.name} task_acc {r.task_acc}")
+    assert [(a["resumed_after"], a["tasks"]) for a in attempts] == [(-1, [0, 1, 2]), (2, [3])]
+    assert attempts[-1]["steps"] == 4                            # the state carried on: 4 tasks trained in all
+    assert saved["task"] == 2 and int(saved["state"]["model"]["steps"]) == 3
+    assert res.error is None and res.metrics[TASK] == 3 and res.metrics[RESUMED_KEY] == 2
+    assert r.state == TrialState.COMPLETE and len(r.task_acc) == 4 and r.final_acc is not None
+
+
 @pytest.mark.slow
 def test_tuner_restore_after_ctrl_c_finishes_the_same_study(tmp_path):
-    searcher = RepSearcher(_settings(tmp_path, n_trials=4), train_fn=FakeTrain(0.5), out=io.StringIO())
-    first = Started(interrupt_after=3, once=tmp_path / "interrupted")
+    """Ctrl-C, then ``Tuner.restore``: the cut trials go on from their last task checkpoint."""
+    log = tmp_path / "log"
+    searcher = RepSearcher(_settings(tmp_path, n_trials=4), train_fn=TaskTrain(0.5, str(log)), out=io.StringIO())
+    first = Started(interrupt_after=2, once=tmp_path / "interrupted")
     _tuner(searcher, tmp_path, first).fit()
     searcher.close()
     path = tmp_path / "ray_results" / "rep"
     assert tune.Tuner.can_restore(str(path))
     interrupted = {r.number: r for r in record.read_all(searcher.study.get_trials()) if r.trained}
     restored = tune.Tuner.restore(str(path), trainable=tune.with_resources(
-        make_trainable(searcher.settings.scenario, FakeTrain(0.05)), {"cpu": 1}), resume_unfinished=True)
+        make_trainable(searcher.settings.scenario, TaskTrain(0.05, str(log))), {"cpu": 1}), resume_unfinished=True)
     results = restored.fit()
     from rep_tune.search.optuna_backend import open_study
     study, _ = open_study(searcher.settings.run_dir, searcher.settings.study_name, "tpe", 0, "none")
     recs = record.read_all(study.get_trials())
-    print(f"\nTune restore: first run started {first.numbers}, left {[(n, r.state.name) for n, r in interrupted.items()]}; "
-          f"after restore {len(results)} Tune trials; states "
-          f"{[(r.number, r.state.name, r.kind, r.interrupted) for r in recs if r.trained or r.interrupted]}")
+    attempts = _attempts(log)
+    resumed = [a for a in attempts if a["resumed_after"] >= 0]
+    states = [(r.number, r.state.name, r.kind, r.interrupted) for r in recs if r.trained or r.interrupted]
+    print(f"\nTune restore: first run started {first.numbers}, left "
+          f"{[(n, r.state.name, len(r.task_acc)) for n, r in interrupted.items()]}; after restore {len(results)} Tune "
+          f"trials; states {states}; attempts (config, resumed after task, tasks trained) "
+          f"{[(a['config'], a['resumed_after'], a['tasks']) for a in attempts]}")
     assert not [r for r in recs if r.state == TrialState.RUNNING]
     cut = [n for n, r in interrupted.items() if r.state == TrialState.RUNNING]
     assert cut and all(recs[n].state in (TrialState.COMPLETE, TrialState.PRUNED) and recs[n].task_acc
                        for n in cut)                                  # resumed into the same Optuna trial
+    assert resumed                                                    # mid-trial, from a task checkpoint
+    for a in resumed:
+        n = int(a["config"].rsplit("trial", 1)[1])
+        assert n in cut and a["tasks"][0] == a["resumed_after"] + 1   # not from task 0
+        assert len(interrupted[n].task_acc) >= a["resumed_after"] + 1
+        if recs[n].state == TrialState.COMPLETE:                      # every task recorded once, none trained twice
+            assert len(recs[n].task_acc) == 3 and a["steps"] == 3 and a["tasks"][-1] == 2
     assert sum(r.paid for r in recs) == 4                            # the budget is met across both runs
     assert all(r.devices["jetson_orin"].constraints for r in recs if r.paid and r.state != TrialState.FAIL)
 
@@ -163,3 +272,6 @@ def test_the_trainable_runs_the_real_learner_and_reports_costs(tmp_path):
         assert metrics[record.measured_key(m)] == pytest.approx(fig.value, rel=1e-4) and fig.value > 0
         assert metrics[record.measured_source_key(m)] == fig.source
     assert metrics["predicted_latency_ms@cpu_x86_generic"] > 0
+    saved = load_task_state(results[0].checkpoint, r.config_hash)     # the learner's state after task 0, weights_only
+    assert saved["task"] == 0 and saved["state"]["task"] == 0 and metrics[RESUMED_KEY] == -1
+    assert saved["state"]["model"] and all(k.startswith(("prompt.", "head.")) for k in saved["state"]["model"])

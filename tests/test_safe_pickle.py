@@ -190,9 +190,10 @@ def test_torch_checkpoint_with_code_is_refused(tmp_path):
     path = tmp_path / "evil.pth"
     with open(path, "wb") as f:
         torch.save({"weight": torch.zeros(2), "x": WritesFile(marker)}, f)
-    with pytest.raises(CheckpointError, match="evil.pth: refused: not a plain weights file, it names code to run "
-                                              r"\(Unsupported global: GLOBAL exec was not an allowed global"):
+    with pytest.raises(CheckpointError, match="evil.pth: refused: it contains code or objects that are not plain "
+                                              r"tensors \(Unsupported global: GLOBAL exec was not an allowed global\)") as e:
         read_checkpoint(path)
+    assert "weights_only" not in str(e.value) and "trust" not in str(e.value)   # torch's advice is not relayed
     assert not marker.exists()
 
 
@@ -224,3 +225,71 @@ def test_checkpoint_values_must_be_finite_tensors(tmp_path):
         read_checkpoint(tmp_path)
     with pytest.raises(FileNotFoundError, match="missing.pth: checkpoint not found"):
         read_checkpoint(tmp_path / "missing.pth")
+
+
+# ---- sizes the file cannot back (issue 19) ------------------------------------------------------------
+
+@pytest.mark.parametrize("blob, expected", [
+    (b"\x80\x02c__builtin__\nbytearray\n\x8a\x05\x00\x00\x00\x00\x01\x85R.", "builtins.bytearray|__builtin__.bytearray"),
+    (b"\x80\x02cnumpy.core.multiarray\n_reconstruct\ncnumpy\nndarray\nK\x01\x85U\x03V99\x87R.", "empty initial shape"),
+])
+def test_constructors_sized_by_the_file_are_refused(tmp_path, blob, expected):
+    path = tmp_path / "p.pkl"
+    path.write_bytes(blob)
+    with pytest.raises(safe_pickle.UnsafePickleError, match=expected):
+        safe_pickle.load(path)
+
+
+@pytest.mark.parametrize("blob, expected", [
+    (b"\x80\x04\x8e" + struct.pack("<Q", 2 ** 32) + b"abc.", "BINBYTES8 at byte 2 claims 4,294,967,296 bytes; 4 remain"),
+    (b"\x80\x05\x96" + struct.pack("<Q", 2 ** 40) + b".", "BYTEARRAY8 at byte 2 claims"),
+    (b"\x80\x02X" + struct.pack("<I", 2 ** 31) + b"..", "BINUNICODE at byte 2 claims"),
+    (b"\x80\x04\x95" + struct.pack("<Q", 2 ** 40) + b"N.", "FRAME at byte 2 claims"),
+    (b"\x80\x02]r\xff\xff\xff\x7f.", "memo index 2,147,483,647 out of sequence"),
+    (b"\x80\x02N", "without STOP"),
+])
+def test_claims_beyond_the_file_are_refused_before_allocation(tmp_path, blob, expected):
+    import resource
+    path = tmp_path / "p.pkl"
+    path.write_bytes(blob)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    with pytest.raises(ValueError, match=expected):
+        safe_pickle.load(path)
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 64 * 1024   # KiB: nothing large was touched
+
+
+def test_a_fifo_is_not_waited_on(tmp_path):
+    import os
+    os.mkfifo(tmp_path / "train")
+    with pytest.raises(ValueError, match="train: cannot read this data file: not a regular file"):
+        safe_pickle.load(tmp_path / "train")
+
+
+def test_checkpoint_sizes_are_checked_before_values(tmp_path):
+    import time
+    import zipfile
+    torch.save({"w": torch.zeros(1).expand(2 ** 21, 2 ** 19)}, tmp_path / "view.pth")   # 4 TiB over one float
+    start = time.perf_counter()
+    with pytest.raises(CheckpointError, match="view.pth: tensor 'w' .* claims 4,398,046,511,104 bytes over 4 stored"):
+        read_checkpoint(tmp_path / "view.pth")
+    assert time.perf_counter() - start < 2.0
+    tied = torch.arange(6, dtype=torch.float32)
+    torch.save({"a": tied, "b": tied.view(2, 3), "c": tied[2:]}, tmp_path / "tied.pth")     # shared storage: fine
+    assert set(read_checkpoint(tmp_path / "tied.pth")) == {"a", "b", "c"}
+    torch.save({"w": torch.zeros(4)}, tmp_path / "plain.pth")
+    with zipfile.ZipFile(tmp_path / "plain.pth") as zin, zipfile.ZipFile(tmp_path / "bomb.pth", "w") as zout:
+        for info in zin.infolist():
+            if info.filename.endswith("/data/0"):
+                zout.writestr(info.filename, bytes(2 ** 20), compress_type=zipfile.ZIP_DEFLATED)
+            else:
+                zout.writestr(info, zin.read(info))
+    with pytest.raises(CheckpointError, match="bomb.pth: .*zip entries declare 1,048,.* bytes in a"):
+        read_checkpoint(tmp_path / "bomb.pth")
+
+
+def test_safetensors_header_with_a_tensor_named_twice_is_refused(tmp_path):
+    entry = b'"w": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}'
+    text = b"{" + entry + b"," + entry + b"}"
+    (tmp_path / "d.safetensors").write_bytes(struct.pack("<Q", len(text)) + text + b"\0" * 8)
+    with pytest.raises(CheckpointError, match="d.safetensors: .*duplicate key 'w'"):
+        read_checkpoint(tmp_path / "d.safetensors")

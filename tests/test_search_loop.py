@@ -61,11 +61,11 @@ def test_record_round_trip_through_storage(tmp_path):
              measured=Cost(latency_ms=Figure(11.0, "ms", "measured"), energy_j=Figure(0.4, "J", "integrated")))
     feasible = w.costs({"dev": (_cost(12.0, 40.0, 0.5), {"latency_ms": 10.0, "peak_memory_mb": 50.0})},
                        ["latency_ms@dev", "peak_memory_mb@dev"])
-    study.tell(trial, record.objective_value(0.8125, feasible))
+    study.tell(trial, 0.8125)                  # the true accuracy, over budget or not
 
     frozen = optuna.load_study(study_name="s", storage=storage_url(tmp_path)).trials[0]
     r = TrialRecord.read(frozen)
-    assert not feasible and r.value == pytest.approx(0.8125 - 1)
+    assert not feasible and r.value == pytest.approx(0.8125)
     assert r.final_acc == pytest.approx(0.8125) and r.forgetting == pytest.approx(0.05)     # fractions
     assert r.config_hash == "abc123" and r.trained and r.paid and r.scored and r.kind == "trained"
     assert record.owner_alive(r.owner) is True
@@ -162,6 +162,35 @@ def test_ctrl_c_in_the_cli_is_one_line_and_exit_130(monkeypatch, capfd):
     assert err == ["interrupted: ... continue with: rep-tune search --resume RUN"]
 
 
+def test_a_ctrl_c_python_drops_in_a_weakref_callback_is_raised_again(capsys):
+    """A SIGINT handled while the main thread runs a weakref callback (a garbage collection:
+    SQLAlchemy's registry cleanup in a search) raises where Python drops exceptions; the loop
+    raises it again (``check_interrupts``), and Python's "Exception ignored" lines stay quiet."""
+    import gc
+    import weakref
+
+    from rep_tune.search.loop import check_interrupts, sigterm_interrupts
+
+    class Obj:
+        pass
+
+    def callback(_ref):
+        signal.raise_signal(signal.SIGINT)      # its handler runs in here
+        for _ in range(1000):
+            pass
+
+    with sigterm_interrupts():
+        o = Obj()
+        ref = weakref.ref(o, callback)          # noqa: F841
+        del o                                   # the interrupt is dropped here, not raised
+        gc.collect()
+        assert "Exception ignored" not in capsys.readouterr().err
+        with pytest.raises(KeyboardInterrupt):
+            check_interrupts()
+        check_interrupts()                      # raised once
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
 # ---- one search, seen through the files and the dashboard ------------------------------------
 def _settings(tmp, **kw) -> SearchSettings:
     base = dict(confirm_seeds=0, devices=["jetson_orin"], space=write_space(tmp / "space.yaml"), backbone=PROXY,
@@ -205,23 +234,26 @@ def test_dashboard_shows_constraints_a_feasible_best_and_names(searched):
     detail = _wsgi_get(app, f"/api/studies/{sid}")
     trials = {t["number"]: t for t in detail["trials"]}
     attrs = {n: {a["key"]: a["value"] for a in t["user_attrs"]} for n, t in trials.items()}
-    assert detail["objective_names"] == [record.OBJECTIVE_NAME]
+    assert detail["objective_names"] == [record.OBJECTIVE_NAME] == ["final_acc"]
     finished = [t for t in trials.values() if t["state"] in ("Complete", "Pruned")]
     assert finished and all(len(t["constraints"]) == 2 for t in finished)         # latency and memory on jetson
-    best = detail["best_trials"][0]
-    assert all(c <= 0 for c in best["constraints"]) and attrs[best["number"]]["feasible@jetson_orin"] == "True"
-    # an infeasible trial more accurate than the best feasible one does not take the badge
     recs = {r.number: r for r in record.read_all(outcome.study.get_trials())}
-    assert recs[best["number"]].number == outcome.bests["jetson_orin"].number
+    best = outcome.bests["jetson_orin"]
+    # values are true accuracies; the most accurate trial is over budget: Optuna's constrained
+    # best_trial and the report pick the best feasible one, and the study note names it (the
+    # dashboard's own badge ranks by value alone)
     baseline = next(r for r in recs.values() if r.role == "baseline")
-    assert not baseline.feasible("jetson_orin") and baseline.final_acc > recs[best["number"]].final_acc
-    # pre-screened trials: no accuracy reports, the floor value, flagged
+    assert not baseline.feasible("jetson_orin") and baseline.final_acc > best.final_acc
+    assert trials[baseline.number]["values"] == [pytest.approx(baseline.final_acc)]
+    assert outcome.study.best_trial.number == best.number
+    assert f"trial {best.number}, accuracy" in detail["note"]["body"]
+    # pre-screened trials: PRUNED, no value, no accuracy reports, flagged
     pre = [n for n, a in attrs.items() if a.get("prescreened") == "True"]
-    assert pre and all(trials[n]["values"] == [record.PRESCREENED_VALUE] and not trials[n]["intermediate_values"]
-                       for n in pre)
-    shown = {k: best[k] for k in ("number", "state", "values", "constraints", "intermediate_values")}
-    shown["user_attrs"] = {k: v for k, v in attrs[best["number"]].items() if k != record.CONFIG}
-    print(f"\ndashboard /api/studies/{sid} best_trials[0]:", json.dumps(shown, indent=1))
+    assert pre and all(trials[n]["state"] == "Pruned" and "values" not in trials[n]
+                       and not trials[n]["intermediate_values"] for n in pre)
+    shown = {k: trials[best.number][k] for k in ("number", "state", "values", "constraints", "intermediate_values")}
+    shown["user_attrs"] = {k: v for k, v in attrs[best.number].items() if k != record.CONFIG}
+    print(f"\ndashboard /api/studies/{sid} best within budgets:", json.dumps(shown, indent=1))
 
 
 def test_outputs_are_the_deployment(searched):

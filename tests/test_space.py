@@ -13,7 +13,7 @@ from rep_tune.schema import SchemaError
 from rep_tune.search.budgets import DeviceBudgets, ResolvedBudget, parse_budget, resolve, violation
 from rep_tune.search.objective import prescreen
 from rep_tune.search.optuna_backend import TaskPercentilePruner
-from rep_tune.search.space import SearchSpace, config_hash, shipped_spaces
+from rep_tune.search.space import SearchSpace, config_hash, restrict_to_export, shipped_spaces
 from rep_tune.search.targets import Target
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -275,3 +275,83 @@ def test_params_of_names_a_schedule_outside_the_space(tmp_path):
     assert space.params_of(preset("paper")) == {"atom.r": 8}
     with pytest.raises(ValueError, match=r"atom.*not a point of the space.*closest ramp"):
         space.params_of(preset("paper").replace(**{"atom.merge": [5] * 12}))
+
+
+# ---- --export-target: restrict_to_export reads the format's declaration -----------------------------------
+def test_restriction_refuses_methods_the_target_cannot_run_saying_why():
+    from rep_tune.export import capabilities
+    for method, why in (("dualprompt", "its run_rep.py dispatches only the dataset configs cifar100_rep/imr_rep"),
+                        ("coda", "it has no CODA-Prompt entry point")):
+        with pytest.raises(ValueError) as e:
+            restrict_to_export(SearchSpace.load(method), "rep-argparse")
+        assert why in str(e.value) and capabilities("rep-argparse").refused_methods[method] in str(e.value)
+        assert restrict_to_export(SearchSpace.load(method), "tome").method == method      # ToMe runs any
+    with pytest.raises(ValueError, match="export format"):
+        restrict_to_export(SearchSpace.load("l2p"), "nope")
+    space = SearchSpace.load("l2p")
+    assert restrict_to_export(space, None) is space
+
+
+def test_rep_argparse_restriction_keeps_integer_ramps_and_the_references():
+    space = SearchSpace.load("l2p").for_export("rep-argparse")
+    assert not {"atom.form", "atom.per_layer"} & set(space.params)
+    inflect = space.params["atom.inflect"]
+    assert (inflect.type, inflect.low, inflect.high, inflect.step) == ("float", -1.0, 1.0, 1.0)
+    assert space.fixed == {} and space.describe()["export_target"] == "rep-argparse"
+    base = space.base_config("vit_base_patch16_224")
+    for role in ("paper", "baseline"):          # the references are points of it, unchanged
+        cfg = preset(role, "l2p", "vit_base_patch16_224")
+        got = space.sample(optuna.trial.FixedTrial(space.params_of(cfg)), base)
+        if not cfg.ald.enabled:
+            got = got.replace(**{f"ald.{k}": v for k, v in cfg.to_dict()["ald"].items()})
+        assert config_hash(got) == config_hash(cfg)
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=2))
+    for _ in range(30):
+        trial = study.ask()
+        cfg = space.sample(trial, base)
+        study.tell(trial, 0.0)
+        assert trial.params.get("atom.inflect", 1.0) in (-1.0, 0.0, 1.0)
+
+
+def test_tome_restriction_fixes_ald_off_and_unprotected_token_prompts():
+    space = SearchSpace.load("l2p").for_export("tome")
+    assert space.fixed == {"atom.protect_prompts": False, "ald.enabled": False}
+    assert not [k for k in space.params if k.startswith("ald.")]
+    assert {"atom.form", "atom.per_layer", "atom.inflect"} <= set(space.params)        # ToMe takes any list
+    paper = space.sample(optuna.trial.FixedTrial(space.params_of(preset("paper"))), space.base_config())
+    assert paper.merge_schedule == preset("paper").merge_schedule
+    assert (paper.ald.enabled, paper.atom.protect_prompts) == (False, False)
+    # DualPrompt's prompts are prefixes: no protection rule to pin
+    assert SearchSpace.load("dualprompt").for_export("tome").fixed == {"ald.enabled": False}
+
+
+@pytest.mark.parametrize("params, fixed", [
+    ("  training.precision: {type: categorical, choices: [fp32, bf16]}\n  ald.schedule: {type: categorical, choices: [pld, ald]}\n"
+     "  atom.prop_attn: {type: categorical, choices: [true, false]}\n  atom.r: {type: int, low: 0, high: 8}\n",
+     {"training.precision": "fp32", "ald.schedule": "ald", "atom.prop_attn": False}),
+])
+def test_restriction_fixes_single_choices(tmp_path, params, fixed):
+    space = SearchSpace.load(_write(tmp_path, "params:\n" + params)).for_export("rep-argparse")
+    assert space.fixed == fixed and set(space.params) == {"atom.r"}
+
+
+@pytest.mark.parametrize("body, message", [
+    ("params:\n  atom.per_layer: {type: int, low: 0, high: 8}\n", r"\['per_layer'\] merge schedules.*only \['ramp'\]"),
+    ("params:\n  atom.r: {type: int, low: 0, high: 8}\n  atom.inflect: {type: float, low: 0.2, high: 0.8}\n",
+     r"params.atom.inflect \[0.2, 0.8\].*only the inflections"),
+    ("params:\n  training.precision: {type: categorical, choices: [bf16, fp16]}\n", r"params.training.precision.*\['fp32'\]"),
+    ("fixed: {training.precision: bf16}\nparams:\n  atom.r: {type: int, low: 0, high: 8}\n",
+     r"fixed training.precision='bf16'.*\['fp32'\]"),
+])
+def test_restriction_errors_name_what_the_target_cannot_express(tmp_path, body, message):
+    with pytest.raises(ValueError, match=message):
+        SearchSpace.load(_write(tmp_path, body)).for_export("rep-argparse")
+
+
+def test_restriction_narrows_inflect_and_checks_overrides(tmp_path):
+    space = SearchSpace.load(_write(tmp_path, "params:\n  atom.r: {type: int, low: 0, high: 8}\n"
+                                              "  atom.inflect: {type: float, low: 0.0, high: 1.0}\n"))
+    p = space.for_export("rep-argparse").params["atom.inflect"]
+    assert (p.low, p.high, p.step) == (0.0, 1.0, 1.0)
+    with pytest.raises(ValueError, match=r"--set training.precision='bf16'"):
+        SearchSpace.load("l2p").for_export("rep-argparse", {"training.precision": "bf16", "training.epochs": 1})

@@ -3,7 +3,10 @@
 Exit status: 0 done; 1 the command ran but its answer is negative (no config fits the budgets);
 2 bad input (a flag, a file, a field: one line on stderr naming it, before any work where it can
 be checked up front); 70 an internal error (a bug: one line, ``--debug`` shows the traceback);
-130 interrupted (Ctrl-C). No traceback is printed unless ``--debug`` is given.
+75 try again later (EX_TEMPFAIL: a full disk under a search's run folder, or ``rep-tune profile``
+finding the machine too busy to calibrate); 130 interrupted (Ctrl-C); 143 terminated (SIGTERM,
+what schedulers send: a search fails its in-flight trials and stays resumable, as for Ctrl-C).
+No traceback is printed unless ``--debug`` is given.
 """
 from __future__ import annotations
 

@@ -28,7 +28,8 @@ def int_range(low: int | None = None, high: int | None = None) -> Callable[[str]
     def parse(text: str) -> int:
         v = _number(text, int)
         if (low is not None and v < low) or (high is not None and v > high):
-            raise argparse.ArgumentTypeError(f"expected an int {_bounds(low, high)}, found {text!r}")
+            shown = text if len(text) <= 40 else f"{text[:20]}... ({len(text)} characters)"
+            raise argparse.ArgumentTypeError(f"expected an int {_bounds(low, high)}, found {shown!r}")
         return v
     parse.__name__ = f"int {_bounds(low, high)}"
     return parse
@@ -46,11 +47,13 @@ def float_range(low: float | None = None, high: float | None = None, *, low_open
 
 
 def _bounds(low, high, low_open: bool = False) -> str:
+    def fmt(v):
+        return str(v) if isinstance(v, int) else f"{v:g}"
     if low is not None and high is not None:
-        return f"in {'(' if low_open else '['}{low:g}, {high:g}]"
+        return f"in {'(' if low_open else '['}{fmt(low)}, {fmt(high)}]"
     if low is not None:
-        return f"{'>' if low_open else '>='} {low:g}"
-    return f"<= {high:g}" if high is not None else "(any)"
+        return f"{'>' if low_open else '>='} {fmt(low)}"
+    return f"<= {fmt(high)}" if high is not None else "(any)"
 
 
 positive_int = int_range(1)
@@ -64,6 +67,55 @@ non_negative_float.__doc__ = "argparse type: a finite number >= 0 (margins, time
 positive_float = float_range(0.0, low_open=True)
 positive_float.__doc__ = "argparse type: a finite number > 0 (watts, seconds)."
 threads_int = int_range(1, MAX_THREADS)
+
+
+MAX_PATH_CHARS = 4096   # PATH_MAX on Linux
+
+
+def path_arg(text: str) -> str:
+    """argparse type: a file or folder path: not empty, no NUL byte, at most MAX_PATH_CHARS characters."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("expected a path, found an empty string")
+    if "\x00" in text:
+        raise argparse.ArgumentTypeError(f"expected a path, found one with a NUL byte: {text[:80]!r}")
+    if len(text) > MAX_PATH_CHARS:
+        raise argparse.ArgumentTypeError(f"expected a path of at most {MAX_PATH_CHARS} characters, found "
+                                         f"{len(text)} ({text[:40]!r}...)")
+    return text
+
+
+path_arg.__name__ = "path"
+
+
+def torch_device(text: str) -> str:
+    """argparse type: a torch device that exists here: ``cpu``, ``cuda``/``cuda:N`` (a GPU torch sees),
+    ``mps`` (Apple). Refused before any work: an unknown device type (``tpu:7``), a malformed string,
+    ``cuda`` on a machine without a GPU, an index past the GPUs present."""
+    import torch
+
+    try:
+        dev = torch.device(text)
+    except (RuntimeError, ValueError, TypeError):
+        raise argparse.ArgumentTypeError(f"expected cpu, cuda or cuda:N, found {text!r}") from None
+    if dev.type == "cpu":
+        return text
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise argparse.ArgumentTypeError(f"{text!r}: torch sees no CUDA GPU on this machine (use cpu)")
+        n = torch.cuda.device_count()
+        if dev.index is not None and dev.index >= n:
+            raise argparse.ArgumentTypeError(f"{text!r}: this machine has {n} CUDA GPU{'s' if n != 1 else ''} "
+                                             f"(cuda:0{f'..cuda:{n - 1}' if n > 1 else ''})")
+        return text
+    if dev.type == "mps":
+        if not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+            raise argparse.ArgumentTypeError(f"{text!r}: no Apple MPS device here (use cpu)")
+        return text
+    raise argparse.ArgumentTypeError(f"expected cpu, cuda or cuda:N, found {text!r} (rep-tune trains on CPUs and "
+                                     "CUDA GPUs)")
+
+
+torch_device.__name__ = "device"
 
 
 def add_threads_argument(p: argparse.ArgumentParser) -> None:

@@ -3,26 +3,31 @@ from __future__ import annotations
 
 import argparse
 
-from rep_tune.cli.common import non_negative_float, non_negative_int, positive_int
-from rep_tune.config import PRECISIONS, PRESETS, RepConfig, preset
+from rep_tune.cli.common import int_range, non_negative_float, path_arg
+from rep_tune.config import MAX_ITERATIONS, PRECISIONS, PRESETS, RepConfig, preset
 from rep_tune.cost.deploy import deploy_precision
 from rep_tune.device import DeviceProfile
 from rep_tune.methods import method_names
 
 
+MAX_IMAGES_PER_TASK = 10 ** 9
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", help="RepConfig YAML/JSON (default: the --preset)")
-    p.add_argument("--device", required=True, help="device profile YAML, or a shipped profile name")
+    p.add_argument("--config", type=path_arg, help="RepConfig YAML/JSON (default: the --preset)")
+    p.add_argument("--device", type=path_arg, required=True, help="device profile YAML, or a shipped profile name")
     p.add_argument("--preset", choices=PRESETS, default="paper", help="preset used when --config is absent")
     p.add_argument("--method", default="l2p", choices=list(method_names()), help="prompt method of the preset")
     p.add_argument("--backbone", default=None, help="backbone of the preset (timm name)")
-    p.add_argument("--t", type=non_negative_int, default=None, help="ALD at this iteration (default: averaged over a task)")
-    p.add_argument("--iters-per-task", type=positive_int, default=None, help="task length for ALD averaging")
+    p.add_argument("--t", type=int_range(0, MAX_ITERATIONS), default=None,
+                   help="ALD at this iteration (default: averaged over a task)")
+    p.add_argument("--iters-per-task", type=int_range(1, MAX_ITERATIONS), default=None,
+                   help="task length for ALD averaging")
     p.add_argument("--margin", type=non_negative_float, default=0.0, help="required headroom, e.g. 0.1 = 10%%")
     p.add_argument("--precision", choices=PRECISIONS, default=None,
                    help="price at this training precision (default: the config's training.precision; "
                         "a preset takes the profile's preferred dtype)")
-    p.add_argument("--images-per-task", type=positive_int, default=None,
+    p.add_argument("--images-per-task", type=int_range(1, MAX_IMAGES_PER_TASK), default=None,
                    help="training images per task: sets the epoch length, so the first epoch (query not "
                         "cached yet) is priced at its share of the schedule (default: epochs of equal length)")
     p.add_argument("--deploy", action="store_true",

@@ -8,6 +8,7 @@ from pathlib import Path
 from rep_tune.config import RepConfig
 from rep_tune.data.scenario import Scenario
 from rep_tune.export import ExportError, ExportOptions, export, formats
+from rep_tune.schema import atomic_write_text
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -20,7 +21,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--program", default=ExportOptions.program,
                         help=f"reference runtime entry point (rep-argparse; default {ExportOptions.program})")
     parser.add_argument("--dataset-config", help="reference's first positional, default cifar100_rep / imr_rep "
-                        "(L2P) or cifar100_rep_dual / imr_rep_dual (DualPrompt) by the scenario (rep-argparse)")
+                        "(L2P) or cifar100_rep_dual / imr_rep_dual (DualPrompt) by the scenario (rep-argparse). The "
+                        "public reference copy dispatches only the L2P ones, so DualPrompt is refused unless this "
+                        "names the config of a copy patched to dispatch it")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -34,12 +37,10 @@ def run(args: argparse.Namespace) -> int:
     except ExportError as e:
         print(f"rep-tune export: error: {args.config}: {e}", file=sys.stderr)
         return 2
-    for w in result.warnings:
-        print(f"rep-tune export: warning: {w}", file=sys.stderr)
+    for w in result.warnings:            # one line each (the command file repeats them as comments)
+        print(f"rep-tune export: warning: {' '.join(w.split())}", file=sys.stderr)
     if args.out:
-        out = Path(args.out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(result.text)
+        out = atomic_write_text(args.out, result.text)     # replaces a planted symlink, never follows it
         print(f"wrote {args.format} to {out}", file=sys.stderr)
     else:
         sys.stdout.write(result.text)

@@ -67,6 +67,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help=f"rule a candidate out before training when its predicted cost exceeds budget*(1+margin) "
                         f"(default {d.margin})")
     p.add_argument("--no-prescreen", action="store_true", help="train every candidate (constraints stay soft)")
+    from rep_tune.export import export_targets
+    p.add_argument("--export-target", choices=export_targets(),
+                   help="search only configs this export format expresses exactly (rep-tune export --format), so "
+                        "the best exports with no --allow-approx; the deployment trains at a precision it runs")
     p.add_argument("--epochs", type=positive_int, help=f"epochs per task during the search (default {SEARCH_FIDELITY['training.epochs']})")
     p.add_argument("--iters-per-task", type=positive_int,
                    help=f"iteration cap per task during the search (default {SEARCH_FIDELITY['training.iters_per_task']})")
@@ -141,7 +145,7 @@ def settings_from_args(args: argparse.Namespace):
         "scenario": Scenario.load(args.scenario) if args.scenario else None, "overrides": overrides,
         "deploy_backbone": args.deploy_backbone, "deploy_epochs": args.deploy_epochs,
         "deploy_iters_per_task": args.deploy_iters_per_task, "sampler": args.sampler, "seed": args.seed,
-        "pruner": args.pruner, "margin": args.margin, "run_dir": args.run_dir,
+        "pruner": args.pruner, "margin": args.margin, "run_dir": args.run_dir, "export_target": args.export_target,
         "budgets": {m: getattr(args, f"budget_{m}") for m in METRICS if getattr(args, f"budget_{m}")},
         **common,
     }
@@ -151,8 +155,9 @@ def settings_from_args(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> int:
+    """Exit 130 on Ctrl-C, 143 on SIGTERM (both resumable), 75 on a full disk (free space, then --resume)."""
     from rep_tune.search.budgets import parse_budget
-    from rep_tune.search.run import search
+    from rep_tune.search.run import DiskFull, search
 
     err = os.dup(2)          # the terminal's stderr, whatever a library does to fd 2 meanwhile
     try:
@@ -162,18 +167,19 @@ def run(args: argparse.Namespace) -> int:
         threads = set_threads(args.threads)
         print(f"torch threads: {threads}")
         outcome = search(settings)
-    except KeyboardInterrupt as e:              # one line, no traceback
+    except (KeyboardInterrupt, DiskFull) as e:  # one line, no traceback
         from rep_tune.search.loop import trainings_alive
 
         message = getattr(e, "message", "interrupted before the search started; nothing to resume")
+        code = getattr(e, "exit_code", 130)     # SIGTERM: 143; a full disk: 75
         sys.stdout.flush()
-        os.write(err, (message + "\n").encode())
+        os.write(err, ((f"rep-tune search: {message}" if isinstance(e, DiskFull) else message) + "\n").encode())
         if trainings_alive():
             # trainings in flight are already failed in the study (a resume trains them again); their
             # threads would only stop at their next task boundary, and torch aborts when the
             # interpreter finalises under a running thread: leave now
-            os._exit(130)
-        return 130
+            os._exit(code)
+        return code
     finally:
         os.close(err)
     return 0 if all(outcome.bests.get(t.key) is not None for t in outcome.targets) else 1

@@ -12,26 +12,26 @@ import math
 import time
 from pathlib import Path
 
-from rep_tune.cli.common import add_threads_argument, positive_int, set_threads
+from rep_tune.cli.common import add_threads_argument, path_arg, positive_int, set_threads, torch_device
 from rep_tune.config import EMBEDDED_BACKBONE, PRESETS
 from rep_tune.methods import method_names
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", metavar="C.yaml", help="a RepConfig file (wins over --preset/--method/--backbone)")
+    p.add_argument("--config", type=path_arg, metavar="C.yaml", help="a RepConfig file (wins over --preset/--method/--backbone)")
     p.add_argument("--preset", choices=PRESETS, default="paper", help="starting point when no --config (default paper)")
     p.add_argument("--method", choices=method_names(), default="l2p", help="prompt method of the preset")
     p.add_argument("--backbone", default=EMBEDDED_BACKBONE, help=f"timm ViT name of the preset (default {EMBEDDED_BACKBONE})")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config field, e.g. --set training.epochs=1 (repeatable; YAML values)")
-    p.add_argument("--scenario", metavar="S.yaml", help="a Scenario file (wins over --dataset/--tasks)")
+    p.add_argument("--scenario", type=path_arg, metavar="S.yaml", help="a Scenario file (wins over --dataset/--tasks)")
     p.add_argument("--dataset", default="fashion-mnist",
                    choices=("digits", "fashion-mnist", "cifar100", "imagenet-r", "folder"))
     p.add_argument("--tasks", type=positive_int, default=5, help="number of tasks (default 5)")
-    p.add_argument("--data-path", help="dataset folder (cifar100, imagenet-r, folder, fashion-mnist)")
+    p.add_argument("--data-path", type=path_arg, help="dataset folder (cifar100, imagenet-r, folder, fashion-mnist)")
     p.add_argument("--download", action="store_true", help="let torchvision download the dataset if absent")
-    p.add_argument("--out", metavar="DIR", help="output folder (default runs/train-<date>-<time>)")
-    p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda when available, else cpu)")
+    p.add_argument("--out", type=path_arg, metavar="DIR", help="output folder (default runs/train-<date>-<time>)")
+    p.add_argument("--device", type=torch_device, help="cpu, cuda, cuda:1 ... (default: cuda when available, else cpu)")
     p.add_argument("--no-query-cache", action="store_true", help="compute every selection query (no per-sample cache)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     add_threads_argument(p)
@@ -39,15 +39,20 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def _value(item: str, text: str):
     import yaml
+
+    from rep_tune.schema import load_yaml, parse_error
     try:
-        return yaml.safe_load(text)
+        return load_yaml(text)
     except yaml.YAMLError as e:
-        raise ValueError(f"--set {item!r}: the value is not valid YAML ({' '.join(str(e).split())})") from None
+        raise ValueError(f"--set {item!r}: the value is not valid YAML ({parse_error(e, text)})") from None
+    except (ValueError, OverflowError, RecursionError):     # an int past Python's 4300 digits, deep nesting
+        raise ValueError(f"--set {item[:80]!r}: the value is not a usable YAML value") from None
 
 
 def build_config(args: argparse.Namespace):
     """The RepConfig the flags describe (validated)."""
     from rep_tune.config import RepConfig, preset
+    from rep_tune.schema import SchemaError
     cfg = RepConfig.load(args.config) if args.config else preset(args.preset, args.method, args.backbone)
     overrides = {}
     for item in args.set:
@@ -60,6 +65,10 @@ def build_config(args: argparse.Namespace):
             cfg = cfg.replace(**overrides)
         except KeyError as e:
             raise ValueError(f"--set: unknown config field {e}") from None
+        except SchemaError as e:
+            if e.source is not None:
+                raise
+            raise SchemaError("--set", e.field, e.expected, e.found) from None
     return cfg.validate(args.config)
 
 

@@ -11,18 +11,22 @@ from __future__ import annotations
 
 import argparse
 
-from rep_tune.cli.common import add_threads_argument, set_threads
+from rep_tune.cli.common import add_threads_argument, int_range, path_arg, set_threads, torch_device
+from rep_tune.config import MAX_BATCH
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", required=True, metavar="best_<device>.yaml", help="deployable RepConfig (a search's best_*.yaml)")
-    p.add_argument("--device", default=None, metavar="local|PROFILE",
+    p.add_argument("--config", type=path_arg, required=True, metavar="best_<device>.yaml", help="deployable RepConfig (a search's best_*.yaml)")
+    p.add_argument("--device", type=path_arg, default=None, metavar="local|PROFILE",
                    help="'local' (default): check the config's target budgets and expected figures; PROFILE: check that "
                         "profile's budgets, and its cost-model prediction when it is not the config's target")
-    p.add_argument("--iters", type=int, default=10, help="timed iterations per schedule part (default 10)")
-    p.add_argument("--batch", type=int, default=None, help="batch size (default: the target budgets' batch size)")
-    p.add_argument("--run-on", default=None, metavar="DEVICE", help="torch device: cpu, cuda, cuda:1 (default: cuda when present)")
-    p.add_argument("--out", default=None, help="report file (default: verify.yaml next to the config)")
+    p.add_argument("--iters", type=int_range(1, 10 ** 6), default=10,
+                   help="timed iterations per schedule part (default 10)")
+    p.add_argument("--batch", type=int_range(1, MAX_BATCH), default=None,
+                   help="batch size (default: the target budgets' batch size)")
+    p.add_argument("--run-on", type=torch_device, default=None, metavar="DEVICE",
+                   help="torch device: cpu, cuda, cuda:1 (default: cuda when present)")
+    p.add_argument("--out", type=path_arg, default=None, help="report file (default: verify.yaml next to the config)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_threads_argument(p)
 

@@ -220,16 +220,18 @@ def _view(*args) -> list[BlockCount]:
 
 @lru_cache(maxsize=1024)
 def _query(backbone: str, img_size: int | None, surrogate: str | None, cache: bool, B: int,
-           num: Numerics) -> tuple[Work, Work, float]:
+           num: Numerics, separate: bool = False) -> tuple[Work, Work, float]:
     """(query work in steady state, in the first epoch, frozen parameters incl. the surrogate's).
 
     The selection query is a surrogate's forward (skipped on a cache hit; the input is resized to
-    the surrogate's size, and a projection maps its width), or the backbone's own plain forward.
+    the surrogate's size, and a projection maps its width), or the backbone's own plain forward:
+    through the backbone itself, or through a second frozen copy of it (``separate``: the same
+    work, its weights held twice).
     """
     arch = _arch(backbone, img_size)
     if not surrogate:
         q = plain_forward(arch, B, num)
-        return q, q, float(arch.params)
+        return q, q, float(arch.params) * (2 if separate else 1)
     sarch = _arch(surrogate, None)
     q_first = plain_forward(sarch, B, num)
     if sarch.img_size != arch.img_size:
@@ -268,7 +270,7 @@ def count(config, *, batch: int | None = None, t: int | None = None, iters_per_t
     benchmark that fixes the runtime's draws prices it). ``detail`` keeps the per-block list.
     """
     B = batch or config.training.batch_size
-    num = Numerics.of(precision or config.training.precision)
+    num = Numerics.of(precision or config.training.precision, config.backbone.attention)
     arch = _arch(config.backbone.name, config.backbone.img_size)
     D, H, L = arch.embed_dim, arch.num_heads, arch.depth
     lay = config.layout()
@@ -285,7 +287,8 @@ def count(config, *, batch: int | None = None, t: int | None = None, iters_per_t
     blocks = _blocks(*key)
 
     sel = config.selection
-    q, q_first, params = _query(config.backbone.name, config.backbone.img_size, sel.surrogate, sel.cache, B, num)
+    q, q_first, params = _query(config.backbone.name, config.backbone.img_size, sel.surrogate, sel.cache, B, num,
+                                sel.query_model == "separate")
     trainable = lay.trainable(num_classes)
     states = OPTIMIZER_STATES.get(config.training.optimizer, 2)
     param_tensors = PARAM_TENSORS_HEAD + geom.param_tensors

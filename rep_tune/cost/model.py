@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from rep_tune import schedule as _schedule
 from rep_tune.cost import counts as _counts
 from rep_tune.cost.latency import Rates, rates
-from rep_tune.cost.memory import MiB, activation_bytes, peak_bytes, resident_bytes
+from rep_tune.cost.memory import MiB, activation_bytes, allocator_overhead_mb, peak_bytes, resident_bytes
 from rep_tune.figures import Cost, Figure
 
 
@@ -103,7 +103,7 @@ def predict(config, profile, *, iters_per_task: int | None = None, t: int | None
     machine = profile.name
     cached, first = latency_ms(c, r), latency_ms(c, r, first_epoch=True)
     lat = sched.mean(cached, first)
-    mem_over = cal.memory_overhead_mb if cal is not None else 0.0
+    mem_over = cal.memory_overhead_mb if cal is not None else allocator_overhead_mb(profile)
     mem = peak_bytes(c, mem_over) / MiB
     energy = None
     if profile.spec.power_w:

@@ -38,6 +38,8 @@ LAUNCHES_PREFIX_FWD = 6       # key/value prefix cast and concatenation
 LAUNCHES_PREFIX_BWD = 8
 LAUNCHES_AUTOCAST_FWD = 5     # casts autocast inserts (CPU, timm 1.0 Block)
 LAUNCHES_AUTOCAST_BWD = 0
+LAUNCHES_EAGER_FWD = 3        # eager attention: scale, softmax, the second matmul apart from SDPA's one
+LAUNCHES_EAGER_BWD = 4
 SDPA_BWD_FACTOR = 2.5         # backward attention FLOPs / forward (dQ, dK, dV, dP + recompute)
 
 
@@ -90,20 +92,24 @@ DTYPE_BYTES = {"fp32": 4, "tf32": 4, "fp16": 2, "bf16": 2, "fp64": 8}
 
 @dataclass(frozen=True, slots=True)
 class Numerics:
-    """Bytes per element of one precision: compute (matmul operands/outputs), stream (residual
-    stream, LayerNorm, parameters), and whether frozen fp32 weights are cast per op (autocast)."""
+    """How the runtime computes a block: bytes per element of one precision, compute (matmul
+    operands/outputs) and stream (residual stream, LayerNorm, parameters); whether frozen fp32
+    weights are cast per op (autocast); whether attention is written out (``eager``: the
+    probabilities are materialised and kept for backward) or fused (SDPA: a logsumexp is kept)."""
 
     dtype: str
     compute_bytes: int
     stream_bytes: int
     autocast: bool
+    eager: bool = False
 
     @staticmethod
     @lru_cache(maxsize=16)
-    def of(precision: str) -> "Numerics":
-        """A training precision as the runtime runs it: fp32 plain, bf16/fp16 under autocast."""
+    def of(precision: str, attention: str = "fused") -> "Numerics":
+        """A training precision as the runtime runs it: fp32 plain, bf16/fp16 under autocast;
+        ``attention`` = the config's ``backbone.attention``."""
         s = DTYPE_BYTES.get(precision, 4)
-        return Numerics(precision, s, 4, s != 4)
+        return Numerics(precision, s, 4, s != 4, attention == "eager")
 
     @staticmethod
     def pure(dtype: str) -> "Numerics":
@@ -144,6 +150,9 @@ def block_forward(s: BlockShape, n: Numerics, atom_metric: bool = True) -> Work:
     ew = (n.stream_bytes * B * (4 * N * D + 4 * Np * D)
           + n.compute_bytes * B * ((3 + atom_metric) * N * D + Np * D + 2 * Np * s.mlp_hidden))
     launches = LAUNCHES_BLOCK_FWD + LAUNCHES_METRIC * atom_metric
+    if n.eager:      # scaled q (2ND); logits written, read by softmax, probabilities written, read by AV
+        ew += n.compute_bytes * B * (2 * N * D + 4 * H * N * K)
+        launches += LAUNCHES_EAGER_FWD
     if K > N:        # prefix keys/values concatenated to the block's own
         ew += n.compute_bytes * B * 4 * K * D
         launches += LAUNCHES_PREFIX_FWD
@@ -162,6 +171,10 @@ def block_backward(s: BlockShape, n: Numerics) -> Work:
     ew = (n.stream_bytes * B * (7 * N * D + 5 * Np * D)
           + n.compute_bytes * B * (3 * N * D + 3 * Np * D + 3 * Np * s.mlp_hidden))
     launches = LAUNCHES_BLOCK_BWD
+    if n.eager:      # dP written and read, softmax backward reads P and dP, writes dS; scale (2ND)
+        ew += n.compute_bytes * B * (2 * N * D + 5 * H * N * K)
+        att = 4.0 * B * N * K * D + 5.0 * B * H * N * K      # two matmuls per product, no recompute
+        launches += LAUNCHES_EAGER_BWD
     if K > N:        # gradient split back into prefix and block keys/values
         ew += n.compute_bytes * B * 2 * K * D
         launches += LAUNCHES_PREFIX_BWD
@@ -203,6 +216,10 @@ def block_saved_bytes(s: BlockShape, n: Numerics, prefix: float = 0.0, eligible:
         out += n.compute_bytes * B * 2 * D * (N + prefix)
     if n.autocast:
         out += n.compute_bytes * s.weight_elems
+    if n.eager:      # the probabilities (B H N K) instead of the logsumexp; the scaled q the first
+        # matmul saves takes the place of the SDPA output (the second matmul's output is not saved).
+        # Measured on CPU (torch 2.14, embedded ViT, batch 16): +93 MiB against +108 predicted.
+        out += n.compute_bytes * B * H * N * s.kv_len - 4 * B * H * N
     return out
 
 

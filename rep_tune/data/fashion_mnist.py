@@ -11,7 +11,8 @@ Images stay 28x28 grayscale, the backbones' native input (rendered exactly like
 the official files (test ids offset by ``TEST_ID_OFFSET``), stable across subsets, so the
 per-sample query cache stays valid.
 
-Where the IDX files come from, in order: ``Scenario.data_path``, ``$REP_TUNE_FASHION_MNIST``,
+Where the IDX files come from: a given ``Scenario.data_path`` only (the folder itself, or a
+torchvision download under it; never another copy). Without one, in order: ``$REP_TUNE_FASHION_MNIST``,
 Debian's package ``dataset-fashion-mnist`` (/usr/share/datasets/fashion-mnist), a previous
 torchvision download under ``$REP_TUNE_DATA`` (``make data`` puts it there), or a torchvision
 download now when ``Scenario.download`` is true. ``python -m rep_tune.data.fashion_mnist``
@@ -79,8 +80,11 @@ def _complete(folder: Path) -> bool:
 
 
 def candidates(data_path: str | None = None) -> list[Path]:
-    """Folders looked in, in order (see the module doc)."""
-    out = [Path(data_path)] if data_path else []
+    """Folders looked in, in order (see the module doc). A given ``data_path`` is the only place looked
+    (itself, or torchvision's download under it): another copy never stands in for it silently."""
+    if data_path:
+        return [Path(data_path), download_root(data_path) / "FashionMNIST" / "raw"]
+    out = []
     if os.environ.get("REP_TUNE_FASHION_MNIST"):
         out.append(Path(os.environ["REP_TUNE_FASHION_MNIST"]))
     return out + [DEBIAN_FASHION_MNIST, download_root(data_path) / "FashionMNIST" / "raw"]

@@ -1,7 +1,10 @@
 """ImageNet-R or any ImageFolder: ``train/`` and ``test/`` class folders, or one folder split by test_fraction.
 
-Files are listed with torchvision's ImageFolder (classes = sorted sub-folder names) and decoded
-per batch, so a 30,000-image ImageNet-R needs no RAM for pixels.
+Files are listed as torchvision's ImageFolder lists them (classes = sorted sub-folder names, images
+by extension in sorted folder and file order) and decoded per batch, so a 30,000-image ImageNet-R
+needs no RAM for pixels. The walk follows a symlinked folder once (folders are tracked by
+(st_dev, st_ino), so a symlink loop ends) and keeps only regular files: a FIFO, socket or device
+named ``x.jpg``, or a dangling link, is skipped rather than opened (opening a FIFO would hang).
 """
 from __future__ import annotations
 
@@ -14,10 +17,67 @@ from rep_tune.data.raw import RawDataset, RawSplit, stratified_split
 from rep_tune.data.scenario import Scenario
 
 
+IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")   # torchvision's
+MAX_FOLDERS = 1_000_000     # folders walked under one root (a runaway tree, not a dataset, beyond this)
+
+
+def _images(class_dir: str, budget: list[int], root_key: tuple[int, int] | None = None) -> list[str]:
+    """Image files under ``class_dir`` in torchvision's order (sorted folders, then sorted names).
+
+    Symlinked folders are followed, each real folder once (``(st_dev, st_ino)``): no loop, however
+    the links point; a link up to the dataset root (``root_key``) is not followed. Only regular
+    files (after following a link) with an image extension are kept.
+    """
+    found: list[tuple[str, list[str]]] = []
+    seen: set[tuple[int, int]] = {root_key} if root_key else set()
+    stack = [class_dir]
+    while stack:
+        folder = stack.pop()
+        try:
+            st = os.stat(folder)
+            with os.scandir(folder) as it:
+                entries = list(it)
+        except OSError:                     # unreadable, vanished, a link loop (ELOOP): as os.walk, skipped
+            continue
+        if (st.st_dev, st.st_ino) in seen:
+            continue
+        seen.add((st.st_dev, st.st_ino))
+        budget[0] -= 1
+        if budget[0] < 0:
+            raise ValueError(f"{class_dir}: more than {MAX_FOLDERS:,} folders under the dataset root")
+        files = []
+        for e in entries:
+            try:
+                if e.is_dir():              # follows a link; `seen` stops a loop
+                    stack.append(e.path)
+                elif e.name.lower().endswith(IMG_EXTENSIONS) and e.is_file():   # S_ISREG: no FIFO, device, socket
+                    files.append(e.name)
+            except OSError:
+                continue
+        found.append((folder, files))
+    return [os.path.join(root, name) for root, files in sorted(found) for name in sorted(files)]
+
+
 def _list(root: Path) -> tuple[list[str], np.ndarray, list[str]]:
-    from torchvision.datasets import ImageFolder
-    ds = ImageFolder(str(root))
-    return [p for p, _ in ds.samples], np.asarray([c for _, c in ds.samples], dtype=np.int64), list(ds.classes)
+    """(image paths, class indices, class names) of an ImageFolder-style tree."""
+    classes = _class_dirs(root)
+    if not classes:
+        raise FileNotFoundError(f"{root}: no class sub-folders (expected <class>/<image> files)")
+    paths: list[str] = []
+    labels: list[int] = []
+    budget = [MAX_FOLDERS]
+    empty = []
+    st = os.stat(root)
+    for i, name in enumerate(classes):
+        found = _images(os.path.join(root, name), budget, (st.st_dev, st.st_ino))
+        if not found:
+            empty.append(name)
+        paths += found
+        labels += [i] * len(found)
+    if empty:
+        raise FileNotFoundError(f"{root}: no image files ({', '.join(IMG_EXTENSIONS)}) for the classes "
+                                f"{', '.join(empty[:10])}{' ...' if len(empty) > 10 else ''}")
+    return paths, np.asarray(labels, dtype=np.int64), classes
 
 
 def _root(scenario: Scenario) -> Path:
@@ -31,7 +91,16 @@ def _root(scenario: Scenario) -> Path:
 
 
 def _class_dirs(folder: Path) -> list[str]:
-    return sorted(e.name for e in os.scandir(folder) if e.is_dir())   # as torchvision.find_classes
+    def is_dir(e: os.DirEntry) -> bool:
+        try:
+            return e.is_dir()
+        except OSError:
+            return False
+    try:
+        with os.scandir(folder) as it:
+            return sorted(e.name for e in it if is_dir(e))   # as torchvision.find_classes
+    except OSError as e:
+        raise FileNotFoundError(f"{folder}: cannot list this folder: {e.strerror or e}") from None
 
 
 def probe(scenario: Scenario) -> int:

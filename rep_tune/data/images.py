@@ -7,6 +7,8 @@ which is what makes the per-sample query cache valid.
 """
 from __future__ import annotations
 
+import os
+import stat
 from dataclasses import dataclass, field
 from typing import Protocol, Sequence
 
@@ -85,6 +87,19 @@ class TensorImages:
         return TensorImages(self.data[torch.as_tensor(index, dtype=torch.long)], self.rendering)
 
 
+def _open_regular(path: str):
+    """``path`` opened for reading if it is a regular file (checked on the open descriptor, so a FIFO
+    swapped in after listing cannot block: O_NONBLOCK); else ValueError naming it."""
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise ValueError(f"{path}: not a regular image file")
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
 @dataclass
 class FileImages:
     """Images on disk (any format PIL reads), decoded per batch as RGB."""
@@ -100,9 +115,15 @@ class FileImages:
         size = self.rendering.img_size
         out = []
         for i in index.tolist():
-            with Image.open(self.paths[i]) as im:
-                im = im.convert("RGB").resize((size, size), Image.BILINEAR)
-                out.append(torch.from_numpy(np.asarray(im, dtype=np.uint8).copy()).permute(2, 0, 1))
+            path = self.paths[i]
+            try:
+                with _open_regular(path) as f, Image.open(f) as im:
+                    im = im.convert("RGB").resize((size, size), Image.BILINEAR)
+                    out.append(torch.from_numpy(np.asarray(im, dtype=np.uint8).copy()).permute(2, 0, 1))
+            except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
+                # PIL names the descriptor, not the file; a truncated/corrupt image, a decompression bomb
+                raise ValueError(f"{path}: cannot read this image ({type(e).__name__}: "
+                                 f"{str(e).split(' <_io')[0][:160]})") from None
         x = torch.stack(out).float().div_(255.0) if out else torch.empty(0, 3, size, size)
         return self.rendering.apply(x)
 

@@ -55,8 +55,9 @@ class Scenario:
         check(self.class_order_seed == -1 or 0 <= self.class_order_seed <= MAX_SEED, source, "class_order_seed",
               f"-1 (natural order) or an int in [0, {MAX_SEED}]", self.class_order_seed)
         check(0 <= self.seed <= MAX_SEED, source, "seed", f"int in [0, {MAX_SEED}]", self.seed)
-        check(self.data_path is None or bool(self.data_path.strip()), source, "data_path",
-              "a folder path or null", self.data_path)
+        check(self.data_path is None or (bool(self.data_path.strip()) and "\x00" not in self.data_path
+                                         and len(self.data_path) <= 4096), source, "data_path",
+              "a folder path (no NUL byte, at most 4096 characters) or null", self.data_path)
         check(self.image_size is None or 1 <= self.image_size <= MAX_IMAGE_SIZE, source, "image_size",
               f"int in [1, {MAX_IMAGE_SIZE}] or null", self.image_size)
         check(0.0 < self.test_fraction < 1.0, source, "test_fraction", "number in (0, 1)", self.test_fraction)
@@ -84,6 +85,10 @@ class Scenario:
             classes = _probe(self)
         except (FileNotFoundError, ValueError) as e:
             raise SchemaError(source, "data_path", f"a readable {self.dataset} dataset ({e})", self.data_path) from None
+        if self.data_path and not self.download and not Path(self.data_path).expanduser().exists():
+            # a loader that reads no files (digits) must not run with a path it never read recorded as its data
+            raise SchemaError(source, "data_path", f"an existing folder (or null: {self.dataset} needs no files)",
+                              self.data_path)
         check(self.n_tasks <= classes, source, "n_tasks",
               f"int in [1, {classes}] (the classes of {self.dataset}{' at ' + self.data_path if self.data_path else ''})",
               self.n_tasks)

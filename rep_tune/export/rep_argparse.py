@@ -6,8 +6,9 @@ What it declares, and so what is emitted:
 
 - entry point ``run_rep.py``; first positional the dataset config: ``cifar100_rep`` / ``imr_rep``
   (L2P), ``cifar100_rep_dual`` / ``imr_rep_dual`` (DualPrompt). The copy's ``run_rep.py``
-  dispatches only the two L2P names: a DualPrompt command needs its two-line dispatch added
-  (reported as a warning, not an error: the flags are the copy's own);
+  dispatches only the two L2P names, so it cannot run DualPrompt: a DualPrompt config is refused
+  (saying why), unless ``dataset_config`` (CLI ``--dataset-config``) names the config of a copy
+  patched to dispatch it; then the flags are the copy's own ``configs/*_rep_dual.py`` ones;
 - update models registered as ``<timm name>_adaptive_layer_drop`` (L2P) and
   ``<timm name>_adaptive_layer_drop_dual`` (DualPrompt); ``--selection_model`` a plain timm name;
 - ``--r int``, ``--scheduling_factor int``, ``--theta/--gamma/--alpha float``, ``--tau int``,
@@ -23,6 +24,17 @@ Quirks respected here:
   whose inflection is not an integer, is refused naming the closest integer ramp (or, with
   ``allow_approx``, replaced by it and reported in the warnings; never rounded silently). The
   ramp is found by ``rep_tune.schedule.fit_ramp``, the inversion the search space uses too.
+
+What the reference can express is declared once, in :data:`CAPS` (``rep_tune.export.Capabilities``):
+the refusals below read it, and ``rep-tune search --export-target rep-argparse`` restricts its
+space with it (an integer ramp, fp32, ALD's own rule, no proportional attention, protected prompts,
+L2P only), so the search's best exports with no ``allow_approx``.
+
+What the public copy does whatever the flags say (REP_METHOD.md, "What the public reference copy
+actually does"): it never reads ``--r``/``--scheduling_factor`` (no token merging), ignores
+``--tau``/``--alpha``, and drops 3 blocks every iteration (constant shallow/deep drop counts), even
+for an "ALD off" command. Every export says so, one warning each (:data:`IGNORED_FLAGS`,
+:data:`FORCED`), in its warnings and as ``# WARNING:`` lines of the command file.
 
 Decisions (what cannot be said in the reference's flags):
 - prompt methods the reference has no entry point for (``PromptMethod.reference_name is None``,
@@ -57,7 +69,7 @@ from typing import Callable
 
 from rep_tune.config import RepConfig
 from rep_tune.data.scenario import Scenario
-from rep_tune.export import ExportError, ExportOptions, ExportResult, register
+from rep_tune.export import Capabilities, ExportError, ExportOptions, ExportResult, register
 from rep_tune.methods import PromptSection, get_method, method_names
 from rep_tune.schedule import INFLECTS, INTEGER_INFLECTS, fit_ramp
 
@@ -145,9 +157,58 @@ REFERENCE: dict[str, ReferenceMethod] = {
 }
 
 
-def reference_method(cfg: RepConfig) -> ReferenceMethod | None:
-    name = get_method(cfg.prompt.method).reference_name
+def _ref_of(method: str) -> ReferenceMethod | None:
+    name = get_method(method).reference_name
     return REFERENCE.get(name) if name else None
+
+
+def reference_method(cfg: RepConfig) -> ReferenceMethod | None:
+    return _ref_of(cfg.prompt.method)
+
+
+def _why_not_runnable(method: str) -> str:
+    """Why the public reference copy cannot run ``method`` (REP_METHOD.md)."""
+    m, ref = get_method(method), _ref_of(method)
+    if ref is None:
+        flagged = " and ".join(get_method(n).title for n in method_names() if _ref_of(n) is not None)
+        return (f"the REP reference runtime cannot run {m.title}: it has no {m.title} entry point, and its argparse "
+                f"configs declare prompt flags for {flagged} only (nothing describes {m.title}'s prompts)")
+    dispatched = "/".join(f"{p}_rep{r.config_suffix}" for r in REFERENCE.values() if r.dispatched
+                          for _, p in DATASETS.values())
+    return (f"the public REP reference copy cannot run {m.title}: its {PROGRAM} dispatches only the dataset configs "
+            f"{dispatched}, so a {m.title} command (configs/*_rep{ref.config_suffix}.py, models "
+            f"*{ref.model_suffix}) does not run in it without adding that dispatch")
+
+
+# flags the public reference copy declares but does not act on, and what it does whatever the flags say
+# (REP_METHOD.md, "What the public reference copy actually does"); every export repeats them
+IGNORED_FLAGS: dict[str, str] = {
+    "--r": "declared but never read (the copy has no token merging): the merge schedule has no effect there",
+    "--scheduling_factor": "declared but never read (the copy has no token merging): the ramp's shape has no "
+                           "effect there",
+    "--tau": "has no effect there (no token term in its layer dropping)",
+    "--alpha": "has no effect there (no token term in its layer dropping)",
+}
+FORCED: tuple[str, ...] = (
+    "the public reference copy drops 3 blocks every iteration whatever the flags say (its shallow/deep drop "
+    "counts are constants), even for the baseline: an ALD-off command (--theta 1.0 --alpha 1.0) still drops "
+    "blocks there, so its time, memory and accuracy are not this config's",
+)
+IGNORED_PREFIX = "the public reference copy ignores "
+
+# What the reference runtime can express: its refusals below and the search's --export-target restriction read this.
+CAPS = Capabilities(
+    methods=tuple(n for n in method_names() if _ref_of(n) is not None and _ref_of(n).dispatched),
+    refused_methods={n: _why_not_runnable(n) for n in method_names()
+                     if not (_ref_of(n) is not None and _ref_of(n).dispatched)},
+    merge_forms=("ramp",),             # only --r/--scheduling_factor
+    inflects=INTEGER_INFLECTS,         # --scheduling_factor is type=int
+    precisions=("fp32",),              # no mixed-precision flag
+    ald_schedules=("ald",),            # no flag choosing the layer-dropping rule
+    prop_attn=(False,),                # no proportional-attention flag
+    protect_prompts=(True,),           # prompt tokens never merge there
+    runtime_warnings=tuple(f"{IGNORED_PREFIX}{flag}: {why}" for flag, why in IGNORED_FLAGS.items()) + FORCED,
+)
 
 
 # ---- flag groups -----------------------------------------------------------------------------
@@ -205,7 +266,7 @@ def _training(cfg: RepConfig, issues: _Issues) -> list[str]:
         lr = t.lr * 256 / t.batch_size
         issues.notes.append(f"training.lr_scale_by_batch is false: the reference always scales lr by batch/256, "
                             f"so --lr {num_token(lr)} gives the effective lr {t.lr!r}")
-    if t.precision != "fp32":
+    if t.precision not in CAPS.precisions:
         issues.approx.append(f"training.precision is {t.precision!r}: the reference has no mixed-precision flag; "
                              "it would train in fp32")
     argv = ["--batch-size", num_token(t.batch_size), "--epochs", num_token(t.epochs), "--lr", num_token(lr),
@@ -237,11 +298,11 @@ def _continual(cfg: RepConfig, scenario: Scenario | None, issues: _Issues) -> li
 
 def closest_integer_ramp(schedule: list[int]) -> str:
     """Why ``schedule`` is no ``--r/--scheduling_factor`` pair, and the closest pair (for messages)."""
-    fit = fit_ramp(schedule, INTEGER_INFLECTS)
+    fit = fit_ramp(schedule, CAPS.inflects)
     exact = fit_ramp(schedule, INFLECTS)
     what = (f"is ToMe's ramp r={exact.r}, inflect={exact.inflect:g}, whose inflection is not an integer "
             "(the reference declares --scheduling_factor type=int)" if exact.exact else
-            f"is not a ToMe ramp parse_r((r, inflect)) for any integer r and inflect in {list(INTEGER_INFLECTS)}")
+            f"is not a ToMe ramp parse_r((r, inflect)) for any integer r and inflect in {list(CAPS.inflects)}")
     return (f"atom.merge {schedule} {what}; closest integer ramp: --r {fit.r} --scheduling_factor {int(fit.inflect)} "
             f"({fit.describe()}), per-layer difference (config - ramp) {list(fit.diff)}, "
             f"total merges {sum(schedule)} vs {sum(fit.ramp)}")
@@ -249,19 +310,20 @@ def closest_integer_ramp(schedule: list[int]) -> str:
 
 def _rep(cfg: RepConfig, issues: _Issues) -> list[str]:
     a, d = cfg.atom, cfg.ald
-    if not a.protect_prompts:
+    # prefix prompts (DualPrompt) are not tokens: no merging rule applies to them
+    if cfg.layout().n_prompt and a.protect_prompts not in CAPS.protect_prompts:
         issues.hard.append("atom.protect_prompts is false (plain ToMe, prompts may merge): the reference runtime "
                            "always protects prompt tokens; use --format tome for plain ToMe")
-    if a.enabled and a.prop_attn:
+    if a.enabled and a.prop_attn not in CAPS.prop_attn:
         issues.approx.append("atom.prop_attn is true: the reference runtime has no proportional-attention flag; "
                              "it would run without it")
     schedule = cfg.merge_schedule               # zeros when AToM is off -> --r 0
-    fit = fit_ramp(schedule, INTEGER_INFLECTS)
+    fit = fit_ramp(schedule, CAPS.inflects)     # CAPS.merge_forms: a ramp only, so anything else is approximate
     if not fit.exact:
         issues.approx.append(closest_integer_ramp(schedule))
     if d.enabled:
         theta, gamma, tau, alpha = d.theta_min, d.gamma, d.tau, d.alpha
-        if d.schedule != "ald":
+        if d.schedule not in CAPS.ald_schedules:
             issues.approx.append(f"ald.schedule is {d.schedule!r}: the reference has no flag choosing the layer-"
                                  "dropping rule; it would run its own with these --theta/--gamma/--tau/--alpha")
     else:
@@ -285,20 +347,19 @@ def to_command(cfg: RepConfig, options: ExportOptions = ExportOptions()) -> Argp
     """The reference runtime's argv for ``cfg``; raises ExportError when it cannot be expressed."""
     issues = _Issues()
     ref = reference_method(cfg)
-    if ref is None:
-        m = get_method(cfg.prompt.method)
-        supported = [n for n in method_names() if get_method(n).reference_name in REFERENCE]
-        raise ExportError("rep-argparse", [
-            f"prompt.method {cfg.prompt.method!r} ({m.title}): the REP reference runtime has no {m.title} entry "
-            f"point; its configs declare prompt flags for {' and '.join(get_method(n).title for n in supported)} "
-            "only, so no command line of it can train this config"],
-            f"export it with --format yaml (rep-tune's own runtime trains it), or search a "
-            f"{'/'.join(supported)} space for a reference-runnable config")
+    m = get_method(cfg.prompt.method)
+    why = CAPS.why_not(cfg.prompt.method)
     config_name = options.dataset_config or dataset_config(cfg, options.scenario)
-    if not ref.dispatched and not options.dataset_config:
-        issues.notes.append(f"{config_name}: the public reference copy declares these flags in configs/{config_name}.py, "
-                            f"but its {options.program} dispatches only cifar100_rep/imr_rep (L2P): add the "
-                            f"\"elif config == '{config_name}'\" branch, or use its DualPrompt entry point")
+    if why and (ref is None or not options.dataset_config):
+        runnable = "/".join(CAPS.methods or ())
+        hint = (f"export it with --format yaml (rep-tune's own runtime trains it), or search with "
+                f"--export-target rep-argparse (a {runnable} space) for a config the reference runs")
+        if ref is not None:
+            hint = (f"for a copy of the reference patched to dispatch {config_name} (configs/{config_name}.py), pass "
+                    f"--dataset-config {config_name} (ExportOptions.dataset_config); otherwise " + hint)
+        raise ExportError("rep-argparse", [f"prompt.method {cfg.prompt.method!r} ({m.title}): {why}"], hint)
+    if why:
+        issues.notes.append(f"{config_name}: exported for a reference copy patched to dispatch it; {why}")
     argv = [config_name]
     argv += _models(cfg, ref, issues) + _training(cfg, issues) + _continual(cfg, options.scenario, issues)
     argv += ref.flags(cfg.prompt) + _rep(cfg, issues)
@@ -306,11 +367,11 @@ def to_command(cfg: RepConfig, options: ExportOptions = ExportOptions()) -> Argp
         hint = ("pass allow_approx=True (CLI: --allow-approx) to export the closest expressible config "
                 "with these differences as warnings") if issues.approx and not issues.hard else ""
         raise ExportError("rep-argparse", issues.hard + issues.approx, hint)
-    warnings = [f"approximation: {m}" for m in issues.approx] + issues.notes
+    warnings = [f"approximation: {m}" for m in issues.approx] + issues.notes + list(CAPS.runtime_warnings)
     return ArgparseCommand(options.program, argv, warnings)
 
 
-@register("rep-argparse")
+@register("rep-argparse", CAPS)
 def export_rep_argparse(cfg: RepConfig, options: ExportOptions) -> ExportResult:
     cmd = to_command(cfg, options)
     lines = [f"# REP reference runtime command for rep-tune config {cfg.name!r}", f"# {EPOCHS_NOTE}"]

@@ -11,13 +11,18 @@ What ToMe can express of a REP config, by where the method puts its prompts (its
   prefixes: the snippet builds the backbone without the prompts (and their selection); a prompted
   model must add its prefixes inside ToMe's attention.
 Neither the surrogate, ALD nor the training settings are part of ToMe.
+
+What ToMe expresses is declared once, in :data:`CAPS`: any per-layer merge schedule and
+proportional attention; no layer dropping; prompt tokens in the sequence merge like patches. The
+warnings below read it, and ``rep-tune search --export-target tome`` restricts its space with it
+(ALD off; for L2P ``atom.protect_prompts: false``), so the search's best is what ToMe runs.
 """
 from __future__ import annotations
 
 import json
 
 from rep_tune.config import RepConfig
-from rep_tune.export import ExportOptions, ExportResult, register
+from rep_tune.export import Capabilities, ExportOptions, ExportResult, register
 from rep_tune.export.rep_argparse import is_reference_timm
 from rep_tune.methods import get_method
 
@@ -32,18 +37,22 @@ PREFIXES = ("{title} prompts are key/value prefixes inside attention, not tokens
             "attention for a prompted model)")
 
 
+# ToMe: every per-layer schedule (model.r is a list) and prop_attn; no layer dropping; only CLS is protected.
+CAPS = Capabilities(ald_schedules=(), protect_prompts=(False,))
+
+
 def tome_settings(cfg: RepConfig) -> tuple[dict, list[str]]:
     """``{"model", "pretrained", "img_size", "prop_attn", "r"}`` for ToMe, and the warnings that go with it."""
     layout = cfg.layout()
     method = get_method(cfg.prompt.method)
     warnings = []
     if layout.n_prompt:
-        warnings.append(NOT_ATOM if cfg.atom.protect_prompts else PLAIN_TOME)
+        warnings.append(PLAIN_TOME if cfg.atom.protect_prompts in CAPS.protect_prompts else NOT_ATOM)
     if any(layout.prefix):
         warnings.append(PREFIXES.format(title=method.title))
     if not cfg.atom.enabled:
         warnings.append("atom.enabled is false: r is all zeros (no merging)")
-    if cfg.ald.enabled:
+    if cfg.ald.enabled and cfg.ald.schedule not in CAPS.ald_schedules:
         warnings.append("ALD (adaptive layer dropping) has no ToMe equivalent and is left out")
     if not is_reference_timm(cfg.backbone.name):
         warnings.append(f"{cfg.backbone.name!r} is rep-tune's embedded ViT, not a timm model: build it with "
@@ -67,13 +76,13 @@ def snippet(data: dict, warnings: list[str], name: str) -> str:
     return "\n".join(lines)
 
 
-@register("tome")
+@register("tome", CAPS)
 def export_tome(cfg: RepConfig, options: ExportOptions) -> ExportResult:
     data, warnings = tome_settings(cfg)
     return ExportResult("tome", snippet(data, warnings, cfg.name), data=data, warnings=warnings)
 
 
-@register("tome-json")
+@register("tome-json", CAPS)
 def export_tome_json(cfg: RepConfig, options: ExportOptions) -> ExportResult:
     data, warnings = tome_settings(cfg)
     text = json.dumps({**data, "warnings": warnings}, indent=2) + "\n"

@@ -1,9 +1,16 @@
-"""``profile_device``: measure this machine and return a DeviceProfile (what ``rep-tune profile`` writes)."""
+"""``profile_device``: measure this machine and return a DeviceProfile (what ``rep-tune profile`` writes).
+
+Every timed probe (matmul per dtype, copy, the autocast blocks, the ViT-block calibration runs)
+is repeated at least ``probe.MIN_REPEATS`` times and its repeats must agree: ``probe.spread``
+(median repeat's excess over the fastest, relative) at most ``probe.AGREEMENT`` (5 %). A probe
+that disagrees means the machine was busy while it ran, and the calibration describes the load,
+not the device: ``profile_device(allow_noisy=False)`` then raises ``MachineBusy`` (what
+``rep-tune profile`` does by default, exit 75); otherwise the profile is returned with
+``calibration.noisy: true``. Every probe's spread is in ``calibration.spreads`` either way.
+"""
 from __future__ import annotations
 
 import datetime as dt
-import importlib
-import importlib.util
 import os
 import re
 import time
@@ -22,23 +29,51 @@ from rep_tune.runtime.measure import sync
 
 IDLE_FRACTION = 0.3          # idle / loaded power assumed when nothing can be measured (estimated)
 MEMORY_BUDGET_FRACTION = 0.8
+EXIT_BUSY = 75               # EX_TEMPFAIL: the machine was busy; rerun on a quiet one
+
+
+def _pct(x: float) -> str:
+    return f"{100 * x:.0f} %" if x >= 0.01 else f"{100 * x:.1f} %"
+
+
+def busy_message(probe_name: str, spread: float) -> str:
+    """The one line saying which repeated probe disagreed, by how much, against which limit."""
+    return (f"the machine was busy: repeated probes of {probe_name} differ by {_pct(spread)} "
+            f"(limit {_pct(probe.AGREEMENT)}); the calibration is unreliable")
+
+
+class MachineBusy(RuntimeError):
+    """Repeated probes disagreed beyond ``probe.AGREEMENT``: the calibration would describe the load."""
+
+    exit_code = EXIT_BUSY
+
+    def __init__(self, probe_name: str, spread: float, spreads: dict[str, float]) -> None:
+        super().__init__(busy_message(probe_name, spread))
+        self.probe, self.spread, self.spreads = probe_name, spread, spreads
+
+
+def noisy_reason(profile: DeviceProfile) -> str | None:
+    """``busy_message`` for a profile whose calibration is marked noisy, else None."""
+    if not (profile.calibration and profile.calibration.noisy):
+        return None
+    agreement = profile.identity.get("probe_agreement") or {}
+    worst = agreement.get("worst")
+    if worst and worst in profile.calibration.spreads:
+        return busy_message(worst, profile.calibration.spreads[worst])
+    return "the machine was busy: repeated probes disagree; the calibration is unreliable"
 
 
 def _settings(kind: str, quick: bool) -> dict:
     cpu = kind == "cpu"
     return {"matmul_n": (512 if quick else 1024) if cpu else (2048 if quick else 8192),
             "copy_mb": (64 if quick else 256) if cpu else (256 if quick else 1024),
-            "power_s": 0.3 if quick else 2.0, "reps": 2 if quick else 5,
+            "power_s": 0.3 if quick else 2.0, "reps": max(probe.MIN_REPEATS, 3 if quick else 5),
             "matmul_min_s": 0.0 if quick else 0.3}
 
 
 def _fit(profile: DeviceProfile) -> tuple[DeviceProfile, str]:
-    """Fill efficiency factors with the cost model's ``calibrate.fit`` when that module is present."""
-    if importlib.util.find_spec("rep_tune.cost") is None or importlib.util.find_spec("rep_tune.cost.calibrate") is None:
-        return profile, "cost model (rep_tune.cost.calibrate) not present: efficiency left empty"
-    fit = getattr(importlib.import_module("rep_tune.cost.calibrate"), "fit", None)
-    if fit is None:
-        return profile, "rep_tune.cost.calibrate has no fit(): efficiency left empty"
+    """Fill the efficiency factors with the cost model's ``calibrate.fit``."""
+    from rep_tune.cost.calibrate import fit
     return fit(profile), "efficiency fitted by rep_tune.cost.calibrate.fit"
 
 
@@ -56,7 +91,7 @@ def _datasheet_match(gpu_name: str) -> DeviceProfile | None:
 
 
 def _training_dtype(dev: torch.device, achieved: dict[str, float], reps: int,
-                    allowed: set[str]) -> tuple[str, str, dict[str, float]]:
+                    allowed: set[str], repeats: probe.Repeats | None = None) -> tuple[str, str, dict[str, float]]:
     """(dtype, why, block ms per dtype): ``probe.choose_dtype`` on this device's matmul rates and a
     ViT block's forward+backward under autocast (ViT-Ti width on the CPU, ViT-B on a GPU)."""
     dim, heads = (192, 3) if dev.type == "cpu" else (768, 12)
@@ -64,7 +99,7 @@ def _training_dtype(dev: torch.device, achieved: dict[str, float], reps: int,
     for name in achieved:
         try:
             block_ms[name] = round(probe.autocast_block_ms(dev, name, batch=16, tokens=197, dim=dim, heads=heads,
-                                                           reps=reps), 3)
+                                                           reps=reps, repeats=repeats), 3)
         except RuntimeError:          # autocast unsupported for this dtype here
             pass
     usable = {k: v for k, v in achieved.items() if k in allowed or k == "fp32"}
@@ -91,7 +126,8 @@ def _power(monitor: Monitor, seconds: float, load: Callable[[], None]) -> tuple[
 
 
 def profile_device(quick: bool = False, device: str | None = None, *, power_w: float | None = None,
-                   threads: int | None = None, progress: bool = True) -> DeviceProfile:
+                   threads: int | None = None, progress: bool = True, allow_noisy: bool = True,
+                   timer: Callable[..., list[float]] | None = None) -> DeviceProfile:
     """Measure this machine: identity, matmul TFLOP/s per dtype, copy bandwidth, usable memory,
     idle/loaded power, the training dtype, ViT-block calibration runs at that dtype; then the
     cost model's fit when present.
@@ -103,16 +139,40 @@ def profile_device(quick: bool = False, device: str | None = None, *, power_w: f
 
     ``power_w`` is only used when no energy counter is readable (energy then labelled estimated).
     ``threads``: CPU threads to profile with (default: torch's, or 1 when the cores are busy).
+
+    Repeated probes must agree (module doc): when one does not, ``allow_noisy=False`` raises
+    ``MachineBusy`` naming it (before the fit); ``allow_noisy=True`` returns the profile with
+    ``calibration.noisy`` true. ``calibration.spreads`` holds every probe's spread, and
+    ``identity.probe_agreement`` the rule, the worst judged probe and the ones too short to judge.
+    ``timer(probe, fn, device, warmup=, reps=, min_s=, max_s=) -> [ms per repeat]`` replaces the
+    probes' timer (default ``probe.time_repeats``; a test's fake timer).
     """
     before = torch.get_num_threads()
     try:
-        return _profile(quick, device, power_w, threads, progress)
+        return _profile(quick, device, power_w, threads, progress, allow_noisy, timer)
     finally:
         torch.set_num_threads(before)
 
 
+def _agreement(rec: probe.Repeats) -> tuple[dict[str, float], dict, tuple[str, float] | None]:
+    """(spread per probe, the identity.probe_agreement record, (worst probe, spread) when over the limit)."""
+    spreads = rec.spreads()
+    judged = rec.judged()
+    worst = rec.worst()
+    record = {"rule": (f"each probe's repeats (>= {probe.MIN_REPEATS}) agree: (median - fastest) / median "
+                       f"<= {probe.AGREEMENT:g}; {probe.CALIBRATION_RUNS} judged together, time-weighted; "
+                       f"probes under {probe.JUDGED_MIN_MS:g} ms not judged (timer/launch jitter)"),
+              "limit": probe.AGREEMENT,
+              "worst": worst[0] if worst else None,
+              "repeats": {g: n for g, (_, _, n) in spreads.items()},
+              "not_judged": [g for g in spreads if g not in judged]}
+    bad = worst if worst is not None and worst[1] > probe.AGREEMENT else None
+    return {g: round(s_, 4) for g, (s_, _, _) in spreads.items()}, record, bad
+
+
 def _profile(quick: bool, device: str | None, power_w: float | None, threads: int | None,
-             progress: bool) -> DeviceProfile:
+             progress: bool, allow_noisy: bool = True,
+             timer: Callable[..., list[float]] | None = None) -> DeviceProfile:
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ValueError("--device cuda: torch sees no CUDA device here")
@@ -120,6 +180,7 @@ def _profile(quick: bool, device: str | None, power_w: float | None, threads: in
     s = _settings("cpu" if dev.type == "cpu" else "gpu", quick)
     grid = probe.calibration_grid("cpu" if dev.type == "cpu" else "gpu", quick)
     dtypes = probe.supported_dtypes(dev)
+    rec = probe.Repeats(timer)
     bar = ProgressBar(5 + len(dtypes) + len(grid), "profile", unit="steps", enabled=progress, transient=True)
 
     def step(text: str) -> None:
@@ -149,9 +210,10 @@ def _profile(quick: bool, device: str | None, power_w: float | None, threads: in
         bar.set_postfix_str(f"matmul {name}")
         # on CPU, half-precision matmuls are usually emulated (10-50x slower): a smaller size suffices
         n = s["matmul_n"] // 2 if dev.type == "cpu" and name != "fp32" else s["matmul_n"]
-        achieved[name] = round(probe.matmul_tflops(dev, name, n, reps=s["reps"], min_s=s["matmul_min_s"]), 5)
+        achieved[name] = round(probe.matmul_tflops(dev, name, n, reps=s["reps"], min_s=s["matmul_min_s"],
+                                                   repeats=rec), 5)
         step(f"matmul {name}")
-    bandwidth = round(probe.copy_bandwidth_gbs(dev, s["copy_mb"], reps=s["reps"]), 2)
+    bandwidth = round(probe.copy_bandwidth_gbs(dev, s["copy_mb"], reps=s["reps"], repeats=rec), 2)
     step("bandwidth")
     total_mb, usable_mb = probe.memory_mb(dev)
     step("memory")
@@ -181,11 +243,15 @@ def _profile(quick: bool, device: str | None, power_w: float | None, threads: in
 
     sheet = _datasheet_match(ident.get("gpu", "")) if dev.type == "cuda" else None
     dtype, why_dtype, block_ms = _training_dtype(dev, achieved, s["reps"],
-                                                 allowed=set(sheet.spec.peak_tflops) if sheet else set(achieved))
+                                                 allowed=set(sheet.spec.peak_tflops) if sheet else set(achieved),
+                                                 repeats=rec)
     ident.update(dtype_choice=why_dtype, autocast_block_ms=block_ms)
     step("dtype")
-    runs = probe.run_grid(dev, grid, dtype, reps=s["reps"], progress=lambda t: step(t))
+    runs = probe.run_grid(dev, grid, dtype, reps=s["reps"], progress=lambda t: step(t), repeats=rec)
     bar.close()
+    spreads, agreement, busy = _agreement(rec)
+    if busy is not None and not allow_noisy:
+        raise MachineBusy(busy[0], busy[1], spreads)
 
     if sheet is not None:
         peaks, bw_spec = dict(sheet.spec.peak_tflops), sheet.spec.memory_bandwidth_gbs
@@ -199,7 +265,7 @@ def _profile(quick: bool, device: str | None, power_w: float | None, threads: in
     figure_sources["spec.usable_memory_mb"] = ("measured: CUDA mem_get_info free" if dev.type == "cuda"
                                                else "measured: available RAM (psutil or /proc/meminfo)")
     ident.update(achieved_tflops=achieved, achieved_bandwidth_gbs=bandwidth, figure_sources=figure_sources,
-                 quick=quick)
+                 quick=quick, probe_agreement=agreement)
     if dev.type == "cpu":
         slow = [k for k, v in achieved.items() if k != "fp32" and v < achieved["fp32"]]
         if slow:
@@ -214,7 +280,8 @@ def _profile(quick: bool, device: str | None, power_w: float | None, threads: in
     estimated = [k for k, v in figure_sources.items() if v.startswith("estimated")]
     desc = (f"Measured by `rep-tune profile{' --quick' if quick else ''}` on {ident['host']} "
             f"({ident.get('gpu') or ident['cpu']}). Telemetry: {monitor.describe()}. "
-            + (f"ESTIMATED figures (no counter): {', '.join(estimated)}." if estimated else "No estimated figures."))
+            + (f"ESTIMATED figures (no counter): {', '.join(estimated)}." if estimated else "No estimated figures.")
+            + (f" NOISY calibration: {busy_message(*busy)}." if busy else ""))
     profile = DeviceProfile(
         name=f"local-{ident['host']}-{dev.type}", kind=kind, description=desc, dtype=dtype,
         spec=Spec(peak_tflops=peaks, memory_bandwidth_gbs=bw_spec, memory_mb=round(total_mb, 1),
@@ -222,7 +289,7 @@ def _profile(quick: bool, device: str | None, power_w: float | None, threads: in
                   idle_power_w=None if idle_w is None else round(idle_w, 2), cpu=ident["cpu"]),
         budgets=budgets,
         calibration=Calibration(measured_on=f"{ident['host']} {dt.datetime.now().isoformat(timespec='seconds')}",
-                                dtype=dtype, runs=runs),
+                                dtype=dtype, runs=runs, noisy=busy is not None, spreads=spreads),
         telemetry=monitor.telemetry if not monitor.estimated else "none",
         identity=ident,
         sources=[f"rep-tune profile ({'quick' if quick else 'full'}) on {ident['host']}"]
@@ -252,6 +319,15 @@ def summary(profile: DeviceProfile, path: str | Path | None = None) -> str:
               f"efficiency {'fitted' if profile.calibrated else 'empty'} ({profile.identity.get('efficiency_fit', '')})",
               f"  budgets: latency {profile.budgets.latency_ms} ms, peak memory {profile.budgets.peak_memory_mb} MB "
               f"at batch {profile.budgets.batch_size}"]
+    cal = profile.calibration
+    if cal and cal.spreads:
+        agreement = profile.identity.get("probe_agreement") or {}
+        worst = agreement.get("worst")
+        limit = agreement.get("limit", 0.05)
+        head = (f"NOISY: {noisy_reason(profile)}" if cal.noisy else
+                f"worst {worst} {_pct(cal.spreads[worst])} (limit {_pct(limit)})" if worst in cal.spreads else
+                "no probe long enough to judge")
+        lines.append(f"  repeated probes: {head}; " + ", ".join(f"{k} {_pct(v)}" for k, v in cal.spreads.items()))
     for k, v in profile.identity.get("slow_dtypes", {}).items():
         lines.append(f"  note: {k}: {v}")
     est = [k for k, v in fs.items() if v.startswith("estimated")]

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Iterator
 
 from rep_tune.figures import Cost, Figure
-from rep_tune.profiler.meter import EnergyMeter, EstimatedMeter
+from rep_tune.profiler.meter import EnergyMeter
 
 
 class ShortWindowWarning(UserWarning):
@@ -206,8 +206,3 @@ class Monitor:
 
     def __exit__(self, *exc) -> None:
         self.close()
-
-
-def estimated_monitor(power_w: float | None, why: str = "", **kwargs) -> Monitor:
-    """A monitor whose energy is power x time, labelled estimated."""
-    return Monitor([EstimatedMeter(power_w, why)], **kwargs)

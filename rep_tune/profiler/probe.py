@@ -1,25 +1,130 @@
 """Probes of one torch device: identity, matmul throughput, copy bandwidth, usable memory, the
 training dtype, and the ViT-block calibration runs the cost model fits its efficiency factors on.
 
-Timing, synchronisation and peak memory come from ``rep_tune.runtime.measure`` (the one
-timing-and-memory module)."""
+Synchronisation and peak memory come from ``rep_tune.runtime.measure`` (the one
+timing-and-memory module); the probes time their repeats with ``repeat_ms`` (measure's
+``IterationTimer`` loop, keeping every repeat) through a ``Repeats`` recorder, so the profile can
+judge whether its repeated probes agree (``AGREEMENT``): a busy machine shows up as repeats
+that differ, and its calibration is refused or marked noisy (``rep-tune profile --allow-noisy``).
+"""
 from __future__ import annotations
 
 import contextlib
 import os
 import platform
 import socket
+import statistics
+import time
 from typing import Callable, Iterable
 
 import torch
 
 from rep_tune.device import CalibrationRun
-from rep_tune.runtime.measure import PeakMemory, time_ms
+from rep_tune.runtime.measure import PeakMemory, sync, time_ms
 from rep_tune.runtime.step import DTYPES
 
 __all__ = ["DTYPES", "identity", "supported_dtypes", "matmul_tflops", "copy_bandwidth_gbs",
            "memory_mb", "calibration_run", "calibration_grid", "run_grid", "pick_cpu_threads",
-           "autocast_block_ms", "FAST_DTYPE_MATMUL", "FAST_DTYPE_BLOCK", "choose_dtype"]
+           "autocast_block_ms", "FAST_DTYPE_MATMUL", "FAST_DTYPE_BLOCK", "choose_dtype",
+           "AGREEMENT", "MIN_REPEATS", "JUDGED_MIN_MS", "CALIBRATION_RUNS", "repeat_ms", "time_repeats",
+           "spread", "Repeats"]
+
+
+# ---- repeated probes and their agreement -----------------------------------------------------------
+AGREEMENT = 0.05       # repeats of one probe must agree within 5 %: spread(times) <= AGREEMENT
+MIN_REPEATS = 3        # repeats of every judged probe (the median needs a majority to be trusted)
+JUDGED_MIN_MS = 1.0    # probes whose repeats total less (median) are too short to judge: timer and
+                       # kernel-launch jitter, not load, dominates them (recorded, not judged)
+CALIBRATION_RUNS = "ViT-block runs"   # the grid's fwd / fwd+bwd repeats, judged as one time-weighted probe
+
+
+def spread(times: Iterable[float]) -> float:
+    """How far the median repeat lies above the fastest one, relative to the median:
+    ``(median - min) / median``; 0.0 for fewer than two repeats.
+
+    Why this figure: timing noise on a shared machine is one-sided (another process can only add
+    time), so the fastest repeat is the least disturbed. The profile reports medians; a median
+    within ``AGREEMENT`` of the fastest repeat means at least half the repeats agree with it, so a
+    lone disturbed repeat (a page fault, one scheduler tick) is tolerated, as the median tolerates
+    it, while load that slowed most of them is caught.
+    """
+    xs = sorted(times)
+    if len(xs) < 2:
+        return 0.0
+    med = statistics.median(xs)
+    return (med - xs[0]) / med if med > 0 else 0.0
+
+
+def repeat_ms(fn: Callable[[], object], device: torch.device | str | None, *, warmup: int = 1, reps: int = 3,
+              min_s: float = 0.0, max_s: float = 2.0, clock: Callable[[], float] = time.perf_counter) -> list[float]:
+    """Wall time (ms) of every timed repeat of ``fn``, synchronised at both ends as
+    ``measure.IterationTimer`` does; the loop of ``measure.time_ms`` (its median is this list's):
+    ``reps`` repeats, more until ``min_s`` seconds (at most 100), fewer once ``max_s`` seconds have
+    passed, but never fewer than ``min(reps, MIN_REPEATS)`` (so every probe can be judged)."""
+    for _ in range(warmup):
+        fn()
+    times: list[float] = []
+    start = clock()
+    while len(times) < reps or (clock() - start < min_s and len(times) < 100):
+        if len(times) >= min(reps, MIN_REPEATS) and clock() - start > max_s:
+            break
+        sync(device)
+        t0 = clock()
+        fn()
+        sync(device)
+        times.append(1000.0 * (clock() - t0))
+    return times
+
+
+def time_repeats(probe: str, fn: Callable[[], object], device: torch.device | str | None, **kw) -> list[float]:
+    """The probes' timer: ``repeat_ms`` (``probe`` names what is timed). ``Repeats`` looks this
+    function up at each call, so a test can replace it (a fake timer) for a whole profile."""
+    return repeat_ms(fn, device, **kw)
+
+
+class Repeats:
+    """The repeat times (ms) of each probe of one profiling pass, and how well they agree.
+
+    ``timer(probe, fn, device, warmup=, reps=, min_s=, max_s=) -> list of ms`` (default
+    ``time_repeats``). Probes timed with a ``group`` (the calibration grid's runs, under
+    ``CALIBRATION_RUNS``) are judged together, time-weighted: sum of (median - fastest) over sum
+    of medians, so a tiny run's jitter counts for its share of the time only.
+    """
+
+    def __init__(self, timer: Callable[..., list[float]] | None = None) -> None:
+        self.timer = timer
+        self.times: dict[str, list[float]] = {}
+        self.groups: dict[str, str] = {}
+
+    def median_ms(self, probe: str, fn: Callable[[], object], device: torch.device | str | None, *,
+                  group: str | None = None, **kw) -> float:
+        """Time ``fn``'s repeats, record them under ``probe`` (in ``group``), return their median."""
+        times = list((self.timer or time_repeats)(probe, fn, device, **kw))
+        if not times:
+            raise RuntimeError(f"probe {probe}: the timer returned no repeat")
+        self.times[probe] = times
+        self.groups[probe] = group or probe
+        return statistics.median(times)
+
+    def spreads(self) -> dict[str, tuple[float, float, int]]:
+        """{group: (spread, total median ms, fewest repeats)}, in the order the probes ran."""
+        acc: dict[str, list[float]] = {}
+        for probe, times in self.times.items():
+            med = statistics.median(times)
+            a = acc.setdefault(self.groups[probe], [0.0, 0.0, float("inf")])
+            a[0] += spread(times) * med
+            a[1] += med
+            a[2] = min(a[2], len(times))
+        return {g: (excess / total if total > 0 else 0.0, total, int(n)) for g, (excess, total, n) in acc.items()}
+
+    def judged(self) -> dict[str, float]:
+        """{group: spread} of the groups long and repeated enough to judge (see ``JUDGED_MIN_MS``)."""
+        return {g: s for g, (s, total, n) in self.spreads().items() if n >= MIN_REPEATS and total >= JUDGED_MIN_MS}
+
+    def worst(self) -> tuple[str, float] | None:
+        """(group, spread) of the judged group whose repeats agree least; None when nothing is judged."""
+        judged = self.judged()
+        return max(judged.items(), key=lambda kv: kv[1]) if judged else None
 
 
 def cpu_model() -> str:
@@ -61,20 +166,21 @@ def supported_dtypes(device: torch.device) -> list[str]:
     return out
 
 
-def matmul_tflops(device: torch.device, dtype: str, n: int, reps: int = 3, min_s: float = 0.2) -> float:
-    """Achieved TFLOP/s of an n x n x n matmul (2 n^3 FLOPs)."""
+def matmul_tflops(device: torch.device, dtype: str, n: int, reps: int = 3, min_s: float = 0.2, *,
+                  repeats: Repeats | None = None) -> float:
+    """Achieved TFLOP/s of an n x n x n matmul (2 n^3 FLOPs); repeats recorded as ``matmul <dtype>``."""
     a = torch.randn(n, n, device=device, dtype=DTYPES[dtype])
     b = torch.randn(n, n, device=device, dtype=DTYPES[dtype])
-    ms = time_ms(lambda: a @ b, device, warmup=1, reps=reps, min_s=min_s)
+    ms = (repeats or Repeats()).median_ms(f"matmul {dtype}", lambda: a @ b, device, warmup=1, reps=reps, min_s=min_s)
     return 2 * n ** 3 / (ms / 1000) / 1e12
 
 
-def copy_bandwidth_gbs(device: torch.device, mb: int, reps: int = 3) -> float:
-    """Achieved GB/s of a large tensor copy (read + write = 2 x bytes)."""
+def copy_bandwidth_gbs(device: torch.device, mb: int, reps: int = 3, *, repeats: Repeats | None = None) -> float:
+    """Achieved GB/s of a large tensor copy (read + write = 2 x bytes); repeats recorded as ``copy``."""
     n = mb * 2 ** 20 // 4
     src = torch.empty(n, device=device, dtype=torch.float32).fill_(1.0)
     dst = torch.empty_like(src)
-    ms = time_ms(lambda: dst.copy_(src), device, warmup=1, reps=reps)
+    ms = (repeats or Repeats()).median_ms("copy", lambda: dst.copy_(src), device, warmup=1, reps=reps)
     return 2 * n * 4 / (ms / 1000) / 1e9
 
 
@@ -98,14 +204,16 @@ def memory_mb(device: torch.device) -> tuple[float, float]:
 
 
 def calibration_run(device: torch.device, batch: int, tokens: int, dim: int, heads: int, *,
-                    blocks: int = 1, dtype: str = "fp32", reps: int = 3) -> CalibrationRun:
+                    blocks: int = 1, dtype: str = "fp32", reps: int = 3,
+                    repeats: Repeats | None = None) -> CalibrationRun:
     """Time ``blocks`` frozen timm ViT blocks: forward (no grad) and forward + backward to the input.
 
     Block parameters have requires_grad False; the input requires grad, as in prompt training
     where only prompts/keys/head learn. At bf16/fp16 the fp32 blocks run under autocast, exactly
     as ``training.precision`` runs them (``CalibrationRun.autocast``), so the fit describes the
     training path. Peak memory (MiB) above the pre-run allocation on CUDA only
-    (``measure.PeakMemory``'s transient bytes).
+    (``measure.PeakMemory``'s transient bytes). Repeats recorded in ``repeats`` under the group
+    ``CALIBRATION_RUNS``.
     """
     from timm.models.vision_transformer import Block
     torch.manual_seed(0)
@@ -129,13 +237,15 @@ def calibration_run(device: torch.device, batch: int, tokens: int, dim: int, hea
             out = model(xi)
         out.float().sum().backward()
 
-    fwd_ms = time_ms(fwd, device, warmup=1, reps=reps)
+    rec = repeats or Repeats()
+    name = f"block d={dim} N={tokens} B={batch}" + (f" x{blocks}" if blocks != 1 else "")
+    fwd_ms = rec.median_ms(f"{name} fwd", fwd, device, group=CALIBRATION_RUNS, warmup=1, reps=reps)
     peak = None
     if device.type == "cuda":
         with PeakMemory(device) as pm:
             fwd_bwd()
         peak = pm.transient_bytes / 2 ** 20
-    fwd_bwd_ms = time_ms(fwd_bwd, device, warmup=1, reps=reps)
+    fwd_bwd_ms = rec.median_ms(f"{name} fwd+bwd", fwd_bwd, device, group=CALIBRATION_RUNS, warmup=1, reps=reps)
     return CalibrationRun(batch=batch, tokens=tokens, embed_dim=dim, num_heads=heads, blocks=blocks,
                           mlp_ratio=4.0, fwd_ms=round(fwd_ms, 4), fwd_bwd_ms=round(fwd_bwd_ms, 4),
                           peak_mb=None if peak is None else round(peak, 3), dtype=dtype, autocast=autocast)
@@ -158,12 +268,13 @@ def calibration_grid(kind: str, quick: bool) -> list[tuple[int, int, int, int]]:
 
 
 def run_grid(device: torch.device, grid: Iterable[tuple[int, int, int, int]], dtype: str, *,
-             reps: int, progress: Callable[[str], None] | None = None) -> list[CalibrationRun]:
+             reps: int, progress: Callable[[str], None] | None = None,
+             repeats: Repeats | None = None) -> list[CalibrationRun]:
     runs = []
     for b, t, d, h in grid:
         if progress:
             progress(f"block d={d} N={t} B={b}")
-        runs.append(calibration_run(device, b, t, d, h, dtype=dtype, reps=reps))
+        runs.append(calibration_run(device, b, t, d, h, dtype=dtype, reps=reps, repeats=repeats))
     return runs
 
 
@@ -202,9 +313,10 @@ FAST_DTYPE_BLOCK = 1.2     # ... and run a ViT block's forward+backward >= 1.2x 
 
 
 def autocast_block_ms(device: torch.device, dtype: str, *, batch: int, tokens: int, dim: int, heads: int,
-                      reps: int = 3) -> float:
+                      reps: int = 3, repeats: Repeats | None = None) -> float:
     """Forward + backward (to the input) of one frozen fp32 timm Block under autocast at ``dtype``
-    (plain fp32 for "fp32"): how REP training runs at ``training.precision``."""
+    (plain fp32 for "fp32"): how REP training runs at ``training.precision``. Repeats recorded as
+    ``autocast block <dtype>``."""
     import contextlib
 
     from timm.models.vision_transformer import Block
@@ -218,7 +330,7 @@ def autocast_block_ms(device: torch.device, dtype: str, *, batch: int, tokens: i
         with ctx():
             out = block(xi)
         out.float().sum().backward()
-    return time_ms(fwd_bwd, device, warmup=1, reps=reps)
+    return (repeats or Repeats()).median_ms(f"autocast block {dtype}", fwd_bwd, device, warmup=1, reps=reps)
 
 
 def choose_dtype(achieved_tflops: dict[str, float], block_ms: dict[str, float]) -> tuple[str, str]:

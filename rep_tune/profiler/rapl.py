@@ -112,17 +112,3 @@ class RaplMeter(EnergyMeter):
 
     def describe(self) -> str:
         return f"rapl ({self.source}): {', '.join(self.domains)}"
-
-
-def rapl_status(root: str | Path = POWERCAP) -> tuple[bool, str]:
-    """(readable, reason) for RAPL on this machine."""
-    root = Path(root)
-    if not any(root.glob("intel-rapl:*/energy_uj")):
-        return False, f"no RAPL zones under {root} (VM, container or non-x86 host)"
-    try:
-        RaplMeter(root)
-    except RaplPermissionError as e:
-        return False, str(e)
-    except (OSError, ValueError) as e:
-        return False, f"RAPL unreadable: {e}"
-    return True, "RAPL readable"

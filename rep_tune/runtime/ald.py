@@ -28,6 +28,15 @@ class LayerDropper:
         self.protected = sorted(set(protected_blocks))
         self.depth = len(self.merge)
         self.generator = torch.Generator(device="cpu").manual_seed(int(seed))
+        self.pattern: list[bool] | None = None
+
+    def fix(self, pattern: Sequence[bool] | None) -> None:
+        """Run exactly ``pattern`` (one bool per block) at every iteration instead of drawing; None
+        draws again. For measurements that must not depend on the draws (benchmarks, profiling):
+        a fixed pattern is what ``rep_tune.cost.predict(..., keep=pattern)`` prices."""
+        if pattern is not None and len(pattern) != self.depth:
+            raise ValueError(f"LayerDropper.fix: expected {self.depth} entries (one per block), found {len(pattern)}")
+        self.pattern = None if pattern is None else [bool(x) for x in pattern]
 
     def probabilities(self, t: float) -> list[float]:
         """Keep probability of every block at iteration t (1.0 for prompt-carrying blocks, or ALD off).
@@ -42,7 +51,10 @@ class LayerDropper:
                                   self.protected, kind=c.schedule)
 
     def sample(self, t: float) -> list[bool]:
-        """Bernoulli(theta(t, l)) per block; draws one number per block every call (fixed stream use)."""
+        """Bernoulli(theta(t, l)) per block; draws one number per block every call (fixed stream use).
+        With a fixed pattern (``fix``), that pattern, and no draw."""
+        if self.pattern is not None:
+            return list(self.pattern)
         p = self.probabilities(t)
         if not self.cfg.enabled:
             return [True] * self.depth

@@ -32,12 +32,13 @@ class TokenState:
 
 
 def attention(blk: Block, x: Tensor, *, log_size: Tensor | None = None,
-              prefix: tuple[Tensor, Tensor] | None = None) -> tuple[Tensor, Tensor]:
+              prefix: tuple[Tensor, Tensor] | None = None, eager: bool = False) -> tuple[Tensor, Tensor]:
     """The block's attention on ``norm1(x)``, with its keys averaged over heads (B, N, hd).
 
     ``prefix`` (key, value), each (B, H, Lp, hd), is prepended inside attention (prefix tuning).
     ``log_size`` (B, N) adds ToMe's proportional-attention bias to the logits of each key.
-    Without a bias this is the fused SDPA path, exactly timm's.
+    Without a bias this is the fused SDPA path, exactly timm's. ``eager``: softmax(q k^T / sqrt(d)) v
+    written out (``backbone.attention: eager``), as timm's ``fused_attn = False`` path computes it.
     """
     attn = blk.attn
     h = blk.norm1(x)
@@ -54,7 +55,13 @@ def attention(blk: Block, x: Tensor, *, log_size: Tensor | None = None,
         pad = k.shape[2] - N                                  # prefix keys stand for one token each
         bias = F.pad(log_size, (pad, 0)).to(q.dtype)[:, None, None, :]
     drop = attn.attn_drop.p if attn.training else 0.0
-    out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=drop)
+    if eager:
+        logits = (q * attn.scale) @ k.transpose(-2, -1)
+        if bias is not None:
+            logits = logits + bias
+        out = F.dropout(logits.softmax(dim=-1), drop, attn.training) @ v
+    else:
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=drop)
     out = attn.norm(out.transpose(1, 2).reshape(B, N, attn.attn_dim))
     if gate is not None:
         out = out * gate
@@ -102,7 +109,8 @@ def merge_tokens(x: Tensor, metric: Tensor, r: int, n_protected: int,
 
 
 def block_forward(blk: Block, x: Tensor, *, r: int, n_protected: int, state: TokenState,
-                  prop_attn: bool = False, prefix: tuple[Tensor, Tensor] | None = None) -> tuple[Tensor, TokenState]:
+                  prop_attn: bool = False, prefix: tuple[Tensor, Tensor] | None = None,
+                  eager: bool = False) -> tuple[Tensor, TokenState]:
     """One timm ``Block`` with AToM: attention, merge ``r`` tokens, MLP; with r = 0 it is ``blk(x)``.
 
     Covers what ``rep_tune.arch_probe`` accepts: LayerScale (``ls1``/``ls2``), qk-norm, attention
@@ -112,7 +120,7 @@ def block_forward(blk: Block, x: Tensor, *, r: int, n_protected: int, state: Tok
     log_size = None
     if prop_attn and state.size is not None:
         log_size = F.pad(state.size[..., 0].log(), (n_protected, 0))
-    a, metric = attention(blk, x, log_size=log_size, prefix=prefix)
+    a, metric = attention(blk, x, log_size=log_size, prefix=prefix, eager=eager)
     x = x + blk.drop_path1(blk.ls1(a))
     x, state = merge_tokens(x, metric, r, n_protected, state)
     x = x + blk.drop_path2(blk.ls2(blk.mlp(blk.norm2(x))))

@@ -15,12 +15,24 @@ device (search workers in threads or processes) each see the others' energy too.
 is imported lazily, inside ``train``: the profiler's probes
 use this package's ``measure`` module, so a module-level import here would tie the two
 packages into a cycle; lazily, ``runtime.measure`` stays the bottom of both.
+
+Resuming mid-run (``on_task_end`` / ``resume_from``): after each task ``train`` can hand out the
+run's state at that task boundary as plain data (tensors, numbers, lists, dicts; no pickled
+objects, so ``torch.load(..., weights_only=True)`` reads it back); ``resume_from=state`` then
+trains the remaining tasks as the uninterrupted run would have (same RNG streams, same schedule
+position), e.g. in a Ray Tune trial restored from its last checkpoint. The state holds what
+changes during a run: the trained parameters and buffers (prompts, keys, head; not the frozen
+backbone and surrogate, rebuilt from their weights), the RNG states (torch's, the data order's,
+ALD's block draws), the accuracy matrix, the iteration counter and the timing figures so far.
+The optimiser is re-created at the start of every task, so a task boundary has no optimiser
+state to carry. Energy and query-cache counters cover the resumed part of the run only.
 """
 from __future__ import annotations
 
 import contextlib
 import math
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
@@ -38,6 +50,8 @@ from rep_tune.schedule import horizon_scale, iterations_per_task, schedule_time
 
 WARMUP_ITERS = 3     # first iterations of the run left out of the time per iteration
 PROBE_AT = 3         # iteration (within each task) whose peak memory is probed; not timed
+RESUME_FORMAT = 1    # version of the task-boundary state (``on_task_end`` / ``resume_from``)
+FROZEN_MODULES = ("backbone", "surrogate")   # rebuilt from their weights, never trained: not in the state
 
 __all__ = ["train", "TrainResult", "TaskRecord", "NonFiniteLoss", "load_tasks"]
 
@@ -115,6 +129,37 @@ class TrainResult:
 # callback(task_id, result_so_far) after each task's evaluation; it may raise (e.g. optuna.TrialPruned)
 # to stop the run, and the exception propagates to the caller of ``train``.
 Callback = Callable[[int, TrainResult], None]
+# on_task_end(task_id, state) after each task's evaluation, before the callbacks: the state to resume from
+TaskEnd = Callable[[int, dict], None]
+
+
+def _trained_state(model) -> dict[str, torch.Tensor]:
+    """The model's parameters and buffers outside the frozen backbone/surrogate, on the CPU."""
+    return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()
+            if k.split(".", 1)[0] not in FROZEN_MODULES}
+
+
+def _record_data(r: TaskRecord) -> dict[str, Any]:
+    """A TaskRecord as Python numbers and lists only (``weights_only`` loads no numpy scalar)."""
+    return {"task_id": int(r.task_id), "classes": [int(c) for c in r.classes], "iterations": int(r.iterations),
+            "train_seconds": float(r.train_seconds), "eval_seconds": float(r.eval_seconds),
+            "mean_loss": float(r.mean_loss), "accuracy": [float(a) for a in r.accuracy],
+            "blocks_run": float(r.blocks_run)}
+
+
+def _check_resume(state: Mapping, n_tasks: int, seed: int) -> int:
+    """The first task to train from ``state``; ValueError when it is not a state of this run."""
+    found = state.get("format") if isinstance(state, Mapping) else type(state).__name__
+    if found != RESUME_FORMAT:
+        raise ValueError(f"resume_from: expected a state written by train(on_task_end=...) (format "
+                         f"{RESUME_FORMAT}), found {found!r}")
+    task = int(state["task"])
+    if int(state["n_tasks"]) != n_tasks or int(state["seed"]) != seed:
+        raise ValueError(f"resume_from: the state is of a run with {state['n_tasks']} tasks and seed {state['seed']}, "
+                         f"this one has {n_tasks} tasks and seed {seed}")
+    if not 0 <= task < n_tasks - 1:
+        raise ValueError(f"resume_from: the state is after task {task}; nothing is left to train of {n_tasks} tasks")
+    return task + 1
 
 
 class _NoEnergy:
@@ -187,7 +232,8 @@ def _evaluate(model, split, ts: TaskSet, batch_size: int, device: torch.device, 
 def train(config: RepConfig, scenario: Scenario, *, callbacks: Sequence[Callback] = (),
           device: torch.device | str | None = None, progress: bool = True,
           use_query_cache: bool | None = None, energy: Any = None, eval_every_task: bool = True,
-          report_test: bool = False) -> TrainResult:
+          report_test: bool = False, on_task_end: TaskEnd | None = None,
+          resume_from: Mapping[str, Any] | None = None) -> TrainResult:
     """Train ``config`` on ``scenario`` task by task; evaluate on all seen tasks after each.
 
     Accuracy is measured on ``scenario.eval_split`` (the test subset, or the validation split held
@@ -209,6 +255,12 @@ def train(config: RepConfig, scenario: Scenario, *, callbacks: Sequence[Callback
     n_tasks)`` runs when the model has it (E-prompt carry-over, component freezing).
     ``energy``: None = this machine's meters (estimated where none is readable), False = none,
     or an object with ``begin()``, ``end(iterations)``, ``per_iteration()`` (``measure.EnergyWindows``).
+
+    ``on_task_end(task_id, state)`` runs after each task's evaluation, before the callbacks (so a
+    callback that stops the run leaves the finished task's state behind); ``state`` is plain data
+    (module docstring) and ``resume_from=state`` continues the run with task ``task_id + 1``: the
+    returned result then covers the whole run (accuracy matrix, records, iterations, seconds),
+    and callbacks and ``on_task_end`` run for the resumed tasks only.
     """
     from rep_tune.progress import ProgressBar
 
@@ -238,12 +290,49 @@ def train(config: RepConfig, scenario: Scenario, *, callbacks: Sequence[Callback
     peak_bytes = 0
     records: list[TaskRecord] = []
     global_t = 0
-    bar = ProgressBar(sum(plan), "train", unit="it", enabled=progress)
+    dropper_gen = getattr(getattr(model, "dropper", None), "generator", None)
+    first_task = 0
+    if resume_from is not None:
+        first_task = _check_resume(resume_from, n, tc.seed)
+        loaded = model.load_state_dict(dict(resume_from["model"]), strict=False)
+        missing = [k for k in loaded.missing_keys if k.split(".", 1)[0] not in FROZEN_MODULES]
+        if missing or loaded.unexpected_keys:
+            raise ValueError(f"resume_from: the state does not fit {config.name}'s model (missing {missing}, "
+                             f"unexpected {list(loaded.unexpected_keys)})")
+        rng = resume_from["rng"]
+        torch.set_rng_state(rng["torch"])
+        if dev.type == "cuda" and rng.get("cuda"):
+            torch.cuda.set_rng_state_all(list(rng["cuda"]))
+        gen.set_state(rng["data"])
+        if dropper_gen is not None and rng.get("ald") is not None:
+            dropper_gen.set_state(rng["ald"])
+        acc[:] = resume_from["acc_matrix"].numpy()
+        global_t = int(resume_from["iterations"])
+        timer.times = [float(x) for x in resume_from["timer"].tolist()]
+        timed_blocks = [int(x) for x in resume_from["timed_blocks"]]
+        peak_bytes = int(resume_from["peak_bytes"])
+        records = [TaskRecord(**r) for r in resume_from["records"]]
+        t_start -= float(resume_from["seconds"])
+
+    def task_end_state(task_id: int, seconds: float) -> dict:
+        return {"format": RESUME_FORMAT, "task": task_id, "n_tasks": n, "seed": tc.seed, "config": config.name,
+                "model": _trained_state(model),
+                "rng": {"torch": torch.get_rng_state(), "data": gen.get_state(),
+                        "cuda": torch.cuda.get_rng_state_all() if dev.type == "cuda" else [],
+                        "ald": None if dropper_gen is None else dropper_gen.get_state()},
+                "acc_matrix": torch.from_numpy(acc.copy()), "iterations": int(global_t), "seconds": float(seconds),
+                "timer": torch.tensor(timer.times, dtype=torch.float64),
+                "timed_blocks": [int(b) for b in timed_blocks], "peak_bytes": int(peak_bytes),
+                "records": [_record_data(r) for r in records]}
+
+    bar = ProgressBar(sum(plan), "train", unit="it", enabled=progress, initial=sum(plan[:first_task]))
     result: TrainResult | None = None
     meter, own_meter = _energy_meter(energy, dev)
     begin_task = getattr(model, "begin_task", None)
     try:
         for task, n_iter in zip(ts, plan):
+            if task.task_id < first_task:
+                continue
             if begin_task is not None:
                 begin_task(task.task_id, n)
             model.train()
@@ -322,6 +411,8 @@ def train(config: RepConfig, scenario: Scenario, *, callbacks: Sequence[Callback
                     result.test_acc = float(np.mean([_evaluate(model, t.test, ts, tc.eval_batch_size, dev, cache)
                                                      for t in ts]))
                 result.test_size = ts.size_of("test")
+            if on_task_end is not None:
+                on_task_end(task.task_id, task_end_state(task.task_id, result.seconds))
             for cb in callbacks:
                 cb(task.task_id, result)
     finally:

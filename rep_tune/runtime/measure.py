@@ -16,7 +16,11 @@ Peak training memory is "peak live tensor bytes" on every device:
     peak      = resident + transient
 
 CUDA: transient = torch.cuda.max_memory_allocated() - memory_allocated() at window start
-(after reset_peak_memory_stats). CPU: transient from torch.profiler memory events of the
+(after reset_peak_memory_stats). cuBLAS's workspaces are freed at the window's start
+(``_release_cublas_workspaces``), so the first matmul in the window takes them again and they count
+in the transient: peak = what ``torch.cuda.max_memory_allocated`` shows for a training iteration
+of this model, cuBLAS included (65 MiB on an H200), which the cost model adds as its allocator
+overhead (``rep_tune.cost.memory.ALLOCATOR_OVERHEAD_MB``). CPU: transient from torch.profiler memory events of the
 calling thread (every alloc/free of torch's CPU allocator while profiling; cumulative sum,
 maximum). Not counted anywhere: Python objects, allocator caching/fragmentation, library code
 and its private scratch (oneDNN/BLAS workspaces), the dataset held in host RAM, tensors of
@@ -30,7 +34,12 @@ lines (kineto's ``profiler_start``/``profiler_stop``) are silenced through its l
 (``KINETO_LOG_LEVEL``, set here before the first profiler use unless the user set it), not by
 redirecting stderr: measurement windows never touch file descriptors, so every thread's stderr
 stays intact. The one exception is c10's once-per-process allocator note, spent once on a
-throw-away window from the main thread while no worker runs (``_prime_cpu_profiler``).
+throw-away window from the main thread while no worker runs (``_prime_cpu_profiler``). That
+window also initialises kineto in the main thread: kineto registers its client in the thread
+that loaded torch (the main one) and, when its first profiler session starts in another thread,
+prints ``ERROR: External init callback must run in same thread as registerClient`` (a bare
+fprintf, no log level silences it). So whoever starts worker threads that open CPU windows (the
+search's ``loop.ThreadExecutor``) calls ``prepare_profiler()`` from the main thread first.
 
 Timing: time.perf_counter around each iteration, with torch.cuda.synchronize at both ends on
 CUDA; warm-up iterations are excluded; memory windows are not timed.
@@ -47,7 +56,6 @@ import os
 # profiler runs; a level the user set wins.
 os.environ.setdefault("KINETO_LOG_LEVEL", "6")
 
-import contextlib  # noqa: E402
 import resource  # noqa: E402
 import socket  # noqa: E402
 import statistics  # noqa: E402
@@ -175,14 +183,20 @@ def _alone_in_main_thread() -> bool:
 def _prime_cpu_profiler() -> None:
     """Spend c10's once-per-process allocator note ("Memory block of unknown size was allocated
     before the profiling started"), a C++ log line no runtime switch silences, on a throw-away
-    window whose fd 2 points at /dev/null. Done once, and only from the main thread while no
-    worker thread runs (no other thread can be writing to stderr then); until then skipped (a
-    window opened by a worker may print the note once). Caller holds ``_CPU_PROFILER``."""
+    window whose fd 2 points at /dev/null; the same window initialises kineto in this (the main)
+    thread (see the module docstring). Done once, and only from the main thread while no worker
+    thread runs (no other thread can be writing to stderr then); until then skipped (a window
+    opened by a worker may print the note and kineto's thread line once). Caller holds
+    ``_CPU_PROFILER``.
+
+    The window is the autograd profiler's (``torch.autograd.profiler.profile``, kineto underneath,
+    a millisecond): ``torch.profiler.profile`` would first import torch._inductor (seconds),
+    which a process that never measures memory does not need."""
     global _primed
     if _primed or not _alone_in_main_thread():
         return
     _primed = True
-    from torch.profiler import ProfilerActivity, profile
+    from torch.autograd.profiler import profile
     block = torch.empty(16)
     try:
         import sys
@@ -193,12 +207,37 @@ def _prime_cpu_profiler() -> None:
     devnull = os.open(os.devnull, os.O_WRONLY)
     os.dup2(devnull, 2)
     try:
-        with profile(activities=[ProfilerActivity.CPU], profile_memory=True):
+        with profile(use_cpu=True, profile_memory=True, use_kineto=True):
             del block                              # freeing a pre-window block emits the note
+    except Exception:                              # a torch without kineto: the windows say so themselves
+        pass
     finally:
         os.dup2(saved, 2)
         os.close(saved)
         os.close(devnull)
+
+
+def prepare_profiler() -> bool:
+    """Initialise torch's profiler from the main thread before worker threads open CPU memory
+    windows (``_prime_cpu_profiler``; about a millisecond, once per process). Call it from the main
+    thread while no worker runs; elsewhere it does nothing. True once primed (here or before)."""
+    if _primed or getattr(_in_window, "open", False):
+        return _primed
+    with _CPU_PROFILER:
+        _prime_cpu_profiler()
+    return _primed
+
+
+def _release_cublas_workspaces() -> None:
+    """Free cuBLAS's cached workspaces, so the next matmul allocates (and a window counts) them.
+
+    Private torch API (``torch._C._cuda_clearCublasWorkspaces``, there since torch 1.13): torch has
+    no public way to size or free them. Absent in a future torch: the windows then miss them (and
+    the cost model's CUDA overhead over-predicts by that much), nothing breaks.
+    """
+    clear = getattr(torch._C, "_cuda_clearCublasWorkspaces", None)
+    if clear is not None:
+        clear()
 
 
 class PeakMemory:
@@ -219,6 +258,7 @@ class PeakMemory:
     def __enter__(self) -> "PeakMemory":
         if self.device.type == "cuda":
             sync(self.device)
+            _release_cublas_workspaces()
             torch.cuda.reset_peak_memory_stats(self.device)
             self.start_bytes = torch.cuda.memory_allocated(self.device)
             return self

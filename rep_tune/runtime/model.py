@@ -6,6 +6,8 @@ dropped blocks are really skipped. Only prompts, keys and the new head train.
 """
 from __future__ import annotations
 
+import copy
+
 from dataclasses import dataclass, field
 from typing import Hashable, Sequence
 
@@ -61,6 +63,10 @@ class RepModel(nn.Module):
         self.depth = len(self.backbone.blocks)
         self.surrogate = (load_backbone(s.surrogate, pretrained=s.pretrained, checkpoint=s.checkpoint, section="selection")
                           if s.surrogate else None)
+        if self.surrogate is None and s.query_model == "separate":
+            # the reference code's `original_model`: a second frozen copy computing the query
+            # (same weights, same query; its memory is the point: the base method holds them twice)
+            self.surrogate = copy.deepcopy(self.backbone).requires_grad_(False)
         # the query's identity: the model computing it, its weights, and the precision it runs at
         prec = config.training.precision
         self.surrogate_key: Hashable = (
@@ -156,7 +162,8 @@ class RepModel(nn.Module):
                 continue   # skipped block: identity, nothing computed or kept for backward
             h, state = block_forward(blk, h, r=min(self.merges[l], (h.shape[1] - self.n_protected) // 2),
                                      n_protected=self.n_protected, state=state,
-                                     prop_attn=self.config.atom.prop_attn, prefix=prefixes.get(l))
+                                     prop_attn=self.config.atom.prop_attn, prefix=prefixes.get(l),
+                                     eager=self.config.backbone.attention == "eager")
         h = bb.norm(h)
         with _full_precision(x):   # the pooled feature and the head in fp32 (the head's parameters are fp32)
             logits = self.head(self._pool(h, state).float())

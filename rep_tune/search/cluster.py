@@ -29,6 +29,21 @@ When the cluster uses token authentication and ``RAY_AUTH_MODE`` is unset, this 
 to ``token`` (Ray's drivers do not infer it when joining a cluster). Ray is imported through
 ``rep_tune.extras.require`` (the ``rep-tune[ray]`` extra); so is grpcio, which the probe uses.
 """
+# Private Ray members used here: 4 uses (were 5; ``connect(temp_dir=)`` passed ``ray.init(_temp_dir=)``
+# and is gone: no caller used it), each without a public equivalent:
+#   * ``ray.init(_node_ip_address=...)`` (local instance, and joining a cluster): the address this
+#     driver's node registers. A hidden option ray.init documents among its ``**kwargs``; Ray has no
+#     public setting for it (``ray start --node-ip-address`` is the CLI's). Without it a local
+#     instance listens on the machine's network address and a driver joining a cluster started on
+#     loopback waits for a node at that address that never comes.
+#   * ``ray._private.authentication.authentication_token_setup._enable_token_auth`` (fallback:
+#     ``ray._raylet.Config.initialize``): what ``ray start`` calls to turn token auth on in this
+#     process. Setting ``RAY_AUTH_MODE=token`` alone is not enough once ``ray`` is imported (the
+#     probe imports it): Ray reads its config at import and caches it (checked on Ray 2.60:
+#     the env var alone leaves ``is_token_auth_enabled()`` False until ``Config.initialize``).
+#   * the probe's ``ray.core.generated`` gRPC stubs (not underscore-private, not a public API
+#     either): the only way to ask a GCS for its nodes with a deadline without joining it
+#     (``ray.init`` retries a dead address for minutes; ``ray.util.state`` needs the dashboard).
 from __future__ import annotations
 
 import ipaddress
@@ -261,7 +276,7 @@ def worker_env() -> dict[str, Any]:
 
 
 def connect(address: str | None = None, *, n_workers: int = 1, cpus_per_trial: float = 1.0,
-            gpus_per_trial: float = 0.0, temp_dir: str | None = None) -> Cluster:
+            gpus_per_trial: float = 0.0) -> Cluster:
     """``ray.init`` on the Ray this search uses (module docstring); bounded, and checked before any work.
 
     A Ray already initialised in this process (a notebook, a test) is used as it is and left running.
@@ -284,7 +299,7 @@ def connect(address: str | None = None, *, n_workers: int = 1, cpus_per_trial: f
         import logging
         logging.getLogger("ray").setLevel(logging.WARNING)
         ray.init(address="local", num_cpus=max(1, int(round(n_workers * cpus_per_trial))),
-                 object_store_memory=LOCAL_OBJECT_STORE, _temp_dir=temp_dir, _node_ip_address="127.0.0.1", **quiet)
+                 object_store_memory=LOCAL_OBJECT_STORE, _node_ip_address="127.0.0.1", **quiet)
         nodes = [Node(n["NodeManagerAddress"], bool(n["Alive"]), dict(n.get("Resources", {}))) for n in ray.nodes()]
         cluster = Cluster(None, "local", "127.0.0.1", nodes)
         try:

@@ -22,6 +22,7 @@ can be tested on a fake trainer with known noise.
 from __future__ import annotations
 
 import csv
+import io
 import math
 import statistics
 import sys
@@ -31,6 +32,7 @@ from typing import Any, Callable, Sequence
 
 from rep_tune.config import RepConfig
 from rep_tune.data.scenario import Scenario
+from rep_tune.schema import atomic_write_text
 from rep_tune.search.space import config_hash
 
 # retraining fidelity: 1 epoch of at most 32 iterations per task (the search scores at 12; the
@@ -217,26 +219,31 @@ def decide(candidates: list[Candidate], feasible: dict[str, set[str]]) -> dict[s
 
 
 def write_csv(conf: Confirmation, path: Path) -> Path:
-    """One row per (candidate, seed): validation and test accuracy, seconds, error."""
-    with Path(path).open("w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["candidate", "trial", "role", "config_hash", "seed", "val_acc", "test_acc", "val_images",
-                    "test_images", "seconds", "error", *[f"best@{k}" for k in conf.answers]])
-        for c in conf.candidates:
-            for s in conf.seeds:
-                w.writerow([c.label, "" if c.trial is None else c.trial, c.role or "", c.hash, s,
-                            _num(c.val.get(s)), _num(c.test.get(s)), conf.val_size, conf.test_size,
-                            _num(c.seconds.get(s), 2), c.errors.get(s, ""),
-                            *["yes" if a.best is c else "" for a in conf.answers.values()]])
-    return Path(path)
+    """One row per (candidate, seed): validation and test accuracy, seconds, error.
+
+    Written whole and swapped in (``schema.atomic_write_text``): a symlink at ``path`` is replaced,
+    never followed."""
+    f = io.StringIO(newline="")
+    w = csv.writer(f)
+    w.writerow(["candidate", "trial", "role", "config_hash", "seed", "val_acc", "test_acc", "val_images",
+                "test_images", "seconds", "error", *[f"best@{k}" for k in conf.answers]])
+    for c in conf.candidates:
+        for s in conf.seeds:
+            w.writerow([c.label, "" if c.trial is None else c.trial, c.role or "", c.hash, s,
+                        _num(c.val.get(s)), _num(c.test.get(s)), conf.val_size, conf.test_size,
+                        _num(c.seconds.get(s), 2), c.errors.get(s, ""),
+                        *["yes" if a.best is c else "" for a in conf.answers.values()]])
+    return atomic_write_text(path, f.getvalue(), newline="")
 
 
 def _num(v: float | None, digits: int = 6) -> str:
     return "" if v is None else f"{v:.{digits}f}"
 
 
-def print_table(conf: Confirmation, targets, *, out=sys.stdout) -> None:
-    """The confirmed table and, per device, the answer with its intervals."""
+def print_table(conf: Confirmation, targets, *, out=None) -> None:
+    """The confirmed table and, per device, the answer with its intervals (on ``out``, default the
+    current ``sys.stdout``: read at call time, not bound when the module was imported)."""
+    out = out if out is not None else sys.stdout
     from rich.console import Console
     from rich.markup import escape
     from rich.table import Table

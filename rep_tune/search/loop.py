@@ -44,13 +44,23 @@ each ask the loop counts finished trainings plus trainings in flight anywhere. C
 and planning happen under ``lock`` (``optuna_backend.planning_lock``: a file lock on the run
 folder), so processes on one host plan one trial at a time and the trained count stops at
 ``n_trials`` exactly. Processes on different hosts (sharing the study through a storage proxy,
-without the lock) may overshoot it by at most (number of processes - 1). Timeout: no new trial after
-it; a training in flight stops at its next task boundary (PRUNED, ``stopped: search timeout``).
+without the lock) may overshoot it by at most (number of processes - 1). A reference point waiting
+in the queue (``role``; re-enqueued on resume when its trial was interrupted) is asked even when
+the budget is spent: references are part of the study's contract (each still counts as one trained
+trial, as the original would have). Timeout: no new trial after it; a training in flight stops at
+its next task boundary (PRUNED, ``stopped: search timeout``).
+
+Stopping: Ctrl-C, and SIGTERM while ``sigterm_interrupts`` is in force (``Terminated``, a
+KeyboardInterrupt), cancel the trainings, fail every trial held (``interrupted`` = "Ctrl-C" /
+"SIGTERM": a resumed run trains them again) and re-raise. A full disk (``optuna_backend.disk_full``)
+does the same, as far as the disk lets it (a trial it cannot fail is failed on resume: its owner
+is gone), and re-raises the error.
 """
 from __future__ import annotations
 
 import contextlib
 import queue
+import signal
 import sys
 import threading
 import time
@@ -60,12 +70,13 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, ContextManager, Protocol
 
 import optuna
-from optuna.trial import FrozenTrial
+from optuna.trial import FrozenTrial, TrialState
 
 from rep_tune.config import RepConfig
+from rep_tune.search import record
 from rep_tune.search.objective import CACHED, PRESCREENED, REFUSED, TRAIN, WAIT, Objective, Outcome, Plan, Trainer
-from rep_tune.search.optuna_backend import (Heartbeat, StudyRef, count_committed, fail_dead_trials, fail_own_trials,
-                                           trial_cap)
+from rep_tune.search.optuna_backend import (Heartbeat, StudyRef, checkpoint, count_committed, disk_full,
+                                           fail_dead_trials, fail_own_trials, trial_cap)
 from rep_tune.search.record import RecordWriter
 
 if TYPE_CHECKING:
@@ -79,6 +90,87 @@ def trainings_alive() -> int:
     """Training threads of this process still running (after Ctrl-C they stop at their next task)."""
     return sum(t.name.startswith(THREAD_PREFIX) and t.is_alive() for t in threading.enumerate())
 TIMEOUT_STOP = "search timeout"
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (``sigterm_interrupts``): stops the search as Ctrl-C does; ``exit_code`` 128 + signal."""
+
+    def __init__(self, signum: int = signal.SIGTERM):
+        self.signum = signum
+        self.why = signal.Signals(signum).name
+        self.exit_code = 128 + int(signum)
+        self.message = f"terminated ({self.why}) before the search started; nothing to resume"
+        super().__init__(self.message)
+
+
+_raised: list[KeyboardInterrupt] = []       # the interrupt a signal handler raised last, until delivered
+
+
+def _interrupt(e: KeyboardInterrupt) -> None:
+    _raised[:] = [e]
+    raise e
+
+
+def check_interrupts() -> None:
+    """Raise again an interrupt whose signal arrived while Python ran a weakref callback or a
+    ``__del__`` (a garbage collection in the main thread, e.g. SQLAlchemy's registry cleanup):
+    Python drops the exception raised there, so Ctrl-C would be lost. The trial loop calls this on
+    every round and ``run.search`` once more at its end; an interrupt delivered is cleared
+    (``_delivered``)."""
+    if _raised:
+        raise _raised.pop()
+
+
+def _quiet_dropped_interrupt(previous):
+    """An unraisable hook that says nothing of our own pending interrupt (``check_interrupts``
+    raises it again, with its one line), and passes anything else to ``previous``."""
+    def hook(unraisable):
+        if _raised and unraisable.exc_value is _raised[-1]:
+            return
+        previous(unraisable)
+    return hook
+
+
+def _delivered() -> None:
+    _raised.clear()
+
+
+@contextlib.contextmanager
+def sigterm_interrupts():
+    """While in force (main thread only; elsewhere it does nothing), SIGTERM raises ``Terminated``
+    in the main thread, as SIGINT raises KeyboardInterrupt: the search fails its trials in flight and
+    stops resumably. Once: a second SIGTERM during that cleanup is ignored (SIGKILL still ends it).
+    SIGINT keeps Python's behaviour (KeyboardInterrupt, every time) when its handler is Python's
+    default, but through ``_interrupt``, so that one dropped by Python is raised again by the loop
+    (``check_interrupts``). The previous handlers are restored on exit."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    fired: list[int] = []
+    _delivered()
+
+    def handler(signum, _frame):
+        if not fired:
+            fired.append(signum)
+            _interrupt(Terminated(signum))
+
+    def on_sigint(_signum, _frame):
+        _interrupt(KeyboardInterrupt())
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    previous_int = signal.getsignal(signal.SIGINT)
+    if previous_int is signal.default_int_handler:
+        signal.signal(signal.SIGINT, on_sigint)
+    previous_hook = sys.unraisablehook
+    sys.unraisablehook = _quiet_dropped_interrupt(previous_hook)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        if previous_int is signal.default_int_handler:
+            signal.signal(signal.SIGINT, previous_int)
+        sys.unraisablehook = previous_hook
+        _delivered()
 
 
 @dataclass
@@ -140,14 +232,25 @@ def run_job(job: TrainJob, trainer: Trainer, study: optuna.Study, abort: threadi
     except Aborted:
         return Outcome(None, "failed", "cancelled")
     except Exception as e:                   # a crash is a failed trial, not a failed search
+        if disk_full(e):                     # ... but a full disk stops the search (its trial is not a crash)
+            raise
         return Outcome(None, "failed", f"{type(e).__name__}: {e}")
 
 
 class ThreadExecutor:
-    """Local workers: one daemon thread per training, sharing the driver's study and trainer."""
+    """Local workers: one daemon thread per training, sharing the driver's study and trainer.
+
+    Made in the main thread before any worker starts, it initialises torch's profiler there
+    (``runtime.measure.prepare_profiler``): the trainings' CPU memory windows then open in worker
+    threads without kineto's "External init callback must run in same thread as registerClient"
+    line on stderr, and no worker ever redirects a file descriptor.
+    """
 
     def __init__(self, study: optuna.Study, trainer: Trainer, n_workers: int = 1):
         self.study, self.trainer, self.slots = study, trainer, max(1, int(n_workers))
+        if threading.current_thread() is threading.main_thread():
+            from rep_tune.runtime.measure import prepare_profiler
+            prepare_profiler()
         self._done: queue.Queue = queue.Queue()
         self._abort = threading.Event()
 
@@ -217,10 +320,13 @@ class TrialFlow:
         study = self.study
         if self.deadline is not None and time.time() > self.deadline:
             return False
-        if self.cap is not None and len(study.get_trials(deepcopy=False)) >= self.cap:
+        trials = study.get_trials(deepcopy=False)
+        if self.cap is not None and len(trials) >= self.cap:
             self.result.stopped_by_cap = True
             return False
-        return self.n_trials is None or count_committed(study) < self.n_trials
+        if self.n_trials is None or count_committed(study) < self.n_trials:
+            return True
+        return any(t.state == TrialState.WAITING and t.user_attrs.get(record.ROLE) for t in trials)
 
     def check_stale(self, force: bool = False) -> None:
         """Every ``STALE_CHECK_S``: fail trials whose process is gone (any process sharing the study)."""
@@ -230,6 +336,7 @@ class TrialFlow:
 
     def done(self, plan: Plan) -> None:
         self.beat.discard(plan.trial._trial_id)
+        checkpoint(self.study._storage)      # passive: the log stays small over a long run, never waits
         if self.on_trial is not None:
             self.on_trial(self.study, self.study._storage.get_trial(plan.trial._trial_id))
 
@@ -275,6 +382,8 @@ class TrialFlow:
             self.beat.discard(trial._trial_id)
             return None
         except Exception as e:               # a bug in planning fails the trial, not the search
+            if disk_full(e):                 # ... a full disk stops the search (the trial is not refused)
+                raise
             plan = Plan(REFUSED, trial, reason=f"{type(e).__name__}: {e}")
             self.guarded(plan, lambda: RecordWriter.of(trial).error(plan.reason))
             return plan
@@ -341,6 +450,7 @@ def run_trials(study: optuna.Study, objective: Objective, executor: Executor, *,
         try:
             flow.check_stale(force=True)
             while True:
+                check_interrupts()               # one Python dropped in a weakref callback
                 flow.check_stale()
                 for plan in flow.ready():
                     running[executor.submit(flow.job(plan, study_ref))] = plan
@@ -352,17 +462,28 @@ def run_trials(study: optuna.Study, objective: Objective, executor: Executor, *,
                         running[executor.submit(flow.job(plan, study_ref))] = plan
                     flow.asked.clear()
                 if not running and not flow.waiting:
+                    check_interrupts()
                     break
                 for handle, outcome in executor.wait(timeout=0.5 if flow.waiting else 2.0):
                     plan = running.pop(handle, None)
                     if plan is not None:
                         flow.finish(plan, outcome)
-        except KeyboardInterrupt:
-            executor.cancel()
-            flow.interrupt(list(running.values()), "Ctrl-C")
-            executor.close()
-            fail_own_trials(study, "Ctrl-C")     # whatever the bookkeeping above missed
+        except KeyboardInterrupt as e:
+            _delivered()
+            _stop(executor, flow, running, getattr(e, "why", "Ctrl-C"))
+            raise
+        except Exception as e:
+            if disk_full(e):                     # as far as the disk lets it; a resume fails the rest
+                _stop(executor, flow, running, "disk full", attempts=2)
             raise
         finally:
             executor.close()
     return flow.result
+
+
+def _stop(executor: Executor, flow: TrialFlow, running: dict[Hashable, Plan], why: str, attempts: int = 20) -> None:
+    """Cancel the trainings and fail every trial held (``interrupted`` = ``why``)."""
+    executor.cancel()
+    flow.interrupt(list(running.values()), why)
+    executor.close()
+    fail_own_trials(flow.study, why, attempts)   # whatever the bookkeeping above missed

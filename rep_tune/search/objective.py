@@ -1,20 +1,25 @@
 """The objective: plan each asked trial (pre-screened / refused / cached replay / train / wait), and
 finish it (record, constraints, tell). Trainings themselves run on an executor (``loop.py``).
 
-One objective value (see ``record.objective_value``): the final average accuracy after the last
-task when the config meets every budget, else that accuracy minus 1, so that Optuna's pruners work
-on per-task reports and every infeasible trial ranks below every feasible one. Latency, memory
-(and energy when budgeted) are constraints ``<metric>@<device> = cost / budget - 1`` (<= 0
-feasible) for every target device; the best config per device is chosen from ``feasible@<device>``.
+One objective value: the true final average accuracy after the last task (a fraction), within
+budgets or not (Optuna's pruners work on the per-task reports). Feasibility lives in the
+constraints only: latency, memory (and energy when budgeted) are ``<metric>@<device> = cost /
+budget - 1`` (<= 0 feasible) for every target device, which the samplers read (TPE ranks
+infeasible trials by violation after the feasible ones; see ``record``); the best config per
+device is chosen from ``final_acc`` and ``feasible@<device>``, never from the value.
 
 Plans, decided in the driver for each asked trial:
 
   refused      the space or the deployment mapping rejects the config (``MappingError``): FAIL
                with ``error``, never trained.
   prescreened  the cost model puts it over budget by more than ``margin`` on every target: it is
-               never trained; COMPLETE with ``PRESCREENED_VALUE``, its predicted constraints and the
-               reason. TPE/NSGA-II rank infeasible trials by their violations. Reference points
-               (``role``) are trained anyway, so results state their gain over both.
+               never trained; PRUNED (no value, no reports) with its predicted constraints, the
+               reason and a note. PRUNED rather than COMPLETE with a made-up value: the dashboard
+               shows it apart from trained trials and no plot gets a fake accuracy; TPE still
+               learns from it, since it reads PRUNED trials and ranks any trial with a positive
+               violation by that violation, whatever its state (FAIL would hide it from TPE). See
+               ``record``. Reference points (``role``) are trained anyway, so results state their
+               gain over both.
   cached       the config (by ``config_hash``) was trained before, in this process or any process
                sharing the study: its per-task reports and result are replayed (``cached_from``).
   train        this trial trains the config; the executor runs it and the driver finishes it.
@@ -132,9 +137,12 @@ class Trainer:
         with self._lock:
             self.cache[ev.config_hash] = ev
 
-    def train(self, config: RepConfig, on_task: Callable[[int, float], None] | None = None) -> Evaluation:
+    def train(self, config: RepConfig, on_task: Callable[[int, float], None] | None = None,
+              **train_kw: Any) -> Evaluation:
         """Train ``config``; ``on_task(task, running_acc)`` after each task may raise TrialPruned,
-        which is re-raised with the partial Evaluation as its ``evaluation`` attribute."""
+        which is re-raised with the partial Evaluation as its ``evaluation`` attribute.
+        ``train_kw`` go to ``train_fn`` as they are (the Ray Tune trainable's ``on_task_end`` /
+        ``resume_from``: per-task checkpoints, ``runtime.learner.train``)."""
         h = config_hash(config)
         ev = Evaluation(h, "pruned")
         t0 = time.perf_counter()
@@ -149,7 +157,7 @@ class Trainer:
         with self._lock:
             self.calls += 1
         try:
-            result = self.train_fn(config, self.scenario, callbacks=(callback,), progress=self.progress)
+            result = self.train_fn(config, self.scenario, callbacks=(callback,), progress=self.progress, **train_kw)
         except optuna.TrialPruned as e:
             ev.seconds = time.perf_counter() - t0
             e.evaluation = ev
@@ -337,11 +345,19 @@ class Objective:
         return RecordWriter.of(trial).costs(per_device, self.constraint_order)
 
     def finish_prescreened(self, study: optuna.Study, plan: Plan) -> None:
-        feasible = self.record_costs(plan.trial, plan.predicted, None)
-        study.tell(plan.trial, record.objective_value(None, feasible), skip_if_finished=True)
+        """Never trained: the predicted constraints, then PRUNED (see the module docstring), a note."""
+        self.record_costs(plan.trial, plan.predicted, None)
+        study.tell(plan.trial, state=TrialState.PRUNED, skip_if_finished=True)
+        self.note(study, plan)
 
     def finish_refused(self, study: optuna.Study, plan: Plan) -> None:
         study.tell(plan.trial, state=TrialState.FAIL, skip_if_finished=True)
+        self.note(study, plan)
+
+    def note(self, study: optuna.Study, plan: Plan) -> None:
+        """The trial's dashboard note (``report.note_trial``: best effort, only with optuna-dashboard)."""
+        from rep_tune.search import report
+        report.note_trial(study, plan.trial, self.targets, self.trainer.scenario)
 
     def replay(self, study: optuna.Study, plan: Plan) -> None:
         """Report the cached result's per-task values (the pruner sees them) and finish like a training."""
@@ -364,14 +380,14 @@ class Objective:
         if outcome.state == "failed":
             w.error(outcome.message or "training failed")
             study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
-            return
-        if outcome.state == "pruned":
+        elif outcome.state == "pruned":
             w.pruned(ev.pruned_at_task if ev else None, ev.stopped if ev else None)
             self.record_costs(trial, plan.predicted, None)
             study.tell(trial, state=TrialState.PRUNED, skip_if_finished=True)
-            return
-        feasible = self.record_costs(trial, plan.predicted, ev.measured)
-        study.tell(trial, record.objective_value(ev.final_acc, feasible), skip_if_finished=True)
+        else:                                # the true accuracy; feasibility is in the constraints
+            self.record_costs(trial, plan.predicted, ev.measured)
+            study.tell(trial, ev.final_acc, skip_if_finished=True)
+        self.note(study, plan)
 
     def interrupted(self, study: optuna.Study, plan: Plan, why: str) -> None:
         """Fail a trial whose training was cut off (not counted as trained: a resumed run retrains it)."""

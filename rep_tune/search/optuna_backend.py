@@ -13,13 +13,23 @@ processes can share it (``rep-tune search --resume RUN`` in another shell joins 
   processes could both claim the same enqueued trial (the loser then aborted with "Cannot tell a
   COMPLETE trial") or get the same number. Immediate transactions make both atomic. The lock
   wait is 60 s.
-* heartbeats (``HEARTBEAT_S``; recorded by the trial loop for every trial it holds) let any
-  process fail a trial whose process stopped beating for ``GRACE_S`` (another host's, too);
-* every trial records its owner (``host:pid:start``, see ``record``): a RUNNING trial whose owner
-  on this host is gone is failed at once when a run starts or resumes (``fail_dead_trials``), so no
-  RUNNING trial outlives its last process, even when the resumed run ends within the grace period.
+* heartbeats (``HEARTBEAT_S``; recorded by the trial loop for every trial it holds, in Optuna's
+  own heartbeat table) let any process fail a trial whose process stopped beating for ``GRACE_S``;
+* every trial records its owner (``host:pid:start``, see ``record``). Who is dead
+  (``fail_dead_trials``, when a run starts or resumes and every ``loop.STALE_CHECK_S``): an owner
+  on this host is judged by its pid and start time alone (gone: failed at once, so no RUNNING
+  trial outlives its last process, even when the resumed run ends within the grace period; alive:
+  never failed, however late its heartbeat); an owner on another host (or unreadable) only by its
+  heartbeat, older than ``GRACE_S`` (the hosts' clocks must agree within a few seconds). Failing
+  is idempotent: a trial another process finished meanwhile is left as it is;
+* the write-ahead log stays small: SQLite checkpoints it every ``WAL_AUTOCHECKPOINT_PAGES`` pages,
+  the loop checkpoints it (passively: never waiting) after each finished trial, the search
+  truncates it when its loop ends (``checkpoint``), and a reset log is cut back to
+  ``WAL_LIMIT_BYTES`` (``journal_size_limit``);
+* a full disk (``disk_full``: ENOSPC, or SQLite's "database or disk is full") loses nothing
+  committed: every write is one transaction, so the study keeps every finished trial.
 
-``optuna-dashboard sqlite:///<run>/study.db`` opens it as is. SQLite rather than the journal file
+``optuna-dashboard sqlite:///<run>/study.db --artifact-dir <run>/artifacts`` opens it as is. SQLite rather than the journal file
 because Optuna's JournalStorage has no heartbeat.
 
 Pruner: ``TaskPercentilePruner``. Continual learning gives one report per task (5 on the
@@ -38,6 +48,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import errno
 import math
 import threading
 import time
@@ -55,6 +66,9 @@ from rep_tune.search.record import RecordWriter, TrialRecord
 HEARTBEAT_S = 10
 GRACE_S = 30
 LOCK_TIMEOUT_S = 60
+WAL_AUTOCHECKPOINT_PAGES = 1000              # SQLite's default, stated: ~4 MiB of log between checkpoints
+WAL_LIMIT_BYTES = 8 * 1024 * 1024            # a reset log is truncated back to this size
+TRUNCATE_WAIT_MS = 2000                      # the closing checkpoint waits this long for readers, then gives up
 MAX_TOTAL_FACTOR = 25
 SAMPLERS = ("tpe", "gp", "nsga2", "random")
 PRUNERS = ("percentile", "median", "wilcoxon", "none")
@@ -85,7 +99,12 @@ class TaskPercentilePruner(BasePruner):
 
 def make_sampler(name: str, seed: int | None) -> optuna.samplers.BaseSampler:
     """TPE (default; multivariate, grouped for the conditional space, constant liar for parallel
-    workers), GP, NSGA-II or random. All read the constraints set through ``record``."""
+    workers), GP, NSGA-II or random. All read the constraints set through ``record`` from each
+    trial's system attributes (``FrozenTrial.constraints``; Optuna 5 deprecated ``constraints_func``,
+    so none is passed). The value is the true accuracy; TPE splits every trial with a positive
+    violation (COMPLETE or PRUNED: pre-screened trials are PRUNED) into an infeasible group ranked
+    by violation, after the feasible ones, so it keeps preferring feasible configs. GP and NSGA-II
+    read COMPLETE trials only (pre-screened ones are invisible to them; see ``record``)."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         if name == "tpe":
@@ -130,6 +149,8 @@ def _immediate_transactions(engine) -> None:
         dbapi_connection.isolation_level = None          # pysqlite: let SQLAlchemy's BEGIN through
         dbapi_connection.execute("PRAGMA journal_mode=WAL")
         dbapi_connection.execute("PRAGMA synchronous=NORMAL")
+        dbapi_connection.execute(f"PRAGMA wal_autocheckpoint={WAL_AUTOCHECKPOINT_PAGES}")
+        dbapi_connection.execute(f"PRAGMA journal_size_limit={WAL_LIMIT_BYTES}")
 
     @event.listens_for(engine, "begin")
     def _begin(conn):
@@ -150,6 +171,54 @@ def open_storage_url(url: str) -> optuna.storages.RDBStorage:
     if sqlite:
         _immediate_transactions(storage.engine)
     return storage
+
+
+def checkpoint(storage, *, truncate: bool = False) -> bool:
+    """Checkpoint a SQLite study's write-ahead log into the database: passively (copies what no
+    reader still needs, never waits), or ``truncate`` (waits up to ``TRUNCATE_WAIT_MS`` for the
+    readers, then empties the log file). Best effort: False when it could not (another storage,
+    a busy or full disk; nothing is lost, the log keeps what it holds)."""
+    storage = getattr(storage, "_backend", storage)        # a study's storage: Optuna's cache around the RDBStorage
+    engine = getattr(storage, "engine", None)
+    if engine is None or engine.dialect.name != "sqlite":
+        return False
+    try:
+        raw = engine.raw_connection()            # autocommit (the connect hook): no BEGIN around the pragma
+    except Exception:
+        return False
+    try:
+        cur = raw.cursor()
+        if truncate:
+            cur.execute(f"PRAGMA busy_timeout={TRUNCATE_WAIT_MS}")
+        try:
+            busy, _, _ = cur.execute(f"PRAGMA wal_checkpoint({'TRUNCATE' if truncate else 'PASSIVE'})").fetchone()
+            return not busy
+        finally:
+            if truncate:
+                cur.execute(f"PRAGMA busy_timeout={LOCK_TIMEOUT_S * 1000}")
+    except Exception:
+        return False
+    finally:
+        raw.close()
+
+
+def disk_full(e: BaseException | None) -> bool:
+    """``e`` (or an error it wraps) says the disk is full: an OSError ENOSPC/EDQUOT, or SQLite's
+    SQLITE_FULL ("database or disk is full"; SQLAlchemy's OperationalError wraps it as ``orig``)."""
+    codes = {errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)}
+    seen: set[int] = set()
+    todo = [e]
+    while todo:
+        x = todo.pop()
+        if x is None or id(x) in seen:
+            continue
+        seen.add(id(x))
+        if isinstance(x, OSError) and x.errno in codes:
+            return True
+        if getattr(x, "sqlite_errorname", None) == "SQLITE_FULL" or "database or disk is full" in str(x):
+            return True
+        todo += [getattr(x, "orig", None), x.__cause__, x.__context__]
+    return False
 
 
 def file_lock(path: Path):
@@ -190,6 +259,30 @@ def check_study_file(run_dir: str | Path) -> None:
         raise ValueError(f"{path}: expected an Optuna study database (SQLite), found an unreadable file ({e})") from None
     if tables and "studies" not in tables:
         raise ValueError(f"{path}: expected an Optuna study database, found SQLite tables {sorted(tables)[:5]}")
+
+
+def check_resumable(run_dir: str | Path, study_name: str | None) -> None:
+    """Refuse (ValueError naming the folder and what is missing) to resume a run folder whose study
+    was deleted, emptied or renamed: resuming would otherwise start a new, empty study there."""
+    import sqlite3
+
+    path = Path(run_dir) / "study.db"
+    named = f"study {study_name!r}" if study_name else "its study"
+    if not path.exists():
+        raise ValueError(f"--resume {run_dir}: no study.db there ({named} of run.yaml was deleted or moved); "
+                         f"nothing to resume (a new search needs another --run-dir)")
+    check_study_file(run_dir)
+    try:
+        with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as con:
+            names = [r[0] for r in con.execute("SELECT study_name FROM studies")]
+    except sqlite3.DatabaseError:            # no studies table: an emptied (or truncated) file
+        names = []
+    if not names:
+        raise ValueError(f"--resume {run_dir}: {path} holds no study ({named} of run.yaml is gone: the file was "
+                         f"emptied or replaced); nothing to resume")
+    if study_name and study_name not in names:
+        raise ValueError(f"--resume {run_dir}: {path} has no study {study_name!r} (the one run.yaml names); it holds "
+                         f"{', '.join(map(repr, names[:5]))} (renamed?); nothing to resume")
 
 
 def open_storage(run_dir: str | Path) -> optuna.storages.RDBStorage:
@@ -264,27 +357,47 @@ def _fail_interrupted(study: optuna.Study, t: FrozenTrial, why: str) -> bool:
 
 
 # ---- liveness --------------------------------------------------------------------------------
+def _stale_heartbeats(study: optuna.Study) -> set[int]:
+    """Trial ids whose last heartbeat is older than ``GRACE_S`` (Optuna's heartbeat table, read
+    through the ``BaseHeartbeat`` interface ``optuna.storages.fail_stale_trials`` uses: that
+    function fails every such trial at once, this process's too, and leaves no room to record why)."""
+    from optuna.storages._heartbeat import BaseHeartbeat, is_heartbeat_enabled
+
+    storage = study._storage
+    if not isinstance(storage, BaseHeartbeat) or not is_heartbeat_enabled(storage):
+        return set()
+    return set(storage._get_stale_trial_ids(study._study_id))
+
+
+def dead_reason(t: FrozenTrial, stale: set[int], now: datetime.datetime | None = None) -> str | None:
+    """Why a RUNNING trial's owner is dead, or None while it may be alive (the module docstring's rule)."""
+    owner = t.user_attrs.get(record.OWNER)
+    alive = record.owner_alive(owner)
+    if alive is True:                        # on this host and running: never failed, however late its heartbeat
+        return None
+    if alive is False:
+        return f"its process {owner} is gone"
+    if t._trial_id in stale:                 # another host's (or an unreadable owner): judged by its heartbeat
+        return f"no heartbeat from {owner or 'its process'} for {GRACE_S} s"
+    now = now or datetime.datetime.now()
+    if owner is None and t.datetime_start is not None and (now - t.datetime_start).total_seconds() > GRACE_S:
+        return "its process stopped before recording itself"
+    return None
+
+
 def fail_dead_trials(study: optuna.Study) -> list[int]:
-    """Fail RUNNING trials whose owner process (on this host) is gone, and trials whose heartbeat
-    stopped for ``GRACE_S`` (any host); each gets ``interrupted`` (not an error: a resumed run
-    trains it again). Returns the numbers failed here."""
-    failed = []
+    """Fail the RUNNING trials whose owner is dead (``dead_reason``), each with ``interrupted`` =
+    why (not an error: a resumed run trains it again). A trial finished meanwhile by its owner or
+    another process is left as it is. Returns the numbers failed here."""
+    running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+    if not running:
+        return []
+    stale = _stale_heartbeats(study)
     now = datetime.datetime.now()
-    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        owner = t.user_attrs.get(record.OWNER)
-        unowned = owner is None and t.datetime_start is not None and (now - t.datetime_start).total_seconds() > GRACE_S
-        if record.owner_alive(owner) is False or unowned:
-            why = f"its process {owner} is gone" if owner else "its process stopped before recording itself"
-            if _fail_interrupted(study, t, why):
-                failed.append(t.number)
-    before = {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))}
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        optuna.storages.fail_stale_trials(study)
-    after = {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))}
-    for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,)):
-        if t.number in before - after and record.INTERRUPTED not in t.user_attrs:
-            RecordWriter(study._storage, t._trial_id).interrupted(f"no heartbeat for {GRACE_S} s")
+    failed = []
+    for t in running:
+        why = dead_reason(t, stale, now)
+        if why is not None and _fail_interrupted(study, t, why):
             failed.append(t.number)
     return failed
 

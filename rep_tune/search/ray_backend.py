@@ -20,6 +20,11 @@ Why not Ray Tune's ``OptunaSearch``: it passes no constraints to Optuna and cann
 candidate before it is scheduled. ``rep_tune.search.tune`` gives Tune users a searcher that keeps
 both (the same planning, through the same loop steps).
 """
+# Private Optuna/Ray members used here: 1, ``study._storage`` (served to the workers). Optuna has
+# no public accessor of a Study's storage, and the proxy must serve the very object the driver
+# writes through: ``study.db`` is SQLite, with this process as its one writer in a Ray run, and a
+# second storage object on the file would be a second writer with its own cache. The Ray side is
+# public: ``ray.remote``, ``put``, ``wait``, ``get``, ``cancel``.
 from __future__ import annotations
 
 from collections.abc import Hashable

@@ -16,8 +16,8 @@ Trial user attributes (what the dashboard lists as columns):
     config, config_hash    the proxy RepConfig as trained (dict) and its identity (``space.config_hash``)
     owner                  "host:pid:start" of the process that ran the trial (its start time
                            tells a recycled pid apart); a RUNNING trial whose owner is gone is failed
-    prescreened            True: ruled out by the cost model, never trained (state COMPLETE,
-                           value ``PRESCREENED_VALUE``, constraints = predicted violations)
+    prescreened            True: ruled out by the cost model, never trained (state PRUNED, no
+                           value, no reports; constraints = predicted violations; see below)
     prescreen_reason       which budgets it exceeded, by how much, on which device
     over_budget_reference  a reference point trained although the cost model rules it out
     trained                the planner's decision: True = this trial trains its config (it paid
@@ -48,12 +48,32 @@ Trial system attributes:
                                     violations (same order), GP multiplies the feasibility probability
                                     of each (a stricter weight on uncertain feasibility).
 
-Objective value (``objective_value``): the final accuracy when the trial meets every budget of
-every device, else the accuracy minus 1 (a pre-screened trial counts as accuracy 0). Every
-infeasible trial thus ranks below every feasible one, so optuna-dashboard's "best trial" (the
-highest value among COMPLETE trials) is the best feasible one, as ``study.best_trial`` is; TPE and
-NSGA-II rank infeasible trials by violation and never read their value. The study names it with
-``study.set_metric_names([OBJECTIVE_NAME])``; the accuracy itself is ``final_acc``.
+Objective value: the true final accuracy (a fraction) of every COMPLETE trial, within budgets
+or not; feasibility lives in the constraints alone, never in the value, so every plot of the
+value (history, slice, importance) shows accuracies. Samplers read the constraints from the
+system attributes above (Optuna 5: no ``constraints_func``, which is deprecated): TPE puts every
+trial with a positive violation in its own "infeasible" group, ranked by the sum of violations
+after the feasible COMPLETE and the PRUNED ones, so it still prefers feasible configs;
+``study.best_trial`` is the most accurate *feasible* trial. Whatever picks a best here
+(``report.best_for``, the confirmation) reads ``final_acc`` and ``feasible@<device>``, never the
+value. optuna-dashboard 0.21's "Best Trial" card ranks by value alone (its storage query has no
+constraints), so it may show an over-budget trial: the study note names the best within
+budgets per device, and the dashboard marks infeasible trials in its plots. The study names the
+value with ``study.set_metric_names([OBJECTIVE_NAME])``.
+
+Pre-screened trials are told as PRUNED (``prescreened`` True, constraints = the predicted
+violations, no value and no intermediate values), not COMPLETE with a made-up value: the
+dashboard shows them as pruned, apart from trained ones. TPE reads PRUNED trials, and a pruned
+trial with a positive violation lands in the same infeasible group as a COMPLETE one, ranked by
+the same violations, so TPE learns exactly as much from them as before. (FAIL would hide them
+from TPE altogether. GPSampler and NSGA-II read COMPLETE trials only and ignore them: a
+pre-screened config costs no training, so resampling near one costs a cost-model call.)
+Percentile/median pruners compare COMPLETE trials' reports only, and pre-screened trials report
+nothing, so they never enter the comparison.
+
+Notes (optuna-dashboard, when installed): each finished trial gets a Markdown note (its verdict
+per budget and device, the cost source of each figure, the search's fidelity: ``report.trial_note``);
+the study gets one naming the best trial within budgets per device.
 
 Study user attributes: ``space``, ``scenario``, ``devices`` (profile, deployment backbone,
 accuracy label), ``budgets``, ``constraints`` (the constraint names, in list order),
@@ -104,8 +124,7 @@ STUDY_BUDGETS = "budgets"
 STUDY_CONSTRAINTS = "constraints"
 STUDY_REFERENCES = "references"
 
-OBJECTIVE_NAME = "final_acc if within budgets, else final_acc - 1"
-PRESCREENED_VALUE = -1.0                    # objective of a trial never trained (accuracy 0, infeasible)
+OBJECTIVE_NAME = "final_acc"                # the true accuracy; feasibility is in the constraints
 ERROR_CHARS = 300
 
 
@@ -147,12 +166,6 @@ def constraint_names(budgets: Mapping[str, Iterable[str]]) -> list[str]:
     """Every constraint of a search, in the order of the legacy list: device by device, metric by
     metric in registry order. ``budgets`` maps a device key to its budgeted metric names."""
     return [constraint_name(m, d) for d, ms in budgets.items() for m in METRICS if m in set(ms)]
-
-
-def objective_value(accuracy: float | None, feasible: bool) -> float:
-    """The value told to Optuna (see the module docstring): accuracy, minus 1 when over a budget."""
-    acc = 0.0 if accuracy is None else float(accuracy)
-    return acc if feasible else acc - 1.0
 
 
 # ---- owner -----------------------------------------------------------------------------------
@@ -222,7 +235,7 @@ class TrialRecord:
     number: int
     trial_id: int
     state: TrialState
-    value: float | None                       # the objective told to Optuna (see objective_value)
+    value: float | None                       # the value told to Optuna: final_acc when COMPLETE, else None
     params: dict[str, Any]
     role: str | None
     config: dict | None

@@ -11,15 +11,26 @@ proxy itself at the deployment schedule for a local target), ``target`` (device,
 deployment), ``expected`` (accuracy labelled ``direct`` or ``proxy`` with the proxy's backbone and
 scenario; each cost figure with its source) and ``provenance`` (study, trial, profile checksum,
 and the search's reduced fidelity, which is *not* the deployment's). Accuracies are fractions in
-files; tables and plots show percent.
+files; tables and plots show percent. No file of the run folder holds an absolute path of this
+machine: the study is named ``study.db`` (beside the file), the space by its shipped name or as
+given; printed paths are relative to the working folder when under it (``shown``).
+
+optuna-dashboard (the ``dashboard`` extra, when installed): every finished trial gets a Markdown
+note (``trial_note``: its verdict per budget and device, the source of each cost figure, the
+search's fidelity), the study one naming the best trial within budgets per device (the
+dashboard's own "Best Trial" ranks by accuracy alone, constraints aside); and the run's files
+(Pareto plots, best_<device>.yaml, confirm.csv) are uploaded as study artifacts to a file store
+under ``<run>/artifacts`` (``publish_artifacts``), which ``optuna-dashboard ... --artifact-dir``
+serves.
 """
 from __future__ import annotations
 
 import csv
+import json
 import socket
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,10 +38,11 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from rep_tune.progress import STDOUT
 from rep_tune.config import RepConfig
 from rep_tune.figures import METRICS
 from rep_tune.search import record
-from rep_tune.search.optuna_backend import is_trained, storage_url
+from rep_tune.search.optuna_backend import file_lock, is_trained
 from rep_tune.search.record import TrialRecord, read_all
 from rep_tune.search.targets import Target
 
@@ -118,7 +130,7 @@ def deployable(r: TrialRecord, target: Target, study: optuna.Study, settings,
                 "reference_trial": rt.number}
     cfg.expected = expected
     cfg.provenance = {"rep_tune_version": version(), "study_name": study.study_name,
-                      "storage": storage_url(settings.run_dir), "trial": r.number, "config_hash": r.config_hash,
+                      "storage": STUDY_FILE, "trial": r.number, "config_hash": r.config_hash,
                       "profile": target.profile.name, "profile_checksum": target.profile.checksum(),
                       "search_space": settings.space, "sampler": settings.sampler, "seed": settings.seed,
                       "search_fidelity": {"backbone": proxy.backbone.name, "epochs": proxy.training.epochs,
@@ -274,7 +286,7 @@ def _plot(recs: Sequence[TrialRecord], target: Target, best: TrialRecord | None,
     plt.close(fig)
 
 
-def write_outputs(outcome, settings, *, out=sys.stdout) -> None:
+def write_outputs(outcome, settings, *, out=STDOUT) -> None:
     """Every file of the run folder, then the summary table and where the files are."""
     study, run_dir = outcome.study, Path(outcome.run_dir)
     recs = records(study)
@@ -289,6 +301,7 @@ def write_outputs(outcome, settings, *, out=sys.stdout) -> None:
         elif path.exists():
             path.unlink()            # a resumed run that no longer has a feasible trial: no stale file
         outcome.files[f"pareto_{t.key}.csv"], outcome.files[f"pareto_{t.key}.png"] = write_pareto(recs, t, best, refs, run_dir)
+    publish(outcome, recs)
     print_summary(outcome, recs, refs, out=out)
 
 
@@ -306,7 +319,7 @@ def _score_label(outcome) -> str:
     return f"{'val' if scen.eval_split == 'val' else 'test'} ({n})"
 
 
-def print_summary(outcome, recs: Sequence[TrialRecord], refs: dict[str, TrialRecord | None], *, out=sys.stdout) -> None:
+def print_summary(outcome, recs: Sequence[TrialRecord], refs: dict[str, TrialRecord | None], *, out=STDOUT) -> None:
     from rich.console import Console
     from rich.markup import escape
     from rich.table import Table
@@ -315,7 +328,7 @@ def print_summary(outcome, recs: Sequence[TrialRecord], refs: dict[str, TrialRec
     study = outcome.study
     n_pre = sum(r.prescreened for r in recs)
     n_trained = sum(r.paid for r in recs)
-    n_pruned = sum(r.state == TrialState.PRUNED for r in recs)
+    n_pruned = sum(r.state == TrialState.PRUNED and not r.prescreened for r in recs)
     n_fail = sum(r.state == TrialState.FAIL for r in recs)
     console.print(f"[bold]rep-tune search[/bold] {escape(study.study_name)}: {len(recs)} trials, {n_trained} trained, "
                   f"{n_pre} ruled out by the cost model before training, {n_pruned} pruned, {n_fail} failed")
@@ -353,10 +366,12 @@ def print_summary(outcome, recs: Sequence[TrialRecord], refs: dict[str, TrialRec
             console.print(f"  [red]no trained config fits the budgets on {escape(t.profile.name)}[/red]")
     if outcome.loop.lost:
         console.print(f"[yellow]trials {outcome.loop.lost} were finished by another process while this one held them[/yellow]")
-    console.print(escape(f"run folder: {Path(outcome.run_dir).resolve()}"))
+    console.print(escape(f"run folder: {shown(outcome.run_dir)}"))
     for name, p in outcome.files.items():
-        console.print(escape(f"  {name}: {p}"))
-    console.print(escape(f"  dashboard: optuna-dashboard {storage_url(outcome.run_dir)}"))
+        console.print(escape(f"  {name}: {shown(p)}"))
+    hint = dashboard_hint(outcome.run_dir)
+    if hint:
+        console.print(escape(f"  dashboard: {hint}"))
 
 
 @dataclass
@@ -391,3 +406,223 @@ class ProgressBar:
             post[t.key] = "-" if b is None else f"{100 * b.final_acc:.1f}%"
         post["ruled_out"] = sum(r.prescreened for r in recs)
         self.bar.set_postfix(post)
+
+
+# ---- paths as shown ----------------------------------------------------------------------------
+STUDY_FILE = "study.db"                      # the study's file in the run folder (relative: provenance)
+
+
+def shown(path: str | Path) -> str:
+    """``path`` relative to the working folder when under it, else as given (no absolute path of
+    this machine in output that need not have one)."""
+    p = Path(path)
+    try:
+        rel = p.resolve().relative_to(Path.cwd().resolve())
+    except (ValueError, OSError):
+        return str(p)
+    return str(rel)
+
+
+# ---- optuna-dashboard: notes, artifacts, the command -------------------------------------------
+ARTIFACT_DIR = "artifacts"                   # <run>/artifacts: the run's optuna artifact store
+
+
+def dashboard_module():
+    """``optuna_dashboard`` when installed (the ``dashboard`` extra), else None."""
+    from rep_tune.extras import MissingExtra, require
+    try:
+        return require("dashboard", "optuna_dashboard")
+    except MissingExtra:
+        return None
+
+
+def dashboard_hint(run_dir: str | Path) -> str | None:
+    """The command that opens the run in optuna-dashboard (``--artifact-dir`` when artifacts were
+    uploaded), or the pip command when it is not installed."""
+    run_dir = Path(run_dir)
+    if dashboard_module() is None:
+        return "pip install 'rep-tune[dashboard]' to browse the study in optuna-dashboard"
+    cmd = f"optuna-dashboard sqlite:///{shown(run_dir / STUDY_FILE)}"
+    art = run_dir / ARTIFACT_DIR
+    if art.is_dir() and any(art.iterdir()):
+        cmd += f" --artifact-dir {shown(art)}"
+    return cmd
+
+
+def _num(v: float) -> str:
+    return f"{v:,.0f}" if abs(v) >= 1e4 else f"{v:.4g}"
+
+
+def _pct_over(c: float) -> str:
+    return f"{100 * c:+.0f}%"
+
+
+def _fidelity(r: TrialRecord, scenario) -> str:
+    """The search's fidelity the trial was scored at: proxy, schedule, scenario."""
+    cfg = r.config or {}
+    tr, bb = cfg.get("training") or {}, cfg.get("backbone") or {}
+    iters = tr.get("iters_per_task")
+    text = (f"proxy `{bb.get('name', '?')}`, {tr.get('epochs', '?')} epoch(s) of "
+            f"{iters if iters else 'all'} iterations per task, batch {tr.get('batch_size', '?')}")
+    if scenario is not None:
+        split = getattr(scenario, "eval_split", "test")
+        text += f"; {scenario.dataset}, {scenario.n_tasks} tasks, scored on its {split} split"
+    return text
+
+
+def _headline(r: TrialRecord, devices: Sequence[str]) -> str:
+    over = [d for d in devices if d in r.devices and r.devices[d].feasible is False]
+    fits = "within every budget" if not over else f"over budget on {', '.join(over)}"
+    if r.prescreened:
+        return "**pre-screened**: ruled out by the cost model before training (never trained: no accuracy)"
+    if r.state == TrialState.FAIL:
+        if r.interrupted:
+            return f"interrupted ({r.interrupted}): not counted, a resumed run trains it again"
+        if r.trained:
+            return f"**training failed**: {r.error or 'no error recorded'}"
+        return f"**refused** before training: {r.error or 'no reason recorded'}"
+    if r.state == TrialState.PRUNED:
+        if r.stopped:
+            return f"stopped ({r.stopped}) after {len(r.task_acc)} task(s); {fits} (predicted)"
+        at = "" if r.pruned_at_task is None else f" after task {r.pruned_at_task}"
+        last = f" at running accuracy {pct(r.task_acc[-1])} %" if r.task_acc else ""
+        return f"**pruned**{at}{last} (below the other trials at that task); {fits} (predicted)"
+    if r.state == TrialState.COMPLETE:
+        return f"accuracy **{pct(r.final_acc)} %**, {fits}"
+    return r.state.name.lower()
+
+
+def trial_note(r: TrialRecord, targets: Sequence[Target], scenario=None) -> str:
+    """The Markdown note of one finished trial: what happened, its verdict per budget and device with
+    the source of each figure, and the fidelity it was scored at."""
+    lines = [f"### Trial {r.number}: {_headline(r, [t.key for t in targets])}", ""]
+    if r.role:
+        lines.append(f"Reference point: the **{r.role}** preset (always trained, so results state their gain over it).")
+    if r.cached_from is not None:
+        lines.append(f"Replays trial {r.cached_from}'s training (same config, `{r.config_hash}`): not trained again.")
+    if r.prescreen_reason:
+        lines.append(f"Ruled out: {r.prescreen_reason} (beyond the pre-screen margin on every device).")
+    if r.over_budget_reference:
+        lines.append(f"Trained although the cost model rules it out: {r.over_budget_reference}.")
+    rows = []
+    for t in targets:
+        d = r.devices.get(t.key)
+        if d is None:
+            continue
+        budgets = t.budgets.budgets if t.budgets else {}
+        for m, spec in METRICS.items():
+            fig = d.figures.get(m) or d.predicted.get(m)
+            if fig is None:
+                continue
+            b = budgets.get(m)
+            c = d.constraints.get(m)
+            if b is None:
+                verdict, limit = "not budgeted", "-"
+            else:
+                limit = _num(b.value)
+                verdict = "-" if c is None else ("within" if c <= 0 else "**OVER**") + f" ({_pct_over(c)})"
+            rows.append(f"| {t.key} | {spec.flag} [{spec.unit}] | {_num(fig.value)} | {limit} | {verdict} | {fig.source} |")
+    if rows:
+        lines += ["", "| device | metric | figure | budget | verdict | source |", "|---|---|---|---|---|---|", *rows]
+    where = []
+    for t in targets:
+        if t.local:
+            where.append(f"{t.key}: measured on this machine (the proxy at the search's schedule)")
+        else:
+            w = t.workload()
+            where.append(f"{t.key}: predicted by the cost model on the deployment `{w.backbone}`@{w.img_size}, "
+                         f"{w.epochs} epoch(s) of {w.iters_per_task or 'all'} iterations per task")
+    lines += ["", "Costs: " + "; ".join(where) + "."]
+    if r.config:
+        lines.append(f"Search fidelity (accuracy ranking only, not the deployment's): {_fidelity(r, scenario)}.")
+    return "\n".join(lines) + "\n"
+
+
+def note_trial(study: optuna.Study, trial: optuna.trial.BaseTrial, targets: Sequence[Target], scenario=None) -> bool:
+    """Save ``trial``'s note (``trial_note``) for optuna-dashboard; best effort: False when the
+    dashboard is not installed or the storage refused (a note never stops a search)."""
+    dash = dashboard_module()
+    if dash is None or not isinstance(trial, optuna.Trial):
+        return False
+    try:
+        r = TrialRecord.read(study._storage.get_trial(trial._trial_id))
+        dash.save_note(trial, trial_note(r, targets, scenario))
+        return True
+    except Exception:
+        return False
+
+
+def study_note(outcome, recs: Sequence[TrialRecord]) -> str:
+    """The study's note: counts, where each trial kind is shown, the best within budgets per device."""
+    n_pre = sum(r.prescreened for r in recs)
+    n_pruned = sum(r.state == TrialState.PRUNED and not r.prescreened for r in recs)
+    lines = [f"## rep-tune search {outcome.study.study_name}", "",
+             f"{len(recs)} trials: {sum(r.paid for r in recs)} trained, {n_pre} ruled out by the cost model before "
+             f"training (state *Pruned*, user attribute `prescreened`, no value), {n_pruned} pruned by the pruner, "
+             f"{sum(r.state == TrialState.FAIL for r in recs)} failed.", "",
+             "The objective value is the true final average accuracy (a fraction), over budget or not; the budgets "
+             "are Optuna constraints (`cost / budget - 1`, <= 0 within budget). The dashboard's *Best Trial* ranks "
+             "by accuracy alone, so it may show an over-budget trial. **Best within budgets**:", ""]
+    for t in outcome.targets:
+        b = outcome.bests.get(t.key)
+        if b is None:
+            lines.append(f"- {t.key}: none (no trained config fits its budgets)")
+            continue
+        figs = ", ".join(f"{METRICS[m].flag} {b.value_of(m, t.key):.4g} {METRICS[m].unit}" for m in METRICS
+                         if b.value_of(m, t.key) is not None)
+        lines.append(f"- {t.key}: trial {b.number}, accuracy {pct(b.final_acc)} % ({figs}); `best_{t.key}.yaml`")
+    lines += ["", "Each trial's note gives its verdict per budget and device, the source of each cost figure and "
+              "the search's fidelity. Artifacts: Pareto plots, best_<device>.yaml, confirm.csv (when confirmed)."]
+    return "\n".join(lines) + "\n"
+
+
+def publish_artifacts(study: optuna.Study, run_dir: str | Path, paths: Iterable[str | Path]) -> list[str]:
+    """Upload ``paths`` as study artifacts to the file store ``<run>/artifacts``; a file name uploaded
+    before is overwritten under its artifact id (one entry per name, never a duplicate). Under the
+    run folder's study lock (processes sharing the run). Returns the artifact ids."""
+    from optuna.artifacts import FileSystemArtifactStore, upload_artifact
+    from optuna.artifacts._upload import ARTIFACTS_ATTR_PREFIX
+
+    run_dir = Path(run_dir)
+    store_dir = run_dir / ARTIFACT_DIR
+    store_dir.mkdir(parents=True, exist_ok=True)
+    store = FileSystemArtifactStore(str(store_dir))
+    storage, sid = study._storage, study._study_id
+    ids = []
+    with file_lock(run_dir / ".study.lock"):
+        known = {}
+        for key, value in storage.get_study_system_attrs(sid).items():
+            if key.startswith(ARTIFACTS_ATTR_PREFIX):
+                meta = json.loads(value)
+                if meta:
+                    known[meta["filename"]] = meta["artifact_id"]
+        for p in map(Path, paths):
+            if not p.is_file():
+                continue
+            if p.name in known:
+                with open(p, "rb") as f:
+                    store.write(known[p.name], f)
+                ids.append(known[p.name])
+            else:
+                ids.append(upload_artifact(artifact_store=store, file_path=str(p), study_or_trial=study))
+    return ids
+
+
+def artifact_files(files: dict[str, Path]) -> list[Path]:
+    """The run's files worth a look from the dashboard: Pareto plots, best_<device>.yaml, confirm.csv."""
+    return [p for name, p in files.items() if name == "confirm" or name.startswith("best_")
+            or (name.startswith("pareto_") and str(p).endswith(".png"))]
+
+
+def publish(outcome, recs: Sequence[TrialRecord] | None = None) -> None:
+    """The study note and the run's files as artifacts, when optuna-dashboard is installed (best effort:
+    a failure is one line on stderr, never a failed search)."""
+    dash = dashboard_module()
+    if dash is None:
+        return
+    try:
+        recs = records(outcome.study) if recs is None else recs
+        dash.save_note(outcome.study, study_note(outcome, recs))
+        publish_artifacts(outcome.study, outcome.run_dir, artifact_files(outcome.files))
+    except Exception as e:                   # a note or an artifact is never worth a failed search
+        print(f"rep-tune search: dashboard notes/artifacts not written ({type(e).__name__}: {e})", file=sys.stderr)

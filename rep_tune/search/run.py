@@ -1,20 +1,37 @@
 """``search(settings)``: the whole hardware-aware search, from settings to files in a run folder.
 
 Run folder (default ``runs/search-<device>-<timestamp>/``):
-  run.yaml            the settings, the study name, and the budgets as resolved (kept on resume)
-  study.db            the Optuna study (SQLite; ``optuna-dashboard sqlite:///<run>/study.db``)
+  run.yaml            the settings, the study name, and the budgets as resolved (kept on resume);
+                      the space by its shipped name (``l2p``) or as given, never an absolute path
+                      of this machine
+  study.db            the Optuna study (SQLite; ``optuna-dashboard sqlite:///<run>/study.db
+                      --artifact-dir <run>/artifacts``)
   best_<device>.yaml  deployable RepConfig: the deployment's backbone and training schedule, with
                       target, expected (accuracy labelled proxy or direct) and provenance
-  pareto_<device>.csv/.png, trials.csv
+  pareto_<device>.csv/.png, trials.csv, confirm.csv (the confirmation)
+  artifacts/          with optuna-dashboard installed: the Pareto plots, best_<device>.yaml and
+                      confirm.csv as the study's artifacts (``report.publish``), for the dashboard
 Resume / join: ``search(SearchSettings.resume(run_dir))`` reloads run.yaml (budgets included),
-keeps every finished trial, fails RUNNING trials whose process is gone, and trains until
-``n_trials`` trained trials exist in the study. Another process may do this while the first one
-runs: both share the study (see ``loop`` and ``objective`` for what makes that safe).
+refuses a folder whose study was deleted, emptied or renamed (``optuna_backend.check_resumable``),
+keeps every finished trial, fails RUNNING trials whose process is gone (``fail_dead_trials``: on
+this host by pid, on another by heartbeat), and trains until ``n_trials`` trained trials exist in
+the study. Another process may do this while the first one runs: both share the study (see
+``loop`` and ``objective`` for what makes that safe).
 
 Reference points: the paper's REP config and the no-REP baseline (both expressed as points of
-the space) are enqueued once per study, by the process that created it, with ``role`` set; they
-are always trained, even when the cost model rules them out, so that every result states its
-gain over both on the same budget.
+the space) are part of the study's contract: its creator records the roles (``references``), and
+every process that opens the study (creating, resuming or joining it) enqueues, under the run
+folder's study lock, each role that has neither a verdict (COMPLETE, pruned by the pruner, or
+failed with an error) nor a trial waiting or running in a live process: so a reference cut off by
+Ctrl-C, SIGTERM, a kill or a full disk is trained again, exactly once however many processes
+resume. They are always trained, even when the cost model rules them out or the budget is spent,
+so that every result states its gain over both on the same budget.
+
+Stopping (``search``): Ctrl-C and SIGTERM raise ``SearchInterrupted`` (``SearchTerminated`` for a
+signal; ``exit_code`` 130 / 143) with the one line to print, after failing the trials in flight:
+``--resume`` continues. A full disk raises ``DiskFull`` (``exit_code`` 75, EX_TEMPFAIL) naming the
+run folder and the space to free; a run folder with less than ``MIN_FREE_MIB`` free is refused
+before any work. Every finished trial stays in the study either way.
 
 Defaults live here, in ``SearchSettings``, and nowhere else: the CLI passes only the flags a user
 gave. The search's reduced fidelity (``SEARCH_FIDELITY``) is for accuracy ranking only; the
@@ -22,31 +39,40 @@ deployment is priced and written at the deployment's schedule (``targets``).
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
-import sys
+import math
+import os
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import optuna
+from optuna.trial import TrialState
 
+from rep_tune.progress import STDOUT
 from rep_tune.config import EMBEDDED_BACKBONE, RepConfig, preset
 from rep_tune.data.scenario import Scenario
 from rep_tune.figures import METRICS
-from rep_tune.schema import from_dict, read_mapping, to_dict, write_mapping
+from rep_tune.schema import dump_mapping, from_dict, read_mapping, to_dict
 from rep_tune.search import optuna_backend, record
 from rep_tune.search.budgets import DeviceBudgets, parse_budget, resolve
 from rep_tune.search.confirm import CONFIRM_FIDELITY, DEFAULT_SEEDS, DEFAULT_TOP_K
-from rep_tune.search.loop import Executor, LoopResult, ThreadExecutor, run_trials
+from rep_tune.search.loop import (Executor, LoopResult, Terminated, ThreadExecutor, check_interrupts, run_trials,
+                                  sigterm_interrupts)
 from rep_tune.search.objective import Objective, Trainer, restore
 from rep_tune.search.space import SearchSpace, default_space
 from rep_tune.search.targets import Target, ald_horizon, load_targets
+from rep_tune.shipped import SPACES, shipped_dir
 
 ROLES = ("paper", "baseline")
 SEARCH_FIDELITY = {"training.epochs": 1, "training.iters_per_task": 12}
 SEARCH_EVAL_PER_CLASS = 50    # test images per class of the search's scenario (the confirmation reports on more)
 SEARCH_VAL_PER_CLASS = 50     # validation images per class held out of the training pool: what candidates are scored on
+MIN_FREE_MIB = 50             # free space a run folder needs before a search starts (and after a full disk)
+EXIT_DISK_FULL = 75           # EX_TEMPFAIL: free space, then --resume
 
 
 def search_scenario() -> Scenario:
@@ -55,7 +81,7 @@ def search_scenario() -> Scenario:
     return Scenario(eval_per_class=SEARCH_EVAL_PER_CLASS, val_per_class=SEARCH_VAL_PER_CLASS, eval_split="val")
 
 
-def with_validation(scenario: Scenario, out=sys.stdout) -> Scenario:
+def with_validation(scenario: Scenario, out=STDOUT) -> Scenario:
     """``scenario`` scoring on a validation split: a scenario without one gets ``SEARCH_VAL_PER_CLASS``."""
     if scenario.val_per_class is None:
         scenario.val_per_class = SEARCH_VAL_PER_CLASS
@@ -102,26 +128,96 @@ class SearchSettings:
     confirm_seeds: int = DEFAULT_SEEDS       # training seeds each, paired; 0 = no confirmation stage
     confirm_iters_per_task: int = CONFIRM_FIDELITY["training.iters_per_task"]   # its fidelity (1 epoch, capped)
     progress: bool = True
+    export_target: str | None = None         # --export-target: space and deployment restricted to what that format expresses
     resolved_budgets: dict[str, dict] = field(default_factory=dict)   # filled on first run
 
     def save(self, path: Path) -> Path:
-        return write_mapping(to_dict(self), path)
+        """Write run.yaml atomically (a temporary file renamed over it): a full disk or a kill
+        mid-write leaves the previous run.yaml, never a truncated one that --resume cannot read."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        try:
+            tmp.write_text(dump_mapping(to_dict(self)))
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
+        return path
 
     @classmethod
     def resume(cls, run_dir: str | Path, **changes: Any) -> SearchSettings:
+        """run.yaml's settings, refusing a folder whose study was deleted, emptied or renamed."""
         path = Path(run_dir) / "run.yaml"
         if not path.is_file():
             raise FileNotFoundError(f"--resume {run_dir}: no run.yaml there (not a rep-tune search run folder)")
         s = from_dict(cls, read_mapping(path), source=str(path))
+        optuna_backend.check_resumable(run_dir, s.study_name)
         return dataclasses.replace(s, run_dir=str(run_dir), **{k: v for k, v in changes.items() if v is not None})
 
 
 class SearchInterrupted(KeyboardInterrupt):
     """Ctrl-C: ``message`` is the one line to print (where the trials are, how to resume)."""
 
+    exit_code = 130
+
     def __init__(self, message: str):
         super().__init__(message)
         self.message = message
+
+
+class SearchTerminated(SearchInterrupted):
+    """SIGTERM (a ``loop.Terminated``): as Ctrl-C, with ``exit_code`` 128 + the signal (143)."""
+
+    def __init__(self, message: str, signum: int):
+        super().__init__(message)
+        self.signum, self.exit_code = signum, 128 + int(signum)
+
+
+class DiskFull(Exception):
+    """The run folder's disk is full (or below ``MIN_FREE_MIB`` before the start): ``message`` is the
+    one line to print (the folder, the space to free, how to go on); ``exit_code`` 75 (EX_TEMPFAIL)."""
+
+    exit_code = EXIT_DISK_FULL
+
+    def __init__(self, message: str):
+        super().__init__(message)
+        self.message = message
+
+
+def space_needed_mib(run_dir: Path) -> int:
+    """What a run folder needs free to go on: ``MIN_FREE_MIB``, plus its study's write-ahead log
+    (checkpointing copies the log into the database, which may grow by as much)."""
+    wal = Path(run_dir) / "study.db-wal"
+    size = wal.stat().st_size if wal.is_file() else 0
+    return MIN_FREE_MIB + math.ceil(size / 2**20)
+
+
+def free_mib(path: Path) -> float:
+    """Free space (MiB) on the file system of ``path``, or of its nearest existing parent."""
+    path = Path(path).absolute()
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return shutil.disk_usage(path).free / 2**20
+
+
+def _disk_full(run_dir: Path, *, started: bool | None = None) -> DiskFull:
+    """The DiskFull for ``run_dir``; ``started`` (default: run.yaml and study.db are there) says
+    whether --resume can go on from it."""
+    run_dir = Path(run_dir)
+    if started is None:
+        started = (run_dir / "run.yaml").is_file() and (run_dir / "study.db").is_file()
+    need = space_needed_mib(run_dir)
+    then = (f"rerun with --resume {run_dir} (every finished trial is kept in {run_dir / 'study.db'})"
+            if started else "run the search again")
+    return DiskFull(f"disk full under {run_dir}: free at least {need} MiB there and {then}")
+
+
+def check_free_space(run_dir: Path) -> None:
+    """Refuse (``DiskFull``) a run folder on a file system with less than ``space_needed_mib`` free."""
+    free = free_mib(run_dir)
+    if free < space_needed_mib(run_dir):
+        e = _disk_full(run_dir)
+        raise DiskFull(f"{e.message} ({free:.0f} MiB free now)")
 
 
 @dataclass
@@ -168,6 +264,16 @@ def _resolve_budgets(targets: list[Target], baseline: RepConfig, trainer: Traine
             cost = trainer.train(baseline).measured or cost     # the enqueued baseline reuses this training
         t.budgets = resolve(t.profile, cost, requests)
         settings.resolved_budgets[t.key] = t.budgets.to_dict()
+
+
+def space_reference(source: str) -> str:
+    """How run.yaml names a search space: a shipped one by its shipped name (``l2p``, which
+    ``SearchSpace.load`` finds from any folder, on any machine), a user's file as given."""
+    try:
+        Path(source).resolve().relative_to(shipped_dir(SPACES).resolve())
+    except (ValueError, OSError):
+        return source
+    return Path(source).stem
 
 
 def default_run_dir(targets: list[Target]) -> Path:
@@ -232,7 +338,7 @@ class Prepared:
                              loop=loop or LoopResult())
 
 
-def prepare(settings: SearchSettings, *, train_fn=None, out=sys.stdout) -> Prepared:
+def prepare(settings: SearchSettings, *, train_fn=None, out=STDOUT) -> Prepared:
     """Everything before the first trial: check the settings and data, reach the Ray cluster
     (backend ray: a dead address fails here, in seconds), create or join the study, resolve the
     budgets, enqueue the references. ``search`` runs the loop on it; the Ray Tune searcher
@@ -241,12 +347,14 @@ def prepare(settings: SearchSettings, *, train_fn=None, out=sys.stdout) -> Prepa
         if Path(settings.run_dir).exists() and not Path(settings.run_dir).is_dir():
             raise ValueError(f"--run-dir {settings.run_dir}: expected a folder, found an existing file")
         optuna_backend.check_study_file(settings.run_dir)
-    space = SearchSpace.load(settings.space or default_space(settings.method))
+    check_free_space(Path(settings.run_dir or "runs"))
+    space = SearchSpace.load(settings.space or default_space(settings.method)).for_export(settings.export_target, settings.overrides)
     settings.method = space.method
-    settings.space = space.source
+    settings.space = space_reference(space.source)
     base = space.base_config(settings.backbone, **settings.overrides)
     targets = load_targets(settings.devices, base.training.batch_size, deploy_backbone=settings.deploy_backbone,
-                           deploy_epochs=settings.deploy_epochs, deploy_iters_per_task=settings.deploy_iters_per_task)
+                           deploy_epochs=settings.deploy_epochs, deploy_iters_per_task=settings.deploy_iters_per_task,
+                           export_target=settings.export_target)
     horizon = ald_horizon(targets, base)
     if horizon and "ald.horizon" not in settings.overrides:
         # ALD/PLD's keep schedule over the deployment's task: the proxy pays the accuracy price of the
@@ -291,6 +399,8 @@ def _prepare_study(settings, space, base, targets, train_fn, cluster, out) -> Pr
     settings.study_name = settings.study_name or f"rep-{space.name}-{run_dir.name}"
     study, created = optuna_backend.open_study(run_dir, settings.study_name, settings.sampler, settings.seed,
                                                settings.pruner)
+    if created:                              # the contract first: a creator cut off before enqueuing leaves it
+        study.set_user_attr(record.STUDY_REFERENCES, list(refs))
     optuna_backend.fail_dead_trials(study)
     restore(trainer, study.get_trials(deepcopy=False))
 
@@ -306,7 +416,7 @@ def _prepare_study(settings, space, base, targets, train_fn, cluster, out) -> Pr
     objective.constraint_order = record.study_constraint_order(study) or order
 
     if created:
-        study.set_user_attr(record.STUDY_SPACE, space.describe())
+        study.set_user_attr(record.STUDY_SPACE, {**space.describe(), "source": settings.space})
         study.set_user_attr(record.STUDY_BUDGETS, settings.resolved_budgets)
         study.set_user_attr(record.STUDY_SCENARIO, settings.scenario.to_dict())
         study.set_user_attr(record.STUDY_CONSTRAINTS, order)
@@ -314,11 +424,49 @@ def _prepare_study(settings, space, base, targets, train_fn, cluster, out) -> Pr
                                                            "checksum": t.profile.checksum(),
                                                            "deployment": t.deployment(base).to_dict()}
                                                    for t in targets})
-        for role, (params, _) in refs.items():
-            study.enqueue_trial(params, user_attrs={record.ROLE: role})
-        study.set_user_attr(record.STUDY_REFERENCES, list(refs))
+    ensure_references(study, refs, run_dir, out=out, created=created)
 
     return Prepared(settings, space, targets, trainer, objective, study, run_dir, cluster)
+
+
+def reference_verdict(t: optuna.trial.FrozenTrial) -> bool:
+    """A reference trial that settles its role: COMPLETE, pruned by the pruner, or failed with an
+    error (retraining would repeat it). Interrupted ones (Ctrl-C, SIGTERM, a dead process, a full
+    disk) and ones stopped by the search's timeout do not."""
+    r = record.TrialRecord.read(t)
+    if r.state == TrialState.COMPLETE:
+        return True
+    if r.state == TrialState.PRUNED:
+        return not r.stopped
+    return r.state == TrialState.FAIL and r.error is not None
+
+
+def ensure_references(study: optuna.Study, refs: dict[str, tuple[dict, RepConfig]], run_dir: Path, *,
+                      out=STDOUT, created: bool = False) -> list[str]:
+    """Enqueue each reference role of the study's contract (``references``) that has no verdict
+    (``reference_verdict``) and no trial waiting or running in a live process (the dead ones were
+    failed just before). Check and enqueue happen under the run folder's study lock, so processes
+    resuming at once enqueue a role once. Returns the roles enqueued here."""
+    contract = [r for r in (study.user_attrs.get(record.STUDY_REFERENCES) or []) if r in refs]
+    if not contract:
+        return []
+    enqueued = []
+    with optuna_backend.file_lock(Path(run_dir) / ".study.lock"):
+        trials = study.get_trials(deepcopy=False)
+        for role in contract:
+            mine = [t for t in trials if t.user_attrs.get(record.ROLE) == role]
+            if any(reference_verdict(t) for t in mine):
+                continue
+            if any(t.state == TrialState.WAITING or (t.state == TrialState.RUNNING and
+                   record.owner_alive(t.user_attrs.get(record.OWNER)) is not False) for t in mine):
+                continue
+            study.enqueue_trial(refs[role][0], user_attrs={record.ROLE: role})
+            enqueued.append(role)
+            cut = [t.number for t in mine if t.state.is_finished()]
+            if cut and not created:
+                print(f"  note: the {role} reference (trial {', '.join(map(str, cut))}) was cut off before its result: "
+                      f"enqueued again", file=out)
+    return enqueued
 
 
 def make_executor(p: Prepared) -> Executor:
@@ -331,9 +479,57 @@ def make_executor(p: Prepared) -> Executor:
     return ThreadExecutor(p.study, p.trainer, s.n_workers)
 
 
-def search(settings: SearchSettings, *, train_fn=None, out=sys.stdout) -> SearchOutcome:
-    """Run (or resume, or join) a search; write the run folder's files; return what was found."""
-    p = prepare(settings, train_fn=train_fn, out=out)
+def _interruption(e: KeyboardInterrupt, message: str) -> SearchInterrupted:
+    """The SearchInterrupted for Ctrl-C, or SearchTerminated for a signal (``loop.Terminated``)."""
+    if isinstance(e, SearchInterrupted):
+        return e
+    if isinstance(e, Terminated):
+        return SearchTerminated(message.replace("interrupted", f"terminated ({e.why})", 1), e.signum)
+    return SearchInterrupted(message)
+
+
+@contextlib.contextmanager
+def _guard(settings: SearchSettings):
+    """A full disk (any error that wraps one) becomes ``DiskFull`` naming the run folder."""
+    try:
+        yield
+    except Exception as e:
+        if not isinstance(e, DiskFull) and optuna_backend.disk_full(e):
+            raise _disk_full(Path(settings.run_dir or "runs")) from e
+        raise
+
+
+def search(settings: SearchSettings, *, train_fn=None, out=STDOUT) -> SearchOutcome:
+    """Run (or resume, or join) a search; write the run folder's files; return what was found.
+
+    Ctrl-C or SIGTERM (handled while it runs, in the main thread): ``SearchInterrupted`` /
+    ``SearchTerminated``; a full disk: ``DiskFull`` (module docstring)."""
+    with sigterm_interrupts():
+        with _guard(settings):
+            p = prepare(settings, train_fn=train_fn, out=out)
+        study, run_dir = p.study, p.run_dir
+        resume = f"continue with: rep-tune search --resume {run_dir}"
+        try:
+            with _guard(settings):
+                outcome = _search(p, settings, out)
+            check_interrupts()               # a Ctrl-C Python dropped after the loop (weakref callback)
+            return outcome
+        except KeyboardInterrupt as e:
+            if isinstance(e, SearchInterrupted):
+                raise
+            done = _count_trained(study)
+            raise _interruption(e, f"interrupted: {done} trained trials and every other finished trial are kept in "
+                                   f"{run_dir / 'study.db'}; {resume}") from None
+
+
+def _count_trained(study: optuna.Study) -> str:
+    try:
+        return str(optuna_backend.count_trained(study))
+    except Exception:                        # a storage that cannot answer now (a full disk, a lock)
+        return "the"
+
+
+def _search(p: Prepared, settings: SearchSettings, out) -> SearchOutcome:
     study, run_dir = p.study, p.run_dir
     from rep_tune.search.report import ProgressBar
     try:
@@ -342,23 +538,20 @@ def search(settings: SearchSettings, *, train_fn=None, out=sys.stdout) -> Search
                          done=optuna_backend.count_trained(study)) as bar:
             loop = run_trials(study, p.objective, executor, n_trials=settings.n_trials, timeout=settings.timeout,
                               on_trial=bar.update, lock=optuna_backend.planning_lock(run_dir), out=out)
-    except KeyboardInterrupt:
-        done = optuna_backend.count_trained(study)
-        raise SearchInterrupted(
-            f"interrupted: {done} trained trials and every other finished trial are kept in "
-            f"{run_dir / 'study.db'}; continue with: rep-tune search --resume {run_dir}") from None
     finally:
         if p.cluster is not None:
             p.cluster.shutdown()
     outcome = p.outcome(loop)
     from rep_tune.search.report import write_outputs
-    write_outputs(outcome, settings, out=out)
+    write_outputs(outcome, settings, out=out)                 # its dashboard notes and artifacts write to the study
+    optuna_backend.checkpoint(study._storage, truncate=True)     # the log back to zero bytes (best effort)
     if settings.confirm_seeds > 0:
         run_confirmation(outcome, settings, p.trainer, out=out)
+        optuna_backend.checkpoint(study._storage, truncate=True)
     return outcome
 
 
-def run_confirmation(outcome: SearchOutcome, settings: SearchSettings, trainer: Trainer, *, out=sys.stdout) -> None:
+def run_confirmation(outcome: SearchOutcome, settings: SearchSettings, trainer: Trainer, *, out=STDOUT) -> None:
     """The confirmation stage (``search.confirm``): retrain, decide, rewrite best_<device>.yaml, write confirm.csv."""
     from rep_tune.search import confirm, report
     recs = report.records(outcome.study)
@@ -371,14 +564,15 @@ def run_confirmation(outcome: SearchOutcome, settings: SearchSettings, trainer: 
         conf = confirm.confirm(recs, outcome.targets, paper, settings.scenario, trainer.train_fn,
                                top_k=settings.confirm_top_k, seeds=settings.confirm_seeds, fidelity=fidelity,
                                progress=settings.progress)
-    except KeyboardInterrupt:
-        raise SearchInterrupted(f"interrupted during the confirmation: the search's files in {outcome.run_dir} are "
-                                f"written (unconfirmed); confirm again with: rep-tune search --resume "
-                                f"{outcome.run_dir}") from None
+    except KeyboardInterrupt as e:
+        raise _interruption(e, f"interrupted during the confirmation: the search's files in {outcome.run_dir} are "
+                               f"written (unconfirmed); confirm again with: rep-tune search --resume "
+                               f"{outcome.run_dir}") from None
     outcome.confirmation = conf
     outcome.files["confirm"] = confirm.write_csv(conf, Path(outcome.run_dir) / "confirm.csv")
     report.write_confirmed(outcome, settings, conf, recs)
+    report.publish(outcome)                  # the rewritten best_<device>.yaml and confirm.csv as artifacts
     confirm.print_table(conf, outcome.targets, out=out)
     for name in ("confirm", *[f"best_{t.key}" for t in outcome.targets]):
         if name in outcome.files:
-            print(f"  {name}: {outcome.files[name]}", file=out)
+            print(f"  {name}: {report.shown(outcome.files[name])}", file=out)

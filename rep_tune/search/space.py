@@ -36,6 +36,10 @@ read both ways: :meth:`SearchSpace.sample` writes a trial's values into a config
 :meth:`SearchSpace.params_of` reads a config back into values. Both run the same walk over the
 parameters (:meth:`SearchSpace._walk`: order, conditions, bounds), only the source of the answers
 differs (the trial, or the config), and ``params_of`` checks that its answer rebuilds the config.
+
+Export targets: :func:`restrict_to_export` narrows a space to what an export format can express
+(``rep-tune search --export-target rep-argparse|tome``), reading the format's own declaration
+(``rep_tune.export.Capabilities``), so every point of the restricted space exports exactly.
 """
 from __future__ import annotations
 
@@ -213,9 +217,14 @@ class MergeSchedule:
 
     @staticmethod
     def forms(space: SearchSpace) -> tuple[str, ...]:
-        if "atom.form" in space.params:
-            return tuple(space.params["atom.form"].choices)
-        return ("per_layer",) if "atom.per_layer" in space.params else ("ramp",)
+        return MergeSchedule.forms_of(space.params)
+
+    @staticmethod
+    def forms_of(params: dict[str, Param]) -> tuple[str, ...]:
+        """The schedule forms parameters ``params`` search: ``atom.form``'s choices, else the one whose key is there."""
+        if "atom.form" in params:
+            return tuple(params["atom.form"].choices)
+        return ("per_layer",) if "atom.per_layer" in params else ("ramp",)
 
     @staticmethod
     def implied_r(base: RepConfig) -> int:
@@ -264,6 +273,7 @@ class SearchSpace:
     params: dict[str, Param] = field(default_factory=dict)
     fixed: dict[str, Any] = field(default_factory=dict)
     source: str = "<memory>"
+    export_target: str | None = None          # set by restrict_to_export
 
     # ---- loading ----------------------------------------------------------------------------
     @classmethod
@@ -364,7 +374,7 @@ class SearchSpace:
         AToM keys last. Returns (parameter values, dotted changes to ``base``). Normalisation (so
         equal trainings hash equal): AToM off, or on with no merge anywhere -> ``atom.enabled =
         false, atom.merge = []``; no surrogate -> ``selection.cache = false`` (the base method's
-        per-iteration query pass).
+        per-iteration query pass) and ``selection.query_model = separate`` (its own query ViT).
         """
         values: dict[str, Any] = {}
 
@@ -403,6 +413,7 @@ class SearchSpace:
             changes["atom.merge"] = []
         if changes.get("selection.surrogate", base.selection.surrogate) is None:
             changes["selection.cache"] = False
+            changes["selection.query_model"] = "separate"     # as the reference code builds the base method
         return values, changes
 
     def sample(self, trial: optuna.trial.BaseTrial, base: RepConfig) -> RepConfig:
@@ -442,7 +453,7 @@ class SearchSpace:
 
         values, changes = self._walk(cfg, ask)
         rebuilt = cfg.replace(**changes)
-        normalised = ("atom.enabled", "atom.merge", "selection.cache")     # compared as the schedule below
+        normalised = ("atom.enabled", "atom.merge", "selection.cache", "selection.query_model")
         differ = [k for k in changes if k not in normalised and _get(rebuilt, k) != _get(cfg, k)]
         if rebuilt.merge_schedule != cfg.merge_schedule:
             differ.append("atom.merge")
@@ -450,11 +461,132 @@ class SearchSpace:
             raise ValueError(f"{self.source}: the space cannot reproduce {', '.join(differ)} of {cfg.name}")
         return values
 
+    def for_export(self, target: str | None, overrides: dict[str, Any] | None = None) -> SearchSpace:
+        """This space restricted to what export format ``target`` expresses (:func:`restrict_to_export`)."""
+        return restrict_to_export(self, target, overrides)
+
     def describe(self) -> dict:
         """Plain form for provenance."""
         return {"name": self.name, "source": self.source, "method": self.method, "base": self.base,
                 "params": {k: {f.name: getattr(p, f.name) for f in dataclasses.fields(p) if f.name != "name"}
-                           for k, p in self.params.items()}}
+                           for k, p in self.params.items()},
+                "fixed": dict(self.fixed), "export_target": self.export_target}
+
+
+# ---- restriction to what an export format can express ----------------------------------------------
+def restrict_to_export(space: SearchSpace, target: str | None, overrides: dict[str, Any] | None = None) -> SearchSpace:
+    """``space`` narrowed to what export format ``target`` can express, so the search's best (every
+    point of the returned space) exports to it exactly, with no ``allow_approx``. ``None``: ``space``.
+
+    Reads the format's declaration (``rep_tune.export.capabilities(target)``), the one its exporter
+    refuses from: a method it cannot run is refused (ValueError saying why); a categorical parameter
+    keeps only the choices it expresses (one left: the parameter becomes a ``fixed`` value, so the
+    paper/baseline references stay points of the space, written with that value, as ``fixed`` and
+    ``--set`` values always are); a field the space does not search but whose base value the target
+    cannot express is fixed to the first value it can; a section fixed off loses its parameters. The
+    merge schedule keeps the forms it expresses and ``atom.inflect`` only its inflections (e.g. the
+    integer ramps of ``--scheduling_factor``: ``{type: float, low: -1, high: 1, step: 1}``).
+    A ``fixed`` or ``overrides`` (``--set``) value the target cannot express is a ValueError.
+    """
+    if target is None:
+        return space
+    from rep_tune.export import capabilities
+
+    caps = capabilities(target)
+    where = f"--export-target {target}: {space.source}"
+    why = caps.why_not(space.method)
+    if why:
+        raise ValueError(f"{where}: method {space.method}: {why}")
+    params, fixed, given = dict(space.params), dict(space.fixed), {**space.fixed, **(overrides or {})}
+    base = space.base_config(**(overrides or {}))
+
+    def pin(key: str, allowed: tuple | None) -> None:
+        if allowed is None:
+            return
+        if key in given:
+            if given[key] not in allowed:
+                what = "--set" if key in (overrides or {}) else "fixed"
+                raise ValueError(f"{where}: {what} {key}={given[key]!r}: {target} expresses only {list(allowed)}")
+            return
+        p = params.get(key)
+        if p is None:
+            if _get(base, key) not in allowed:
+                fixed[key] = allowed[0]
+            return
+        keep = [c for c in (p.choices or []) if c in allowed and type(c) is type(allowed[0])]
+        if p.type != "categorical" or not keep:
+            raise ValueError(f"{where}: params.{key} {p.bounds()}: {target} expresses only {list(allowed)}")
+        if len(keep) == 1:
+            del params[key]
+            fixed[key] = keep[0]
+        else:
+            params[key] = _narrowed(p, choices=keep)
+
+    pin("training.precision", caps.precisions)
+    pin("atom.prop_attn", caps.prop_attn)
+    if base.layout().n_prompt:           # prompts in the sequence: whether they merge is the target's rule
+        pin("atom.protect_prompts", caps.protect_prompts)
+    if caps.ald_schedules == ():         # no layer dropping at all
+        pin("ald.enabled", (False,))
+    else:
+        pin("ald.schedule", caps.ald_schedules)
+    for section in ("atom", "ald"):      # a section fixed off: its other parameters would be sampled for nothing
+        if f"{section}.enabled" not in params and not given.get(f"{section}.enabled", fixed.get(
+                f"{section}.enabled", _get(base, f"{section}.enabled"))):
+            for key in [k for k in params if k.startswith(section + ".")]:
+                del params[key]
+    _restrict_merge(params, caps, where, target, base)
+    out = dataclasses.replace(space, params=params, fixed=fixed, export_target=target)
+    out._check_against(out.base_config())
+    return out
+
+
+def _narrowed(p: Param, **changes: Any) -> Param:
+    q = dataclasses.replace(p, **changes)
+    q.name = p.name
+    return q
+
+
+def _restrict_merge(params: dict[str, Param], caps, where: str, target: str, base: RepConfig) -> None:
+    """The AToM keys narrowed to the schedule forms and ramp inflections ``caps`` expresses."""
+    if not any(k in params for k in ATOM_KEYS):
+        if base.atom.enabled and any(base.merge_schedule):
+            fit = fit_ramp(base.merge_schedule, caps.inflects or INFLECTS)
+            if not ("per_layer" in caps.merge_forms or ("ramp" in caps.merge_forms and fit.exact)):
+                raise ValueError(f"{where}: the base merge schedule {base.merge_schedule} is no ramp {target} expresses")
+        return
+    forms = [f for f in MERGE.forms_of(params) if f in caps.merge_forms]
+    if not forms:
+        raise ValueError(f"{where}: params.atom.*: the space searches {list(MERGE.forms_of(params))} merge "
+                         f"schedules; {target} expresses only {list(caps.merge_forms)} (add atom.form/atom.r)")
+    if "per_layer" not in forms:
+        params.pop("atom.per_layer", None)
+    if "ramp" not in forms:
+        for key in ("atom.r", "atom.inflect"):
+            params.pop(key, None)
+    if "atom.form" in params:
+        if len(forms) == 1:
+            del params["atom.form"]          # MergeSchedule.forms: the form whose keys remain
+        else:
+            params["atom.form"] = _narrowed(params["atom.form"], choices=forms)
+    if "ramp" not in forms or caps.inflects is None:
+        return
+    p = params.get("atom.inflect")
+    if p is None:                             # the ramp's default inflection is 1 (the paper's ramp)
+        if 1.0 not in caps.inflects:
+            raise ValueError(f"{where}: params.atom.inflect: the default inflection 1 is not one {target} expresses "
+                             f"({list(caps.inflects)})")
+        return
+    allowed = sorted({float(i) for i in caps.inflects if p.contains(float(i) if p.type == "float" else int(i))})
+    steps = {round(b - a, 9) for a, b in zip(allowed, allowed[1:])}
+    if not allowed or len(steps) > 1:
+        raise ValueError(f"{where}: params.atom.inflect {p.bounds()}: {target} expresses only the inflections "
+                         f"{list(caps.inflects)}, none (or no evenly spaced set of them) inside it")
+    if allowed == [1.0]:
+        del params["atom.inflect"]            # the default
+    else:
+        params["atom.inflect"] = _narrowed(p, type="float", low=allowed[0], high=allowed[-1], log=False,
+                                           step=steps.pop() if steps else None)
 
 
 def config_hash(cfg: RepConfig) -> str:

@@ -14,6 +14,11 @@ that Ray workers reach it by (``127.0.0.1`` for a local Ray instance), on ``port
 one; ``--proxy-port`` when a firewall needs a fixed one). Anyone who can reach that port can
 read and write the study while the search runs: keep the cluster network private.
 """
+# Private Optuna/Ray members used here: 1, ``optuna.storages._grpc.server.make_server``. The public
+# ``optuna.storages.run_grpc_proxy_server`` is that function plus ``start()`` and
+# ``wait_for_termination()``: it blocks its caller forever and hands out no server to stop, so a
+# search could never close its port (``StorageProxy.stop``). Clients use the public
+# ``optuna.storages.GrpcStorageProxy``.
 from __future__ import annotations
 
 import socket

@@ -79,6 +79,7 @@ class Target:
     deploy_backbone: str | None = None      # --deploy-backbone (None: the workload's)
     deploy_epochs: int | None = None        # --deploy-epochs (None: the workload's)
     deploy_iters_per_task: int | None = None
+    precisions: tuple[str, ...] | None = None   # --export-target: the precisions its runtime trains at (None: any)
 
     @property
     def cost_source(self) -> str:
@@ -113,18 +114,25 @@ class Target:
         return Deployment(w.backbone, w.surrogate, w.img_size, w.epochs, w.iters_per_task, batch,
                           "direct" if same_model(proxy.backbone.name, w.backbone) else "proxy", w)
 
+    def deploy_precision(self) -> str | None:
+        """The precision a config at fp32 is deployed (and priced) at: the device's dtype, unless the
+        export target's runtime cannot train at it (``precisions``): then None, the config's own."""
+        from rep_tune.cost.deploy import deploy_precision
+        p = deploy_precision(self.profile)
+        return p if self.precisions is None or p in self.precisions else None
+
     def deployed_config(self, proxy: RepConfig) -> RepConfig:
         """``proxy``'s knobs as deployed: the deployment's backbone, surrogate, training schedule and
-        precision (``cost.deploy.map_to_deployment``).
+        precision (``cost.deploy.map_to_deployment``; :meth:`deploy_precision`).
 
         Raises ``rep_tune.cost.deploy.MappingError`` when the knobs cannot map 1:1.
         """
         if self.local:
             d = self.deployment(proxy)
             return proxy.replace(**{"training.epochs": d.epochs, "training.iters_per_task": d.iters_per_task})
-        from rep_tune.cost.deploy import deploy_precision, map_to_deployment
+        from rep_tune.cost.deploy import map_to_deployment
         return map_to_deployment(proxy, self.workload(), None, self.profile.budgets.batch_size,
-                                 deploy_precision(self.profile))
+                                 self.deploy_precision())
 
     def check(self, proxy: RepConfig) -> None:
         """Raise ``MappingError`` (a ValueError) when ``proxy`` cannot be priced on the deployment."""
@@ -141,7 +149,7 @@ class Target:
             return predict(config, self.profile, iters_per_task=config.training.iters_per_task,
                            batch=self.profile.budgets.batch_size, **kwargs)
         from rep_tune.cost.deploy import predict_deployed
-        return predict_deployed(config, self._deploy_profile())
+        return predict_deployed(config, self._deploy_profile(), keep_precision=self.deploy_precision() is None)
 
 
 def ald_horizon(targets: list[Target], proxy: RepConfig) -> int | None:
@@ -162,23 +170,28 @@ def is_this_machine(profile: DeviceProfile) -> bool:
 
 
 def local_profile(batch_size: int = 16) -> DeviceProfile:
-    """A profile of this machine: ``rep_tune.profiler.profile_device(quick=True)`` when available."""
-    try:
-        from rep_tune.profiler import profile_device
-        prof = profile_device(quick=True)
-    except (ImportError, AttributeError):
-        prof = DeviceProfile(name="local", kind="cpu", description="this machine (not profiled)",
-                             identity={"host": socket.gethostname()})
+    """A profile of this machine: ``rep_tune.profiler.profile_device(quick=True)``."""
+    from rep_tune.profiler import profile_device
+    prof = profile_device(quick=True)
     prof.identity = {**(prof.identity or {}), "host": socket.gethostname()}
     prof.budgets.batch_size = batch_size
     return prof
 
 
 def load_targets(devices: list[str], batch_size: int = 16, *, deploy_backbone: str | None = None,
-                 deploy_epochs: int | None = None, deploy_iters_per_task: int | None = None) -> list[Target]:
-    """Profiles from files, folders (every ``*.yaml`` in them), shipped names, or ``local``."""
+                 deploy_epochs: int | None = None, deploy_iters_per_task: int | None = None,
+                 export_target: str | None = None) -> list[Target]:
+    """Profiles from files, folders (every ``*.yaml`` in them), shipped names, or ``local``.
+
+    ``export_target``: the deployment trains at a precision that export format's runtime can run
+    (``rep_tune.export.capabilities``; the reference REP runtime trains fp32 only, even on an fp16 device)."""
     out: list[Target] = []
-    extra = dict(deploy_backbone=deploy_backbone, deploy_epochs=deploy_epochs, deploy_iters_per_task=deploy_iters_per_task)
+    precisions = None
+    if export_target:
+        from rep_tune.export import capabilities
+        precisions = capabilities(export_target).precisions
+    extra = dict(deploy_backbone=deploy_backbone, deploy_epochs=deploy_epochs, deploy_iters_per_task=deploy_iters_per_task,
+                 precisions=precisions)
     for spec in devices or []:
         if spec == "local":
             out.append(Target(local_profile(batch_size), "local", True, None, **extra))
