@@ -43,7 +43,7 @@ def test_half_precision_runs_the_backbone_in_half_and_keeps_trainables_fp32(prec
 
 
 def test_fp32_path_has_no_autocast():
-    cfg = preset("baseline", **RANDOM)
+    cfg = preset("baseline", **RANDOM, **{"selection.query_model": "shared"})   # query through the hooked backbone
     model = RepModel(cfg, 10).train()
     seen = []
     hook = model.backbone.blocks[0].attn.qkv.register_forward_hook(lambda m, i, o: seen.append(o.dtype))

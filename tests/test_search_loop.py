@@ -166,8 +166,6 @@ def test_a_ctrl_c_python_drops_in_a_weakref_callback_is_raised_again(capsys):
     """A SIGINT handled while the main thread runs a weakref callback (a garbage collection:
     SQLAlchemy's registry cleanup in a search) raises where Python drops exceptions; the loop
     raises it again (``check_interrupts``), and Python's "Exception ignored" lines stay quiet."""
-    import gc
-    import weakref
 
     from rep_tune.search.loop import check_interrupts, sigterm_interrupts
 
@@ -179,6 +177,16 @@ def test_a_ctrl_c_python_drops_in_a_weakref_callback_is_raised_again(capsys):
         for _ in range(1000):
             pass
 
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)   # a background job starts with SIGINT ignored
+    try:
+        _drop_and_raise_again(Obj, callback, check_interrupts, sigterm_interrupts, capsys)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _drop_and_raise_again(Obj, callback, check_interrupts, sigterm_interrupts, capsys) -> None:
+    import gc
+    import weakref
     with sigterm_interrupts():
         o = Obj()
         ref = weakref.ref(o, callback)          # noqa: F841

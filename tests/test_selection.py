@@ -58,7 +58,7 @@ def test_cache_needs_ids_and_dataset_key():
 
 
 def test_baseline_query_is_the_backbone_cls():
-    model = RepModel(preset("baseline", "l2p", **OFFLINE), 10).eval()
+    model = RepModel(preset("baseline", "l2p", **OFFLINE, **{"selection.query_model": "shared"}), 10).eval()
     x = _x(3)
     assert model.surrogate is None and model.projection is None
     q = model.query(x)
