@@ -463,12 +463,26 @@ def write_mapping(data: dict, path: str | Path) -> Path:
 
 
 def atomic_write_text(path: str | Path, text: str, *, newline: str | None = None) -> Path:
-    """Write ``text`` to ``path`` through a new file in the same folder, then ``os.replace`` it.
+    """Write ``text`` (UTF-8) to ``path`` atomically and link-safely: see ``atomic_write_bytes``.
 
-    A reader never sees half a file, and a symlink (or any file) at ``path`` is replaced by the new
-    file rather than followed: a link planted at an output's name cannot redirect the write. The
-    temporary file is created with O_EXCL|O_NOFOLLOW (mode 0666 less the umask, as ``open`` does)
-    and removed on failure. ``path`` being a directory raises IsADirectoryError naming it.
+    ``newline`` is ``open``'s: None or "" write "\n" as is (POSIX), another value replaces it.
+    """
+    if newline not in (None, ""):
+        text = text.replace("\n", newline)
+    return atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
+    """Write ``data`` to ``path`` through a new file in the same folder, then ``os.replace`` it.
+
+    Every output of a run (run.yaml, trials.csv, the Pareto CSV/PNG, confirm.csv, exports, Tune's
+    checkpoints) goes through here, so:
+    - a reader never sees half a file, and a kill or a full disk mid-write leaves the previous file;
+    - a symlink (or any file) at ``path`` is replaced by the new file rather than followed: a link
+      planted at an output's name cannot redirect the write outside the run folder.
+    The temporary file is created with O_EXCL|O_NOFOLLOW (mode 0666 less the umask, as ``open`` does)
+    and removed on failure. ``path`` being a directory raises IsADirectoryError naming it; other
+    OS errors name ``path``, never the temporary file.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -487,8 +501,8 @@ def atomic_write_text(path: str | Path, text: str, *, newline: str | None = None
     else:
         raise FileExistsError(17, "cannot create a temporary file next to it", str(path))
     try:
-        with open(fd, "w", encoding="utf-8", newline=newline) as f:
-            f.write(text)
+        with open(fd, "wb") as f:
+            f.write(data)
         os.replace(tmp, path)
     except BaseException as e:
         try:

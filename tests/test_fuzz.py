@@ -610,6 +610,8 @@ HOSTILE_CASES: list[Case] = [
                                                  "training.batch_size")),
     Case("set-method-list", "flags", lambda tmp: (train(tmp, "--set", "prompt.method=[1]"), "prompt.method")),
     Case("set-duplicate-key", "flags", lambda tmp: (train(tmp, "--set", "target={a: 1, a: 2}"), "--set")),
+    Case("search-set-bad-yaml", "flags", lambda tmp: (search(tmp, "--set", "training.lr=["), "training.lr")),
+    Case("search-set-duplicate-key", "flags", lambda tmp: (search(tmp, "--set", "target={a: 1, a: 2}"), "duplicate")),
     Case("train-device-tpu", "flags", lambda tmp: (train(tmp, "--device", "tpu:7"), "--device")),
     Case("train-device-cuda-absent", "flags", lambda tmp: (train(tmp, "--device", no_gpu_device()), "--device")),
     Case("train-device-empty", "flags", lambda tmp: (train(tmp, "--device", ""), "--device")),

@@ -97,6 +97,36 @@ def test_trials_csv_has_a_source_per_metric_and_a_column_per_parameter(tmp_path)
     assert rows[0]["prompt.length"] == str(trial.params["prompt.length"])
 
 
+def test_run_outputs_replace_planted_symlinks_and_leave_their_targets_alone(tmp_path):
+    """trials.csv, the Pareto CSV/PNG and run.yaml are swapped in whole: a symlink planted at an
+    output's name (to a file outside the run folder) is replaced, the file it pointed to is untouched."""
+    from rep_tune.search.report import write_pareto
+    study, _ = open_study(tmp_path, "s", "random", 0, "none")
+    trial = study.ask()
+    trial.suggest_int("prompt.length", 1, 10)
+    w = RecordWriter.of(trial)
+    w.priced("dev", _cost(12.0, 40.0, 0.5))
+    w.costs({"dev": (_cost(12.0, 40.0, 0.5), {"latency_ms": 20.0})}, ["latency_ms@dev"])
+    study.tell(trial, 0.5)
+    target = load_targets(["cpu_x86_generic"])[0]
+    target.key = "dev"
+    run, outside = tmp_path / "run", tmp_path / "outside"
+    run.mkdir()
+    outside.mkdir()
+    names = ("trials.csv", "pareto_dev.csv", "pareto_dev.png", "run.yaml")
+    for name in names:
+        (outside / name).write_text("keep me")
+        (run / name).symlink_to(outside / name)
+    write_trials_csv(study, [target], run / "trials.csv")
+    write_pareto(record.read_all(study.get_trials()), target, None, {}, run)
+    _settings(tmp_path).save(run / "run.yaml")
+    for name in names:
+        assert (outside / name).read_text() == "keep me", name
+        assert not (run / name).is_symlink() and (run / name).stat().st_size > 10, name
+    assert (run / "pareto_dev.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert sorted(p.name for p in run.iterdir()) == sorted(names)        # no temporary file left behind
+
+
 # ---- budgets, targets, defaults --------------------------------------------------------------
 def test_profile_budgets_bind_without_fallback_and_missing_ones_default_to_relative():
     base = _cost(20.0, 40.0, 0.5)

@@ -118,6 +118,26 @@ def torch_device(text: str) -> str:
 torch_device.__name__ = "device"
 
 
+def set_overrides(items: list[str]) -> dict[str, object]:
+    """``--set KEY=VALUE`` flags (train, search) as {dotted key: value}: each value parsed as YAML the
+    way a config file is (duplicate keys refused); a malformed item is a ValueError naming it."""
+    import yaml
+
+    from rep_tune.schema import load_yaml, parse_error
+    out: dict[str, object] = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        if not sep:
+            raise ValueError(f"--set: expected KEY=VALUE, found {item[:80]!r}")
+        try:
+            out[key.strip()] = load_yaml(text)
+        except yaml.YAMLError as e:
+            raise ValueError(f"--set {item[:80]!r}: the value is not valid YAML ({parse_error(e, text)})") from None
+        except (ValueError, OverflowError, RecursionError):   # an int past Python's 4300 digits, deep nesting
+            raise ValueError(f"--set {item[:80]!r}: the value is not a usable YAML value") from None
+    return out
+
+
 def add_threads_argument(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=threads_int,
                    help="torch CPU threads (default: 1 when the cores are busy, else torch's "

@@ -15,10 +15,9 @@ import argparse
 import os
 import sys
 
-import yaml
 
 from rep_tune.cli.common import (add_threads_argument, int_range, non_negative_float, positive_float,
-                                   positive_int, set_threads)
+                                   positive_int, set_overrides, set_threads)
 from rep_tune.figures import METRICS
 from rep_tune.methods import method_names
 from rep_tune.search.optuna_backend import PRUNERS, SAMPLERS
@@ -135,11 +134,7 @@ def settings_from_args(args: argparse.Namespace):
         overrides["training.epochs"] = args.epochs
     if args.iters_per_task is not None:
         overrides["training.iters_per_task"] = args.iters_per_task
-    for item in args.set:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise ValueError(f"--set: expected KEY=VALUE, found {item!r}")
-        overrides[key.strip()] = yaml.safe_load(value)
+    overrides.update(set_overrides(args.set))
     given = {
         "devices": list(args.device), "space": args.space, "method": args.method, "backbone": args.backbone,
         "scenario": Scenario.load(args.scenario) if args.scenario else None, "overrides": overrides,

@@ -12,7 +12,7 @@ import math
 import time
 from pathlib import Path
 
-from rep_tune.cli.common import add_threads_argument, path_arg, positive_int, set_threads, torch_device
+from rep_tune.cli.common import add_threads_argument, path_arg, positive_int, set_overrides, set_threads, torch_device
 from rep_tune.config import EMBEDDED_BACKBONE, PRESETS
 from rep_tune.methods import method_names
 
@@ -37,29 +37,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_threads_argument(p)
 
 
-def _value(item: str, text: str):
-    import yaml
-
-    from rep_tune.schema import load_yaml, parse_error
-    try:
-        return load_yaml(text)
-    except yaml.YAMLError as e:
-        raise ValueError(f"--set {item!r}: the value is not valid YAML ({parse_error(e, text)})") from None
-    except (ValueError, OverflowError, RecursionError):     # an int past Python's 4300 digits, deep nesting
-        raise ValueError(f"--set {item[:80]!r}: the value is not a usable YAML value") from None
-
-
 def build_config(args: argparse.Namespace):
     """The RepConfig the flags describe (validated)."""
     from rep_tune.config import RepConfig, preset
     from rep_tune.schema import SchemaError
     cfg = RepConfig.load(args.config) if args.config else preset(args.preset, args.method, args.backbone)
-    overrides = {}
-    for item in args.set:
-        if "=" not in item:
-            raise ValueError(f"--set: expected KEY=VALUE, found {item!r}")
-        k, v = item.split("=", 1)
-        overrides[k.strip()] = _value(item, v)
+    overrides = set_overrides(args.set)
     if overrides:
         try:
             cfg = cfg.replace(**overrides)

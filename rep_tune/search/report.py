@@ -26,6 +26,7 @@ serves.
 from __future__ import annotations
 
 import csv
+import io
 import json
 import socket
 import sys
@@ -43,6 +44,7 @@ from rep_tune.config import RepConfig
 from rep_tune.figures import METRICS
 from rep_tune.search import record
 from rep_tune.search.optuna_backend import file_lock, is_trained
+from rep_tune.schema import atomic_write_bytes, atomic_write_text
 from rep_tune.search.record import TrialRecord, read_all
 from rep_tune.search.targets import Target
 
@@ -186,23 +188,23 @@ def write_trials_csv(study: optuna.Study, targets: Sequence[Target], path: Path)
         for m in METRICS:
             cols += [record.value_key(m, t.key), record.source_key(m, t.key), record.predicted_key(m, t.key)]
         cols.append(record.feasible_key(t.key))
-    with open(path, "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(cols + params)
-        for r in recs:
-            row = [r.number, r.state.name, r.kind, r.value, r.final_acc, r.role, r.prescreened, r.trained,
-                   r.cached_from, r.pruned_at_task, r.stopped, r.train_seconds, r.forgetting, r.error, r.interrupted,
-                   r.prescreen_reason, r.config_hash, r.owner]
-            for t in targets:
-                d = r.devices.get(t.key)
-                for m in METRICS:
-                    fig = d.figures.get(m) if d else None
-                    pred = d.predicted.get(m) if d else None
-                    row += [None if fig is None else fig.value, None if fig is None else fig.source,
-                            None if pred is None else pred.value]
-                row.append(None if d is None else d.feasible)
-            w.writerow(row + [r.params.get(p) for p in params])
-    return path
+    f = io.StringIO()
+    w = csv.writer(f)
+    w.writerow(cols + params)
+    for r in recs:
+        row = [r.number, r.state.name, r.kind, r.value, r.final_acc, r.role, r.prescreened, r.trained,
+               r.cached_from, r.pruned_at_task, r.stopped, r.train_seconds, r.forgetting, r.error, r.interrupted,
+               r.prescreen_reason, r.config_hash, r.owner]
+        for t in targets:
+            d = r.devices.get(t.key)
+            for m in METRICS:
+                fig = d.figures.get(m) if d else None
+                pred = d.predicted.get(m) if d else None
+                row += [None if fig is None else fig.value, None if fig is None else fig.source,
+                        None if pred is None else pred.value]
+            row.append(None if d is None else d.feasible)
+        w.writerow(row + [r.params.get(p) for p in params])
+    return atomic_write_text(path, f.getvalue())
 
 
 def write_pareto(recs: Sequence[TrialRecord], target: Target, best: TrialRecord | None,
@@ -211,14 +213,15 @@ def write_pareto(recs: Sequence[TrialRecord], target: Target, best: TrialRecord 
     trials = scored(recs)
     front = {r.number for r in pareto(trials, key)}
     csv_path = run_dir / f"pareto_{key}.csv"
-    with open(csv_path, "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["trial", "final_acc", *[c for m in METRICS for c in (m, f"{m}_source")], "feasible", "on_front",
-                    "role", "best"])
-        for r in sorted(trials, key=lambda r: -r.final_acc):
-            figs = [c for m in METRICS for c in (r.value_of(m, key), (r.figure(m, key) or _NOFIG).source)]
-            w.writerow([r.number, round(r.final_acc, 6), *figs, r.feasible(key), r.number in front, r.role,
-                        best is not None and r.number == best.number])
+    f = io.StringIO()
+    w = csv.writer(f)
+    w.writerow(["trial", "final_acc", *[c for m in METRICS for c in (m, f"{m}_source")], "feasible", "on_front",
+                "role", "best"])
+    for r in sorted(trials, key=lambda r: -r.final_acc):
+        figs = [c for m in METRICS for c in (r.value_of(m, key), (r.figure(m, key) or _NOFIG).source)]
+        w.writerow([r.number, round(r.final_acc, 6), *figs, r.feasible(key), r.number in front, r.role,
+                    best is not None and r.number == best.number])
+    atomic_write_text(csv_path, f.getvalue())
     png_path = run_dir / f"pareto_{key}.png"
     _plot(recs, target, best, refs, png_path)
     return csv_path, png_path
@@ -282,8 +285,10 @@ def _plot(recs: Sequence[TrialRecord], target: Target, best: TrialRecord | None,
     where = "this machine" if target.local else target.workload().backbone
     fig.suptitle(f"rep-tune search on {target.profile.name} (costs on {where})")
     fig.tight_layout(rect=(0, 0.12, 1, 1))
-    fig.savefig(png_path, dpi=110)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
     plt.close(fig)
+    atomic_write_bytes(png_path, buf.getvalue())
 
 
 def write_outputs(outcome, settings, *, out=STDOUT) -> None:

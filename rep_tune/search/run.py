@@ -42,7 +42,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import math
-import os
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -56,7 +55,7 @@ from rep_tune.progress import STDOUT
 from rep_tune.config import EMBEDDED_BACKBONE, RepConfig, preset
 from rep_tune.data.scenario import Scenario
 from rep_tune.figures import METRICS
-from rep_tune.schema import dump_mapping, from_dict, read_mapping, to_dict
+from rep_tune.schema import atomic_write_text, dump_mapping, from_dict, read_mapping, to_dict
 from rep_tune.search import optuna_backend, record
 from rep_tune.search.budgets import DeviceBudgets, parse_budget, resolve
 from rep_tune.search.confirm import CONFIRM_FIDELITY, DEFAULT_SEEDS, DEFAULT_TOP_K
@@ -132,17 +131,9 @@ class SearchSettings:
     resolved_budgets: dict[str, dict] = field(default_factory=dict)   # filled on first run
 
     def save(self, path: Path) -> Path:
-        """Write run.yaml atomically (a temporary file renamed over it): a full disk or a kill
-        mid-write leaves the previous run.yaml, never a truncated one that --resume cannot read."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        try:
-            tmp.write_text(dump_mapping(to_dict(self)))
-            os.replace(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)
-        return path
+        """Write run.yaml atomically and link-safely (``schema.atomic_write_text``): a full disk or a
+        kill mid-write leaves the previous run.yaml, never a truncated one that --resume cannot read."""
+        return atomic_write_text(path, dump_mapping(to_dict(self)))
 
     @classmethod
     def resume(cls, run_dir: str | Path, **changes: Any) -> SearchSettings:

@@ -98,6 +98,7 @@ from rep_tune.config import RepConfig
 from rep_tune.data.scenario import Scenario
 from rep_tune.extras import require
 from rep_tune.figures import METRICS, Cost, Figure
+from rep_tune.schema import atomic_write_text, load_json
 from rep_tune.search import optuna_backend, record
 from rep_tune.search.loop import TrialFlow
 from rep_tune.search.objective import TRAIN, Evaluation, Outcome, Plan, Trainer
@@ -477,10 +478,10 @@ class RepSearcher(Searcher):
         self._live.update(live)
 
     def save(self, checkpoint_path: str) -> None:
-        Path(checkpoint_path).write_text(json.dumps(self.get_state()))
+        atomic_write_text(checkpoint_path, json.dumps(self.get_state()))
 
     def restore(self, checkpoint_path: str) -> None:
-        self.set_state(json.loads(Path(checkpoint_path).read_text()))
+        self.set_state(load_json(Path(checkpoint_path).read_text()))
 
     def __getstate__(self) -> dict:
         state = dict(self.__dict__)
