@@ -26,7 +26,9 @@ Run: python benchmarks/bench_cost_model.py [--configs 32] [--threads 1] [--quick
 from __future__ import annotations
 
 import argparse
+import copy
 import csv
+import os
 import platform
 import random
 import statistics
@@ -161,6 +163,16 @@ def measure(cfg, t: int, args, num_classes: int = 100) -> dict:
     return {"patterns": patterns, "ms": ms, "peak_mb": mem.peak_memory_mb.value}
 
 
+def roofline_only(prof: DeviceProfile) -> DeviceProfile:
+    """The previous form, for the side-by-side: the fitted roofline alone (no timed-block residual
+    table), its fitted per-run constant as the per-iteration overhead (no measured fixed cost)."""
+    out = copy.deepcopy(prof)
+    cal = out.calibration
+    cal.overhead_ms = float(cal.fit_error.get("run_intercept_ms", 0.0))
+    cal.runs, cal.iterations = [], []
+    return out
+
+
 def spearman(a, b) -> float:
     ra = np.argsort(np.argsort(a)).astype(float)
     rb = np.argsort(np.argsort(b)).astype(float)
@@ -223,9 +235,11 @@ def main(argv=None) -> int:
           f"{ {k: round(v, 4) for k, v in cal.efficiency.items()} }, launch {cal.launch_ms:.4f} ms, overhead "
           f"{cal.overhead_ms:.3f} ms, memory overhead {cal.memory_overhead_mb:.2f} MiB; fit error "
           f"{ {k: round(v, 3) for k, v in cal.fit_error.items()} }  [{time.perf_counter() - t_start:.0f}s]", flush=True)
-    print(f"   configs priced and measured at training.precision {precision}", flush=True)
+    print(f"   configs priced and measured at training.precision {precision}; load average now "
+          f"{os.getloadavg()[0]:.2f} (1 min; a quiet 2-core machine reads < 1 with this benchmark's one thread)", flush=True)
 
     rows = []
+    roof = roofline_only(prof)
     configs = draw_configs(args.configs, args.seed, precision)
     header = (f"{'':4}{'config':<58} {'t':>5} {'pred':>8} {'meas':>8} {'err':>7}  {'pred':>7} {'meas':>7} {'err':>7}")
     bar = ProgressBar(len(configs), "configs", unit="configs", transient=True)
@@ -235,6 +249,7 @@ def main(argv=None) -> int:
         preds = [predict(cfg, prof, t=t, keep=pat) for pat in m["patterns"]]
         key = "latency_ms_cached" if cfg.selection.cache else "latency_ms_first_epoch"
         pred_ms = statistics.fmean(p.extras[key] for p in preds)
+        roof_ms = statistics.fmean(predict(cfg, roof, t=t, keep=pat).extras[key] for pat in m["patterns"])
         meas_ms = statistics.fmean(m["ms"])
         at_t = predict(cfg, prof, t=t)
         every = predict(cfg, prof, t=t, keep=tuple([1.0] * cfg.backbone.arch.depth))
@@ -246,6 +261,7 @@ def main(argv=None) -> int:
                "other_ms": preds[0].extras["other_ms"], "patterns": len(m["patterns"]),
                "spread_ms": max(m["ms"]) - min(m["ms"])}
         row["lat_err"] = (row["pred_ms"] - row["meas_ms"]) / row["meas_ms"]
+        row["roofline_err"] = (roof_ms - row["meas_ms"]) / row["meas_ms"]
         row["mem_err"] = (row["pred_mb"] - row["meas_mb"]) / row["meas_mb"]
         rows.append(row)
         bar.write(f"{row['name']:<4}{row['config']:<58} {t:>5} {pred_ms:8.1f} {meas_ms:8.1f} {100 * row['lat_err']:+6.1f}%"
@@ -271,6 +287,12 @@ def main(argv=None) -> int:
         ok = abs(v) <= target
         print(f"{name:<20} {100 * v:+6.1f}%   target {'+-' if 'signed' in name else '<= '}{100 * target:g}%  "
               f"{'ok' if ok else 'MISSED'}")
+    old = np.array([r["roofline_err"] for r in rows])
+    print(f"side by side, same measurements: roofline alone (the previous form: no timed-block table, fitted "
+          f"intercept {roof.calibration.overhead_ms:.2f} ms) median {100 * np.median(np.abs(old)):.1f}%, p90 "
+          f"{100 * np.percentile(np.abs(old), 90):.1f}%, mean signed {100 * np.mean(old):+.1f}%; with the table and the "
+          f"measured fixed cost ({prof.calibration.overhead_ms:.2f} ms/iteration) median {100 * stats['latency median']:.1f}%, "
+          f"p90 {100 * stats['latency p90']:.1f}%, mean signed {100 * stats['latency mean signed']:+.1f}%")
     print(f"latency p90 signed   {100 * np.percentile(lat, 10):+.1f}% .. {100 * np.percentile(lat, 90):+.1f}% "
           f"(10th..90th percentile); memory p90 |err| {100 * np.percentile(np.abs(mem), 90):.1f}%, mean signed "
           f"{100 * np.mean(mem):+.1f}%")
@@ -296,7 +318,9 @@ def main(argv=None) -> int:
         w.writeheader()
         w.writerows(rows)
     prof.save(RESULTS / f"cost_model_profile_{host}.yaml")
-    print(f"\ntable: {path}; profile: {RESULTS / f'cost_model_profile_{host}.yaml'}; total {time.perf_counter() - t_start:.0f}s")
+    rel = lambda q: q.relative_to(RESULTS.parent.parent)  # noqa: E731
+    print(f"\ntable: {rel(path)}; profile: {rel(RESULTS / f'cost_model_profile_{host}.yaml')}; "
+          f"total {time.perf_counter() - t_start:.0f}s; load average at the end {os.getloadavg()[0]:.2f} (1 min)")
     return 0
 
 

@@ -143,7 +143,7 @@ def sigterm_reference(tmp: Path) -> None:
     p.send_signal(signal.SIGTERM)
     out, err = p.communicate(timeout=120)
     say(f"- `{shown(argv, tmp)}`, SIGTERM while trial 0 (paper) trains")
-    say(f"  exit {p.returncode}: {last_lines(err, tmp, 2)}")
+    say(f"  exit {p.returncode}: {last_lines(err, tmp, 1)}")
     say(f"  study: {roles(run_dir)}")
     argv = ["search", "--resume", str(run_dir), "--no-progress", "--threads", "1"]
     r = run(argv, tmp, timeout=600)
@@ -176,7 +176,7 @@ def other_host(tmp: Path) -> None:
     argv = ["search", "--resume", str(run_dir), "--no-progress", "--threads", "1"]
     r = run(argv, tmp, timeout=600)
     say(f"- `{shown(argv, tmp)}`")
-    say(f"  exit {r.returncode}: {last_lines(r.stderr or r.stdout, tmp, 1)}")
+    say(f"  exit {r.returncode}: {last_lines(r.stdout if r.returncode == 0 else r.stderr, tmp, 1)}")
     say(f"  study: {roles(run_dir)}")
     say()
 
@@ -194,7 +194,7 @@ def full_disk(tmp: Path) -> None:
         say(f"- a 20 MiB file system (< MIN_FREE_MIB {MIN_FREE_MIB}): `{shown(argv, tmp)}`")
         say(f"  exit {r.returncode}: {last_lines(r.stderr, tmp, 1)}")
     finally:
-        subprocess.run(["umount", str(mnt)])
+        unmount(mnt)
     subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={MIN_FREE_MIB + 30}m", "tmpfs", str(mnt)], check=True)
     try:
         run_dir = mnt / "run"
@@ -215,8 +215,17 @@ def full_disk(tmp: Path) -> None:
         say(f"- filler removed; `{shown(argv, tmp)}`")
         say(f"  exit {r.returncode}; study: {roles(run_dir)}")
     finally:
-        subprocess.run(["umount", str(mnt)])
+        unmount(mnt)
     say()
+
+
+def unmount(path: Path) -> None:
+    """umount, retried while a just-ended process lets go of it; lazily as the last resort."""
+    for _ in range(20):
+        if subprocess.run(["umount", str(path)], capture_output=True).returncode == 0:
+            return
+        time.sleep(0.5)
+    subprocess.run(["umount", "-l", str(path)])
 
 
 def deleted_study(tmp: Path) -> None:

@@ -180,6 +180,24 @@ class CalibrationRun:
 
 
 @dataclass
+class IterationRun:
+    """One timed REP training iteration with every block dropped (ALD's pattern fixed to none):
+    what an iteration costs outside the blocks and the query (patch embedding, prompt selection and
+    assembly, final norm, head, loss, gradient clipping, optimizer step, the framework's per-step
+    work). ``rep_tune.cost.calibrate.fit`` sets ``overhead_ms`` to what the model's counts miss of it."""
+
+    method: str
+    backbone: str
+    batch: int
+    ms: float
+    dtype: str = "fp32"
+
+    def check_ranges(self, source: str | None, field_name: str) -> None:
+        check(self.batch >= 1, source, f"{field_name}.batch", "int >= 1", self.batch)
+        check(self.ms > 0, source, f"{field_name}.ms", "a finite number > 0 (ms)", self.ms)
+
+
+@dataclass
 class Calibration:
     """Measured efficiency factors (fraction of peak reached) and fitted overheads."""
 
@@ -190,6 +208,7 @@ class Calibration:
     launch_ms: float | None = None     # time per kernel launch (dominates tiny blocks on CPU and Jetson)
     memory_overhead_mb: float = 0.0    # framework / allocator overhead
     runs: list[CalibrationRun] = field(default_factory=list)
+    iterations: list[IterationRun] = field(default_factory=list)   # timed iterations with no block: the fixed cost
     fit_error: dict[str, float] = field(default_factory=dict)    # e.g. {"latency_median_rel": 0.06}
     # agreement of the profiler's repeated probes (rep_tune.profiler.probe.spread: (median - fastest) / median
     # of each probe's repeats); noisy: one exceeded probe.AGREEMENT (a busy machine: the runs are unreliable)
@@ -201,6 +220,8 @@ class Calibration:
         if not self.noisy and not self.spreads:
             plain.pop("noisy", None)
             plain.pop("spreads", None)
+        if not self.iterations:
+            plain.pop("iterations", None)
         return plain
 
     def check_ranges(self, source: str | None) -> None:
@@ -218,6 +239,8 @@ class Calibration:
               self.memory_overhead_mb)
         for i, run in enumerate(self.runs):
             run.check_ranges(source, f"calibration.runs[{i}]")
+        for i, it in enumerate(self.iterations):
+            it.check_ranges(source, f"calibration.iterations[{i}]")
         for k, v in self.fit_error.items():
             check(v >= 0, source, f"calibration.fit_error.{k}", "a finite number >= 0", v)
         for k, v in self.spreads.items():

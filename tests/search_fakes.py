@@ -29,6 +29,32 @@ def fake_accuracy(config) -> float:
     return float(min(0.99, max(0.05, acc)))
 
 
+def wait_for_training(run_dir: Path, proc, paid: int = 1, limit: float = 240, what: str = "the search") -> list:
+    """Poll ``run_dir``'s study (from another process) until ``paid`` trained trials have finished
+    and another is training; return the trial records then. On ``limit`` seconds, or when ``proc``
+    ended first, kill it and fail the test naming what never happened."""
+    import optuna
+    import pytest
+    from optuna.trial import TrialState
+
+    from rep_tune.search import record
+    from rep_tune.search.optuna_backend import storage_url
+    url = storage_url(run_dir)
+    deadline = time.time() + limit
+    while time.time() < deadline and proc.poll() is None:
+        time.sleep(0.3)
+        if not (Path(run_dir) / "run.yaml").exists():           # the study exists once run.yaml does
+            continue
+        try:
+            recs = record.read_all(optuna.load_study(study_name=None, storage=url).trials)
+        except Exception:                                       # being created
+            continue
+        if sum(r.paid for r in recs) >= paid and any(r.state == TrialState.RUNNING and r.trained for r in recs):
+            return recs
+    proc.kill()
+    pytest.fail(f"{what} never had {paid} finished trial(s) and one in training (rc {proc.wait()})")
+
+
 @dataclass
 class FakeResult:
     acc_matrix: np.ndarray

@@ -321,7 +321,8 @@ def test_fit_recovers_known_efficiencies():
     for k, v in truth.items():
         assert out.calibration.efficiency[k] == pytest.approx(v, rel=1e-6)
     assert out.calibration.launch_ms == pytest.approx(launch, rel=1e-6)
-    assert out.calibration.overhead_ms == pytest.approx(0.5, rel=1e-6)
+    assert out.calibration.fit_error["run_intercept_ms"] == pytest.approx(0.5, rel=1e-6)
+    assert out.calibration.overhead_ms == 0.0          # per iteration: measured (calibration.iterations), none here
     assert out.calibration.fit_error["latency_median_rel"] < 1e-9
     assert out.calibrated and not prof.calibrated                    # a copy; the input is untouched
     assert predict(preset("paper"), out).latency_ms.source == "predicted"

@@ -5,16 +5,20 @@ Trainings are ``search_fakes.FakeTrain`` (deterministic accuracy, no network); t
 loop, the notes, the artifact store and the dashboard are real. The dashboard runs as the command
 the search prints (``optuna-dashboard sqlite:///... --artifact-dir ...``) in a subprocess on
 127.0.0.1 and a free port, and is queried over HTTP through its JSON API (optuna-dashboard 0.21:
-``/api/studies``, ``/api/studies/<id>``, ``/artifacts/<study>/<artifact>``). No browser
-screenshot: no headless browser is installed here.
+``/api/studies``, ``/api/studies/<id>``, ``/artifacts/<study>/<artifact>``). Where a headless
+Chromium is installed (Debian: ``apt-get install chromium``), the trial pages are also rendered by
+it and their text checked; ``REP_TUNE_SCREENSHOTS=<folder>`` keeps the screenshots.
 """
 from __future__ import annotations
 
 import csv
+import html
 import io
 import json
 import os
+import re
 import shlex
+import shutil
 import socket
 import subprocess
 import sys
@@ -157,6 +161,47 @@ def test_the_dashboard_shows_true_accuracy_constraints_prescreened_notes_and_art
         shown[n]["note"] = trials[n]["note"]["body"].splitlines()[0]
     print(f"\ndashboard /api/studies/{sid} (over budget, pre-screened):", json.dumps(shown, indent=1))
     print("artifacts:", sorted(names))
+
+
+BROWSER = next((b for b in map(shutil.which, ("chromium", "chromium-browser", "google-chrome")) if b), None)
+
+
+def _render(url: str, shot: Path) -> str:
+    """The page's DOM after its scripts ran, as a headless Chromium renders it, and a screenshot."""
+    common = [BROWSER, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+              "--window-size=1500,1100", "--virtual-time-budget=15000", f"--user-data-dir={shot.parent / 'profile'}"]
+    subprocess.run([*common, f"--screenshot={shot}", url], capture_output=True, timeout=180, check=True)
+    dom = subprocess.run([*common, "--dump-dom", url], capture_output=True, text=True, timeout=180, check=True).stdout
+    text = " ".join(html.unescape(re.sub(r"<[^>]+>", " ", dom)).split())      # the text a reader sees
+    return re.sub(r" ([,:.)])", r"\1", text)                                  # no space before punctuation
+
+
+@pytest.mark.skipif(BROWSER is None, reason="no headless browser here (Debian: apt-get install chromium)")
+def test_a_headless_browser_shows_the_over_budget_and_the_prescreened_trial(searched, dashboard, tmp_path):
+    """What a user sees: the dashboard's trial list rendered by Chromium shows the over-budget trial
+    as Complete with its true accuracy and infeasible, and the pre-screened one as Pruned with its note."""
+    outcome, _, _ = searched
+    studies = _get(f"{dashboard}/api/studies")["study_summaries"]
+    sid = next(s["study_id"] for s in studies if s["study_name"] == outcome.study.study_name)
+    recs = {r.number: r for r in record.read_all(outcome.study.get_trials())}
+    over = next(n for n, r in recs.items() if r.scored and not r.feasible(DEVICE))
+    pre = next(n for n, r in recs.items() if r.prescreened)
+    keep = os.environ.get("REP_TUNE_SCREENSHOTS")
+    out = Path(keep) if keep else tmp_path
+    out.mkdir(parents=True, exist_ok=True)
+    pages = {}
+    for name, n in (("over_budget", over), ("prescreened", pre)):
+        shot = out / f"dashboard_trial_{name}.png"
+        # optuna-dashboard 0.21's trial list, one trial selected (its own URL scheme)
+        pages[name] = _render(f"{dashboard}/dashboard/studies/{sid}/trials?numbers={n}", shot)
+        assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 20_000, name
+    page = pages["over_budget"]
+    assert f"Trial {over} (trial_id=" in page and "Complete" in page
+    assert f"Trial {over}: accuracy {100 * recs[over].final_acc:.2f} %, over budget on {DEVICE}" in page
+    assert "OVER (+" in page
+    page = pages["prescreened"]
+    assert f"Trial {pre} (trial_id=" in page and "Pruned" in page
+    assert f"Trial {pre}: pre-screened: ruled out by the cost model before training (never trained: no accuracy)" in page
 
 
 def test_trials_csv_and_summary_tell_prescreened_from_pruned(searched):

@@ -188,6 +188,8 @@ def test_dualprompt_round_trips_through_reference_parser():
     assert (ns.r, ns.scheduling_factor, ns.theta, ns.tau, ns.budget_per_task, ns.train_mask) == \
         (6, 1, 0.5, 12, 1875, True)
     assert ramp(ns.r, 24, ns.scheduling_factor) == cfg.merge_schedule
+    # REP's DualPrompt configs train at --lr 0.005 (L2P's 0.03 would be 6x too high)
+    assert ns.lr == pytest.approx(0.005) and parse(export(preset("paper", "l2p", LARGE), "rep-argparse")).lr == 0.03
     assert any("patched to dispatch it" in w and "cannot run DualPrompt" in w for w in r.warnings)
     ns = parse(export(cfg.replace(**{"prompt.g_layers": [], "prompt.e_layers": [1, 5],
                                      "prompt.carry_over": False}), "rep-argparse", dataset_config="cifar100_rep_dual"))

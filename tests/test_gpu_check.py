@@ -64,6 +64,14 @@ cfg.target = {{"device": "x", "budgets": {{"batch_size": 2, "latency_ms": {{"val
 cfg.save(sys.argv[1])
 rc = gpu_check_steps.cli("verify", ["--config", sys.argv[1], "--iters", "1", "--no-progress", "--threads", "1"])
 assert rc == 0, rc
+# the same config under a budget no CPU meets: the verdict must be a violation (exit 3), or the 0 above proves nothing
+import os
+os.makedirs(sys.argv[2], exist_ok=True)
+cfg.target = {{"device": "x", "budgets": {{"batch_size": 2, "latency_ms": {{"value": 0.001}}}}}}
+cfg.save(os.path.join(sys.argv[2], "best.yaml"))
+rc = gpu_check_steps.cli("verify", ["--config", os.path.join(sys.argv[2], "best.yaml"), "--iters", "1", "--no-progress",
+                                    "--threads", "1"])
+assert rc == 3, rc
 for name in {blocked!r}:
     assert sys.modules[name] is None, name
 print("ok")
@@ -72,10 +80,12 @@ print("ok")
 
 def test_gpu_paths_import_and_run_without_optuna_ray_sklearn_scipy_psutil(tmp_path):
     code = IMPORTS.format(blocked=BLOCKED, bench=str(ROOT / "benchmarks"))
-    r = subprocess.run([sys.executable, "-c", code, str(tmp_path / "best.yaml")], capture_output=True, text=True,
-                       env=ENV, timeout=600)
+    r = subprocess.run([sys.executable, "-c", code, str(tmp_path / "best.yaml"), str(tmp_path / "tight")],
+                       capture_output=True, text=True, env=ENV, timeout=600)
     assert r.returncode == 0 and r.stdout.strip().endswith("ok"), r.stderr[-3000:]
     assert yaml.safe_load((tmp_path / "verify.yaml").read_text())["exit_code"] == 0
+    tight = yaml.safe_load((tmp_path / "tight" / "verify.yaml").read_text())
+    assert tight["exit_code"] == 3
 
 
 def test_cost_error_and_verify_config_steps(tmp_path):

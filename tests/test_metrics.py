@@ -27,6 +27,17 @@ def test_forgetting_uses_best_before_last_task():
     assert metrics.forgetting(A) == pytest.approx(0.25)
 
 
+def test_forgetting_takes_the_best_evaluation_not_the_first():
+    """A matrix on which the definitions differ: task 0 improves after task 1 (backward transfer) and
+    then drops. Best-minus-final (L2P's evaluate_till_now): 0.9 - 0.5; first-minus-final would give
+    0.6 - 0.5; a best over earlier rows only, 0.9 - 0.5 too but 0.0 on task 1 (0.7 -> 0.8 improves)."""
+    B = np.array([[0.6, NAN, NAN],
+                  [0.9, 0.7, NAN],
+                  [0.5, 0.8, 0.9]])
+    assert metrics.forgetting(B) == pytest.approx(((0.9 - 0.5) + (0.8 - 0.8)) / 2)      # 0.2, never negative
+    assert metrics.forgetting(B) != pytest.approx(((0.6 - 0.5) + (0.7 - 0.8)) / 2)      # first-based: 0.0
+
+
 def test_single_task_and_summary():
     assert metrics.forgetting([[0.42]]) == 0.0
     s = metrics.summarize(A)

@@ -34,7 +34,7 @@ from rep_tune.search.storage_proxy import ProxyStudyRef  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).parent))
 from ray_fakes import NodeTrain  # noqa: E402
-from search_fakes import PROXY, FakeTrain, write_space  # noqa: E402
+from search_fakes import PROXY, FakeTrain, wait_for_training, write_space  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 FAKES = Path(__file__).parent / "search_fakes.py"
@@ -229,20 +229,7 @@ def test_resume_a_ray_run_after_its_driver_was_killed(cluster, tmp_path):
     proc = subprocess.Popen([sys.executable, str(FAKES), str(tmp_path / "s.json")], env=env, cwd=ROOT,
                             stdout=open(tmp_path / "out", "w"), stderr=subprocess.STDOUT)
     url = storage_url(tmp_path / "run")
-    deadline = time.time() + 240
-    while time.time() < deadline and proc.poll() is None:
-        time.sleep(0.5)
-        if not (tmp_path / "run" / "run.yaml").exists():
-            continue
-        try:
-            recs = record.read_all(optuna.load_study(study_name=None, storage=url).trials)
-        except Exception:
-            continue
-        if sum(r.paid for r in recs) >= 2 and any(r.state == TrialState.RUNNING and r.trained for r in recs):
-            break
-    else:
-        proc.kill()
-        pytest.fail(f"the Ray search never had 2 finished trials and one in training: {(tmp_path / 'out').read_text()}")
+    wait_for_training(tmp_path / "run", proc, paid=2, what=f"the Ray search (output: {tmp_path / 'out'})")
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     before = {r.number: r for r in record.read_all(optuna.load_study(study_name=None, storage=url).trials)}

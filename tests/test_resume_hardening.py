@@ -32,7 +32,7 @@ from rep_tune.search.record import RecordWriter
 from rep_tune.search.run import DiskFull, SearchSettings, prepare, search
 
 sys.path.insert(0, str(Path(__file__).parent))
-from search_fakes import PROXY, FakeTrain, write_space  # noqa: E402
+from search_fakes import PROXY, FakeTrain, wait_for_training, write_space  # noqa: E402
 
 pytestmark = pytest.mark.filterwarnings("ignore:Heartbeat of storage is supposed to be used")   # trials asked by hand
 
@@ -78,23 +78,6 @@ def _spawn_cli(argv: list[str], tmp: Path, fake: str) -> subprocess.Popen:
     env = dict(os.environ, PYTHONPATH=f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
     return subprocess.Popen([sys.executable, "-c", code], env=env, cwd=ROOT, stdout=open(tmp / "stdout", "w"),
                             stderr=open(tmp / "stderr", "w"))
-
-
-def _wait_for_training(run_dir: Path, proc: subprocess.Popen, paid: int = 1, limit: float = 120) -> None:
-    """Until ``paid`` trained trials are finished and another is training."""
-    deadline = time.time() + limit
-    while time.time() < deadline and proc.poll() is None:
-        time.sleep(0.2)
-        if not (run_dir / "run.yaml").exists():
-            continue
-        try:
-            recs = _records(run_dir)
-        except Exception:
-            continue
-        if sum(r.paid for r in recs) >= paid and any(r.state == TrialState.RUNNING and r.trained for r in recs):
-            return
-    proc.kill()
-    pytest.fail(f"the search never had {paid} finished trial(s) and one in training (rc {proc.wait()})")
 
 
 # ---- references ------------------------------------------------------------------------------
@@ -225,7 +208,7 @@ def test_failing_a_trial_finished_meanwhile_is_a_no_op(tmp_path, monkeypatch):
 def test_sigterm_is_one_line_exit_143_and_resumable(tmp_path, monkeypatch, capsys):
     run_dir = tmp_path / "run"
     proc = _spawn_cli(_cli_args(tmp_path, run_dir), tmp_path, "FakeTrain(0.7)")
-    _wait_for_training(run_dir, proc)
+    wait_for_training(run_dir, proc, limit=120)
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=60) == 143
     err = (tmp_path / "stderr").read_text()

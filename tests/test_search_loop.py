@@ -36,7 +36,7 @@ from rep_tune.search.run import SearchSettings, search
 from rep_tune.search.targets import load_targets
 
 sys.path.insert(0, str(Path(__file__).parent))
-from search_fakes import PROXY, FakeTrain, write_space  # noqa: E402
+from search_fakes import PROXY, FakeTrain, wait_for_training, write_space  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 FAKES = Path(__file__).parent / "search_fakes.py"
@@ -357,21 +357,7 @@ def test_kill_9_mid_training_then_resume(tmp_path):
     spec = _spec(tmp_path, n_trials=5, n_workers=1, task_s=1.0)
     proc = _spawn(spec, tmp_path / "s.json", tmp_path / "out")
     url = storage_url(tmp_path / "run")
-    deadline = time.time() + 240
-    while time.time() < deadline:
-        time.sleep(0.5)
-        if not (tmp_path / "run" / "run.yaml").exists():      # the study exists once run.yaml does
-            continue
-        try:
-            recs = record.read_all(optuna.load_study(study_name=None, storage=url).trials)
-        except Exception:
-            continue
-        done = [r for r in recs if r.paid]
-        if len(done) >= 2 and any(r.state == TrialState.RUNNING and r.trained for r in recs):
-            break
-    else:
-        proc.kill()
-        pytest.fail("the search never had 2 finished trials and one in training")
+    wait_for_training(tmp_path / "run", proc, paid=2)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     before = {r.number: r for r in record.read_all(optuna.load_study(study_name=None, storage=url).trials)}
@@ -405,17 +391,7 @@ def test_ctrl_c_prints_one_line_and_exits_130(tmp_path, busy_cpu):
     spec = _spec(tmp_path, n_trials=6, n_workers=2, task_s=1.0)
     proc = _spawn(spec, tmp_path / "s.json", tmp_path / "out")
     url = storage_url(tmp_path / "run")
-    deadline = time.time() + 240
-    while time.time() < deadline:
-        time.sleep(0.5)
-        if not (tmp_path / "run" / "run.yaml").exists():
-            continue
-        try:
-            recs = record.read_all(optuna.load_study(study_name=None, storage=url).trials)
-        except Exception:
-            continue
-        if any(r.paid for r in recs) and any(r.state == TrialState.RUNNING and r.trained for r in recs):
-            break
+    wait_for_training(tmp_path / "run", proc, paid=1)
     proc.send_signal(signal.SIGINT)
     assert proc.wait(timeout=60) == 130
     out = (tmp_path / "out").read_text()

@@ -85,6 +85,8 @@ class Counts:
     trainable: float                         # prompts + keys + head (elements)
     optimizer_state: float                   # elements (Adam: 2 per trainable)
     input_bytes: float
+    width: int = 0                           # the blocks' embedding width
+    query_shape: tuple[int, float] = (0, 0.0)   # (width, batch x tokens) of the model computing the query
     extras: dict[str, float] = field(default_factory=dict)
 
     def iteration_work(self, first_epoch: bool = False) -> Work:
@@ -205,8 +207,9 @@ def _blocks(sched: tuple, n_prot: int, prefix: tuple, first_grad: int, B: int, D
     return _Blocks(Work.weighted(fwd), Work.weighted(bwd), Work.weighted(match), saved_w, saved_e, workspace)
 
 
-def _view(*args) -> list[BlockCount]:
-    """The per-block view of ``_blocks``'s numbers (CLI table, tests)."""
+@lru_cache(maxsize=1024)
+def _view(*args) -> tuple[BlockCount, ...]:
+    """The per-block view of ``_blocks``'s numbers (CLI table, tests, the residual-corrected latency)."""
     numerics = args[-1]
     out = []
     for i, r, k, grad, pre, shape, planned, eligible, planned_eligible in _walk(*args):
@@ -215,7 +218,7 @@ def _view(*args) -> list[BlockCount]:
                               block_backward(shape, numerics) if grad else ZERO,
                               merge_work(shape, eligible, numerics, grad) if r else ZERO,
                               block_saved_bytes(planned, numerics, pre, planned_eligible) if grad else 0.0))
-    return out
+    return tuple(out)
 
 
 @lru_cache(maxsize=1024)
@@ -296,12 +299,14 @@ def count(config, *, batch: int | None = None, t: int | None = None, iters_per_t
                    geom.launches, lay.n_prompt, lay.n_tokens, toks[-1], num_classes,
                    trainable, states, param_tensors)
 
+    qarch = _arch(sel.surrogate, None) if sel.surrogate else arch
     counts = Counts(
-        batch=B, numerics=num, blocks=_view(*key) if detail else [], blocks_work=blocks.fwd + blocks.bwd + blocks.match,
+        batch=B, numerics=num, blocks=list(_view(*key)) if detail else [], blocks_work=blocks.fwd + blocks.bwd + blocks.match,
         fwd=blocks.fwd, bwd=blocks.bwd, match=blocks.match, query=q, query_first_epoch=q_first, other=other,
         saved_worst=blocks.saved_worst, saved_expected=blocks.saved_expected, workspace_bytes=blocks.workspace,
         params=params, trainable=trainable, optimizer_state=states * trainable,
-        input_bytes=4.0 * B * arch.in_chans * arch.img_size ** 2)
+        input_bytes=4.0 * B * arch.in_chans * arch.img_size ** 2, width=D,
+        query_shape=(qarch.embed_dim, float(B * (_prefix_tokens(qarch) + qarch.num_patches()))))
     counts.extras.update(tokens_first=float(toks[0]), tokens_last=float(toks[-1]),
                          blocks_expected=float(sum(keep)), merges_total=float(sum(eff)),
                          iters_per_task=float(iters))

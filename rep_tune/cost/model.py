@@ -20,7 +20,9 @@ from dataclasses import dataclass
 
 from rep_tune import schedule as _schedule
 from rep_tune.cost import counts as _counts
+from rep_tune.cost import residual as _residual
 from rep_tune.cost.latency import Rates, rates
+from rep_tune.cost.residual import FWD, FWD_BWD, ResidualTable
 from rep_tune.cost.memory import MiB, activation_bytes, allocator_overhead_mb, peak_bytes, resident_bytes
 from rep_tune.figures import Cost, Figure
 
@@ -65,14 +67,33 @@ def task_schedule(config, batch: int | None = None, *, images_per_task: int | No
     return TaskSchedule(n, n / E, E, None)
 
 
-def block_ms(c: _counts.Counts, r: Rates) -> list[float]:
-    """Time of each block when it runs (forward, matching, backward, launches); needs detail counts."""
-    return [r.time(b.work) for b in c.blocks]
+def block_ms(c: _counts.Counts, r: Rates, res: ResidualTable | None = None) -> list[float]:
+    """Time of each block when it runs (forward, matching, backward, launches); needs detail counts.
+    With a residual table, the block's passes are scaled by its measured / roofline ratio."""
+    if res is None:
+        return [r.time(b.work) for b in c.blocks]
+    return [r.time(b.fwd + b.bwd) * res.ratio(c.width, c.batch * b.tokens, FWD_BWD if b.grad else FWD)
+            + r.time(b.match) for b in c.blocks]
 
 
-def latency_ms(c: _counts.Counts, r: Rates, first_epoch: bool = False) -> float:
+def blocks_time(c: _counts.Counts, r: Rates, res: ResidualTable | None = None) -> float:
+    """Expected time of the blocks under ALD (each weighted by its keep probability)."""
+    if res is None:
+        return r.time(c.blocks_work)
+    return sum(b.keep * t for b, t in zip(c.blocks, block_ms(c, r, res)))
+
+
+def query_time(c: _counts.Counts, r: Rates, res: ResidualTable | None = None, first_epoch: bool = False) -> float:
+    """Time of the selection query (a no-grad forward of the query model; 0 on a cache hit)."""
+    t = r.time(c.query_first_epoch if first_epoch else c.query)
+    return t * res.ratio(c.query_shape[0], c.query_shape[1], FWD) if res is not None and t else t
+
+
+def latency_ms(c: _counts.Counts, r: Rates, first_epoch: bool = False, res: ResidualTable | None = None) -> float:
     """Expected time of one iteration (ALD-weighted blocks + query + the rest + overhead)."""
-    return r.overhead + r.time(c.iteration_work(first_epoch))
+    if res is None:
+        return r.overhead + r.time(c.iteration_work(first_epoch))
+    return r.overhead + blocks_time(c, r, res) + query_time(c, r, res, first_epoch) + r.time(c.other)
 
 
 def predict(config, profile, *, iters_per_task: int | None = None, t: int | None = None,
@@ -92,16 +113,19 @@ def predict(config, profile, *, iters_per_task: int | None = None, t: int | None
     B = batch or config.training.batch_size
     prec = precision or config.training.precision
     sched = task_schedule(config, B, images_per_task=images_per_task, iters_per_task=iters_per_task, epochs=epochs)
-    c = _counts.count(config, batch=B, t=t, iters_per_task=sched.iterations, num_classes=num_classes,
-                      precision=prec, detail=False, keep=keep)
     r = rates(profile, prec)
+    res = _residual.table(profile, r, prec)
+    c = _counts.count(config, batch=B, t=t, iters_per_task=sched.iterations, num_classes=num_classes,
+                      precision=prec, detail=res is not None, keep=keep)
     cal = profile.calibration if profile.calibrated else None
     source, detail = ("predicted", "calibrated cost model") if cal is not None else ("estimated", "uncalibrated")
     detail += f", {prec}" + ("" if r.peak_dtype == prec else f" at the {r.peak_dtype} peak (no {prec} figure)")
     if cal is not None and (cal.dtype or "fp32") != prec:
         detail += f", efficiency fitted at {cal.dtype}"
+    if res is not None:
+        detail += ", timed-block residuals"
     machine = profile.name
-    cached, first = latency_ms(c, r), latency_ms(c, r, first_epoch=True)
+    cached, first = latency_ms(c, r, res=res), latency_ms(c, r, first_epoch=True, res=res)
     lat = sched.mean(cached, first)
     mem_over = cal.memory_overhead_mb if cal is not None else allocator_overhead_mb(profile)
     mem = peak_bytes(c, mem_over) / MiB
@@ -116,9 +140,9 @@ def predict(config, profile, *, iters_per_task: int | None = None, t: int | None
         latency_ms_first_epoch=first,
         first_epoch_iterations=float(sched.first_epoch),
         epochs=float(sched.epochs),
-        query_ms=r.time(c.query),
-        query_ms_first_epoch=r.time(c.query_first_epoch),
-        blocks_ms=r.time(c.blocks_work),
+        query_ms=query_time(c, r, res),
+        query_ms_first_epoch=query_time(c, r, res, first_epoch=True),
+        blocks_ms=blocks_time(c, r, res),
         other_ms=r.time(c.other) + r.overhead,
         flops_fwd=c.fwd.flops + c.query.flops + c.other.matmul_flops,
         flops_bwd=c.bwd.flops,

@@ -62,6 +62,7 @@ class PromptMethod:
     section: ClassVar[type[PromptSection]]
     paper_r: ClassVar[int]        # REP's uniform ToMe count r for this method (AToM ramp 0..2r)
     paper_tau: ClassVar[int]      # ALD tau for this method
+    paper_lr: ClassVar[float] = 0.03   # REP's --lr for this method (before its batch/256 scaling)
     reference_name: ClassVar[str | None] = None   # the REP reference runtime's name for it (None: not supported)
 
     def geometry(self, section: PromptSection, depth: int, dim: int) -> PromptGeometry:

@@ -39,6 +39,7 @@ class DualPrompt(PromptMethod):
     section = DualPromptConfig
     paper_r = 6          # REP, DualPrompt on CIFAR-100
     paper_tau = 12
+    paper_lr = 0.005     # REP's cifar100_rep_dual / imr_rep_dual configs (and dualprompt-pytorch's ImageNet-R)
     reference_name = "dualprompt"
     positive_fields: ClassVar[tuple[str, ...]] = ("pool_size", "length", "top_k", "g_length")
 

@@ -181,7 +181,7 @@ def _profile(quick: bool, device: str | None, power_w: float | None, threads: in
     grid = probe.calibration_grid("cpu" if dev.type == "cpu" else "gpu", quick)
     dtypes = probe.supported_dtypes(dev)
     rec = probe.Repeats(timer)
-    bar = ProgressBar(5 + len(dtypes) + len(grid), "profile", unit="steps", enabled=progress, transient=True)
+    bar = ProgressBar(6 + len(dtypes) + len(grid), "profile", unit="steps", enabled=progress, transient=True)
 
     def step(text: str) -> None:
         bar.set_postfix_str(text)
@@ -248,6 +248,9 @@ def _profile(quick: bool, device: str | None, power_w: float | None, threads: in
     ident.update(dtype_choice=why_dtype, autocast_block_ms=block_ms)
     step("dtype")
     runs = probe.run_grid(dev, grid, dtype, reps=s["reps"], progress=lambda t: step(t), repeats=rec)
+    bar.set_postfix_str("fixed cost per iteration")
+    iterations = probe.iteration_runs(dev, dtype, reps=s["reps"])
+    step("fixed cost")
     bar.close()
     spreads, agreement, busy = _agreement(rec)
     if busy is not None and not allow_noisy:
@@ -289,7 +292,7 @@ def _profile(quick: bool, device: str | None, power_w: float | None, threads: in
                   idle_power_w=None if idle_w is None else round(idle_w, 2), cpu=ident["cpu"]),
         budgets=budgets,
         calibration=Calibration(measured_on=f"{ident['host']} {dt.datetime.now().isoformat(timespec='seconds')}",
-                                dtype=dtype, runs=runs, noisy=busy is not None, spreads=spreads),
+                                dtype=dtype, runs=runs, iterations=iterations, noisy=busy is not None, spreads=spreads),
         telemetry=monitor.telemetry if not monitor.estimated else "none",
         identity=ident,
         sources=[f"rep-tune profile ({'quick' if quick else 'full'}) on {ident['host']}"]

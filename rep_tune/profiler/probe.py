@@ -19,7 +19,7 @@ from typing import Callable, Iterable
 
 import torch
 
-from rep_tune.device import CalibrationRun
+from rep_tune.device import CalibrationRun, IterationRun
 from rep_tune.runtime.measure import PeakMemory, sync, time_ms
 from rep_tune.runtime.step import DTYPES
 
@@ -276,6 +276,30 @@ def run_grid(device: torch.device, grid: Iterable[tuple[int, int, int, int]], dt
             progress(f"block d={d} N={t} B={b}")
         runs.append(calibration_run(device, b, t, d, h, dtype=dtype, reps=reps, repeats=repeats))
     return runs
+
+
+FIXED_COST_BATCHES = (8, 16)
+
+
+def iteration_runs(device: torch.device, dtype: str, *, backbone: str | None = None, method: str = "l2p",
+                   batches: Iterable[int] = FIXED_COST_BATCHES, reps: int = 5) -> list[IterationRun]:
+    """Time REP training iterations with every block dropped (``LayerDropper.fix``: none run), the
+    selection query cached: the per-iteration fixed cost the cost model's ``overhead_ms`` prices
+    (``rep_tune.cost.calibrate.fixed_cost``). The paper preset of ``method`` on ``backbone``
+    (default: the embedded backbone), random weights, at each batch size; median of ``reps``."""
+    from rep_tune.config import EMBEDDED_BACKBONE
+    from rep_tune.cost.calibrate import iteration_config
+    from rep_tune.runtime.measure import measure_iterations
+    from rep_tune.runtime.model import RepModel
+    out = []
+    for b in batches:
+        it = IterationRun(method=method, backbone=backbone or EMBEDDED_BACKBONE, batch=int(b), ms=1.0, dtype=dtype)
+        model = RepModel(iteration_config(it), 10)
+        model.dropper.fix([False] * model.depth)
+        cost = measure_iterations(model, n=reps, warmup=2, memory_iters=0, device=device, cached_query=True)
+        it.ms = round(float(cost.latency_ms.value), 4)
+        out.append(it)
+    return out
 
 
 def pick_cpu_threads(requested: int | None = None) -> tuple[int, str]:
