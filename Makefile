@@ -9,7 +9,13 @@ STAMP := $(VENV)/.installed
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	# torch from the local wheel cache first (a plain `pip install torch` may pull a multi-GB CUDA build)
+	# torch: without an NVIDIA driver, PyTorch's CPU build first (no CUDA libraries);
+	# where that index is unreachable, and with a driver, the pinned build (from a local wheel cache
+	# when there is one; a plain `pip install torch` may pull a newer multi-GB CUDA build)
+	if ! command -v nvidia-smi >/dev/null 2>&1; then \
+	    $(BIN)/pip install -q --retries 0 --timeout 10 --index-url https://download.pytorch.org/whl/cpu \
+	        "torch==2.14.1" "torchvision==0.29.1" 2>/dev/null \
+	    || echo "PyTorch's CPU index is unreachable: installing the pinned torch build"; fi
 	$(BIN)/pip install -q "torch==2.14.1" "torchvision==0.29.1" || $(BIN)/pip install -q torch torchvision
 	$(BIN)/pip install -q -e ".[test,all]"   # every extra (Ray, optuna-dashboard): CI covers them
 	touch $(STAMP)
@@ -43,7 +49,7 @@ search: $(STAMP) data ## hardware-aware search for a Jetson AGX Orin on the embe
 	$(BIN)/rep-tune search --device profiles/jetson_orin.yaml
 
 test: $(STAMP) data   ## the test suite (GPU/Jetson/RAPL tests skip where the hardware is absent)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=15
 
 bench: $(STAMP) data   ## side-by-side benchmarks (minutes to an hour on 2 cores; results in benchmarks/results/)
 	$(BIN)/python benchmarks/bench_runtime.py

@@ -207,14 +207,9 @@ def run_one(cfg, setup: Setup) -> dict[str, Any]:
     """Train ``cfg``; accuracy on every eval subset, forgetting on the --eval-per-class one, cost."""
     global PLAN
     PLAN = EvalPlan(setup.scenario.n_tasks, setup.subset_ids[setup.eval_per_class])
-    original = learner._evaluate
-    learner._evaluate = recording_evaluate
-    try:
-        t0 = time.perf_counter()
-        res = learner.train(cfg, setup.scenario, progress=False)
-        wall = time.perf_counter() - t0
-    finally:
-        learner._evaluate = original
+    t0 = time.perf_counter()
+    res = learner.train(cfg, setup.scenario, progress=False, evaluate=recording_evaluate)
+    wall = time.perf_counter() - t0
     final = PLAN.final
     acc_at, n_eval = {}, {}
     for n, ids in setup.subset_ids.items():

@@ -134,3 +134,17 @@ def test_end_to_end_split_fashion_mnist_learns():
     assert res.avg_incremental_acc > 0.7, res.acc_matrix
     assert res.acc_matrix[0, 0] > 0.85, res.acc_matrix    # the first task is learnt
     assert 0.0 <= res.forgetting < 0.4
+
+
+def test_an_evaluate_handed_in_replaces_the_accuracy_function():
+    """Benchmarks record per-sample correctness through ``train(evaluate=...)``, not a monkeypatch."""
+    calls = []
+
+    def evaluate(model, split, ts, batch_size, device, cache) -> float:
+        calls.append(len(split))
+        return 0.42
+
+    s = Scenario(dataset="digits", n_tasks=2, max_per_class=4, test_fraction=0.05)
+    res = train(tiny_config(), s, progress=False, evaluate=evaluate)
+    assert len(calls) == 3 and all(n > 0 for n in calls)               # rows: 1 + 2 seen tasks
+    assert res.acc_matrix[1, 0] == 0.42 and res.final_acc == 0.42

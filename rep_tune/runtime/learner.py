@@ -215,9 +215,14 @@ def _query_cache_plan(config: RepConfig, use_query_cache: bool | None) -> tuple[
     return True, "on: deterministic input pipeline (no augmentation)"
 
 
+Evaluate = Callable[..., float]     # (model, split, ts, batch_size, device, cache) -> accuracy
+
+
 @torch.no_grad()
 def _evaluate(model, split, ts: TaskSet, batch_size: int, device: torch.device, cache) -> float:
-    """Top-1 accuracy on a test split, all classes competing (class-incremental), all blocks run."""
+    """Top-1 accuracy on a test split, all classes competing (class-incremental), all blocks run.
+    The default ``evaluate`` of ``train``; a benchmark hands in its own (same signature) to record
+    which samples were right."""
     model.eval()
     correct = 0
     for start in range(0, len(split), batch_size):
@@ -233,7 +238,7 @@ def train(config: RepConfig, scenario: Scenario, *, callbacks: Sequence[Callback
           device: torch.device | str | None = None, progress: bool = True,
           use_query_cache: bool | None = None, energy: Any = None, eval_every_task: bool = True,
           report_test: bool = False, on_task_end: TaskEnd | None = None,
-          resume_from: Mapping[str, Any] | None = None) -> TrainResult:
+          resume_from: Mapping[str, Any] | None = None, evaluate: Evaluate | None = None) -> TrainResult:
     """Train ``config`` on ``scenario`` task by task; evaluate on all seen tasks after each.
 
     Accuracy is measured on ``scenario.eval_split`` (the test subset, or the validation split held
@@ -261,6 +266,7 @@ def train(config: RepConfig, scenario: Scenario, *, callbacks: Sequence[Callback
     (module docstring) and ``resume_from=state`` continues the run with task ``task_id + 1``: the
     returned result then covers the whole run (accuracy matrix, records, iterations, seconds),
     and callbacks and ``on_task_end`` run for the resumed tasks only.
+    ``evaluate`` replaces the accuracy function (``_evaluate``'s signature and semantics).
     """
     from rep_tune.progress import ProgressBar
 
@@ -268,6 +274,7 @@ def train(config: RepConfig, scenario: Scenario, *, callbacks: Sequence[Callback
     from rep_tune.runtime.selection import process_cache
 
     config.validate()
+    evaluate = evaluate or _evaluate
     dev = _resolve_device(device)
     t_start = time.perf_counter()
     ts = load_tasks(config, scenario)
@@ -391,7 +398,7 @@ def train(config: RepConfig, scenario: Scenario, *, callbacks: Sequence[Callback
             last = task.task_id == n - 1
             if eval_every_task or last:
                 for j in range(task.task_id + 1):
-                    acc[task.task_id, j] = _evaluate(model, ts.eval_of(j), ts, tc.eval_batch_size, dev, cache)
+                    acc[task.task_id, j] = evaluate(model, ts.eval_of(j), ts, tc.eval_batch_size, dev, cache)
             records.append(TaskRecord(task.task_id, list(task.classes), n_iter, train_s, time.perf_counter() - t1,
                                       float(np.mean(losses)) if losses else float("nan"),
                                       [float(a) for a in acc[task.task_id, :task.task_id + 1]],
@@ -408,7 +415,7 @@ def train(config: RepConfig, scenario: Scenario, *, callbacks: Sequence[Callback
                 if ts.eval_split == "test":
                     result.test_acc = result.final_acc
                 else:
-                    result.test_acc = float(np.mean([_evaluate(model, t.test, ts, tc.eval_batch_size, dev, cache)
+                    result.test_acc = float(np.mean([evaluate(model, t.test, ts, tc.eval_batch_size, dev, cache)
                                                      for t in ts]))
                 result.test_size = ts.size_of("test")
             if on_task_end is not None:
