@@ -352,3 +352,38 @@ def test_a_given_fashion_mnist_path_is_the_only_place_looked(tmp_path, monkeypat
         Scenario(dataset="fashion-mnist", data_path=str(tmp_path / "typo"), n_tasks=2).check_reachable("--data-path")
     with pytest.raises(SchemaError, match="field 'data_path': expected an existing folder"):
         Scenario(dataset="digits", data_path=str(tmp_path / "typo"), n_tasks=2).check_reachable("--data-path")
+
+
+# ---- the dataset registry ----------------------------------------------------------------------------
+def test_every_consumer_reads_the_registry():
+    """Scenario's check, train --dataset, the search's head width and load_raw: one table."""
+    import argparse
+
+    from rep_tune.cli.train import add_arguments
+    from rep_tune.data.registry import DATASETS, dataset_names, known_classes
+    from rep_tune.schema import SchemaError
+    p = argparse.ArgumentParser()
+    add_arguments(p)
+    assert next(a for a in p._actions if a.dest == "dataset").choices == dataset_names()
+    assert dataset_names() == ("fashion-mnist", "digits", "cifar100", "imagenet-r", "core50", "folder")
+    assert [known_classes(n) for n in dataset_names()] == [10, 10, 100, 200, 50, None]
+    with pytest.raises(SchemaError, match="dataset") as e:
+        Scenario(dataset="mnist").validate("s.yaml")
+    assert "one of fashion-mnist, digits, cifar100, imagenet-r, core50, folder" in str(e.value)
+    with pytest.raises(SchemaError, match="n_tasks"):
+        Scenario(dataset="core50", n_tasks=51).validate()           # more tasks than CORe50's 50 objects
+    assert all(":" in s.probe and ":" in s.load for s in DATASETS.values())
+
+
+def test_core50_is_an_image_folder_entry(tmp_path):
+    """CORe50 in the image-folder layout (o1..o50/<frames>): one registry entry, the folder loader."""
+    from rep_tune.schema import SchemaError
+    for c in range(3):
+        for i in range(4):
+            _png(tmp_path / f"o{c + 1}" / f"C_01_{c + 1:02d}_{i:03d}.png", 60 * c + i)
+    s = Scenario(dataset="core50", data_path=str(tmp_path), n_tasks=3, class_order_seed=-1, test_fraction=0.25)
+    assert s.check_reachable() == 3
+    ts = build_tasks(s, 16, cache=False)
+    assert ts.class_names == ["o1", "o2", "o3"] and [len(t.train) for t in ts] == [3, 3, 3]
+    with pytest.raises(SchemaError, match="n_tasks"):
+        Scenario(dataset="core50", data_path=str(tmp_path), n_tasks=4).check_reachable()   # 3 objects here

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from rep_tune.cli.common import add_threads_argument, path_arg, positive_int, set_overrides, set_threads, torch_device
 from rep_tune.config import EMBEDDED_BACKBONE, PRESETS
+from rep_tune.data.registry import dataset_names
 from rep_tune.methods import method_names
 
 
@@ -25,8 +26,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config field, e.g. --set training.epochs=1 (repeatable; YAML values)")
     p.add_argument("--scenario", type=path_arg, metavar="S.yaml", help="a Scenario file (wins over --dataset/--tasks)")
-    p.add_argument("--dataset", default="fashion-mnist",
-                   choices=("digits", "fashion-mnist", "cifar100", "imagenet-r", "folder"))
+    p.add_argument("--dataset", default="fashion-mnist", choices=dataset_names(),
+                   help="a registered dataset (rep_tune.data.registry; default fashion-mnist)")
     p.add_argument("--tasks", type=positive_int, default=5, help="number of tasks (default 5)")
     p.add_argument("--data-path", type=path_arg, help="dataset folder (cifar100, imagenet-r, folder, fashion-mnist)")
     p.add_argument("--download", action="store_true", help="let torchvision download the dataset if absent")

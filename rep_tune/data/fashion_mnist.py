@@ -118,6 +118,20 @@ def locate(scenario: Scenario) -> Path:
         raise FileNotFoundError(HOW_TO_GET.format(where=f"looked in {where}; download failed: {e}")) from None
 
 
+def probe(scenario: Scenario) -> int:
+    """Classes in the IDX labels found in the loader's own search order; absent files pass with the
+    nominal 10 when ``download`` is allowed, else raise naming where it looked."""
+    import dataclasses
+
+    from rep_tune.data.idx import probe_classes
+    found = find(scenario.data_path)
+    if found is None:
+        if scenario.download:
+            return 10
+        locate(dataclasses.replace(scenario, download=False))        # raises, naming where it looked
+    return probe_classes(found)
+
+
 def load(scenario: Scenario) -> RawDataset:
     """Train = the held-out 10,000 of the official training set; test = the official test set."""
     root = locate(scenario)

@@ -1,15 +1,13 @@
 """Scenario: a class-incremental benchmark (dataset, class order, task split, image size)."""
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from rep_tune.data.registry import DATASETS, dataset_names, known_classes
 from rep_tune.schema import SchemaError, check, from_dict, read_mapping, to_dict, write_mapping
 
-# classes of the datasets whose class count is fixed (a local copy may hold fewer: check_reachable)
-KNOWN_CLASSES = {"digits": 10, "fashion-mnist": 10, "cifar100": 100}
 MAX_SEED = 2 ** 32 - 1       # numpy RandomState and scikit-learn's random_state range
 MAX_IMAGE_SIZE = 4096
 
@@ -32,7 +30,7 @@ class Scenario:
     benchmarks/results/bench_accuracy_vm.txt.
     """
 
-    dataset: Literal["digits", "fashion-mnist", "cifar100", "imagenet-r", "folder"] = "fashion-mnist"
+    dataset: str = "fashion-mnist"     # a registered dataset (rep_tune.data.registry)
     n_tasks: int = 5
     class_order_seed: int = 0          # None-free: seed 0 shuffles too; use -1 for natural order
     data_path: str | None = None       # folder of the dataset files (downloaded when allowed and absent)
@@ -49,7 +47,8 @@ class Scenario:
 
     def validate(self, source: str | None = None) -> "Scenario":
         """Range checks that need no data: SchemaError naming the field (see check_reachable for the data)."""
-        most = KNOWN_CLASSES.get(self.dataset)
+        check(self.dataset in DATASETS, source, "dataset", f"one of {', '.join(dataset_names())}", self.dataset)
+        most = known_classes(self.dataset)
         check(self.n_tasks >= 1 and (most is None or self.n_tasks <= most), source, "n_tasks",
               f"int in [1, {most}] (the classes of {self.dataset})" if most else "int >= 1", self.n_tasks)
         check(self.class_order_seed == -1 or 0 <= self.class_order_seed <= MAX_SEED, source, "class_order_seed",
@@ -108,21 +107,5 @@ class Scenario:
 
 
 def _probe(scenario: Scenario) -> int:
-    """The dataset module's cheap look at the files: the number of classes."""
-    if scenario.dataset == "digits":
-        from rep_tune.data import digits
-        return digits.probe(scenario)
-    if scenario.dataset == "fashion-mnist":
-        from rep_tune.data import fashion_mnist
-        from rep_tune.data.idx import probe_classes
-        found = fashion_mnist.find(scenario.data_path)          # the loader's own search order
-        if found is None:
-            if scenario.download:
-                return KNOWN_CLASSES["fashion-mnist"]
-            fashion_mnist.locate(dataclasses.replace(scenario, download=False))   # raises, naming where it looked
-        return probe_classes(found)
-    if scenario.dataset == "cifar100":
-        from rep_tune.data import cifar100
-        return cifar100.probe(scenario)
-    from rep_tune.data import folder
-    return folder.probe(scenario)
+    """The dataset module's cheap look at the files: the number of classes (its registered probe)."""
+    return DATASETS[scenario.dataset].call("probe", scenario)

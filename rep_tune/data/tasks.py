@@ -21,6 +21,7 @@ import torch
 
 from rep_tune.data.images import FileImages, ImageStore, Rendering, TensorImages
 from rep_tune.data.raw import RawDataset, RawSplit
+from rep_tune.data.registry import get_dataset
 from rep_tune.data.scenario import Scenario
 
 EMBEDDED_NORM = ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
@@ -149,19 +150,8 @@ def backbone_normalization(name: str) -> tuple[tuple[float, ...], tuple[float, .
 
 
 def load_raw(scenario: Scenario) -> RawDataset:
-    """Dispatch to the dataset's loader."""
-    if scenario.dataset == "digits":
-        from rep_tune.data import digits as mod
-    elif scenario.dataset == "fashion-mnist":
-        from rep_tune.data import fashion_mnist as mod
-    elif scenario.dataset == "cifar100":
-        from rep_tune.data import cifar100 as mod
-    elif scenario.dataset in ("imagenet-r", "folder"):
-        from rep_tune.data import folder as mod
-    else:
-        raise ValueError(f"scenario dataset: expected digits, fashion-mnist, cifar100, imagenet-r or folder, "
-                         f"found {scenario.dataset!r}")
-    return mod.load(scenario)
+    """The dataset's registered loader (``rep_tune.data.registry``)."""
+    return get_dataset(scenario.dataset).call("load", scenario)
 
 
 def _cap_per_class(labels: np.ndarray, cap: int | None) -> np.ndarray:

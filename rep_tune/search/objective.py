@@ -52,6 +52,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from rep_tune.config import RepConfig
+from rep_tune.data.registry import known_classes
 from rep_tune.data.scenario import Scenario
 from rep_tune.figures import METRICS, Cost
 from rep_tune.search import record
@@ -59,7 +60,6 @@ from rep_tune.search.record import RecordWriter, TrialRecord
 from rep_tune.search.space import SearchSpace, config_hash
 from rep_tune.search.targets import Target
 
-NUM_CLASSES = {"digits": 10, "fashion-mnist": 10, "cifar100": 100, "imagenet-r": 200}
 DECIDE_WAIT_S = 10.0          # longest wait for another claim's decision (they decide within milliseconds)
 
 
@@ -235,7 +235,7 @@ class Objective:
                  *, margin: float = 0.1, prescreen: bool = True):
         self.space, self.base, self.targets, self.trainer = space, base, list(targets), trainer
         self.margin, self.use_prescreen = margin, prescreen
-        self.num_classes = NUM_CLASSES.get(trainer.scenario.dataset)
+        self.num_classes = known_classes(trainer.scenario.dataset)     # head width priced; None: the model's default
         self.constraint_order: list[str] = []
         self.owner = record.this_process()
 

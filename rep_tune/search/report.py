@@ -315,11 +315,11 @@ def _score_label(outcome) -> str:
     scen = getattr(outcome.settings, "scenario", None)
     if scen is None:
         return ""
-    from rep_tune.search.objective import NUM_CLASSES
+    from rep_tune.data.registry import known_classes
     per = scen.val_per_class if scen.eval_split == "val" else scen.eval_per_class
     if per and scen.max_per_class and scen.eval_split == "val":
         per = min(per, scen.max_per_class // 2)          # the validation split takes at most half a class
-    classes = NUM_CLASSES.get(scen.dataset)
+    classes = known_classes(scen.dataset)
     n = f"{per * classes:,} imgs" if per and classes else "all"
     return f"{'val' if scen.eval_split == 'val' else 'test'} ({n})"
 
