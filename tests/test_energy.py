@@ -66,7 +66,8 @@ def fake_rapl(tmp_path, monkeypatch):
 
 
 def test_training_energy_comes_from_the_rapl_counter(fake_rapl):
-    res = train(tiny_config(), TINY, progress=False)
+    from rep_tune.profiler.energy import training_meter
+    res = train(tiny_config(), TINY, progress=False, energy=training_meter)
     e = res.cost.energy_j
     assert e is not None and e.source == "measured" and "rapl" in e.detail and e.unit == "J"
     # FAKE_W x the time of an iteration: the estimate would be ~65x smaller
@@ -94,7 +95,8 @@ def test_no_counter_is_estimated_and_said_once(tmp_path, monkeypatch, capsys):
     a.close(), b.close()
     err = capsys.readouterr().err
     assert err.count("ESTIMATED") == 1 and "RAPL" in err
-    res = train(tiny_config(**{"training.iters_per_task": 2}), TINY, progress=False)
+    from rep_tune.profiler.energy import training_meter
+    res = train(tiny_config(**{"training.iters_per_task": 2}), TINY, progress=False, energy=training_meter)
     assert res.cost.energy_j.source == "estimated" and "estimated from" in res.cost.energy_j.detail
     assert "ESTIMATED" not in capsys.readouterr().err                         # said once per process
 
@@ -134,7 +136,8 @@ def test_meters_that_cannot_start_fall_back_to_an_estimate(monkeypatch):
     def boom(**kw):
         raise RuntimeError("driver crashed")
     monkeypatch.setattr(detect, "detect_meters", boom)
-    res = train(tiny_config(**{"training.iters_per_task": 2}), TINY, progress=False)
+    from rep_tune.profiler.energy import training_meter
+    res = train(tiny_config(**{"training.iters_per_task": 2}), TINY, progress=False, energy=training_meter)
     assert res.cost.energy_j.source == "estimated" and "driver crashed" in res.cost.energy_j.detail
 
 

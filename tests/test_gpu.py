@@ -37,7 +37,8 @@ def test_training_on_cuda_measures_nvml_energy(tmp_path):
     from rep_tune.runtime.learner import train
     cfg = preset("paper", "l2p", "vit_tiny_patch16_224", **RANDOM,
                  **{"training.iters_per_task": 20, "training.precision": "bf16", "backbone.img_size": 96})
-    res = train(cfg, _scenario(tmp_path), device="cuda", progress=False)
+    from rep_tune.profiler.energy import training_meter
+    res = train(cfg, _scenario(tmp_path), device="cuda", progress=False, energy=training_meter)
     e = res.cost.energy_j
     assert e is not None and e.source in ("measured", "integrated") and "nvml" in e.detail
     assert res.cost.peak_memory_mb.unit == "MiB" and res.device.startswith("cuda")

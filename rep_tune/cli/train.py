@@ -94,8 +94,9 @@ def run(args: argparse.Namespace) -> int:
           f"method {cfg.prompt.method}, AToM {'on' if cfg.atom.enabled and any(cfg.merge_schedule) else 'off'}, "
           f"ALD {'on' if cfg.ald.enabled else 'off'}, precision {cfg.training.precision}")
     print(f"scenario: {scenario.dataset}, {scenario.n_tasks} tasks")
+    from rep_tune.profiler.energy import training_meter
     res = train(cfg, scenario, device=args.device, progress=not args.quiet,
-                use_query_cache=False if args.no_query_cache else None)
+                use_query_cache=False if args.no_query_cache else None, energy=training_meter)
     print("\naccuracy (%) on each task's test set")
     print(format_matrix(res.acc_matrix.tolist()))
     print(f"\nfinal average accuracy   {100 * res.final_acc:.2f} %  (on {res.eval_size:,} test images, "

@@ -173,3 +173,9 @@ class RunEnergy:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def training_meter(device: str | None = "cpu") -> "RunEnergy":
+    """This machine's energy windows for a training run on ``device`` (what ``rep-tune train`` and
+    the search hand to ``runtime.learner.train(energy=training_meter)``)."""
+    return RunEnergy.for_this_machine(device, label="train")

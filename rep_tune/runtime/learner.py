@@ -7,14 +7,13 @@ per process: the task data (rep_tune.data.tasks caches it), the frozen backbones
 (backbone.load_backbone caches them) and the per-sample selection queries (selection.process_cache).
 
 Cost of the run (``TrainResult.cost``, per training iteration): latency and peak memory from
-``rep_tune.runtime.measure``; energy from the profiler's measurement windows
-(``rep_tune.profiler.energy.RunEnergy``: NVML, Jetson rails or RAPL, else estimated and said
-so once), which span each task's training iterations (evaluation and the memory-probed
-iteration excluded). The counters are device-wide: runs training at the same time on one
-device (search workers in threads or processes) each see the others' energy too. The profiler
-is imported lazily, inside ``train``: the profiler's probes
-use this package's ``measure`` module, so a module-level import here would tie the two
-packages into a cycle; lazily, ``runtime.measure`` stays the bottom of both.
+``rep_tune.runtime.measure``; energy from measurement windows the caller hands in (``energy``:
+``rep_tune.profiler.energy.training_meter`` is this machine's NVML, Jetson rails or RAPL, else
+estimated and said so once), which span each task's training iterations (evaluation and the
+memory-probed iteration excluded). The counters are device-wide: runs training at the same time
+on one device (search workers in threads or processes) each see the others' energy too. The
+runtime never imports the profiler (the profiler's probes use ``runtime.measure``: imports point
+one way).
 
 Resuming mid-run (``on_task_end`` / ``resume_from``): after each task ``train`` can hand out the
 run's state at that task boundary as plain data (tensors, numbers, lists, dicts; no pickled
@@ -176,14 +175,15 @@ class _NoEnergy:
 
 
 def _energy_meter(energy: Any, dev: torch.device):
-    """(meter, owned): the caller's EnergyWindows object, none (False), or this machine's meters (None)."""
-    if energy is False:
+    """(meter, owned): none (None/False), the caller's EnergyWindows object (``begin``/``end``/
+    ``per_iteration``; the caller closes it), or one built by the caller's factory for the device
+    (``energy(str(device))``, e.g. ``rep_tune.profiler.energy.training_meter``; closed here)."""
+    if energy is None or energy is False:
         return _NoEnergy(), False
-    if energy is not None and energy is not True:
+    if hasattr(energy, "begin"):
         return energy, False
     try:
-        from rep_tune.profiler.energy import RunEnergy      # lazy: see the module doc
-        return RunEnergy.for_this_machine(str(dev), label="train"), True
+        return energy(str(dev)), True
     except Exception as e:                                  # a meter never fails a run
         import sys
         print(f"rep-tune: energy not measured ({type(e).__name__}: {e})", file=sys.stderr)
@@ -258,8 +258,10 @@ def train(config: RepConfig, scenario: Scenario, *, callbacks: Sequence[Callback
     Precision: ``training.precision`` (fp32, or autocast bf16/fp16 with a loss scaler for fp16;
     see ``rep_tune.runtime.step``). At the start of each task, ``model.begin_task(task_id,
     n_tasks)`` runs when the model has it (E-prompt carry-over, component freezing).
-    ``energy``: None = this machine's meters (estimated where none is readable), False = none,
-    or an object with ``begin()``, ``end(iterations)``, ``per_iteration()`` (``measure.EnergyWindows``).
+    ``energy``: None/False = none; an object with ``begin()``, ``end(iterations)``,
+    ``per_iteration()`` (``measure.EnergyWindows``); or a factory ``energy(device) -> EnergyWindows``
+    (``rep_tune.profiler.energy.training_meter``: this machine's meters, estimated where none is
+    readable). The caller hands it in: the runtime does not reach into the profiler.
 
     ``on_task_end(task_id, state)`` runs after each task's evaluation, before the callbacks (so a
     callback that stops the run leaves the finished task's state behind); ``state`` is plain data

@@ -157,6 +157,8 @@ class Trainer:
         with self._lock:
             self.calls += 1
         try:
+            from rep_tune.profiler.energy import training_meter   # lazy: planning imports no torch
+            train_kw.setdefault("energy", training_meter)       # this machine's meters, handed in
             result = self.train_fn(config, self.scenario, callbacks=(callback,), progress=self.progress, **train_kw)
         except optuna.TrialPruned as e:
             ev.seconds = time.perf_counter() - t0
