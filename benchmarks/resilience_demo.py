@@ -133,6 +133,17 @@ def roles(run_dir: Path) -> str:
                      + (f" ({r.interrupted})" if r.interrupted else "") for r in records(run_dir))
 
 
+def resume(run_dir: Path, tmp: Path, shown_text, prefix: str = "") -> subprocess.CompletedProcess:
+    """``rep-tune search --resume run_dir``: print the command, its exit code, the line
+    ``shown_text(result)`` picks, and the study's trials after it."""
+    argv = ["search", "--resume", str(run_dir), "--no-progress", "--threads", "1"]
+    r = run(argv, tmp, timeout=600)
+    say(f"- {prefix}`{shown(argv, tmp)}`")
+    say(f"  exit {r.returncode}: {last_lines(shown_text(r), tmp, 1)}")
+    say(f"  study: {roles(run_dir)}")
+    return r
+
+
 def sigterm_reference(tmp: Path) -> None:
     say("## 1 + 4. SIGTERM while the paper-preset reference trains, then --resume")
     run_dir = tmp / "sigterm"
@@ -145,12 +156,8 @@ def sigterm_reference(tmp: Path) -> None:
     say(f"- `{shown(argv, tmp)}`, SIGTERM while trial 0 (paper) trains")
     say(f"  exit {p.returncode}: {last_lines(err, tmp, 1)}")
     say(f"  study: {roles(run_dir)}")
-    argv = ["search", "--resume", str(run_dir), "--no-progress", "--threads", "1"]
-    r = run(argv, tmp, timeout=600)
-    note = [ln for ln in r.stdout.splitlines() if "enqueued again" in ln]
-    say(f"- `{shown(argv, tmp)}`")
-    say(f"  exit {r.returncode}: {last_lines(' '.join(note) or '(no note)', tmp, 1)}")
-    say(f"  study: {roles(run_dir)}")
+    resume(run_dir, tmp, lambda r: " ".join(ln for ln in r.stdout.splitlines() if "enqueued again" in ln)
+           or "(no note)")
     say()
 
 
@@ -173,11 +180,7 @@ def other_host(tmp: Path) -> None:
                         "WHERE trial_id = ?", (t._trial_id,))
     say(f"- `{shown(argv, tmp)}`, kill -9 while trial {[t.number for t in running]} trains; "
         f"owner set to elsewhere.example:4242:0, heartbeat 1 h old")
-    argv = ["search", "--resume", str(run_dir), "--no-progress", "--threads", "1"]
-    r = run(argv, tmp, timeout=600)
-    say(f"- `{shown(argv, tmp)}`")
-    say(f"  exit {r.returncode}: {last_lines(r.stdout if r.returncode == 0 else r.stderr, tmp, 1)}")
-    say(f"  study: {roles(run_dir)}")
+    resume(run_dir, tmp, lambda r: r.stdout if r.returncode == 0 else r.stderr)
     say()
 
 
@@ -210,10 +213,7 @@ def full_disk(tmp: Path) -> None:
         say(f"  study.db {(run_dir / 'study.db').stat().st_size / 1024:.0f} KiB, "
             f"WAL {wal.stat().st_size / 1024 if wal.exists() else 0:.0f} KiB; study: {roles(run_dir)}")
         filler.unlink()
-        argv = ["search", "--resume", str(run_dir), "--no-progress", "--threads", "1"]
-        r = run(argv, tmp, timeout=600)
-        say(f"- filler removed; `{shown(argv, tmp)}`")
-        say(f"  exit {r.returncode}; study: {roles(run_dir)}")
+        resume(run_dir, tmp, lambda r: r.stdout if r.returncode == 0 else r.stderr, prefix="filler removed; ")
     finally:
         unmount(mnt)
     say()

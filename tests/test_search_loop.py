@@ -80,7 +80,8 @@ def test_record_round_trip_through_storage(tmp_path):
     assert r.measured.latency_ms.value == 11.0 and r.measured.energy_j.source == "integrated"
 
 
-def test_trials_csv_has_a_source_per_metric_and_a_column_per_parameter(tmp_path):
+def _one_priced_trial(tmp_path):
+    """A study with one finished trial priced on target 'dev' (a cpu profile): (study, trial, target)."""
     study, _ = open_study(tmp_path, "s", "random", 0, "none")
     trial = study.ask()
     trial.suggest_int("prompt.length", 1, 10)
@@ -91,6 +92,11 @@ def test_trials_csv_has_a_source_per_metric_and_a_column_per_parameter(tmp_path)
     study.tell(trial, 0.5)
     target = load_targets(["cpu_x86_generic"])[0]
     target.key = "dev"
+    return study, trial, target
+
+
+def test_trials_csv_has_a_source_per_metric_and_a_column_per_parameter(tmp_path):
+    study, trial, target = _one_priced_trial(tmp_path)
     rows = list(csv.DictReader(open(write_trials_csv(study, [target], tmp_path / "trials.csv"))))
     assert rows[0]["latency_ms_source@dev"] == "predicted" and rows[0]["energy_j_source@dev"] == "estimated"
     assert "prompt.length" in rows[0] and "selection.surrogate" in rows[0] and "params" not in rows[0]
@@ -101,15 +107,7 @@ def test_run_outputs_replace_planted_symlinks_and_leave_their_targets_alone(tmp_
     """trials.csv, the Pareto CSV/PNG and run.yaml are swapped in whole: a symlink planted at an
     output's name (to a file outside the run folder) is replaced, the file it pointed to is untouched."""
     from rep_tune.search.report import write_pareto
-    study, _ = open_study(tmp_path, "s", "random", 0, "none")
-    trial = study.ask()
-    trial.suggest_int("prompt.length", 1, 10)
-    w = RecordWriter.of(trial)
-    w.priced("dev", _cost(12.0, 40.0, 0.5))
-    w.costs({"dev": (_cost(12.0, 40.0, 0.5), {"latency_ms": 20.0})}, ["latency_ms@dev"])
-    study.tell(trial, 0.5)
-    target = load_targets(["cpu_x86_generic"])[0]
-    target.key = "dev"
+    study, _, target = _one_priced_trial(tmp_path)
     run, outside = tmp_path / "run", tmp_path / "outside"
     run.mkdir()
     outside.mkdir()

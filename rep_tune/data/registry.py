@@ -26,7 +26,6 @@ class DatasetSpec:
     probe: str                   # "module:function": scenario -> class count, reading headers/folders only
     load: str                    # "module:function": scenario -> RawDataset
     summary: str = ""
-    needs: str | None = None     # the optional package it needs (rep_tune.extras), if any
 
     def call(self, which: str, *args: Any) -> Any:
         """Run the spec's ``probe`` or ``load`` (imported now)."""
@@ -67,7 +66,7 @@ def known_classes(name: str) -> int | None:
 register_dataset(DatasetSpec("fashion-mnist", 10, "rep_tune.data.fashion_mnist:probe", "rep_tune.data.fashion_mnist:load",
                              "Split Fashion-MNIST (IDX files; the embedded backbones' pre-training images held out)"))
 register_dataset(DatasetSpec("digits", 10, "rep_tune.data.digits:probe", "rep_tune.data.digits:load",
-                             "scikit-learn's bundled 8x8 digits (offline)", needs="digits"))
+                             "scikit-learn's bundled 8x8 digits (offline)"))
 register_dataset(DatasetSpec("cifar100", 100, "rep_tune.data.cifar100:probe", "rep_tune.data.cifar100:load",
                              "CIFAR-100 (torchvision's python pickles, read through an allow-list)"))
 register_dataset(DatasetSpec("imagenet-r", 200, "rep_tune.data.folder:probe", "rep_tune.data.folder:load",
