@@ -64,6 +64,10 @@ class PromptMethod:
     paper_tau: ClassVar[int]      # ALD tau for this method
     paper_lr: ClassVar[float] = 0.03   # REP's --lr for this method (before its batch/256 scaling)
     reference_name: ClassVar[str | None] = None   # the REP reference runtime's name for it (None: not supported)
+    # which classes the head scores at evaluation: every class (False: L2P's and DualPrompt's
+    # reference code, class-incremental) or only the classes of the tasks seen so far (True:
+    # CODA-Prompt's official code slices the logits to ``valid_out_dim``)
+    eval_seen_classes: ClassVar[bool] = False
 
     def geometry(self, section: PromptSection, depth: int, dim: int) -> PromptGeometry:
         raise NotImplementedError
@@ -71,6 +75,10 @@ class PromptMethod:
     def preset(self, name: str) -> PromptSection:
         """The section of preset ``paper`` or ``baseline`` (the base method's published settings)."""
         return self.section()
+
+    def fit(self, section: PromptSection, dim: int) -> PromptSection:
+        """A preset's section sized to a backbone of width ``dim`` (default: unchanged)."""
+        return section
 
     def validate(self, section: PromptSection, source: str | None, depth: int, prefix: str) -> None:
         for f in dataclasses.fields(section):

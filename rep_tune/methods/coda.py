@@ -1,10 +1,14 @@
 """CODA-Prompt (Smith et al., CVPR 2023): the prompt of each prompted block is a weighted sum of
 M components, weight_m = cos(q * A_m, K_m) with a learned key K_m and attention vector A_m per
 component; no top-k. Prefix tuning in blocks 0-4 (half the prompt length for keys, half for
-values). The pool is split across tasks: each task trains M / n_tasks new components, earlier
-ones are frozen. The head reads CLS. Official setting ``--prompt_param 100 8 0.0``."""
+values). The pool is split across tasks: each task trains M / n_tasks new components, initialised
+orthogonal to the earlier tasks' (Gram-Schmidt) when it begins; earlier ones are frozen. The head
+reads CLS and, at evaluation, scores only the classes seen so far. This follows the released code
+(GT-RIPL/CODA-Prompt, ``models/zoo.py`` and ``learners/default.py``) rather than the paper's
+orthogonality penalty: official setting ``--prompt_param 100 8 0.0`` (penalty weight 0)."""
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import ClassVar, Literal
 
@@ -17,7 +21,8 @@ class CodaConfig(PromptSection):
     """CODA-Prompt components: ``pool_size`` components of ``length`` tokens in ``layers``.
 
     ``ortho_mu``: weight of the orthogonality penalty on keys, attention vectors and components
-    (0.0 in the official CIFAR-100 setting, which relies on its orthogonal initialisation).
+    (0.0 as in the released code's CIFAR-100 setting, which relies on its per-task Gram-Schmidt
+    initialisation; the paper's text uses 0.1).
     """
 
     method: Literal["coda"] = "coda"
@@ -35,6 +40,7 @@ class Coda(PromptMethod):
     paper_r = 6          # not published for CODA: prefix prompts like DualPrompt, so DualPrompt's
     paper_tau = 12
     reference_name = None   # the REP reference runtime has no CODA-Prompt entry point
+    eval_seen_classes = True   # the official learner scores logits[:, :valid_out_dim]
     positive_fields: ClassVar[tuple[str, ...]] = ("pool_size",)
 
     def geometry(self, section: CodaConfig, depth: int, dim: int) -> PromptGeometry:
@@ -51,6 +57,12 @@ class Coda(PromptMethod):
 
     def preset(self, name: str) -> CodaConfig:
         return CodaConfig()
+
+    def fit(self, section: CodaConfig, dim: int) -> CodaConfig:
+        """At most ``dim`` components: keys and attention vectors are ``dim`` wide, so only ``dim`` of
+        them can be mutually orthogonal (the embedded backbone's width 96 takes 96 of the published
+        100; a pool set wider by hand trains, its rows beyond the width initialised at random)."""
+        return dataclasses.replace(section, pool_size=min(section.pool_size, dim))
 
     def validate(self, section: CodaConfig, source, depth: int, prefix: str) -> None:
         super().validate(section, source, depth, prefix)

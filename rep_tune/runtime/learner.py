@@ -344,8 +344,9 @@ def train(config: RepConfig, scenario: Scenario, *, callbacks: Sequence[Callback
                 continue
             if begin_task is not None:
                 begin_task(task.task_id, n)
+                model.set_seen_classes([c for t in ts if t.task_id <= task.task_id for c in t.classes])
             model.train()
-            opt = make_optimizer(config, model.trainable_parameters())
+            opt = make_optimizer(config, model.param_groups())
             mask = class_mask(ts.num_classes, task.classes, dev) if tc.train_mask else None
             bar.set_description(f"task {task.task_id + 1}/{n}")
             t0 = time.perf_counter()

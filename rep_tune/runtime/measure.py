@@ -479,7 +479,7 @@ def measure_iterations(model_or_config, *, batch_size: int | None = None, n: int
     k = classes_per_task or num_classes
     y = torch.randint(0, k, (bs,), generator=g).to(dev)
     mask = class_mask(num_classes, range(k), dev) if cfg.training.train_mask else None
-    opt = make_optimizer(cfg, model.trainable_parameters())
+    opt = make_optimizer(cfg, model.param_groups())
     precision = make_precision(cfg, dev)
     use_cache = cfg.selection.cache if cached_query is None else cached_query
     with precision.autocast():

@@ -15,6 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from rep_tune.config import RepConfig
+from rep_tune.methods import get_method
 from rep_tune.runtime.ald import LayerDropper
 from rep_tune.runtime.atom import TokenState, block_forward
 from rep_tune.runtime.backbone import load_backbone
@@ -75,6 +76,7 @@ class RepModel(nn.Module):
         d = self.surrogate.embed_dim if self.surrogate is not None else D
         self.register_buffer("projection", projection(d, D, s.projection_seed) if d != D else None, persistent=False)
 
+        self.unseen: Tensor | None = None       # classes the head does not score in eval (set_seen_classes)
         self.layout = layout = config.layout()
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(config.training.seed)
@@ -114,6 +116,23 @@ class RepModel(nn.Module):
     def trainable_parameters(self) -> list[nn.Parameter]:
         """Prompts, keys and head: everything the optimiser may touch."""
         return list(self.prompt.parameters()) + list(self.head.parameters())
+
+    def set_seen_classes(self, classes: Sequence[int]) -> None:
+        """The classes of the tasks seen so far. Where the method scores only those at evaluation
+        (``PromptMethod.eval_seen_classes``: CODA-Prompt), the other logits are -inf in eval mode."""
+        if not get_method(self.config.prompt.method).eval_seen_classes:
+            return
+        unseen = torch.ones(self.head.out_features, dtype=torch.bool, device=self.head.weight.device)
+        unseen[list(classes)] = False
+        self.unseen = unseen
+
+    def param_groups(self) -> list[dict]:
+        """``trainable_parameters`` as optimizer groups: the prompt module's without weight decay
+        where it holds frozen parts (``PromptModule.decays``), the head's with the optimizer's default."""
+        prompt: dict = {"params": list(self.prompt.parameters())}
+        if not self.prompt.decays:
+            prompt["weight_decay"] = 0.0
+        return [prompt, {"params": list(self.head.parameters())}]
 
     # ---- selection query ------------------------------------------------------------------
     @torch.no_grad()
@@ -167,6 +186,8 @@ class RepModel(nn.Module):
         h = bb.norm(h)
         with _full_precision(x):   # the pooled feature and the head in fp32 (the head's parameters are fp32)
             logits = self.head(self._pool(h, state).float())
+        if not self.training and self.unseen is not None:
+            logits = logits.masked_fill(self.unseen, float("-inf"))
         return RepOutput(logits, sel.loss, tokens, ran, sel.idx)
 
     def _pool(self, h: Tensor, state: TokenState) -> Tensor:

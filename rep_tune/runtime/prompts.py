@@ -48,7 +48,13 @@ class Selection:
 
 
 class PromptModule(nn.Module):
-    """Interface of a method's trainable prompts (see the module docstring)."""
+    """Interface of a method's trainable prompts (see the module docstring).
+
+    ``decays``: whether the optimizer's weight decay (AdamW) applies to the module's parameters;
+    False where parameters hold frozen parts that must not move (CODA-Prompt's earlier components).
+    """
+
+    decays: bool = True
 
     def select(self, query: Tensor, task_id: int | None = None) -> Selection:
         raise NotImplementedError
@@ -213,16 +219,30 @@ class DualPromptPrefixes(PromptModule):
 
 
 # ---- CODA-Prompt --------------------------------------------------------------------------------
-def _orthogonal(rows: int, cols: int, generator: torch.Generator) -> Tensor:
-    """(rows, cols) with orthonormal rows where possible (QR); rows beyond ``cols`` are random unit rows."""
-    g = torch.randn(max(rows, 1), cols, generator=generator)
-    n = min(rows, cols)
-    q, _ = torch.linalg.qr(g[:n].t())                             # (cols, n) orthonormal columns
-    out = g.clone()
-    out[:n] = q.t()
-    if rows > n:
-        out[n:] = F.normalize(g[n:], dim=-1)
-    return out[:rows]
+def gram_schmidt(earlier: Tensor, rows: int, generator: torch.Generator) -> Tensor:
+    """``rows`` random unit rows orthogonal to ``earlier``'s rows and to each other (the official
+    CODA-Prompt code's ``gram_schmidt``, done with QR).
+
+    ``earlier``: (k, w) rows already in use (learned components of earlier tasks, any norm).
+    Orthogonality is possible for at most ``w - rank(earlier)`` new rows: the rows beyond that
+    (a pool larger than the width) are random unit rows, orthogonal to nothing in particular.
+    """
+    w = earlier.shape[1]
+    g = torch.randn(rows, w, generator=generator, dtype=torch.float64)
+    e = earlier.detach().to(torch.float64)
+    if e.shape[0]:
+        q, r = torch.linalg.qr(e.t())                                   # (w, k) basis of earlier's span
+        q = q[:, r.diagonal().abs() > 1e-8 * max(1.0, float(r.diagonal().abs().max()))]
+        g = g - (g @ q) @ q.t()
+        room = w - q.shape[1]
+    else:
+        room = w
+    n = max(0, min(rows, room))
+    if n:
+        qn, _ = torch.linalg.qr(g[:n].t())                              # orthonormal within the complement
+        g[:n] = qn.t()
+    g[n:] = F.normalize(g[n:], dim=-1)
+    return g.to(earlier.dtype)
 
 
 def _ortho_penalty(t: Tensor) -> Tensor:
@@ -235,31 +255,55 @@ class CodaPrompt(PromptModule):
     """CODA-Prompt: per prompted block, M components P (M, L, D), keys K (M, D), attention A (M, D).
 
     weight_m = cos(q * A_m, K_m); prompt = sum_m weight_m P_m, its first L/2 tokens the key prefix
-    and the last L/2 the value prefix. Components are split evenly across tasks: while training task
-    t only the components of task t learn (earlier ones are detached), evaluation uses all
-    components up to the last task begun.
+    and the last L/2 the value prefix. As in the official GT-RIPL code (``models/zoo.py``):
+    components are split evenly across tasks; when task t begins, its components, keys and
+    attention vectors are re-initialised orthogonal to those of tasks < t (``gram_schmidt``);
+    while training task t only its components learn (earlier ones are detached, and the optimizer
+    applies no weight decay to this module: ``decays = False``, the official code's Adam has
+    none); evaluation uses the components of every task begun so far. Orthogonality penalty
+    ``ortho_mu``: 0 in the official CIFAR-100 setting (``--prompt_param 100 8 0.0``).
     """
+
+    decays = False
 
     def __init__(self, cfg: CodaConfig, *, dim: int, num_heads: int, depth: int, vote_size: int,
                  generator: torch.Generator) -> None:
         super().__init__()
         self.layers, self.pool, self.length = list(cfg.layers), cfg.pool_size, cfg.length
         self.heads, self.hd, self.ortho_mu = num_heads, dim // num_heads, cfg.ortho_mu
+        self.seed = int(torch.randint(0, 2**31 - 1, (1,), generator=generator))   # per-task re-init draws
         self.p = nn.ParameterList()
         self.k = nn.ParameterList()
         self.a = nn.ParameterList()
+        none = torch.zeros(0, dim)
         for _ in self.layers:
-            self.p.append(nn.Parameter(_orthogonal(self.pool, self.length * dim, generator).view(self.pool, self.length, dim)))
-            self.k.append(nn.Parameter(_orthogonal(self.pool, dim, generator)))
-            self.a.append(nn.Parameter(_orthogonal(self.pool, dim, generator)))
+            p = gram_schmidt(torch.zeros(0, self.length * dim), self.pool, generator)
+            self.p.append(nn.Parameter(p.view(self.pool, self.length, dim)))
+            self.k.append(nn.Parameter(gram_schmidt(none, self.pool, generator)))
+            self.a.append(nn.Parameter(gram_schmidt(none, self.pool, generator)))
         self.task, self.per_task = 0, self.pool
 
+    def _span(self) -> tuple[int, int]:
+        """Rows [s, f) of the pool that the current task trains."""
+        return self.task * self.per_task, min(self.pool, (self.task + 1) * self.per_task)
+
+    @torch.no_grad()
     def begin_task(self, task_id: int, n_tasks: int) -> None:
+        """Task ``task_id``'s components, keys and attention vectors: fresh, orthogonal to the earlier
+        tasks' (drawn from the module's seed and the task id, so a resumed run draws the same)."""
         self.task, self.per_task = task_id, max(1, self.pool // max(1, n_tasks))
+        s, f = self._span()
+        if f <= s:
+            return
+        g = torch.Generator().manual_seed(self.seed + 7919 * task_id)
+        for i in range(len(self.layers)):
+            for t in (self.p[i], self.k[i], self.a[i]):
+                flat = t.view(self.pool, -1)
+                flat[s:f] = gram_schmidt(flat[:s], f - s, g)
 
     def _active(self, t: Tensor) -> Tensor:
         """Components in use: earlier tasks' frozen (detached) and this task's learning in training."""
-        s, f = self.task * self.per_task, min(self.pool, (self.task + 1) * self.per_task)
+        s, f = self._span()
         if self.training:
             return torch.cat([t[:s].detach(), t[s:f]], dim=0)
         return t[:f]

@@ -55,10 +55,13 @@ def make_precision(config: RepConfig, device: torch.device | str | None = None) 
     return Precision(name, dev.type, scaler)
 
 
-def make_optimizer(config: RepConfig, params: Iterable[nn.Parameter]) -> torch.optim.Optimizer:
-    """The configured optimiser at ``training.effective_lr`` (L2P: Adam, betas 0.9/0.999, no decay)."""
+def make_optimizer(config: RepConfig, params: Iterable[nn.Parameter] | Iterable[dict]) -> torch.optim.Optimizer:
+    """The configured optimiser at ``training.effective_lr`` (L2P: Adam, betas 0.9/0.999, no decay).
+
+    ``params``: parameters, or torch's parameter groups (``RepModel.param_groups``: a group may
+    turn weight decay off)."""
     t = config.training
-    params = list(params)
+    params = [g for g in params if not isinstance(g, dict) or g["params"]]
     if t.optimizer == "adam":
         return torch.optim.Adam(params, lr=t.effective_lr, betas=(0.9, 0.999))
     if t.optimizer == "adamw":
