@@ -14,16 +14,16 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import pickle
 import re
-import stat
 import struct
 import warnings
 import zipfile
 from pathlib import Path
 
 import torch
+
+from rep_tune.schema import regular_file
 
 MAX_HEADER_BYTES = 100 * 2 ** 20          # safetensors' own limit
 _ITEMSIZE = {"BOOL": 1, "U8": 1, "I8": 1, "F8_E4M3": 1, "F8_E5M2": 1, "I16": 2, "U16": 2, "F16": 2, "BF16": 2,
@@ -38,15 +38,7 @@ class CheckpointError(ValueError):
 def read_checkpoint(path: str | Path, *, use_ema: bool = True) -> dict[str, torch.Tensor]:
     """The state dict in ``path`` (on the CPU), validated; CheckpointError/FileNotFoundError name the file."""
     path = Path(path)
-    try:
-        st = os.stat(path)
-    except FileNotFoundError:
-        raise FileNotFoundError(f"{path}: checkpoint not found") from None
-    except OSError as e:
-        raise CheckpointError(f"{path}: cannot read this checkpoint: {e.strerror}") from None
-    if not stat.S_ISREG(st.st_mode):
-        raise CheckpointError(f"{path}: expected a weights file (.safetensors/.pth), found "
-                              f"{'a directory' if stat.S_ISDIR(st.st_mode) else 'a special file'}")
+    st = regular_file(path, "weights file (.safetensors/.pth)", CheckpointError)
     if path.suffix == ".safetensors":
         state = _read_safetensors(path, st.st_size)
     else:

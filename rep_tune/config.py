@@ -330,7 +330,8 @@ def preset(name: str, method: str = "l2p", backbone: str = EMBEDDED_BACKBONE, **
     # embedded benchmark's schedule, at the lr its accuracy results were measured with (TrainingConfig's)
     embedded = backbone.split(".")[0] in EMBEDDED_PAIRS
     training = TrainingConfig(**EMBEDDED_SCHEDULE) if embedded else TrainingConfig(lr=m.paper_lr)
-    base = RepConfig(name=f"{name}-{method}", backbone=BackboneConfig(name=backbone), prompt=m.fit(m.preset(name), arch.embed_dim),
+    base = RepConfig(name=f"{name}-{method}", backbone=BackboneConfig(name=backbone),
+                     prompt=m.fit(m.preset(name), arch.embed_dim),
                      training=training)
     if name == "baseline":
         cfg = dataclasses.replace(base, selection=SelectionConfig(surrogate=None, cache=False, query_model="separate"),

@@ -362,6 +362,22 @@ def _line_col(text: str, position: int) -> str:
     return f"line {line}, column {column}"
 
 
+def regular_file(path: Path, what: str, error: type[Exception] = ValueError) -> os.stat_result:
+    """``os.stat`` of a file that must be a regular one (a FIFO would block a read forever, a device
+    never ends). FileNotFoundError when it is absent; ``error`` naming the file and ``what`` it should
+    be when it cannot be read or is a directory or special file."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: no such file") from None
+    except OSError as e:
+        raise error(f"{path}: cannot read this {what}: {e.strerror or type(e).__name__}") from None
+    if not stat.S_ISREG(st.st_mode):
+        raise error(f"{path}: cannot read this {what}: found "
+                    f"{'a directory' if stat.S_ISDIR(st.st_mode) else 'a special file, not a regular file'}")
+    return st
+
+
 def _read_text(path: Path) -> str:
     """The file's text: a regular file (or a pipe, waited on at most FIFO_WAIT_S for a writer), at most
     MAX_FILE_BYTES, UTF-8."""

@@ -12,8 +12,8 @@ from PIL import Image
 from rep_tune.data import fashion_mnist
 from rep_tune.data.idx import load_idx_split
 from rep_tune.data.scenario import Scenario
-from rep_tune.data.tasks import (backbone_normalization, build_tasks, class_order, eval_subset, sampling_error,
-                                 split_classes)
+from rep_tune.data.tasks import build_tasks, class_order, eval_subset, sampling_error, split_classes
+from rep_tune.runtime.backbone import backbone_normalization
 
 
 def test_class_order_natural_and_seeded():

@@ -223,7 +223,7 @@ def test_checkpoint_values_must_be_finite_tensors(tmp_path):
         read_checkpoint(tmp_path / "list.pth")
     with pytest.raises(CheckpointError, match="found a directory"):
         read_checkpoint(tmp_path)
-    with pytest.raises(FileNotFoundError, match="missing.pth: checkpoint not found"):
+    with pytest.raises(FileNotFoundError, match="missing.pth: no such file"):
         read_checkpoint(tmp_path / "missing.pth")
 
 

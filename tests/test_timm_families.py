@@ -255,7 +255,7 @@ def test_family_models_as_surrogate(name):
 # ---- normalization comes from timm's pretrained_cfg ------------------------------------------
 def test_backbone_normalization_from_pretrained_cfg():
     from timm.data import IMAGENET_DEFAULT_MEAN, OPENAI_CLIP_MEAN
-    from rep_tune.data.tasks import backbone_normalization
+    from rep_tune.runtime.backbone import backbone_normalization
     for name in EMBEDDED:
         assert backbone_normalization(name) == ((0.5,) * 3, (0.5,) * 3)
     assert backbone_normalization("vit_base_patch16_clip_224.openai")[0] == tuple(OPENAI_CLIP_MEAN)

@@ -4,12 +4,13 @@ from __future__ import annotations
 import gzip
 import math
 import os
-import stat
 import struct
 import zlib
 from pathlib import Path
 
 import numpy as np
+
+from rep_tune.schema import regular_file
 
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 _DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
@@ -68,14 +69,7 @@ def read_idx(path: str | Path) -> np.ndarray:
     gzip bomb) is refused after reading at most what its header declared.
     """
     path = Path(path)
-    try:
-        st = os.stat(path)
-    except FileNotFoundError:
-        raise FileNotFoundError(f"{path}: no such file") from None
-    except OSError as e:
-        raise ValueError(f"{path}: cannot read this IDX file: {e.strerror or e}") from None
-    if not stat.S_ISREG(st.st_mode):                 # a FIFO would block the read forever
-        raise ValueError(f"{path}: cannot read this IDX file: not a regular file")
+    st = regular_file(path, "IDX file")
     size = st.st_size
     code, shape = _header(path, _read(path, MAX_HEADER_BYTES))
     head = 4 + 4 * len(shape)

@@ -130,25 +130,6 @@ def split_classes(n_classes: int, n_tasks: int) -> list[list[int]]:
     return [[int(c) for c in g] for g in np.array_split(np.arange(n_classes), n_tasks)]
 
 
-def backbone_normalization(name: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """Mean/std the backbone ``name`` expects, from timm's pretrained_cfg of that name (tag included).
-
-    Every model says its own: the embedded ViTs' cfg says 0.5/0.5, a CLIP tag OpenAI's CLIP
-    statistics, an untagged name its default tag's. A name timm has no pretrained_cfg for gets
-    timm's own default (ImageNet mean/std, as ``timm.data.resolve_data_config``).
-    """
-    from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-    from timm.models import get_pretrained_cfg
-    import rep_tune.runtime.backbone  # noqa: F401  registers the embedded models' pretrained_cfg with timm
-    try:
-        cfg = get_pretrained_cfg(name, allow_unregistered=True)
-    except RuntimeError as e:                      # a tag timm does not know for this architecture
-        raise ValueError(f"backbone {name!r}: {e}") from None
-    mean = getattr(cfg, "mean", None) or IMAGENET_DEFAULT_MEAN
-    std = getattr(cfg, "std", None) or IMAGENET_DEFAULT_STD
-    return tuple(float(v) for v in mean), tuple(float(v) for v in std)
-
-
 def load_raw(scenario: Scenario) -> RawDataset:
     """The dataset's registered loader (``rep_tune.data.registry``)."""
     return get_dataset(scenario.dataset).call("load", scenario)
@@ -243,8 +224,3 @@ def build_tasks(scenario: Scenario, img_size: int, in_chans: int = 3, *,
 
 
 _CACHE: dict[tuple, TaskSet] = {}
-
-
-def clear_cache() -> None:
-    """Forget cached task sets (tests, or to free memory)."""
-    _CACHE.clear()

@@ -88,6 +88,9 @@ class PromptMethod:
         if hasattr(section, "pull_coeff"):
             check(section.pull_coeff >= 0 and section.pull_coeff < float("inf"), source, f"{prefix}.pull_coeff",
                   "a finite number >= 0", section.pull_coeff)
+        if hasattr(section, "top_k"):
+            check(section.top_k <= section.pool_size, source, f"{prefix}.top_k",
+                  f"int in [1, pool_size={section.pool_size}]", section.top_k)
 
     positive_fields: ClassVar[tuple[str, ...]] = ()
 

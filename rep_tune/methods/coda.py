@@ -55,9 +55,6 @@ class Coda(PromptMethod):
                               select_macs=len(blocks) * section.pool_size * (3 * dim + section.length * dim),
                               pooling="cls", param_tensors=3 * len(blocks), launches=85 * len(blocks))
 
-    def preset(self, name: str) -> CodaConfig:
-        return CodaConfig()
-
     def fit(self, section: CodaConfig, dim: int) -> CodaConfig:
         """At most ``dim`` components: keys and attention vectors are ``dim`` wide, so only ``dim`` of
         them can be mutually orthogonal (the embedded backbone's width 96 takes 96 of the published

@@ -56,13 +56,8 @@ class DualPrompt(PromptMethod):
                               first_grad=min(blocks, default=depth), trainable=trainable,
                               select_macs=section.pool_size * dim, pooling="cls", param_tensors=3, launches=25)
 
-    def preset(self, name: str) -> DualPromptConfig:
-        return DualPromptConfig()
-
     def validate(self, section: DualPromptConfig, source, depth: int, prefix: str) -> None:
         super().validate(section, source, depth, prefix)
-        check(section.top_k <= section.pool_size, source, f"{prefix}.top_k",
-              f"int in [1, pool_size={section.pool_size}]", section.top_k)
         self.check_layers(section.g_layers, depth, source, f"{prefix}.g_layers")
         self.check_layers(section.e_layers, depth, source, f"{prefix}.e_layers")
         shared = sorted(set(section.g_layers) & set(section.e_layers))

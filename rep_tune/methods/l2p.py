@@ -6,7 +6,6 @@ from dataclasses import dataclass
 from typing import ClassVar, Literal
 
 from rep_tune.methods.base import PromptGeometry, PromptMethod, PromptSection, register_method
-from rep_tune.schema import check
 
 
 @dataclass
@@ -40,11 +39,3 @@ class L2P(PromptMethod):
         return PromptGeometry(tokens=section.top_k * section.length, prefix=(0,) * depth, prompt_blocks=(),
                               first_grad=0, trainable=section.pool_size * (section.length + 1) * dim,
                               select_macs=section.pool_size * dim, pooling="prompt", param_tensors=2, launches=30)
-
-    def preset(self, name: str) -> L2PConfig:
-        return L2PConfig()
-
-    def validate(self, section: L2PConfig, source, depth: int, prefix: str) -> None:
-        super().validate(section, source, depth, prefix)
-        check(section.top_k <= section.pool_size, source, f"{prefix}.top_k",
-              f"int in [1, pool_size={section.pool_size}]", section.top_k)

@@ -307,3 +307,21 @@ def check_arch(model: VisionTransformer, name: str, img_size: int | None = None)
         detail = ", ".join(f"{k}: expected {e}, found {f}" for k, (e, f) in wrong.items())
         raise ValueError(f"backbone {name!r} does not match rep_tune.archs.arch_of: {detail} (after a timm "
                          f"upgrade, regenerate rep_tune/timm_archs.json with scripts/make_arch_table.py)")
+
+
+def backbone_normalization(name: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Mean/std the backbone ``name`` expects, from timm's pretrained_cfg of that name (tag included).
+
+    Every model says its own: the embedded ViTs' cfg says 0.5/0.5, a CLIP tag OpenAI's CLIP
+    statistics, an untagged name its default tag's. A name timm has no pretrained_cfg for gets
+    timm's own default (ImageNet mean/std, as ``timm.data.resolve_data_config``).
+    """
+    from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+    from timm.models import get_pretrained_cfg
+    try:
+        cfg = get_pretrained_cfg(name, allow_unregistered=True)
+    except RuntimeError as e:                      # a tag timm does not know for this architecture
+        raise ValueError(f"backbone {name!r}: {e}") from None
+    mean = getattr(cfg, "mean", None) or IMAGENET_DEFAULT_MEAN
+    std = getattr(cfg, "std", None) or IMAGENET_DEFAULT_STD
+    return tuple(float(v) for v in mean), tuple(float(v) for v in std)

@@ -40,7 +40,8 @@ import torch
 
 from rep_tune.config import RepConfig
 from rep_tune.data.scenario import Scenario
-from rep_tune.data.tasks import TaskSet, backbone_normalization, build_tasks
+from rep_tune.data.tasks import TaskSet, build_tasks
+from rep_tune.runtime.backbone import backbone_normalization
 from rep_tune.figures import Cost
 from rep_tune.runtime import metrics
 from rep_tune.runtime.measure import IterationTimer, PeakMemory, make_cost, resident_bytes
