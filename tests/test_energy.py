@@ -73,7 +73,9 @@ def test_training_energy_comes_from_the_rapl_counter(fake_rapl):
     # FAKE_W x the time of an iteration: the estimate would be ~65x smaller
     seconds_per_iter = res.cost.latency_ms.value / 1000
     assert 0.5 * FAKE_W * seconds_per_iter < e.value < 5 * FAKE_W * seconds_per_iter, (e, seconds_per_iter)
-    assert "over 10 training iterations" in e.detail        # 2 tasks x 6, the probed iteration of each left out
+    # 2 tasks x 6 iterations, less the run's 3 warm-up ones and each task's memory-probed one: the
+    # energy covers exactly the iterations the time per iteration is the median of
+    assert "over 7 training iterations" in e.detail and res.cost.extras["timed_iterations"] == 7
     assert res.to_dict()["cost"]["energy_j"]["source"] == "measured"
 
 
@@ -96,7 +98,9 @@ def test_no_counter_is_estimated_and_said_once(tmp_path, monkeypatch, capsys):
     err = capsys.readouterr().err
     assert err.count("ESTIMATED") == 1 and "RAPL" in err
     from rep_tune.profiler.energy import training_meter
-    res = train(tiny_config(**{"training.iters_per_task": 2}), TINY, progress=False, energy=training_meter)
+    # 4 iterations a task: the run's first 3 are warm-up and each task's 4th is memory-probed, so
+    # task 1's first 3 are the timed ones the energy (like the time per iteration) covers
+    res = train(tiny_config(**{"training.iters_per_task": 4}), TINY, progress=False, energy=training_meter)
     assert res.cost.energy_j.source == "estimated" and "estimated from" in res.cost.energy_j.detail
     assert "ESTIMATED" not in capsys.readouterr().err                         # said once per process
 
@@ -123,7 +127,7 @@ class Breaks(EnergyMeter):
 def test_a_failing_meter_never_fails_the_run(capsys):
     energy_mod._SAID.clear()
     run = RunEnergy(Monitor([Breaks()], track_memory=False), power_w=10.0)
-    res = train(tiny_config(**{"training.iters_per_task": 2}), TINY, progress=False, energy=run)
+    res = train(tiny_config(**{"training.iters_per_task": 4}), TINY, progress=False, energy=run)
     assert res.tasks_done == 2
     e = res.cost.energy_j
     assert e.source == "estimated" and "meter failed" in e.detail
@@ -137,7 +141,7 @@ def test_meters_that_cannot_start_fall_back_to_an_estimate(monkeypatch):
         raise RuntimeError("driver crashed")
     monkeypatch.setattr(detect, "detect_meters", boom)
     from rep_tune.profiler.energy import training_meter
-    res = train(tiny_config(**{"training.iters_per_task": 2}), TINY, progress=False, energy=training_meter)
+    res = train(tiny_config(**{"training.iters_per_task": 4}), TINY, progress=False, energy=training_meter)
     assert res.cost.energy_j.source == "estimated" and "driver crashed" in res.cost.energy_j.detail
 
 

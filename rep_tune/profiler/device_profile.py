@@ -170,30 +170,15 @@ def _agreement(rec: probe.Repeats) -> tuple[dict[str, float], dict, tuple[str, f
     return {g: round(s_, 4) for g, (s_, _, _) in spreads.items()}, record, bad
 
 
-def _profile(quick: bool, device: str | None, power_w: float | None, threads: int | None,
-             progress: bool, allow_noisy: bool = True,
-             timer: Callable[..., list[float]] | None = None) -> DeviceProfile:
-    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda: torch sees no CUDA device here")
-    kind = "jetson" if is_jetson() else ("gpu" if dev.type == "cuda" else "cpu")
-    s = _settings("cpu" if dev.type == "cpu" else "gpu", quick)
-    grid = probe.calibration_grid("cpu" if dev.type == "cpu" else "gpu", quick)
-    dtypes = probe.supported_dtypes(dev)
-    rec = probe.Repeats(timer)
-    bar = ProgressBar(6 + len(dtypes) + len(grid), "profile", unit="steps", enabled=progress, transient=True)
-
-    def step(text: str) -> None:
-        bar.set_postfix_str(text)
-        bar.update(1)
-
+def _identity(dev: torch.device, kind: str, threads: int | None) -> dict:
+    """What the machine is (host, CPU/GPU, driver, Jetson model and power mode); on CPU also sets
+    torch's thread count (``probe.pick_cpu_threads``) and says why."""
     if dev.type == "cpu":
         n_threads, why_threads = probe.pick_cpu_threads(threads)
         torch.set_num_threads(n_threads)
     ident = probe.identity(dev)
     if dev.type == "cpu":
         ident["threads_choice"] = why_threads
-    figure_sources: dict[str, str] = {}
     if kind == "jetson":
         ident.update(model=jetson_model(), power_mode=power_mode())
     if dev.type == "cuda" and kind == "gpu":
@@ -203,22 +188,13 @@ def _profile(quick: bool, device: str | None, power_w: float | None, threads: in
             ident["driver"] = ident["nvml"].get("driver")
         except Exception as e:      # NVML absent or unusable: identity from torch only
             ident["nvml"] = f"unavailable: {e}"
-    step("identity")
+    return ident
 
-    achieved: dict[str, float] = {}
-    for name in dtypes:
-        bar.set_postfix_str(f"matmul {name}")
-        # on CPU, half-precision matmuls are usually emulated (10-50x slower): a smaller size suffices
-        n = s["matmul_n"] // 2 if dev.type == "cpu" and name != "fp32" else s["matmul_n"]
-        achieved[name] = round(probe.matmul_tflops(dev, name, n, reps=s["reps"], min_s=s["matmul_min_s"],
-                                                   repeats=rec), 5)
-        step(f"matmul {name}")
-    bandwidth = round(probe.copy_bandwidth_gbs(dev, s["copy_mb"], reps=s["reps"], repeats=rec), 2)
-    step("bandwidth")
-    total_mb, usable_mb = probe.memory_mb(dev)
-    step("memory")
 
-    # power: measured/integrated where a counter exists, else an estimate labelled as such
+def _measure_power(dev: torch.device, s: dict, power_w: float | None,
+                   figure_sources: dict[str, str]) -> tuple[float | None, float | None, Monitor]:
+    """Idle and loaded power: measured/integrated where a counter exists, else an estimate labelled
+    as such in ``figure_sources``; the (closed) monitor says which."""
     guess = power_w if power_w is not None else (estimated_cpu_power_w() if dev.type == "cpu" else None)
     monitor = Monitor.for_this_machine(power_w=guess, track_memory=False)
     a = torch.randn(s["matmul_n"], s["matmul_n"], device=dev)
@@ -239,6 +215,77 @@ def _profile(quick: bool, device: str | None, power_w: float | None, threads: in
     elif psrc != "unavailable":
         figure_sources["spec.power_w"] = f"{psrc} ({monitor.describe()}, matmul loop {s['power_s']:g} s)"
         figure_sources["spec.idle_power_w"] = f"{psrc} ({monitor.describe()}, idle {s['power_s']:g} s)"
+    return idle_w, loaded_w, monitor
+
+
+def _peaks(dev: torch.device, sheet, achieved: dict[str, float], bandwidth: float, s: dict,
+           figure_sources: dict[str, str]) -> tuple[dict[str, float], float]:
+    """Peak TFLOPS per dtype and memory bandwidth: the data sheet's where a shipped profile matches
+    the GPU, else the achieved figures (said so in ``figure_sources``)."""
+    if sheet is not None:
+        peaks, bw_spec = dict(sheet.spec.peak_tflops), sheet.spec.memory_bandwidth_gbs
+        figure_sources["spec.peak_tflops"] = f"data sheet, from shipped profile {sheet.name!r}"
+        figure_sources["spec.memory_bandwidth_gbs"] = f"data sheet, from shipped profile {sheet.name!r}"
+    else:
+        peaks, bw_spec = dict(achieved), bandwidth
+        figure_sources["spec.peak_tflops"] = (f"measured: achieved {s['matmul_n']}^3 matmul per dtype (no data sheet); "
+                                              "a dtype slower than fp32 is emulated/unaccelerated here, not a peak")
+        figure_sources["spec.memory_bandwidth_gbs"] = f"measured: {s['copy_mb']} MB tensor copy"
+    figure_sources["spec.usable_memory_mb"] = ("measured: CUDA mem_get_info free" if dev.type == "cuda"
+                                               else "measured: available RAM (psutil or /proc/meminfo)")
+    return peaks, bw_spec
+
+
+def _slow_dtypes(achieved: dict[str, float]) -> dict[str, str]:
+    """CPU dtypes slower than fp32 here (emulated: no native support), each with why."""
+    return {k: f"{v:.4g} TFLOPS achieved < fp32 {achieved['fp32']:.4g}: no native support on this CPU, "
+               "do not train in it" for k, v in achieved.items() if k != "fp32" and v < achieved["fp32"]}
+
+
+def _default_budgets(usable: float) -> Budgets:
+    """A profiled machine's budgets: none on latency, memory a fraction of what was usable."""
+    return Budgets(
+        latency_ms=None, batch_size=16, peak_memory_mb=round(MEMORY_BUDGET_FRACTION * usable, 1), energy_j=None,
+        rationale=(f"Profiled machine: no latency budget by default (set one, or use a budget relative to a "
+                   f"baseline); peak memory {MEMORY_BUDGET_FRACTION:.0%} of the memory usable at profiling "
+                   f"time ({usable:.0f} MB), leaving room for the data loader and other processes."))
+
+
+def _profile(quick: bool, device: str | None, power_w: float | None, threads: int | None,
+             progress: bool, allow_noisy: bool = True,
+             timer: Callable[..., list[float]] | None = None) -> DeviceProfile:
+    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda: torch sees no CUDA device here")
+    kind = "jetson" if is_jetson() else ("gpu" if dev.type == "cuda" else "cpu")
+    s = _settings("cpu" if dev.type == "cpu" else "gpu", quick)
+    grid = probe.calibration_grid("cpu" if dev.type == "cpu" else "gpu", quick)
+    dtypes = probe.supported_dtypes(dev)
+    rec = probe.Repeats(timer)
+    bar = ProgressBar(6 + len(dtypes) + len(grid), "profile", unit="steps", enabled=progress, transient=True)
+
+    def step(text: str) -> None:
+        bar.set_postfix_str(text)
+        bar.update(1)
+
+    ident = _identity(dev, kind, threads)
+    figure_sources: dict[str, str] = {}
+    step("identity")
+
+    achieved: dict[str, float] = {}
+    for name in dtypes:
+        bar.set_postfix_str(f"matmul {name}")
+        # on CPU, half-precision matmuls are usually emulated (10-50x slower): a smaller size suffices
+        n = s["matmul_n"] // 2 if dev.type == "cpu" and name != "fp32" else s["matmul_n"]
+        achieved[name] = round(probe.matmul_tflops(dev, name, n, reps=s["reps"], min_s=s["matmul_min_s"],
+                                                   repeats=rec), 5)
+        step(f"matmul {name}")
+    bandwidth = round(probe.copy_bandwidth_gbs(dev, s["copy_mb"], reps=s["reps"], repeats=rec), 2)
+    step("bandwidth")
+    total_mb, usable_mb = probe.memory_mb(dev)
+    step("memory")
+
+    idle_w, loaded_w, monitor = _measure_power(dev, s, power_w, figure_sources)
     step("power")
 
     sheet = _datasheet_match(ident.get("gpu", "")) if dev.type == "cuda" else None
@@ -256,30 +303,12 @@ def _profile(quick: bool, device: str | None, power_w: float | None, threads: in
     if busy is not None and not allow_noisy:
         raise MachineBusy(busy[0], busy[1], spreads)
 
-    if sheet is not None:
-        peaks, bw_spec = dict(sheet.spec.peak_tflops), sheet.spec.memory_bandwidth_gbs
-        figure_sources["spec.peak_tflops"] = f"data sheet, from shipped profile {sheet.name!r}"
-        figure_sources["spec.memory_bandwidth_gbs"] = f"data sheet, from shipped profile {sheet.name!r}"
-    else:
-        peaks, bw_spec = dict(achieved), bandwidth
-        figure_sources["spec.peak_tflops"] = (f"measured: achieved {s['matmul_n']}^3 matmul per dtype (no data sheet); "
-                                              "a dtype slower than fp32 is emulated/unaccelerated here, not a peak")
-        figure_sources["spec.memory_bandwidth_gbs"] = f"measured: {s['copy_mb']} MB tensor copy"
-    figure_sources["spec.usable_memory_mb"] = ("measured: CUDA mem_get_info free" if dev.type == "cuda"
-                                               else "measured: available RAM (psutil or /proc/meminfo)")
+    peaks, bw_spec = _peaks(dev, sheet, achieved, bandwidth, s, figure_sources)
     ident.update(achieved_tflops=achieved, achieved_bandwidth_gbs=bandwidth, figure_sources=figure_sources,
                  quick=quick, probe_agreement=agreement)
-    if dev.type == "cpu":
-        slow = [k for k, v in achieved.items() if k != "fp32" and v < achieved["fp32"]]
-        if slow:
-            ident["slow_dtypes"] = {k: f"{achieved[k]:.4g} TFLOPS achieved < fp32 {achieved['fp32']:.4g}: "
-                                       "no native support on this CPU, do not train in it" for k in slow}
+    if dev.type == "cpu" and (slow := _slow_dtypes(achieved)):
+        ident["slow_dtypes"] = slow
     usable = round(usable_mb, 1)
-    budgets = Budgets(
-        latency_ms=None, batch_size=16, peak_memory_mb=round(MEMORY_BUDGET_FRACTION * usable, 1), energy_j=None,
-        rationale=(f"Profiled machine: no latency budget by default (set one, or use a budget relative to a "
-                   f"baseline); peak memory {MEMORY_BUDGET_FRACTION:.0%} of the memory usable at profiling "
-                   f"time ({usable:.0f} MB), leaving room for the data loader and other processes."))
     estimated = [k for k, v in figure_sources.items() if v.startswith("estimated")]
     desc = (f"Measured by `rep-tune profile{' --quick' if quick else ''}` on {ident['host']} "
             f"({ident.get('gpu') or ident['cpu']}). Telemetry: {monitor.describe()}. "
@@ -290,7 +319,7 @@ def _profile(quick: bool, device: str | None, power_w: float | None, threads: in
         spec=Spec(peak_tflops=peaks, memory_bandwidth_gbs=bw_spec, memory_mb=round(total_mb, 1),
                   usable_memory_mb=usable, power_w=None if loaded_w is None else round(loaded_w, 2),
                   idle_power_w=None if idle_w is None else round(idle_w, 2), cpu=ident["cpu"]),
-        budgets=budgets,
+        budgets=_default_budgets(usable),
         calibration=Calibration(measured_on=f"{ident['host']} {dt.datetime.now().isoformat(timespec='seconds')}",
                                 dtype=dtype, runs=runs, iterations=iterations, noisy=busy is not None, spreads=spreads),
         telemetry=monitor.telemetry if not monitor.estimated else "none",

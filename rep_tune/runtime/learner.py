@@ -9,8 +9,9 @@ per process: the task data (rep_tune.data.tasks caches it), the frozen backbones
 Cost of the run (``TrainResult.cost``, per training iteration): latency and peak memory from
 ``rep_tune.runtime.measure``; energy from measurement windows the caller hands in (``energy``:
 ``rep_tune.profiler.energy.training_meter`` is this machine's NVML, Jetson rails or RAPL, else
-estimated and said so once), which span each task's training iterations (evaluation and the
-memory-probed iteration excluded). The counters are device-wide: runs training at the same time
+estimated and said so once), which span each task's timed training iterations (warm-up,
+evaluation and the memory-probed iteration excluded: ``measure.IterationPhases``, the same phases
+as the profiler's probes). The counters are device-wide: runs training at the same time
 on one device (search workers in threads or processes) each see the others' energy too. The
 runtime never imports the profiler (the profiler's probes use ``runtime.measure``: imports point
 one way).
@@ -28,7 +29,7 @@ state to carry. Energy and query-cache counters cover the resumed part of the ru
 """
 from __future__ import annotations
 
-import contextlib
+import dataclasses
 import math
 import time
 from collections.abc import Mapping
@@ -44,7 +45,7 @@ from rep_tune.data.tasks import TaskSet, build_tasks
 from rep_tune.runtime.backbone import backbone_normalization
 from rep_tune.figures import Cost
 from rep_tune.runtime import metrics
-from rep_tune.runtime.measure import IterationTimer, PeakMemory, make_cost, resident_bytes
+from rep_tune.runtime.measure import IterationPhases, make_cost, resident_bytes
 from rep_tune.runtime.step import NonFiniteLoss, class_mask, make_optimizer, make_precision, train_step
 from rep_tune.schedule import horizon_scale, iterations_per_task, schedule_time
 
@@ -273,157 +274,28 @@ def train(config: RepConfig, scenario: Scenario, *, callbacks: Sequence[Callback
     """
     from rep_tune.progress import ProgressBar
 
-    from rep_tune.runtime.model import RepModel
-    from rep_tune.runtime.selection import process_cache
-
     config.validate()
-    evaluate = evaluate or _evaluate
-    dev = _resolve_device(device)
-    t_start = time.perf_counter()
-    ts = load_tasks(config, scenario)
-    tc = config.training
-    torch.manual_seed(tc.seed)
-    gen = torch.Generator().manual_seed(tc.seed)
-    model = RepModel(config, ts.num_classes).to(dev)
-    precision = make_precision(config, dev)
-    use_cache, reason = _query_cache_plan(config, use_query_cache)
-    cache = process_cache() if use_cache else None
-    hits0, misses0 = (cache.hits, cache.misses) if cache else (0, 0)
-
-    n = ts.n_tasks
-    acc = np.full((n, n), np.nan)
-    plan = []
-    for task in ts:
-        plan.append(iterations_per_task(len(task.train), tc.batch_size, tc.epochs, tc.iters_per_task))
-    timer = IterationTimer(dev)
-    timed_blocks: list[int] = []
-    peak_bytes = 0
-    records: list[TaskRecord] = []
-    global_t = 0
-    dropper_gen = getattr(getattr(model, "dropper", None), "generator", None)
-    first_task = 0
+    run = _Run(config, scenario, _resolve_device(device), use_query_cache, evaluate or _evaluate)
     if resume_from is not None:
-        first_task = _check_resume(resume_from, n, tc.seed)
-        loaded = model.load_state_dict(dict(resume_from["model"]), strict=False)
-        missing = [k for k in loaded.missing_keys if k.split(".", 1)[0] not in FROZEN_MODULES]
-        if missing or loaded.unexpected_keys:
-            raise ValueError(f"resume_from: the state does not fit {config.name}'s model (missing {missing}, "
-                             f"unexpected {list(loaded.unexpected_keys)})")
-        rng = resume_from["rng"]
-        torch.set_rng_state(rng["torch"])
-        if dev.type == "cuda" and rng.get("cuda"):
-            torch.cuda.set_rng_state_all(list(rng["cuda"]))
-        gen.set_state(rng["data"])
-        if dropper_gen is not None and rng.get("ald") is not None:
-            dropper_gen.set_state(rng["ald"])
-        acc[:] = resume_from["acc_matrix"].numpy()
-        global_t = int(resume_from["iterations"])
-        timer.times = [float(x) for x in resume_from["timer"].tolist()]
-        timed_blocks = [int(x) for x in resume_from["timed_blocks"]]
-        peak_bytes = int(resume_from["peak_bytes"])
-        records = [TaskRecord(**r) for r in resume_from["records"]]
-        t_start -= float(resume_from["seconds"])
-
-    def task_end_state(task_id: int, seconds: float) -> dict:
-        return {"format": RESUME_FORMAT, "task": task_id, "n_tasks": n, "seed": tc.seed, "config": config.name,
-                "model": _trained_state(model),
-                "rng": {"torch": torch.get_rng_state(), "data": gen.get_state(),
-                        "cuda": torch.cuda.get_rng_state_all() if dev.type == "cuda" else [],
-                        "ald": None if dropper_gen is None else dropper_gen.get_state()},
-                "acc_matrix": torch.from_numpy(acc.copy()), "iterations": int(global_t), "seconds": float(seconds),
-                "timer": torch.tensor(timer.times, dtype=torch.float64),
-                "timed_blocks": [int(b) for b in timed_blocks], "peak_bytes": int(peak_bytes),
-                "records": [_record_data(r) for r in records]}
-
-    bar = ProgressBar(sum(plan), "train", unit="it", enabled=progress, initial=sum(plan[:first_task]))
+        run.restore(resume_from)
+    bar = ProgressBar(sum(run.plan), "train", unit="it", enabled=progress, initial=sum(run.plan[:run.first_task]))
+    meter, own_meter = _energy_meter(energy, run.dev)
+    run.phases.energy = meter
     result: TrainResult | None = None
-    meter, own_meter = _energy_meter(energy, dev)
-    begin_task = getattr(model, "begin_task", None)
     try:
-        for task, n_iter in zip(ts, plan):
-            if task.task_id < first_task:
+        for task, n_iter in zip(run.ts, run.plan):
+            if task.task_id < run.first_task:
                 continue
-            if begin_task is not None:
-                begin_task(task.task_id, n)
-                model.set_seen_classes([c for t in ts if t.task_id <= task.task_id for c in t.classes])
-            model.train()
-            opt = make_optimizer(config, model.param_groups())
-            mask = class_mask(ts.num_classes, task.classes, dev) if tc.train_mask else None
-            bar.set_description(f"task {task.task_id + 1}/{n}")
-            t0 = time.perf_counter()
-            losses, blocks, k = [], [], 0
-            probe_at = min(PROBE_AT, n_iter - 1)
-            scale = horizon_scale(config.ald.horizon, n_iter)
-            meter.begin()
-            in_window = 0                             # iterations of the open energy window
-            while k < n_iter:
-                order = torch.randperm(len(task.train), generator=gen)
-                for start in range(0, len(order), tc.batch_size):
-                    if k >= n_iter:
-                        break
-                    t = schedule_time(k if config.ald.reset_per_task else global_t, scale)
-                    probe = k == probe_at             # memory-probed (profiled on CPU): not timed
-                    timed = not probe and global_t >= WARMUP_ITERS
-                    base = resident_bytes([model], [opt]) if probe else 0
-                    if probe:                          # the profiled iteration is left out of the energy
-                        meter.end(in_window)
-                    with PeakMemory(dev) if probe else contextlib.nullcontext() as pm:
-                        if timed:
-                            timer.start()
-                        x, y, ids = task.train.batch(order[start:start + tc.batch_size])
-                        x, y = x.to(dev, non_blocking=True), y.to(dev)
-                        with precision.autocast():
-                            q = model.query(x, ids=ids, dataset_key=ts.key, cache=cache) if cache is not None \
-                                else model.query(x)
-                        try:
-                            loss, out = train_step(model, opt, x, y, query=q, iteration=t, task_id=task.task_id,
-                                                   mask=mask, clip_grad=tc.clip_grad, precision=precision)
-                        except NonFiniteLoss as e:
-                            raise NonFiniteLoss(f"{config.name}: {e}") from None
-                        if timed:
-                            timer.stop()
-                            timed_blocks.append(sum(out.ran))
-                    if probe:
-                        peak_bytes = max(peak_bytes, base + pm.transient_bytes)
-                        meter.begin()
-                        in_window = 0
-                    else:
-                        in_window += 1
-                    losses.append(loss)
-                    blocks.append(sum(out.ran))
-                    k += 1
-                    global_t += 1
-                    bar.update(1)
-                    if k % 10 == 0:
-                        bar.set_postfix(loss=f"{loss:.3f}")
-            meter.end(in_window)
-            train_s = time.perf_counter() - t0
+            trained = run.train_task(task, n_iter, bar)
             t1 = time.perf_counter()
-            last = task.task_id == n - 1
-            if eval_every_task or last:
-                for j in range(task.task_id + 1):
-                    acc[task.task_id, j] = evaluate(model, ts.eval_of(j), ts, tc.eval_batch_size, dev, cache)
-            records.append(TaskRecord(task.task_id, list(task.classes), n_iter, train_s, time.perf_counter() - t1,
-                                      float(np.mean(losses)) if losses else float("nan"),
-                                      [float(a) for a in acc[task.task_id, :task.task_id + 1]],
-                                      float(np.mean(blocks)) if blocks else 0.0))
-            bar.set_postfix(acc=f"{np.mean(acc[task.task_id, :task.task_id + 1]):.3f}")
-            result = _result(config, acc, records, timer, timed_blocks, peak_bytes, dev, global_t,
-                             time.perf_counter() - t_start, use_cache, reason, cache, hits0, misses0,
-                             meter.per_iteration(), precision.name)
-            result.eval_size = ts.size_of(ts.eval_split, task.task_id + 1)
-            result.eval_split = ts.eval_split
-            if not eval_every_task:
-                result.forgetting = result.avg_incremental_acc = float("nan")
-            if last and report_test:
-                if ts.eval_split == "test":
-                    result.test_acc = result.final_acc
-                else:
-                    result.test_acc = float(np.mean([evaluate(model, t.test, ts, tc.eval_batch_size, dev, cache)
-                                                     for t in ts]))
-                result.test_size = ts.size_of("test")
+            run.evaluate_task(task.task_id, every=eval_every_task)
+            run.records.append(dataclasses.replace(
+                trained, eval_seconds=time.perf_counter() - t1,
+                accuracy=[float(a) for a in run.acc[task.task_id, :task.task_id + 1]]))
+            bar.set_postfix(acc=f"{np.mean(run.acc[task.task_id, :task.task_id + 1]):.3f}")
+            result = run.result(task.task_id, meter.per_iteration(), eval_every_task, report_test)
             if on_task_end is not None:
-                on_task_end(task.task_id, task_end_state(task.task_id, result.seconds))
+                on_task_end(task.task_id, run.state(task.task_id, result.seconds))
             for cb in callbacks:
                 cb(task.task_id, result)
     finally:
@@ -431,6 +303,146 @@ def train(config: RepConfig, scenario: Scenario, *, callbacks: Sequence[Callback
         if own_meter:
             meter.close()
     return result
+
+
+class _Run:
+    """One training run's setup and its state that changes (what ``resume_from`` restores); the
+    steps of ``train``: a task's iterations, its evaluation, the result so far."""
+
+    def __init__(self, config: RepConfig, scenario: Scenario, dev: torch.device, use_query_cache: bool | None,
+                 evaluate: Evaluate) -> None:
+        from rep_tune.runtime.model import RepModel
+        from rep_tune.runtime.selection import process_cache
+        self.config, self.dev, self.evaluate = config, dev, evaluate
+        self.t_start = time.perf_counter()
+        self.ts = load_tasks(config, scenario)
+        tc = self.tc = config.training
+        torch.manual_seed(tc.seed)
+        self.gen = torch.Generator().manual_seed(tc.seed)
+        self.model = RepModel(config, self.ts.num_classes).to(dev)
+        self.precision = make_precision(config, dev)
+        self.use_cache, self.cache_reason = _query_cache_plan(config, use_query_cache)
+        self.cache = process_cache() if self.use_cache else None
+        self.hits0, self.misses0 = (self.cache.hits, self.cache.misses) if self.cache else (0, 0)
+        self.n = self.ts.n_tasks
+        self.acc = np.full((self.n, self.n), np.nan)
+        self.plan = [iterations_per_task(len(task.train), tc.batch_size, tc.epochs, tc.iters_per_task)
+                     for task in self.ts]
+        self.phases = IterationPhases(dev)
+        self.timed_blocks: list[int] = []
+        self.records: list[TaskRecord] = []
+        self.global_t = 0
+        self.first_task = 0
+        self.dropper_gen = getattr(getattr(self.model, "dropper", None), "generator", None)
+
+    def restore(self, state: Mapping[str, Any]) -> None:
+        """Continue from a task-boundary ``state`` (``state()``): weights, RNGs, figures so far."""
+        self.first_task = _check_resume(state, self.n, self.tc.seed)
+        loaded = self.model.load_state_dict(dict(state["model"]), strict=False)
+        missing = [k for k in loaded.missing_keys if k.split(".", 1)[0] not in FROZEN_MODULES]
+        if missing or loaded.unexpected_keys:
+            raise ValueError(f"resume_from: the state does not fit {self.config.name}'s model (missing {missing}, "
+                             f"unexpected {list(loaded.unexpected_keys)})")
+        rng = state["rng"]
+        torch.set_rng_state(rng["torch"])
+        if self.dev.type == "cuda" and rng.get("cuda"):
+            torch.cuda.set_rng_state_all(list(rng["cuda"]))
+        self.gen.set_state(rng["data"])
+        if self.dropper_gen is not None and rng.get("ald") is not None:
+            self.dropper_gen.set_state(rng["ald"])
+        self.acc[:] = state["acc_matrix"].numpy()
+        self.global_t = int(state["iterations"])
+        self.phases.timer.times = [float(x) for x in state["timer"].tolist()]
+        self.timed_blocks = [int(x) for x in state["timed_blocks"]]
+        self.phases.peak_bytes = int(state["peak_bytes"])
+        self.records = [TaskRecord(**r) for r in state["records"]]
+        self.t_start -= float(state["seconds"])
+
+    def state(self, task_id: int, seconds: float) -> dict:
+        """The run's state at the end of task ``task_id``, as plain data (module docstring)."""
+        return {"format": RESUME_FORMAT, "task": task_id, "n_tasks": self.n, "seed": self.tc.seed,
+                "config": self.config.name, "model": _trained_state(self.model),
+                "rng": {"torch": torch.get_rng_state(), "data": self.gen.get_state(),
+                        "cuda": torch.cuda.get_rng_state_all() if self.dev.type == "cuda" else [],
+                        "ald": None if self.dropper_gen is None else self.dropper_gen.get_state()},
+                "acc_matrix": torch.from_numpy(self.acc.copy()), "iterations": int(self.global_t),
+                "seconds": float(seconds), "timer": torch.tensor(self.phases.timer.times, dtype=torch.float64),
+                "timed_blocks": [int(b) for b in self.timed_blocks], "peak_bytes": int(self.phases.peak_bytes),
+                "records": [_record_data(r) for r in self.records]}
+
+    def train_task(self, task, n_iter: int, bar) -> TaskRecord:
+        """``n_iter`` iterations of ``task`` (phases: ``IterationPhases``): its record, without the
+        evaluation's accuracy and seconds."""
+        model, tc, config = self.model, self.tc, self.config
+        model.begin_task(task.task_id, self.n)
+        model.set_seen_classes([c for t in self.ts if t.task_id <= task.task_id for c in t.classes])
+        model.train()
+        opt = make_optimizer(config, model.param_groups())
+        mask = class_mask(self.ts.num_classes, task.classes, self.dev) if tc.train_mask else None
+        bar.set_description(f"task {task.task_id + 1}/{self.n}")
+        t0 = time.perf_counter()
+        losses, blocks, k = [], [], 0
+        probe_at = min(PROBE_AT, n_iter - 1)
+        scale = horizon_scale(config.ald.horizon, n_iter)
+        resident = lambda: resident_bytes([model], [opt])   # noqa: E731
+        while k < n_iter:
+            order = torch.randperm(len(task.train), generator=self.gen)
+            for start in range(0, len(order), tc.batch_size):
+                if k >= n_iter:
+                    break
+                t = schedule_time(k if config.ald.reset_per_task else self.global_t, scale)
+                # the memory-probed iteration (profiled on CPU) is neither timed nor in the energy
+                phase = "memory" if k == probe_at else "timed" if self.global_t >= WARMUP_ITERS else "warmup"
+                with self.phases.iteration(phase, resident):
+                    x, y, ids = task.train.batch(order[start:start + tc.batch_size])
+                    x, y = x.to(self.dev, non_blocking=True), y.to(self.dev)
+                    with self.precision.autocast():
+                        q = model.query(x, ids=ids, dataset_key=self.ts.key, cache=self.cache) \
+                            if self.cache is not None else model.query(x)
+                    try:
+                        loss, out = train_step(model, opt, x, y, query=q, iteration=t, task_id=task.task_id,
+                                               mask=mask, clip_grad=tc.clip_grad, precision=self.precision)
+                    except NonFiniteLoss as e:
+                        raise NonFiniteLoss(f"{config.name}: {e}") from None
+                if phase == "timed":
+                    self.timed_blocks.append(sum(out.ran))
+                losses.append(loss)
+                blocks.append(sum(out.ran))
+                k += 1
+                self.global_t += 1
+                bar.update(1)
+                if k % 10 == 0:
+                    bar.set_postfix(loss=f"{loss:.3f}")
+        self.phases.end_window()
+        return TaskRecord(task.task_id, list(task.classes), n_iter, time.perf_counter() - t0, 0.0,
+                          float(np.mean(losses)) if losses else float("nan"), [],
+                          float(np.mean(blocks)) if blocks else 0.0)
+
+    def evaluate_task(self, task_id: int, every: bool) -> None:
+        """Accuracy on every task seen so far, after task ``task_id`` (only after the last unless ``every``)."""
+        if every or task_id == self.n - 1:
+            for j in range(task_id + 1):
+                self.acc[task_id, j] = self.evaluate(self.model, self.ts.eval_of(j), self.ts,
+                                                     self.tc.eval_batch_size, self.dev, self.cache)
+
+    def result(self, task_id: int, energy_j, every: bool, report_test: bool) -> TrainResult:
+        """The run's TrainResult after task ``task_id`` (the test-split figure after the last, when asked)."""
+        ts, phases = self.ts, self.phases
+        res = _result(self.config, self.acc, self.records, phases.timer, self.timed_blocks, phases.peak_bytes,
+                      self.dev, self.global_t, time.perf_counter() - self.t_start, self.use_cache, self.cache_reason,
+                      self.cache, self.hits0, self.misses0, energy_j, self.precision.name)
+        res.eval_size = ts.size_of(ts.eval_split, task_id + 1)
+        res.eval_split = ts.eval_split
+        if not every:
+            res.forgetting = res.avg_incremental_acc = float("nan")
+        if task_id == self.n - 1 and report_test:
+            if ts.eval_split == "test":
+                res.test_acc = res.final_acc
+            else:
+                res.test_acc = float(np.mean([self.evaluate(self.model, t.test, ts, self.tc.eval_batch_size,
+                                                            self.dev, self.cache) for t in ts]))
+            res.test_size = ts.size_of("test")
+        return res
 
 
 def _result(config, acc, records, timer, timed_blocks, peak_bytes, dev, iterations, seconds,

@@ -56,12 +56,13 @@ import os
 # profiler runs; a level the user set wins.
 os.environ.setdefault("KINETO_LOG_LEVEL", "6")
 
+import contextlib  # noqa: E402
 import resource  # noqa: E402
 import socket  # noqa: E402
 import statistics  # noqa: E402
 import threading  # noqa: E402
 import time  # noqa: E402
-from typing import Any, Callable, Iterable, Protocol  # noqa: E402
+from typing import Any, Callable, Iterable, Iterator, Protocol  # noqa: E402
 
 import torch  # noqa: E402
 from torch import Tensor, nn  # noqa: E402
@@ -402,50 +403,84 @@ class EnergyWindows(Protocol):
     def per_iteration(self) -> Figure | None: ...
 
 
+class IterationPhases:
+    """The phases of measured training iterations, one definition for ``measure_step`` (the
+    profiler's probes, ``rep-tune cost`` calibration) and the learner (a real run):
+
+    - ``warmup``: run, not counted;
+    - ``timed``: inside the ``IterationTimer`` and inside the energy window (opened by the first
+      timed iteration, closed by ``end_window`` or by a memory-probed iteration);
+    - ``memory``: peak memory = ``resident()`` just before + the transient peak of the iteration
+      (``PeakMemory``); outside the timer and the energy window (the CPU probe is slow).
+
+    ``timer.times`` and ``peak_bytes`` carry the figures (a resumed run restores them).
+    """
+
+    def __init__(self, device: torch.device | str | None = None, energy: EnergyWindows | None = None) -> None:
+        self.device = as_device(device)
+        self.timer = IterationTimer(self.device)
+        self.energy = energy
+        self.peak_bytes = 0
+        self._in_window: int | None = None         # timed iterations of the open energy window
+
+    @contextlib.contextmanager
+    def iteration(self, phase: str, resident: Callable[[], int] = lambda: 0) -> Iterator[None]:
+        """Wrap one iteration's work in ``phase`` (warmup | timed | memory)."""
+        if phase == "timed":
+            if self.energy is not None and self._in_window is None:
+                self.energy.begin()
+                self._in_window = 0
+            self.timer.start()
+            yield
+            self.timer.stop()
+            if self._in_window is not None:
+                self._in_window += 1
+        elif phase == "memory":
+            self.end_window()
+            base = resident()
+            with PeakMemory(self.device) as pm:
+                yield
+            self.peak_bytes = max(self.peak_bytes, base + pm.transient_bytes)
+        elif phase == "warmup":
+            yield
+        else:
+            raise ValueError(f"iteration phase: expected warmup, timed or memory, found {phase!r}")
+
+    def end_window(self) -> None:
+        """Close the open energy window (before evaluation, a memory probe, or the end)."""
+        if self.energy is not None and self._in_window is not None:
+            self.energy.end(self._in_window)
+        self._in_window = None
+
+
 def measure_step(step: Callable[[int], Any], *, n: int = 5, warmup: int = 2, memory_iters: int = 2,
                  device: torch.device | str | None = None, resident: Callable[[], int] = lambda: 0,
                  statistic: str = "median", detail: str = "", energy: EnergyWindows | None = None,
                  progress: Callable[[], None] | None = None) -> Cost:
-    """Run ``step(i)`` for warm-up, ``n`` timed and ``memory_iters`` memory-probed iterations.
+    """Run ``step(i)`` for warm-up, ``n`` timed and ``memory_iters`` memory-probed iterations
+    (``IterationPhases``).
 
-    ``i`` runs 0, 1, ... over all calls. ``resident()`` is read just before the memory window.
+    ``i`` runs 0, 1, ... over all calls. ``resident()`` is read just before each memory-probed one.
     ``progress()`` is called after every iteration (outside the timed span; microseconds).
     ``energy``: when given, one energy window spans the ``n`` timed iterations (the timer's
     synchronisations included), and the cost carries ``energy_j`` per iteration with its source.
     """
-    timer = IterationTimer(device)
+    phases = IterationPhases(device, energy if n > 0 else None)
     tick = progress or (lambda: None)
-    i = 0
-    for _ in range(warmup):
-        step(i)
-        i += 1
+    plan = ["warmup"] * warmup + ["timed"] * n + ["memory"] * memory_iters
+    for i, phase in enumerate(plan):
+        if phase == "memory":
+            phases.end_window()
+        with phases.iteration(phase, resident):
+            step(i)
         tick()
-    if energy is not None and n > 0:
-        energy.begin()
-    for _ in range(n):
-        timer.start()
-        step(i)
-        timer.stop()
-        i += 1
-        tick()
-    if energy is not None and n > 0:
-        energy.end(n)
-    peak = None
-    if memory_iters > 0:
-        base = resident()
-        transient = 0
-        for _ in range(memory_iters):
-            with PeakMemory(device) as pm:
-                step(i)
-            i += 1
-            tick()
-            transient = max(transient, pm.transient_bytes)
-        peak = base + transient
-    lat = timer.summary_ms(0, statistic)
+    phases.end_window()
+    lat = phases.timer.summary_ms(0, statistic)
     extras = {"timed_iterations": n, "warmup_iterations": warmup}
-    if timer.times:
-        extras.update(min_ms=1000 * min(timer.times), max_ms=1000 * max(timer.times))
-    return make_cost(lat, peak, device, f"{statistic} of {n}" + (f", {detail}" if detail else ""), extras,
+    if phases.timer.times:
+        extras.update(min_ms=1000 * min(phases.timer.times), max_ms=1000 * max(phases.timer.times))
+    return make_cost(lat, phases.peak_bytes if memory_iters > 0 else None, device,
+                     f"{statistic} of {n}" + (f", {detail}" if detail else ""), extras,
                      energy.per_iteration() if energy is not None and n > 0 else None)
 
 
