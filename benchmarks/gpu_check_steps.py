@@ -78,6 +78,7 @@ def cost_error(out: str) -> int:
 def verify_config(out: str) -> int:
     """A deployable ViT-B/16 paper config at the profile's dtype, targeting a GPU (no budgets of its own)."""
     from rep_tune.config import preset
+    from rep_tune.deployable import DeployTarget, TargetBudgets
     from rep_tune.device import DeviceProfile
 
     prof = DeviceProfile.load(f"{out}/profile.yaml")
@@ -86,7 +87,7 @@ def verify_config(out: str) -> int:
                  **{"backbone.pretrained": False, "selection.pretrained": False, "training.epochs": 5,
                     "training.precision": precision})
     cfg.name = "rep-l2p-gpu-check"
-    cfg.target = {"device": "gpu-check", "kind": "gpu", "budgets": {"batch_size": 16}}
+    cfg.target = DeployTarget(device="gpu-check", kind="gpu", budgets=TargetBudgets(batch_size=16))
     print(cfg.save(Path(out) / "best_gpu_check.yaml"))
     return 0
 

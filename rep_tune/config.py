@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from rep_tune.archs import ArchSpec, arch_of
+from rep_tune.deployable import DeployTarget, Expected, Provenance
 from rep_tune.methods import PromptSection, get_method, method_names
 from rep_tune.methods.l2p import L2PConfig
 from rep_tune.schedule import ramp
@@ -153,9 +154,9 @@ class RepConfig:
     atom: AtomConfig = field(default_factory=AtomConfig)
     ald: AldConfig = field(default_factory=AldConfig)
     training: TrainingConfig = field(default_factory=TrainingConfig)
-    target: dict[str, Any] | None = None       # device profile name, budgets (written by search)
-    expected: dict[str, Any] | None = None     # expected accuracy / cost, each with its source
-    provenance: dict[str, Any] | None = None   # rep-tune version, study, trial, profile checksum
+    target: DeployTarget | None = None          # device profile, budgets, deployment (written by search)
+    expected: Expected | None = None       # expected accuracy / cost, each with its source
+    provenance: Provenance | None = None   # rep-tune version, study, trial, profile checksum
 
     # ---- validation -------------------------------------------------------------------
     def validate(self, source: str | None = None) -> "RepConfig":
@@ -217,11 +218,10 @@ class RepConfig:
                            ("selection.checkpoint", self.selection.checkpoint)):
             check(ckpt is None or ("\x00" not in ckpt and len(ckpt) <= 4096), source, name,
                   "a weights file path (no NUL byte, at most 4096 characters), or null", ckpt)
-        if self.target is not None:          # read by verify and export: a profile name or path
-            for key in ("device", "profile"):
-                v = self.target.get(key)
-                check(v is None or isinstance(v, str), source, f"target.{key}",
-                      "a device profile name or path (string), or null", v)
+        if self.target is not None:
+            self.target.validate(source)
+        if self.expected is not None:
+            self.expected.validate(source)
         _check_finite(self.to_dict(), source)
         return self
 

@@ -27,7 +27,6 @@ does), under ``cli``; ``export`` stays a torch-free translator and does not run 
 """
 from __future__ import annotations
 
-import math
 import socket
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -187,48 +186,13 @@ class Report:
 
 
 # ---- planning (all checks before any work) ---------------------------------------------------------
-def _number(value: Any, where: str, field_name: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
-        raise VerifyError(f"{where}: field '{field_name}': expected a finite number > 0, found {value!r}")
-    return float(value)
-
-
-def _figure(data: Any, where: str, name: str) -> Figure | None:
-    """An ``expected.<metric>`` entry ({value, unit, source, ...}) as a Figure; None when absent or null."""
-    if data is None:
-        return None
-    if not isinstance(data, dict):
-        raise VerifyError(f"{where}: field 'expected.{name}': expected a mapping with value, unit, source, found {data!r}")
-    if data.get("value") is None:
-        return None
-    value = _number(data["value"], where, f"expected.{name}.value")
-    source = data.get("source") or "predicted"
-    if source not in SOURCES:
-        raise VerifyError(f"{where}: field 'expected.{name}.source': expected one of {', '.join(SOURCES)}, found {source!r}")
-    return Figure(value, str(data.get("unit") or metric(name).unit), source, str(data.get("detail") or ""),
-                  str(data.get("machine") or ""))
-
-
-def _target_budgets(cfg: RepConfig, where: str) -> tuple[dict[str, tuple[float, str]], int | None]:
-    """(metric -> (limit, basis), batch size) from ``target.budgets`` as the search writes it."""
-    tb = (cfg.target or {}).get("budgets") or {}
-    if not isinstance(tb, dict):
-        raise VerifyError(f"{where}: field 'target.budgets': expected a mapping, found {tb!r}")
-    out = {}
-    for m in METRICS:
-        b = tb.get(m)
-        if b is None:
-            continue
-        value = b.get("value") if isinstance(b, dict) else b
-        if value is None:
-            continue
-        basis = b.get("basis", "") if isinstance(b, dict) else ""
-        out[m] = (_number(value, where, f"target.budgets.{m}.value"),
-                  f"config target.budgets.{m}" + (f" ({basis})" if basis else ""))
-    batch = tb.get("batch_size")
-    if batch is not None and (isinstance(batch, bool) or not isinstance(batch, int) or batch < 1):
-        raise VerifyError(f"{where}: field 'target.budgets.batch_size': expected an int >= 1, found {batch!r}")
-    return out, batch
+def _target_budgets(cfg: RepConfig) -> tuple[dict[str, tuple[float, str]], int | None]:
+    """(metric -> (limit, basis), batch size) from the config's ``target.budgets`` (typed, checked at load)."""
+    if cfg.target is None:
+        return {}, None
+    tb = cfg.target.budgets
+    return ({m: (b.value, f"config target.budgets.{m}" + (f" ({b.basis})" if b.basis else ""))
+             for m, b in tb.limits().items()}, tb.batch_size)
 
 
 def _load_profile(spec: str, what: str) -> DeviceProfile:
@@ -243,8 +207,9 @@ def _load_profile(spec: str, what: str) -> DeviceProfile:
 
 def _target_profile(cfg: RepConfig) -> DeviceProfile | None:
     """The config's target profile when it can be found here (its path, else a shipped name)."""
-    t = cfg.target or {}
-    for spec in (t.get("profile"), t.get("device")):
+    if cfg.target is None:
+        return None
+    for spec in (cfg.target.profile, cfg.target.device):
         if spec:
             try:
                 return DeviceProfile.load(spec)
@@ -319,14 +284,13 @@ def load_plan(config_path: str | Path, *, device: str | None = None, iters: int 
     except SchemaError as e:
         raise VerifyError(str(e)) from None
     notes: list[str] = []
-    budgets, target_batch = _target_budgets(cfg, where)
+    budgets, target_batch = _target_budgets(cfg)
     target = _target_profile(cfg)
+    target_device = cfg.target.device if cfg.target is not None else None
     profile = None
-    expected_from = f"config expected (source per figure; target {(cfg.target or {}).get('device', 'none')})"
-    raw_expected = cfg.expected or {}
-    if not isinstance(raw_expected, dict):
-        raise VerifyError(f"{where}: field 'expected': expected a mapping, found {raw_expected!r}")
-    expected = {m: f for m in METRICS if (f := _figure(raw_expected.get(m), where, m)) is not None}
+    expected_from = f"config expected (source per figure; target {target_device or 'none'})"
+    expected = ({m: f.to_figure() for m in METRICS if (f := cfg.expected.figure(m)) is not None}
+                if cfg.expected is not None else {})
     if device and device != "local":
         profile = _load_profile(device, "--device")
         budgets = {m: (float(v), f"--device {device} budgets.{m}") for m, v in profile.budgets.items()}
@@ -351,7 +315,7 @@ def load_plan(config_path: str | Path, *, device: str | None = None, iters: int 
     else:
         why = "selection.cache is false" if not cfg.selection.cache else "one epoch: the cache never hits"
         parts = [Part(f"every iteration, query computed ({why})", 0, n_task, False, n_task)]
-    if profile is not None and profile.name != (cfg.target or {}).get("device"):
+    if profile is not None and profile.name != target_device:
         expected, expected_from = _predicted(cfg, profile, n_task, n_first, workload), (
             f"cost model on --device {device} ({profile.name}), schedule mean at batch {batch}"
             f"{'' if profile.calibrated else '; profile uncalibrated: estimated'}")

@@ -2,7 +2,7 @@
 points down this list, never up and never sideways between two packages of one level.
 
     0  schema, safe_pickle, progress, extras, shipped, arch_spec, figures, schedule   (leaves)
-    1  arch_probe, checkpoints
+    1  arch_probe, checkpoints, deployable
     2  archs              the architecture table (probed shapes of timm models)
     3  methods            torch-free method registry
     4  layout             token layout of a config
@@ -26,7 +26,7 @@ import rep_tune
 
 LEVELS = [
     {"schema", "safe_pickle", "progress", "extras", "shipped", "arch_spec", "figures", "schedule"},
-    {"arch_probe", "checkpoints"}, {"archs"},
+    {"arch_probe", "checkpoints", "deployable"}, {"archs"},
     {"methods"}, {"layout"}, {"config"}, {"device"}, {"data"},
     {"runtime", "cost"}, {"profiler"}, {"export"}, {"search", "verify"}, {"cli"},
 ]

@@ -134,16 +134,16 @@ def test_outputs_per_device_fit_their_budgets(searched):
             continue
         written += 1
         cfg = RepConfig.load(run / f"best_{key}.yaml")
-        assert cfg.target["device"] == target.profile.name
+        assert cfg.target.device == target.profile.name
         for m in ("latency_ms", "peak_memory_mb"):
-            assert cfg.expected[m]["value"] <= cfg.target["budgets"][m]["value"]
-            assert cfg.expected[m]["source"] in ("predicted", "estimated", "measured")
-        assert cfg.expected["final_acc"]["value"] == pytest.approx(best.final_acc, abs=1e-6)
-        assert cfg.expected["final_acc"]["accuracy"] == "direct" and 0 <= best.final_acc <= 1   # 2 iterations: near chance
-        assert {"paper", "baseline"} <= {k.removeprefix("gain_over_") for k in cfg.expected if k.startswith("gain_over_")}
-        assert cfg.provenance["trial"] == best.number
-        assert cfg.provenance["profile_checksum"] == target.profile.checksum()
-        assert cfg.provenance["study_name"] == outcome.study.study_name
+            assert cfg.expected.figure(m).value <= cfg.target.budgets.limits()[m].value
+            assert cfg.expected.figure(m).source in ("predicted", "estimated", "measured")
+        assert cfg.expected.final_acc.value == pytest.approx(best.final_acc, abs=1e-6)
+        assert cfg.expected.final_acc.accuracy == "direct" and 0 <= best.final_acc <= 1   # 2 iterations: near chance
+        assert cfg.expected.gain_over_paper is not None and cfg.expected.gain_over_baseline is not None
+        assert cfg.provenance.trial == best.number
+        assert cfg.provenance.profile_checksum == target.profile.checksum()
+        assert cfg.provenance.study_name == outcome.study.study_name
     assert written >= 1
     # the storage opens as is (what optuna-dashboard does)
     loaded = optuna.load_study(study_name=outcome.study.study_name, storage=storage_url(run))

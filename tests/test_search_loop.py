@@ -299,11 +299,11 @@ def test_outputs_are_the_deployment(searched):
     w = outcome.targets[0].profile.workload
     assert cfg.backbone.name == w.backbone and cfg.selection.surrogate == w.surrogate
     assert (cfg.training.epochs, cfg.training.iters_per_task) == (w.epochs, w.iters_per_task)
-    assert cfg.provenance["search_fidelity"]["iters_per_task"] == 12 and cfg.provenance["search_fidelity"]["epochs"] == 1
-    acc = cfg.expected["final_acc"]
-    assert acc["accuracy"] == "proxy" and acc["proxy"]["backbone"] == PROXY and 0 < acc["value"] <= 1
-    assert cfg.target["budgets"]["latency_ms"]["basis"] == "profile budgets.latency_ms"      # absolute, binding
-    assert cfg.expected["latency_ms"]["value"] <= cfg.target["budgets"]["latency_ms"]["value"]
+    assert cfg.provenance.search_fidelity["iters_per_task"] == 12 and cfg.provenance.search_fidelity["epochs"] == 1
+    acc = cfg.expected.final_acc
+    assert acc.accuracy == "proxy" and acc.proxy["backbone"] == PROXY and 0 < acc.value <= 1
+    assert cfg.target.budgets.latency_ms.basis == "profile budgets.latency_ms"      # absolute, binding
+    assert cfg.expected.latency_ms.value <= cfg.target.budgets.latency_ms.value
     assert (run / "pareto_jetson_orin.png").stat().st_size > 1000
     trained = [r for r in record.read_all(outcome.study.get_trials()) if r.paid]
     assert len(trained) == 5

@@ -7,7 +7,9 @@ import yaml
 
 from rep_tune.cli import main
 from rep_tune.config import preset
+from rep_tune.deployable import DeployTarget, Expected
 from rep_tune.device import DeviceProfile, Spec, Workload, Budgets
+from rep_tune.schema import from_dict
 from rep_tune.verify import load_plan
 
 
@@ -19,10 +21,10 @@ def best_config(tmp_path, *, latency=5000.0, memory=4000.0, energy=None, name="b
                "peak_memory_mb": {"value": memory, "unit": "MB", "basis": "test"}}
     if energy is not None:
         budgets["energy_j"] = {"value": energy, "unit": "J", "basis": "test"}
-    cfg.target = {"device": "local", "profile": None, "kind": "cpu", "cost_source": "measured", "budgets": budgets}
-    cfg.expected = {"latency_ms": {"value": 40.0, "unit": "ms", "source": "measured"},
-                    "peak_memory_mb": {"value": 30.0, "unit": "MB", "source": "measured"},
-                    "final_acc": {"value": 0.5, "unit": "%", "source": "measured"}}
+    cfg.target = from_dict(DeployTarget, {"device": "local", "profile": None, "kind": "cpu", "budgets": budgets})
+    cfg.expected = from_dict(Expected, {"latency_ms": {"value": 40.0, "unit": "ms", "source": "measured"},
+                                        "peak_memory_mb": {"value": 30.0, "unit": "MB", "source": "measured"},
+                                        "final_acc": {"value": 0.5, "unit": "fraction", "source": "measured"}})
     return cfg.save(tmp_path / name)
 
 
@@ -105,6 +107,10 @@ def test_device_profile_gives_budgets_schedule_and_prediction(tmp_path, capsys):
     (lambda d: d["expected"]["latency_ms"].update(value="fast"), "expected.latency_ms.value"),
     (lambda d: d["target"]["budgets"]["latency_ms"].update(value=-1), "target.budgets.latency_ms.value"),
     (lambda d: d["backbone"].update(name="vit_tiny_patch8_64"), "no such model"),
+    # the typed sections refuse what a hand parser skipped: a misspelt budget, a source nobody writes
+    (lambda d: d["target"]["budgets"].update(latency=5), "target.budgets.latency"),
+    (lambda d: d["expected"]["latency_ms"].update(source="guessed"), "expected.latency_ms.source"),
+    (lambda d: d["target"].pop("device"), "target.device"),
 ])
 def test_bad_input_exit_2(tmp_path, capsys, mutate, message):
     path = best_config(tmp_path)

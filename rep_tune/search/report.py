@@ -32,6 +32,7 @@ import socket
 import sys
 import time
 from collections.abc import Iterable, Sequence
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -41,10 +42,11 @@ from optuna.trial import FrozenTrial, TrialState
 
 from rep_tune.progress import STDOUT
 from rep_tune.config import RepConfig
+from rep_tune.deployable import DeployTarget, Expected, ExpectedFigure, Provenance
 from rep_tune.figures import METRICS
 from rep_tune.search import record
 from rep_tune.search.optuna_backend import file_lock, is_trained
-from rep_tune.schema import atomic_write_bytes, atomic_write_text
+from rep_tune.schema import atomic_write_bytes, atomic_write_text, from_dict
 from rep_tune.search.record import TrialRecord, read_all
 from rep_tune.search.targets import Target
 
@@ -99,8 +101,9 @@ def deployable(r: TrialRecord, target: Target, study: optuna.Study, settings,
     cfg = target.deployed_config(proxy)
     dep = target.deployment(proxy)
     cfg.name = f"rep-{cfg.prompt.method}-{target.key}"
-    cfg.target = {"device": target.profile.name, "profile": target.path, "kind": target.profile.kind,
-                  "budgets": target.budgets.to_dict() if target.budgets else {}, "deployment": dep.to_dict()}
+    cfg.target = from_dict(DeployTarget, {
+        "device": target.profile.name, "profile": target.path, "kind": target.profile.kind,
+        "budgets": target.budgets.to_dict() if target.budgets else {}, "deployment": dep.to_dict()})
     scen = settings.scenario
     label = (f"direct: measured on {proxy.backbone.name}, the deployed model" if dep.accuracy == "direct" else
              f"proxy: measured on {proxy.backbone.name} ({_scenario_text(scen)}), not on the deployed {dep.backbone}")
@@ -130,8 +133,8 @@ def deployable(r: TrialRecord, target: Target, study: optuna.Study, settings,
                 **{f"{m}_ratio": round(r.value_of(m, target.key) / rt.value_of(m, target.key), 4)
                    for m in METRICS if r.value_of(m, target.key) and rt.value_of(m, target.key)},
                 "reference_trial": rt.number}
-    cfg.expected = expected
-    cfg.provenance = {"rep_tune_version": version(), "study_name": study.study_name,
+    cfg.expected = from_dict(Expected, expected)
+    cfg.provenance = from_dict(Provenance, {"rep_tune_version": version(), "study_name": study.study_name,
                       "storage": STUDY_FILE, "trial": r.number, "config_hash": r.config_hash,
                       "profile": target.profile.name, "profile_checksum": target.profile.checksum(),
                       "search_space": settings.space, "sampler": settings.sampler, "seed": settings.seed,
@@ -139,7 +142,7 @@ def deployable(r: TrialRecord, target: Target, study: optuna.Study, settings,
                                           "iters_per_task": proxy.training.iters_per_task,
                                           "batch_size": proxy.training.batch_size, "ald_horizon": proxy.ald.horizon,
                                           "scenario": scen.to_dict()},
-                      "host": socket.gethostname(), "date": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+                      "host": socket.gethostname(), "date": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
     return cfg.validate()
 
 
@@ -157,20 +160,20 @@ def write_confirmed(outcome, settings, conf, recs: Sequence[TrialRecord]) -> Non
         r = by_number[answer.best.trial]
         cfg = deployable(r, t, study, settings, refs)
         ti = answer.best.test_interval()
-        search_score = cfg.expected["final_acc"]
-        cfg.expected["search_acc"] = {**search_score, "detail": "the search's score: " + search_score["detail"]}
-        cfg.expected["final_acc"] = {
-            "value": round(ti.mean, 6), "unit": "fraction", "source": "measured", "accuracy": search_score["accuracy"],
-            "ci95": ti.to_dict()["ci95"], "seeds": sorted(answer.best.test), "test_images": conf.test_size,
-            "detail": f"test accuracy after the last task, mean over {ti.n} training seeds at {conf.describe_fidelity()}; "
-                      f"chosen by mean validation accuracy ({conf.val_size} images), the test set only reports it",
-            "proxy": search_score.get("proxy"), "machine": search_score.get("machine")}
-        cfg.expected["confirmed"] = {**answer.summary(), **conf.to_dict(),
-                                     "candidates": [c.label for c in conf.candidates]}
-        if answer.vs_paper is not None and "gain_over_paper" in cfg.expected:
-            cfg.expected["gain_over_paper"]["final_acc_delta"] = round(answer.vs_paper.mean, 6)
-            cfg.expected["gain_over_paper"]["final_acc_delta_ci95"] = answer.vs_paper.to_dict()["ci95"]
-            cfg.expected["gain_over_paper"]["resolved"] = answer.vs_paper.resolved
+        exp = cfg.expected
+        score = exp.final_acc
+        exp.search_acc = dataclasses.replace(score, detail="the search's score: " + score.detail)
+        exp.final_acc = ExpectedFigure(
+            value=round(ti.mean, 6), unit="fraction", source="measured", accuracy=score.accuracy,
+            ci95=ti.to_dict()["ci95"], seeds=sorted(answer.best.test), test_images=conf.test_size,
+            detail=f"test accuracy after the last task, mean over {ti.n} training seeds at {conf.describe_fidelity()}; "
+                   f"chosen by mean validation accuracy ({conf.val_size} images), the test set only reports it",
+            proxy=score.proxy, machine=score.machine)
+        exp.confirmed = {**answer.summary(), **conf.to_dict(), "candidates": [c.label for c in conf.candidates]}
+        if answer.vs_paper is not None and exp.gain_over_paper is not None:
+            exp.gain_over_paper.update(final_acc_delta=round(answer.vs_paper.mean, 6),
+                                       final_acc_delta_ci95=answer.vs_paper.to_dict()["ci95"],
+                                       resolved=answer.vs_paper.resolved)
         outcome.bests[t.key] = r
         outcome.files[f"best_{t.key}"] = cfg.save(run_dir / f"best_{t.key}.yaml")
 
