@@ -29,6 +29,7 @@ on a rerun with the same settings (``--fresh`` retrains). Tables: ..._<host>.txt
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import csv
 import hashlib
 import json
@@ -173,6 +174,13 @@ class Setup:
     eval_per_class: int
     subsets: list[int]
     subset_ids: dict[int, set[int]]     # per-class size -> test ids of that subset
+    class_order: str = "fixed"          # fixed: every run on scenario.class_order_seed; per-seed: seed s -> order s
+
+    def scenario_for(self, seed: int) -> Scenario:
+        """The scenario a run of training seed ``seed`` trains on (its class order, see --class-order)."""
+        if self.class_order == "per-seed":
+            return dataclasses.replace(self.scenario, class_order_seed=seed)
+        return self.scenario
 
 
 def make_setup(args) -> Setup:
@@ -190,25 +198,25 @@ def make_setup(args) -> Setup:
         subset_ids = {n: {int(pool.ids[p]) for p in validation_subset(pool.labels, n, sc.seed)} for n in sizes}
     else:
         subset_ids = {n: {int(raw.test.ids[p]) for p in eval_subset(raw.test.labels, n, sc.seed)} for n in sizes}
-    return Setup(args.backbone, args.surrogate, sc, args.eval_per_class, sizes, subset_ids)
+    return Setup(args.backbone, args.surrogate, sc, args.eval_per_class, sizes, subset_ids, args.class_order)
 
 
 def fidelity_overrides(epochs: int, iters: int | None) -> dict[str, Any]:
     return {"training.epochs": epochs, "training.iters_per_task": iters}
 
 
-def key_of(cfg_dict: dict, setup: Setup) -> str:
-    blob = json.dumps({"config": cfg_dict, "scenario": setup.scenario.to_dict(), "early": setup.eval_per_class},
+def key_of(cfg_dict: dict, setup: Setup, scenario: Scenario) -> str:
+    blob = json.dumps({"config": cfg_dict, "scenario": scenario.to_dict(), "early": setup.eval_per_class},
                       sort_keys=True, default=str)
     return hashlib.sha1(blob.encode()).hexdigest()[:16]
 
 
-def run_one(cfg, setup: Setup) -> dict[str, Any]:
+def run_one(cfg, setup: Setup, scenario: Scenario) -> dict[str, Any]:
     """Train ``cfg``; accuracy on every eval subset, forgetting on the --eval-per-class one, cost."""
     global PLAN
     PLAN = EvalPlan(setup.scenario.n_tasks, setup.subset_ids[setup.eval_per_class])
     t0 = time.perf_counter()
-    res = learner.train(cfg, setup.scenario, progress=False, evaluate=recording_evaluate)
+    res = learner.train(cfg, scenario, progress=False, evaluate=recording_evaluate)
     wall = time.perf_counter() - t0
     final = PLAN.final
     acc_at, n_eval = {}, {}
@@ -251,11 +259,12 @@ class Store:
             path.unlink()
 
     def get_or_run(self, key: str, meta: dict, cfg, setup: Setup, bar) -> dict:
+        scenario = setup.scenario_for(meta["seed"])
         if key in self.rows:
             bar.update(1)
             return self.rows[key]
         bar.set_description(f"{meta['part']} {meta['label'][:24]} {meta['fidelity']} seed {meta['seed']}")
-        row = {"key": key, **meta, **run_one(cfg, setup)}
+        row = {"key": key, **meta, "class_order_seed": scenario.class_order_seed, **run_one(cfg, setup, scenario)}
         self.rows[key] = row
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with self.path.open("a") as f:
@@ -449,6 +458,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--configs", type=int, default=12, help="configs of the default space for the rank correlation")
     p.add_argument("--space-seed", type=int, default=0)
     p.add_argument("--parts", nargs="+", default=["variants", "rank"], choices=["variants", "rank"])
+    p.add_argument("--class-order", choices=("fixed", "per-seed"), default="fixed",
+                   help="fixed: every run on class order seed 0 (the seeds vary init, batch order and drop "
+                        "draws); per-seed: training seed s also draws class order s")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--tag", default=socket.gethostname(), help="results file suffix (default: the host name)")
     p.add_argument("--fresh", action="store_true", help="retrain runs already in the results file")
@@ -495,9 +507,12 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     with ProgressBar(len(jobs), "runs", unit="runs") as bar:
         for meta, cfg in jobs:
-            rows.append(store.get_or_run(key_of(cfg.to_dict(), setup), meta, cfg, setup, bar))
+            rows.append(store.get_or_run(key_of(cfg.to_dict(), setup, setup.scenario_for(meta["seed"])), meta, cfg,
+                                         setup, bar))
     out = [f"# bench_accuracy ({args.tag}): backbone {args.backbone}, surrogate {args.surrogate}, "
-           f"{args.dataset} in {args.tasks} tasks (class order seed {setup.scenario.class_order_seed}), "
+           f"{args.dataset} in {args.tasks} tasks (class order "
+           + (f"seed {setup.scenario.class_order_seed}" if args.class_order == "fixed" else "seed = training seed")
+           + "), "
            f"{torch.get_num_threads()} torch thread(s); {len(jobs)} runs, {time.time() - t0:.0f} s this invocation"]
     out.append(f"fidelities: " + "; ".join(f"{k} = {v[1]}" for k, v in fids.items()))
     out.append(f"ALD/PLD keep schedule: " + (f"laid over {horizon} iterations per task (ald.horizon: the "

@@ -84,8 +84,8 @@ def test_paper_presets_follow_the_published_settings():
         (20, 1, 1.0, 5, [0, 1], [2, 3, 4], True)
     coda = preset("paper", "coda", backbone="vit_base_patch16_224")
     assert (coda.prompt.pool_size, coda.prompt.length, coda.prompt.ortho_mu, coda.prompt.layers) == (100, 8, 0.0, [0, 1, 2, 3, 4])
-    # width 96: at most 96 keys can be mutually orthogonal, so the preset sizes the pool to the width
-    assert preset("paper", "coda").prompt.pool_size == 96
+    # width 96: at most 96 keys can be mutually orthogonal, so the preset sizes the pool to 90
+    assert preset("paper", "coda").prompt.pool_size == 90
     coda = preset("paper", "coda")
     assert coda.layout().prompt_blocks == (0, 1, 2, 3, 4) and coda.layout().prefix[:6] == (4, 4, 4, 4, 4, 0)
     assert max(preset("paper", "l2p").merge_schedule) == 2 * get_method("l2p").paper_r
@@ -143,15 +143,15 @@ def test_dualprompt_carry_over_copies_the_previous_task_prompt():
 
 def test_coda_trains_only_the_current_tasks_components():
     model = RepModel(preset("paper", "coda", **OFFLINE, **{"ald.enabled": False}), 10).train()
-    model.begin_task(1, 5)                                 # 96 components / 5 tasks: task 1 owns 19..37
+    model.begin_task(1, 5)                                 # 90 components / 5 tasks: task 1 owns 18..35
     out = model(_x(), model.query(_x()), task_id=1)
     (out.logits.sum() + out.pull_loss).backward()
     for grads in (model.prompt.p[0].grad, model.prompt.k[0].grad, model.prompt.a[0].grad):
         norms = grads.flatten(1).norm(dim=1)
-        assert torch.all(norms[:19] == 0) and torch.all(norms[38:] == 0) and torch.all(norms[19:38] > 0)
+        assert torch.all(norms[:18] == 0) and torch.all(norms[36:] == 0) and torch.all(norms[18:36] > 0)
     model.eval()
     weights = model.prompt.select(model.query(_x()), None).weights
-    assert weights[0].shape == (4, 38)                     # evaluation uses tasks 0..1's components
+    assert weights[0].shape == (4, 36)                     # evaluation uses tasks 0..1's components
 
 
 def test_coda_begins_each_task_orthogonal_to_the_earlier_tasks_components():
@@ -159,15 +159,15 @@ def test_coda_begins_each_task_orthogonal_to_the_earlier_tasks_components():
     pr = model.prompt
     with torch.no_grad():                                  # as if task 0 had trained: its rows moved
         for t in (pr.p[0], pr.k[0], pr.a[0]):
-            t[:19] += 0.3 * torch.randn_like(t[:19])
+            t[:18] += 0.3 * torch.randn_like(t[:18])
     before = [t.detach().clone() for t in (pr.p[0], pr.k[0], pr.a[0])]
     model.begin_task(1, 5)
     for t, old in zip((pr.p[0], pr.k[0], pr.a[0]), before):
         flat, old = t.detach().flatten(1), old.flatten(1)
-        assert torch.equal(flat[:19], old[:19])            # task 0's learned rows are kept
-        new = flat[19:38]
-        assert torch.allclose(new @ old[:19].t(), torch.zeros(19, 19), atol=1e-5)   # orthogonal to task 0's
-        assert torch.allclose(new @ new.t(), torch.eye(19), atol=1e-5)             # orthonormal among themselves
+        assert torch.equal(flat[:18], old[:18])            # task 0's learned rows are kept
+        new = flat[18:36]
+        assert torch.allclose(new @ old[:18].t(), torch.zeros(18, 18), atol=1e-5)   # orthogonal to task 0's
+        assert torch.allclose(new @ new.t(), torch.eye(18), atol=1e-5)             # orthonormal among themselves
     # the same seed and task draw the same rows (a resumed run re-initialises task 1 identically)
     twin = RepModel(preset("paper", "coda", **OFFLINE), 10)
     with torch.no_grad():
@@ -191,13 +191,13 @@ def test_coda_frozen_components_do_not_decay_under_adamw():
     cfg = preset("paper", "coda", **OFFLINE, **{"ald.enabled": False, "training.optimizer": "adamw"})
     model = RepModel(cfg, 10).train()
     model.begin_task(1, 5)
-    frozen = model.prompt.k[0][:19].detach().clone()
+    frozen = model.prompt.k[0][:18].detach().clone()
     head = model.head.weight.detach().clone()
     opt = make_optimizer(cfg, model.param_groups())
     for i in range(3):
         train_step(model, opt, _x(), torch.tensor([2, 3, 2, 3]), query=None, iteration=i, task_id=1)
-    assert torch.equal(model.prompt.k[0][:19], frozen)     # AdamW's decay would shrink them by lr * 0.01
-    assert not torch.equal(model.prompt.k[0][19:38], frozen[:19])
+    assert torch.equal(model.prompt.k[0][:18], frozen)     # AdamW's decay would shrink them by lr * 0.01
+    assert not torch.equal(model.prompt.k[0][18:36], frozen[:18])
     assert not torch.equal(model.head.weight, head)
 
 

@@ -20,7 +20,7 @@ from rep_tune.cli.common import (add_threads_argument, int_range, non_negative_f
                                    positive_int, set_overrides, set_threads)
 from rep_tune.figures import METRICS
 from rep_tune.methods import method_names
-from rep_tune.search.optuna_backend import PRUNERS, SAMPLERS
+from rep_tune.search import strategies
 
 
 def confirm_pair(text: str) -> tuple[int, int]:
@@ -59,8 +59,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                                                  "stops at its next task boundary (pruned, stopped: search timeout)")
     p.add_argument("--n-workers", type=positive_int, help=f"parallel trainings in this process (default {d.n_workers}); other "
                                                    "processes may join with --resume RUN_DIR")
-    p.add_argument("--sampler", choices=SAMPLERS, help=f"default {d.sampler}")
-    p.add_argument("--pruner", choices=PRUNERS, help=f"default {d.pruner}")
+    p.add_argument("--sampler", choices=list(strategies.SAMPLERS), help=f"default {d.sampler}")
+    p.add_argument("--pruner", choices=list(strategies.PRUNERS), help=f"default {d.pruner}")
     p.add_argument("--seed", type=int, help=f"default {d.seed}")
     p.add_argument("--margin", type=non_negative_float,
                    help=f"rule a candidate out before training when its predicted cost exceeds budget*(1+margin) "

@@ -56,10 +56,11 @@ class Coda(PromptMethod):
                               pooling="cls", param_tensors=3 * len(blocks), launches=85 * len(blocks))
 
     def fit(self, section: CodaConfig, dim: int) -> CodaConfig:
-        """At most ``dim`` components: keys and attention vectors are ``dim`` wide, so only ``dim`` of
-        them can be mutually orthogonal (the embedded backbone's width 96 takes 96 of the published
-        100; a pool set wider by hand trains, its rows beyond the width initialised at random)."""
-        return dataclasses.replace(section, pool_size=min(section.pool_size, dim))
+        """At most ``dim`` components, in multiples of 10 (an even split over 5 or 10 tasks, the
+        search space's step): keys and attention vectors are ``dim`` wide, so only ``dim`` of them
+        can be mutually orthogonal. The embedded backbone's width 96 takes 90 of the published 100;
+        a pool set wider by hand trains, its rows beyond the width initialised at random."""
+        return dataclasses.replace(section, pool_size=min(section.pool_size, max(10, dim - dim % 10)))
 
     def validate(self, section: CodaConfig, source, depth: int, prefix: str) -> None:
         super().validate(section, source, depth, prefix)

@@ -10,7 +10,8 @@
     cluster.py        which Ray: a local instance or a cluster (--address), probed in bounded time
     storage_proxy.py  the driver's study served to Ray workers over Optuna's gRPC storage proxy
     tune.py           Ray Tune: RepSearcher (the constrained study as a Tune Searcher), rep_trainable
-    optuna_backend.py shared SQLite storage, samplers, TaskPercentilePruner, counting, liveness
+    optuna_backend.py shared SQLite storage, counting, liveness
+    strategies.py     samplers and pruners (registries; TaskPercentilePruner)
     report.py         best_<device>.yaml, pareto_<device>.csv/.png, trials.csv, summary table
     run.py            SearchSettings (the defaults) and search(settings): the whole flow, resume, join
 """

@@ -1,4 +1,4 @@
-"""Optuna pieces of the search: shared storage, samplers, TaskPercentilePruner, trial counting, liveness.
+"""Optuna pieces of the search: shared storage, trial counting, liveness.
 
 Storage: SQLite (``<run>/study.db``) through RDBStorage, opened so that several workers and
 processes can share it (``rep-tune search --resume RUN`` in another shell joins the study):
@@ -32,14 +32,7 @@ processes can share it (``rep-tune search --resume RUN`` in another shell joins 
 ``optuna-dashboard sqlite:///<run>/study.db --artifact-dir <run>/artifacts`` opens it as is. SQLite rather than the journal file
 because Optuna's JournalStorage has no heartbeat.
 
-Pruner: ``TaskPercentilePruner``. Continual learning gives one report per task (5 on the
-embedded default); the reported value, the running average accuracy over the tasks seen, is
-not monotone in the step (it falls as tasks are added), which breaks Hyperband/successive
-halving's "more budget, better value" premise, and the steps are not independent instances, so
-WilcoxonPruner's paired test has little power with 5 non-independent reports. Comparing each
-trial with the other finished trials *at the same task* is sound because every config sees the
-same class order: prune below the 25th percentile after task >= 1, once >= 5 trained trials
-reported at that task. Prescreened trials report nothing, so they never enter the comparison.
+Samplers and pruners: ``rep_tune.search.strategies`` (registries).
 
 Budget: ``n_trials`` counts *trained* trials (prescreened and replayed ones are nearly free);
 ``trial_cap(n_trials)`` caps all trials so an all-infeasible space still stops.
@@ -49,18 +42,16 @@ from __future__ import annotations
 import contextlib
 import datetime
 import errno
-import math
 import threading
 import time
 import warnings
 from pathlib import Path
 
-import numpy as np
 import optuna
-from optuna.pruners import BasePruner
 from optuna.trial import FrozenTrial, TrialState
 
 from rep_tune.search import record
+from rep_tune.search.strategies import make_pruner, make_sampler
 from rep_tune.search.record import RecordWriter, TrialRecord
 
 HEARTBEAT_S = 10
@@ -70,69 +61,11 @@ WAL_AUTOCHECKPOINT_PAGES = 1000              # SQLite's default, stated: ~4 MiB 
 WAL_LIMIT_BYTES = 8 * 1024 * 1024            # a reset log is truncated back to this size
 TRUNCATE_WAIT_MS = 2000                      # the closing checkpoint waits this long for readers, then gives up
 MAX_TOTAL_FACTOR = 25
-SAMPLERS = ("tpe", "gp", "nsga2", "random")
-PRUNERS = ("percentile", "median", "wilcoxon", "none")
-STARTUP_TRIALS = 4
 
 
 def trial_cap(n_trials: int | None) -> int | None:
     """Most trials (of any kind) a search asks for ``n_trials`` trained ones."""
     return None if n_trials is None else MAX_TOTAL_FACTOR * n_trials + 100
-
-
-class TaskPercentilePruner(BasePruner):
-    """Prune a trial whose running accuracy after task t is below the ``percentile`` of other trials' at t."""
-
-    def __init__(self, percentile: float = 25.0, min_trials: int = 5, warmup_tasks: int = 1):
-        self.percentile, self.min_trials, self.warmup_tasks = percentile, min_trials, warmup_tasks
-
-    def prune(self, study: optuna.Study, trial: FrozenTrial) -> bool:
-        step = trial.last_step
-        if step is None or step < self.warmup_tasks:
-            return False
-        others = [t.intermediate_values[step] for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-                  if step in t.intermediate_values and not math.isnan(t.intermediate_values[step])]
-        if len(others) < self.min_trials:
-            return False
-        return trial.intermediate_values[step] < float(np.percentile(others, self.percentile))
-
-
-def make_sampler(name: str, seed: int | None) -> optuna.samplers.BaseSampler:
-    """TPE (default; multivariate, grouped for the conditional space, constant liar for parallel
-    workers), GP, NSGA-II or random. All read the constraints set through ``record`` from each
-    trial's system attributes (``FrozenTrial.constraints``; Optuna 5 deprecated ``constraints_func``,
-    so none is passed). The value is the true accuracy; TPE splits every trial with a positive
-    violation (COMPLETE or PRUNED: pre-screened trials are PRUNED) into an infeasible group ranked
-    by violation, after the feasible ones, so it keeps preferring feasible configs. GP and NSGA-II
-    read COMPLETE trials only (pre-screened ones are invisible to them; see ``record``)."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        if name == "tpe":
-            # few random start-up trials: budgets are tens of trained trials, the two enqueued
-            # references and every pre-screened (free) trial already count as observations
-            return optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True, constant_liar=True,
-                                              n_startup_trials=STARTUP_TRIALS)
-        if name == "gp":
-            # GP models the parameters every trial shares; conditional ones (AToM form, ALD on/off) fall
-            # back to independent random sampling, by design of Optuna's GPSampler
-            return optuna.samplers.GPSampler(seed=seed, warn_independent_sampling=False)
-        if name == "nsga2":
-            return optuna.samplers.NSGAIISampler(seed=seed, population_size=16)
-        if name == "random":
-            return optuna.samplers.RandomSampler(seed=seed)
-    raise ValueError(f"--sampler: expected one of {', '.join(SAMPLERS)}, found {name!r}")
-
-
-def make_pruner(name: str) -> BasePruner:
-    if name in ("percentile", "task-percentile"):
-        return TaskPercentilePruner()
-    if name in ("none", "nop"):
-        return optuna.pruners.NopPruner()
-    if name == "median":
-        return optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=1)
-    if name == "wilcoxon":
-        return optuna.pruners.WilcoxonPruner(p_threshold=0.1)
-    raise ValueError(f"--pruner: expected one of {', '.join(PRUNERS)}, found {name!r}")
 
 
 # ---- storage ---------------------------------------------------------------------------------

@@ -48,7 +48,7 @@ class ProxyStudyRef:
         return proxy
 
     def open(self) -> optuna.Study:
-        from rep_tune.search.optuna_backend import make_pruner
+        from rep_tune.search.strategies import make_pruner
 
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         return optuna.load_study(study_name=self.study_name, storage=self.storage(), pruner=make_pruner(self.pruner))
