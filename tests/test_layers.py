@@ -93,3 +93,16 @@ def test_the_checker_reports_a_back_arrow_inside_a_function(tmp_path):
     assert violations(pkg) == [
         "rep_tune/data/tasks.py:2 imports rep_tune.runtime.backbone (data is level 7, runtime level 8)",
         "rep_tune/runtime/x.py:1 imports rep_tune.cost (runtime is level 8, cost level 8)"]
+
+
+def test_only_the_ray_package_imports_ray():
+    """Ray is optional (``rep-tune[ray]``): every module that imports it lives in ``search/ray/``."""
+    outside = []
+    for f in sorted(ROOT.rglob("*.py")):
+        if "search/ray/" in f.as_posix():
+            continue
+        for node in ast.walk(ast.parse(f.read_text(), str(f))):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module or ""] if isinstance(node, ast.ImportFrom) and not node.level else []
+            outside += [f"{f.relative_to(ROOT.parent)}:{node.lineno}" for n in names if n.split(".")[0] == "ray"]
+    assert outside == []

@@ -27,10 +27,10 @@ ray = pytest.importorskip("ray", reason="the rep-tune[ray] extra is not installe
 from rep_tune.cli import main  # noqa: E402
 from rep_tune.data.scenario import Scenario  # noqa: E402
 from rep_tune.search import record  # noqa: E402
-from rep_tune.search.cluster import ClusterError, connect, resolve_address  # noqa: E402
+from rep_tune.search.ray.cluster import ClusterError, connect, resolve_address  # noqa: E402
 from rep_tune.search.optuna_backend import storage_url  # noqa: E402
 from rep_tune.search.run import SearchSettings, search  # noqa: E402
-from rep_tune.search.storage_proxy import ProxyStudyRef  # noqa: E402
+from rep_tune.search.ray.storage_proxy import ProxyStudyRef  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).parent))
 from ray_fakes import NodeTrain  # noqa: E402
@@ -51,7 +51,7 @@ def cluster():
         ray.shutdown()
     # Cluster writes its address file to Ray's temp folder ($RAY_TMPDIR, else <system temp>/ray), which
     # exists only where Ray ran before: a fresh machine has none (cluster.ray_current_cluster_file)
-    from rep_tune.search.cluster import ray_current_cluster_file
+    from rep_tune.search.ray.cluster import ray_current_cluster_file
     ray_current_cluster_file().parent.mkdir(parents=True, exist_ok=True)
     temp = f"/tmp/rtc{os.getpid()}"
     c = Cluster(initialize_head=True, head_node_args=dict(NODE, temp_dir=temp))
@@ -140,7 +140,7 @@ def test_a_missing_ray_extra_is_one_line_with_the_pip_command(monkeypatch, tmp_p
 @pytest.mark.slow
 def test_every_node_and_the_driver_are_on_loopback_only(cluster):
     """No Ray process of the test listens on the machine's network address (only 127.0.0.1)."""
-    from rep_tune.search.cluster import connect
+    from rep_tune.search.ray.cluster import connect
     c = connect(cluster.address)
     try:
         assert {n["NodeManagerAddress"] for n in ray.nodes()} == {"127.0.0.1"}
@@ -186,7 +186,7 @@ def test_trials_spread_over_both_nodes_through_the_storage_proxy(cluster, tmp_pa
 @pytest.mark.slow
 def test_proxy_ref_reaches_the_study_without_its_file(cluster, tmp_path):
     """What a worker gets: a reference holding host, port and name only, opening a gRPC proxy."""
-    from rep_tune.search.ray_backend import RayExecutor
+    from rep_tune.search.ray.executor import RayExecutor
     from rep_tune.search.run import prepare
 
     p = prepare(_settings(tmp_path, cluster.address), train_fn=FakeTrain(0.0), out=io.StringIO())

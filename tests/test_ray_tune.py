@@ -28,9 +28,9 @@ from ray.tune.schedulers import ASHAScheduler  # noqa: E402
 from rep_tune.config import EMBEDDED_BACKBONE  # noqa: E402
 from rep_tune.data.scenario import Scenario  # noqa: E402
 from rep_tune.search import record  # noqa: E402
-from rep_tune.search.cluster import worker_env  # noqa: E402
+from rep_tune.search.ray.cluster import worker_env  # noqa: E402
 from rep_tune.search.run import SearchSettings  # noqa: E402
-from rep_tune.search.tune import (ACC, RESUMED_KEY, ROLE_KEY, TASK, TRIAL_KEY, ProtectReferences,  # noqa: E402
+from rep_tune.search.ray.tune import (ACC, RESUMED_KEY, ROLE_KEY, TASK, TRIAL_KEY, ProtectReferences,  # noqa: E402
                                   RepSearcher, load_task_state, make_trainable)
 
 sys.path.insert(0, str(Path(__file__).parent))

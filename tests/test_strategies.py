@@ -38,3 +38,20 @@ def test_unknown_names_list_the_registered_ones():
         make_sampler("cmaes", 0)
     with pytest.raises(ValueError, match="--pruner: expected one of percentile, median, wilcoxon, none"):
         make_pruner("hyperband")
+
+
+def test_backends_registry_and_backend_only_flags():
+    from rep_tune.search.backends import BACKENDS, check_flags, get_backend
+    from rep_tune.search.run import SearchSettings
+    assert set(BACKENDS) == {"optuna", "ray"}
+    with pytest.raises(ValueError, match="--backend: expected one of optuna, ray, found 'dask'"):
+        get_backend("dask")
+    check_flags(SearchSettings(backend="ray", address="10.0.0.1:6379"), SearchSettings())
+    with pytest.raises(ValueError, match="--address: applies to --backend ray only, found --backend optuna"):
+        check_flags(SearchSettings(address="10.0.0.1:6379"), SearchSettings())
+    from rep_tune.search.loop import ThreadExecutor
+
+    class P:   # a prepared search, as much of it as the optuna backend's factory reads
+        study, trainer, settings = None, None, SearchSettings(n_workers=3)
+    ex = get_backend("optuna").make_executor(P())
+    assert isinstance(ex, ThreadExecutor) and ex.slots == 3

@@ -21,6 +21,7 @@ from rep_tune.cli.common import (add_threads_argument, int_range, non_negative_f
 from rep_tune.figures import METRICS
 from rep_tune.methods import method_names
 from rep_tune.search import strategies
+from rep_tune.search.backends import BACKENDS
 
 
 def confirm_pair(text: str) -> tuple[int, int]:
@@ -82,7 +83,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-confirm", action="store_true", help="skip the confirmation (the answer is then unconfirmed)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="dotted RepConfig override for every candidate, e.g. training.lr=0.05")
-    p.add_argument("--backend", choices=("optuna", "ray"), help=f"default {d.backend}")
+    p.add_argument("--backend", choices=list(BACKENDS), help=f"default {d.backend}")
     ray = p.add_argument_group("Ray (--backend ray)")
     ray.add_argument("--address", metavar="HOST:PORT",
                      help="an existing Ray cluster's head (`ray start --head --port PORT`), or 'auto' (the cluster "

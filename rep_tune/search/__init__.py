@@ -6,10 +6,12 @@
     record.py         the trial record: every attribute key, how it is written and read (TrialRecord)
     objective.py      Trainer (one training), prescreen, Objective (plan each trial, finish it)
     loop.py           run_trials: the one trial loop; the Executor interface; ThreadExecutor
-    ray_backend.py    RayExecutor: the same loop, trainings as Ray tasks
-    cluster.py        which Ray: a local instance or a cluster (--address), probed in bounded time
-    storage_proxy.py  the driver's study served to Ray workers over Optuna's gRPC storage proxy
-    tune.py           Ray Tune: RepSearcher (the constrained study as a Tune Searcher), rep_trainable
+    backends.py       the executor backends (registry): optuna (local threads), ray
+    ray/              everything that imports Ray (``pip install rep-tune[ray]``):
+      executor.py       RayExecutor: the same loop, trainings as Ray tasks
+      cluster.py        which Ray: a local instance or a cluster (--address), probed in bounded time
+      storage_proxy.py  the driver's study served to Ray workers over Optuna's gRPC storage proxy
+      tune.py           Ray Tune: RepSearcher (the constrained study as a Tune Searcher), rep_trainable
     optuna_backend.py shared SQLite storage, counting, liveness
     strategies.py     samplers and pruners (registries; TaskPercentilePruner)
     report.py         best_<device>.yaml, pareto_<device>.csv/.png, trials.csv, summary table

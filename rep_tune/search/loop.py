@@ -10,7 +10,7 @@
 
 The loop owns the control flow (planning, replay, constraints, tell, budgets, timeout, Ctrl-C,
 heartbeats, failing dead trials); an executor only *executes* trainings. Local worker threads
-(``ThreadExecutor``) and Ray (``ray_backend.RayExecutor``) are two executors of this same loop.
+(``ThreadExecutor``) and Ray (``ray.executor.RayExecutor``) are two executors of this same loop.
 
 Executor interface::
 
@@ -33,7 +33,7 @@ accuracy on the trial and asks the study's pruner; it writes nothing else, and r
 process) returns ``Outcome(None, "failed", why)`` for its job; the search goes on.
 
 Executors and study references: ``ThreadExecutor`` shares the driver's study object;
-``ray_backend.RayExecutor`` runs trainings as Ray tasks on a local instance or a cluster
+``ray.executor.RayExecutor`` runs trainings as Ray tasks on a local instance or a cluster
 (``cluster.py``) and gives each job a ``storage_proxy.ProxyStudyRef`` (the driver's study served
 over Optuna's gRPC storage proxy: workers never open the SQLite file). The per-trial steps of the
 loop live in ``TrialFlow``, which the Ray Tune searcher (``tune.py``) drives too: one control flow
@@ -80,7 +80,7 @@ from rep_tune.search.optuna_backend import (Heartbeat, StudyRef, checkpoint, cou
 from rep_tune.search.record import RecordWriter
 
 if TYPE_CHECKING:
-    from rep_tune.search.storage_proxy import ProxyStudyRef
+    from rep_tune.search.ray.storage_proxy import ProxyStudyRef
 
 STALE_CHECK_S = 15.0
 THREAD_PREFIX = "rep-tune-trial-"
@@ -288,6 +288,11 @@ class ThreadExecutor:
         pass
 
 
+def thread_executor(p) -> ThreadExecutor:
+    """The ``optuna`` backend's executor (``search.backends``): ``p.settings.n_workers`` threads here."""
+    return ThreadExecutor(p.study, p.trainer, p.settings.n_workers)
+
+
 @dataclass
 class LoopResult:
     stopped_by_cap: bool = False
@@ -300,7 +305,7 @@ class TrialFlow:
     that need no training, keep WAIT plans aside, finish trainings, fail interrupted ones.
 
     Two drivers use it, so the control flow lives here once: ``run_trials`` (which hands TRAIN
-    plans to an executor and waits) and the Ray Tune searcher (``search.tune``: Tune asks for a
+    plans to an executor and waits) and the Ray Tune searcher (``search.ray.tune``: Tune asks for a
     config, runs it and reports back). ``beat`` records heartbeats of the trials held.
     """
 

@@ -57,9 +57,10 @@ from rep_tune.data.scenario import Scenario
 from rep_tune.figures import METRICS
 from rep_tune.schema import atomic_write_text, dump_mapping, from_dict, read_mapping, to_dict
 from rep_tune.search import optuna_backend, record
+from rep_tune.search.backends import check_flags, get_backend
 from rep_tune.search.budgets import DeviceBudgets, parse_budget, resolve
 from rep_tune.search.confirm import CONFIRM_FIDELITY, DEFAULT_SEEDS, DEFAULT_TOP_K
-from rep_tune.search.loop import (Executor, LoopResult, Terminated, ThreadExecutor, check_interrupts, run_trials,
+from rep_tune.search.loop import (Executor, LoopResult, Terminated, check_interrupts, run_trials,
                                   sigterm_interrupts)
 from rep_tune.search.objective import Objective, Trainer, restore
 from rep_tune.search.space import SearchSpace, default_space
@@ -88,9 +89,6 @@ def with_validation(scenario: Scenario, out=STDOUT) -> Scenario:
               f"per class held out of its training pool (val_per_class), never on its test set", file=out)
     scenario.eval_split = "val"
     return scenario
-
-
-BACKENDS = ("optuna", "ray")
 
 
 @dataclass
@@ -275,8 +273,7 @@ def default_run_dir(targets: list[Target]) -> Path:
 def _check_before_work(settings: SearchSettings, targets: list[Target], base: RepConfig) -> None:
     """Stop before any training when the proxy cannot be priced on a deployment (every candidate
     would be refused), or a setting is out of range."""
-    if settings.backend not in BACKENDS:
-        raise ValueError(f"--backend: expected one of {', '.join(BACKENDS)}, found {settings.backend!r}")
+    get_backend(settings.backend)
     if settings.n_trials is not None and settings.n_trials < 1:
         raise ValueError(f"--n-trials: expected an int >= 1, found {settings.n_trials}")
     if settings.timeout is not None and not settings.timeout > 0:
@@ -290,14 +287,7 @@ def _check_before_work(settings: SearchSettings, targets: list[Target], base: Re
     for name, value, low in (("--cpus-per-trial", settings.cpus_per_trial, 0.0), ("--gpus-per-trial", settings.gpus_per_trial, None)):
         if not (value < float("inf") and (value > low if low is not None else value >= 0)):
             raise ValueError(f"{name}: expected a finite number {'> 0' if low is not None else '>= 0'}, found {value}")
-    if settings.backend != "ray":
-        d = SearchSettings()
-        for flag, value, default in (("--address", settings.address, d.address),
-                                     ("--cpus-per-trial", settings.cpus_per_trial, d.cpus_per_trial),
-                                     ("--gpus-per-trial", settings.gpus_per_trial, d.gpus_per_trial),
-                                     ("--proxy-port", settings.proxy_port, d.proxy_port)):
-            if value != default:
-                raise ValueError(f"{flag}: applies to --backend ray only, found --backend {settings.backend}")
+    check_flags(settings, SearchSettings())
     if not 0 <= settings.proxy_port < 65536:
         raise ValueError(f"--proxy-port: expected a port number (0: a free one), found {settings.proxy_port}")
     if not (settings.margin >= 0 and settings.margin < float("inf")):
@@ -333,7 +323,7 @@ def prepare(settings: SearchSettings, *, train_fn=None, out=STDOUT) -> Prepared:
     """Everything before the first trial: check the settings and data, reach the Ray cluster
     (backend ray: a dead address fails here, in seconds), create or join the study, resolve the
     budgets, enqueue the references. ``search`` runs the loop on it; the Ray Tune searcher
-    (``search.tune``) hands its trainings to Tune instead."""
+    (``search.ray.tune``) hands its trainings to Tune instead."""
     if settings.run_dir:
         if Path(settings.run_dir).exists() and not Path(settings.run_dir).is_dir():
             raise ValueError(f"--run-dir {settings.run_dir}: expected a folder, found an existing file")
@@ -357,17 +347,7 @@ def prepare(settings: SearchSettings, *, train_fn=None, out=STDOUT) -> Prepared:
     _check_before_work(settings, targets, base)
     for metric, text in settings.budgets.items():
         parse_budget(text, metric)
-    cluster = None
-    if settings.backend == "ray":
-        from rep_tune.search.cluster import connect
-        cluster = connect(settings.address, n_workers=settings.n_workers, cpus_per_trial=settings.cpus_per_trial,
-                          gpus_per_trial=settings.gpus_per_trial)
-        print(f"ray: {cluster.describe()}; {settings.n_workers} training(s) at once, {settings.cpus_per_trial:g} CPU "
-              f"and {settings.gpus_per_trial:g} GPU each", file=out)
-        fits = cluster.fits(settings.cpus_per_trial, settings.gpus_per_trial)
-        if fits < settings.n_workers:
-            print(f"  note: the cluster runs {fits} such training(s) at once; the other submitted ones wait in Ray's "
-                  f"queue (--n-workers {fits} avoids it)", file=out)
+    cluster = get_backend(settings.backend).connect_to(settings, out)
     try:
         return _prepare_study(settings, space, base, targets, train_fn, cluster, out)
     except BaseException:
@@ -461,13 +441,9 @@ def ensure_references(study: optuna.Study, refs: dict[str, tuple[dict, RepConfig
 
 
 def make_executor(p: Prepared) -> Executor:
-    """Local worker threads, or Ray tasks on ``p.cluster`` reaching the study through its gRPC proxy."""
-    s = p.settings
-    if s.backend == "ray":
-        from rep_tune.search.ray_backend import RayExecutor
-        return RayExecutor(p.study, p.trainer, p.cluster, pruner=s.pruner, n_workers=s.n_workers,
-                           cpus_per_trial=s.cpus_per_trial, gpus_per_trial=s.gpus_per_trial, proxy_port=s.proxy_port)
-    return ThreadExecutor(p.study, p.trainer, s.n_workers)
+    """The executor of the settings' backend (``backends``): local worker threads, or Ray tasks on
+    ``p.cluster`` reaching the study through its gRPC proxy."""
+    return get_backend(p.settings.backend).make_executor(p)
 
 
 def _interruption(e: KeyboardInterrupt, message: str) -> SearchInterrupted:

@@ -17,7 +17,7 @@ the cluster. Trainings that share a machine contaminate each other's *measured* 
 costs are unaffected.
 
 Why not Ray Tune's ``OptunaSearch``: it passes no constraints to Optuna and cannot skip a
-candidate before it is scheduled. ``rep_tune.search.tune`` gives Tune users a searcher that keeps
+candidate before it is scheduled. ``rep_tune.search.ray.tune`` gives Tune users a searcher that keeps
 both (the same planning, through the same loop steps).
 """
 # Private Optuna/Ray members used here: 1, ``study._storage`` (served to the workers). Optuna has
@@ -31,10 +31,10 @@ from collections.abc import Hashable
 
 import optuna
 
-from rep_tune.search.cluster import Cluster
+from rep_tune.search.ray.cluster import Cluster
 from rep_tune.search.loop import TrainJob, run_job
 from rep_tune.search.objective import Outcome, Trainer
-from rep_tune.search.storage_proxy import StorageProxy
+from rep_tune.search.ray.storage_proxy import StorageProxy
 
 LOST = "Ray worker lost"
 
@@ -101,3 +101,11 @@ class RayExecutor:
     def close(self) -> None:
         self._refs.clear()
         self.proxy.stop()
+
+
+def make_executor(p) -> RayExecutor:
+    """The ``ray`` backend's executor (``search.backends``) for a prepared search ``p``: Ray tasks on
+    ``p.cluster``, reaching the study through its gRPC proxy."""
+    s = p.settings
+    return RayExecutor(p.study, p.trainer, p.cluster, pruner=s.pruner, n_workers=s.n_workers,
+                       cpus_per_trial=s.cpus_per_trial, gpus_per_trial=s.gpus_per_trial, proxy_port=s.proxy_port)

@@ -325,3 +325,17 @@ def connect(address: str | None = None, *, n_workers: int = 1, cpus_per_trial: f
     # started on loopback has no node at the machine's network address, and ray.init would wait for one)
     ray.init(address=resolved, _node_ip_address=mine[0].ip, **quiet)
     return Cluster(resolved, source, ray.util.get_node_ip_address(), nodes)
+
+
+def connect_for_search(settings, out) -> Cluster:
+    """The ``ray`` backend's connect step (``search.backends``): ``connect`` with the search's
+    settings, then say what the cluster holds and how many trainings fit at once."""
+    cluster = connect(settings.address, n_workers=settings.n_workers, cpus_per_trial=settings.cpus_per_trial,
+                      gpus_per_trial=settings.gpus_per_trial)
+    print(f"ray: {cluster.describe()}; {settings.n_workers} training(s) at once, {settings.cpus_per_trial:g} CPU "
+          f"and {settings.gpus_per_trial:g} GPU each", file=out)
+    fits = cluster.fits(settings.cpus_per_trial, settings.gpus_per_trial)
+    if fits < settings.n_workers:
+        print(f"  note: the cluster runs {fits} such training(s) at once; the other submitted ones wait in Ray's "
+              f"queue (--n-workers {fits} avoids it)", file=out)
+    return cluster

@@ -5,7 +5,7 @@ For users who sweep with ``tune.Tuner``::
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
     from rep_tune.search.run import SearchSettings
-    from rep_tune.search.tune import ACC, ProtectReferences, RepSearcher
+    from rep_tune.search.ray.tune import ACC, ProtectReferences, RepSearcher
 
     searcher = RepSearcher(SearchSettings(devices=["jetson_orin"], n_trials=16, run_dir="runs/tune-orin"))
     tuner = tune.Tuner(
@@ -462,7 +462,7 @@ class RepSearcher(Searcher):
             if role and ev.state == "pruned":
                 print(f"rep-tune: the {role} reference (trial {plan.number}) was stopped by the Tune scheduler after "
                       f"task {ev.pruned_at_task}; the results have no {role} accuracy to compare with. Wrap the "
-                      "scheduler: TuneConfig(scheduler=rep_tune.search.tune.ProtectReferences(ASHAScheduler(...)))",
+                      "scheduler: TuneConfig(scheduler=rep_tune.search.ray.tune.ProtectReferences(ASHAScheduler(...)))",
                       file=self.out)
         st.flow.finish(plan, outcome)
         st.ready.extend(st.flow.ready())
