@@ -14,7 +14,7 @@ import pytest
 from optuna.trial import TrialState
 
 from rep_tune.cli import main
-from rep_tune.config import EMBEDDED_BACKBONE, RepConfig
+from rep_tune.config import EMBEDDED_BACKBONE, RepConfig, preset
 from rep_tune.data.scenario import Scenario
 from rep_tune.runtime.learner import train
 from rep_tune.search import record
@@ -184,10 +184,32 @@ def test_cli_defaults_and_bad_budget(capsys):
 
 def test_targets_from_folder_and_names():
     targets = load_targets(["profiles/"])
-    assert "jetson_orin" in [t.key for t in targets] and not any(t.local for t in targets)
+    assert "jetson_orin" in [t.key for t in targets] and {t.kind for t in targets} == {"device"}
     assert [t.key for t in load_targets(["jetson_orin"])] == ["jetson_orin"]
     with pytest.raises(FileNotFoundError, match="no such device profile"):
         load_targets(["profiles/nope.yaml"])
 
 
 # The Ray backend is tested against a real 2-node cluster in test_ray_cluster.py (run by default).
+
+
+def test_a_profile_written_on_this_host_is_a_local_target(tmp_path):
+    """The two target kinds: a shipped profile is priced on its deployment; a profile whose host is
+    this machine is a LocalTarget (the proxy is the deployment, its cost measured)."""
+    import socket
+
+    from rep_tune.device import DeviceProfile
+    from rep_tune.figures import Cost, Figure
+    from rep_tune.search.targets import LocalTarget
+    prof = DeviceProfile.load("profiles/jetson_orin.yaml")
+    prof.identity = {**(prof.identity or {}), "host": socket.gethostname()}
+    path = prof.save(tmp_path / "here.yaml")
+    (shipped,), (here,) = load_targets(["jetson_orin"]), load_targets([str(path)])
+    assert type(shipped) is not LocalTarget and isinstance(here, LocalTarget)
+    assert (shipped.cost_source, here.cost_source) == ("predicted", "measured")
+    proxy = preset("paper")
+    assert here.deployment(proxy).backbone == proxy.backbone.name and shipped.deployment(proxy).backbone != proxy.backbone.name
+    predicted = Cost({"latency_ms": Figure(100.0, "ms", "predicted")})
+    measured = Cost({"latency_ms": Figure(80.0, "ms", "measured")})
+    assert here.trial_cost(predicted, measured).latency_ms.value == 80.0      # the training's own figure
+    assert shipped.trial_cost(predicted, measured).latency_ms.value == 100.0  # the deployment's prediction

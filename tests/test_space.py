@@ -196,7 +196,7 @@ def test_resolve_relative_absolute_and_default():
 
 
 def _target(key: str, lat: float, mem: float) -> Target:
-    t = Target(DeviceProfile(name=key, kind="cpu"), key, False)
+    t = Target(DeviceProfile(name=key, kind="cpu"), key)
     t.budgets = DeviceBudgets(key, 16, {"latency_ms": ResolvedBudget("latency_ms", lat, "test"),
                                         "peak_memory_mb": ResolvedBudget("peak_memory_mb", mem, "test")})
     return t

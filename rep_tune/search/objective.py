@@ -340,10 +340,7 @@ class Objective:
         """Per-device figures (value + source) and constraints; returns feasibility on every device."""
         per_device = {}
         for t in self.targets:
-            cost = predicted[t.key]
-            if t.local and measured is not None:
-                cost = Cost({m: measured.get(m) or predicted[t.key].get(m) for m in METRICS})
-            per_device[t.key] = (cost, t.budgets.limits() if t.budgets else {})
+            per_device[t.key] = (t.trial_cost(predicted[t.key], measured), t.budgets.limits() if t.budgets else {})
         return RecordWriter.of(trial).costs(per_device, self.constraint_order)
 
     def finish_prescreened(self, study: optuna.Study, plan: Plan) -> None:

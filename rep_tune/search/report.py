@@ -122,8 +122,7 @@ def deployable(r: TrialRecord, target: Target, study: optuna.Study, settings,
     for m in METRICS:
         fig = r.figure(m, target.key)
         if fig is not None:
-            where = "this machine, the proxy at the search's schedule" if target.local else (
-                f"{dep.backbone}@{dep.img_size}, batch {dep.batch_size}, mean over the deployment's schedule")
+            where = target.where(long=True)
             expected[m] = {"value": round(fig.value, 6), "unit": fig.unit, "source": fig.source,
                            "machine": target.profile.name, "detail": where}
     for role, rt in refs.items():
@@ -285,8 +284,7 @@ def _plot(recs: Sequence[TrialRecord], target: Target, best: TrialRecord | None,
         ax.grid(alpha=0.3)
     handles, labels = axes[0][0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="lower center", ncol=4, fontsize=8, frameon=False)
-    where = "this machine" if target.local else target.workload().backbone
-    fig.suptitle(f"rep-tune search on {target.profile.name} (costs on {where})")
+    fig.suptitle(f"rep-tune search on {target.profile.name} (costs on {target.where()})")
     fig.tight_layout(rect=(0, 0.12, 1, 1))
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110)
@@ -532,14 +530,7 @@ def trial_note(r: TrialRecord, targets: Sequence[Target], scenario=None) -> str:
             rows.append(f"| {t.key} | {spec.flag} [{spec.unit}] | {_num(fig.value)} | {limit} | {verdict} | {fig.source} |")
     if rows:
         lines += ["", "| device | metric | figure | budget | verdict | source |", "|---|---|---|---|---|---|", *rows]
-    where = []
-    for t in targets:
-        if t.local:
-            where.append(f"{t.key}: measured on this machine (the proxy at the search's schedule)")
-        else:
-            w = t.workload()
-            where.append(f"{t.key}: predicted by the cost model on the deployment `{w.backbone}`@{w.img_size}, "
-                         f"{w.epochs} epoch(s) of {w.iters_per_task or 'all'} iterations per task")
+    where = [t.describe_costs() for t in targets]
     lines += ["", "Costs: " + "; ".join(where) + "."]
     if r.config:
         lines.append(f"Search fidelity (accuracy ranking only, not the deployment's): {_fidelity(r, scenario)}.")

@@ -249,8 +249,8 @@ def _resolve_budgets(targets: list[Target], baseline: RepConfig, trainer: Traine
         relative = any(r.relative for r in requests.values()) or any(
             spec.default_relative is not None and m not in requests and t.profile.budgets.limits.get(m) is None
             for m, spec in METRICS.items())
-        if t.local and relative:
-            cost = trainer.train(baseline).measured or cost     # the enqueued baseline reuses this training
+        if relative:     # a local target measures it (the enqueued baseline reuses this training)
+            cost = t.baseline_cost(cost, lambda: trainer.train(baseline).measured)
         t.budgets = resolve(t.profile, cost, requests)
         settings.resolved_budgets[t.key] = t.budgets.to_dict()
 
@@ -378,9 +378,7 @@ def _prepare_study(settings, space, base, targets, train_fn, cluster, out) -> Pr
     _resolve_budgets(targets, baseline, trainer, objective, settings)
     settings.save(run_dir / "run.yaml")
     for t in targets:
-        d = t.deployment(base)
-        print(f"budgets applied: {t.budgets.describe()} ({t.cost_source} cost on "
-              f"{'this machine' if t.local else d.backbone + '@' + str(d.img_size)})", file=out)
+        print(f"budgets applied: {t.budgets.describe()} ({t.cost_source} cost on {t.where()})", file=out)
         for note in t.budgets.notes:
             print(f"  note: {note}", file=out)
     order = record.constraint_names({t.key: t.budgets.budgets for t in targets})
@@ -391,7 +389,7 @@ def _prepare_study(settings, space, base, targets, train_fn, cluster, out) -> Pr
         study.set_user_attr(record.STUDY_BUDGETS, settings.resolved_budgets)
         study.set_user_attr(record.STUDY_SCENARIO, settings.scenario.to_dict())
         study.set_user_attr(record.STUDY_CONSTRAINTS, order)
-        study.set_user_attr(record.STUDY_DEVICES, {t.key: {"name": t.profile.name, "path": t.path, "local": t.local,
+        study.set_user_attr(record.STUDY_DEVICES, {t.key: {"name": t.profile.name, "path": t.path, "kind": t.kind,
                                                            "checksum": t.profile.checksum(),
                                                            "deployment": t.deployment(base).to_dict()}
                                                    for t in targets})

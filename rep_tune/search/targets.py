@@ -27,7 +27,7 @@ from pathlib import Path
 
 from rep_tune.config import RepConfig
 from rep_tune.device import DeviceProfile, Workload, shipped_profiles
-from rep_tune.figures import Cost
+from rep_tune.figures import METRICS, Cost
 from rep_tune.search.budgets import DeviceBudgets
 from rep_tune.shipped import PROFILES, shipped_file
 
@@ -69,11 +69,13 @@ def same_model(a: str, b: str) -> bool:
 
 @dataclass
 class Target:
-    """One device the search serves."""
+    """One device the search serves, of one of two kinds (``kind``): a device profile (this class:
+    the knobs priced on its deployment by the cost model) or this machine (``LocalTarget``: the
+    proxy is the deployment, its costs measured while it trains). Everything that differs between
+    them is a method here; nothing outside asks which kind it is."""
 
     profile: DeviceProfile
     key: str                      # slug for attribute keys (``latency_ms@jetson_orin``) and file names
-    local: bool                   # costs measured on this machine; the deployment is the proxy
     path: str | None = None
     budgets: DeviceBudgets | None = None
     deploy_backbone: str | None = None      # --deploy-backbone (None: the workload's)
@@ -81,9 +83,8 @@ class Target:
     deploy_iters_per_task: int | None = None
     precisions: tuple[str, ...] | None = None   # --export-target: the precisions its runtime trains at (None: any)
 
-    @property
-    def cost_source(self) -> str:
-        return "measured" if self.local else "predicted"
+    kind = "device"
+    cost_source = "predicted"     # where its cost figures come from
 
     # ---- the deployment ------------------------------------------------------------------
     def workload(self) -> Workload:
@@ -105,13 +106,9 @@ class Target:
         return self.profile if w is self.profile.workload else dataclasses.replace(self.profile, workload=w)
 
     def deployment(self, proxy: RepConfig) -> Deployment:
-        batch = self.profile.budgets.batch_size
         w = self.workload()
-        if self.local:
-            return Deployment(proxy.backbone.name, proxy.selection.surrogate, proxy.backbone.img_size,
-                              self.deploy_epochs or w.epochs, self.deploy_iters_per_task or w.iters_per_task,
-                              proxy.training.batch_size, "direct", None)
-        return Deployment(w.backbone, w.surrogate, w.img_size, w.epochs, w.iters_per_task, batch,
+        return Deployment(w.backbone, w.surrogate, w.img_size, w.epochs, w.iters_per_task,
+                          self.profile.budgets.batch_size,
                           "direct" if same_model(proxy.backbone.name, w.backbone) else "proxy", w)
 
     def deploy_precision(self) -> str | None:
@@ -127,36 +124,91 @@ class Target:
 
         Raises ``rep_tune.cost.deploy.MappingError`` when the knobs cannot map 1:1.
         """
-        if self.local:
-            d = self.deployment(proxy)
-            return proxy.replace(**{"training.epochs": d.epochs, "training.iters_per_task": d.iters_per_task})
         from rep_tune.cost.deploy import map_to_deployment
         return map_to_deployment(proxy, self.workload(), None, self.profile.budgets.batch_size,
                                  self.deploy_precision())
 
     def check(self, proxy: RepConfig) -> None:
         """Raise ``MappingError`` (a ValueError) when ``proxy`` cannot be priced on the deployment."""
-        if not self.local:
-            self.deployed_config(proxy)
+        self.deployed_config(proxy)
 
     # ---- costs ---------------------------------------------------------------------------
     def predict(self, config: RepConfig, num_classes: int | None = None) -> Cost:
-        """Predicted cost per training iteration: on the deployment at its schedule (schedule mean), or,
-        for a local target, of the proxy at the search's schedule and this profile's budget batch size."""
-        if self.local:
-            from rep_tune.cost import predict
-            kwargs = {"num_classes": num_classes} if num_classes else {}
-            return predict(config, self.profile, iters_per_task=config.training.iters_per_task,
-                           batch=self.profile.budgets.batch_size, **kwargs)
+        """Predicted cost per training iteration on the deployment at its schedule (schedule mean)."""
         from rep_tune.cost.deploy import predict_deployed
         return predict_deployed(config, self._deploy_profile(), keep_precision=self.deploy_precision() is None)
+
+    def trial_cost(self, predicted: Cost, measured: Cost | None) -> Cost:
+        """The cost a trained trial is judged by on this target: the prediction on the deployment."""
+        return predicted
+
+    def baseline_cost(self, predicted: Cost, train) -> Cost:
+        """The baseline's cost that relative budgets scale (``train()`` measures it, when that is how)."""
+        return predicted
+
+    def where(self, *, long: bool = False) -> str:
+        """Where its costs are figured: the deployed backbone (``long``: with batch and schedule)."""
+        w = self.workload()
+        if long:
+            return f"{w.backbone}@{w.img_size}, batch {self.profile.budgets.batch_size}, mean over the deployment's schedule"
+        return f"{w.backbone}@{w.img_size}"
+
+    def describe_costs(self) -> str:
+        w = self.workload()
+        return (f"{self.key}: predicted by the cost model on the deployment `{w.backbone}`@{w.img_size}, "
+                f"{w.epochs} epoch(s) of {w.iters_per_task or 'all'} iterations per task")
+
+
+@dataclass
+class LocalTarget(Target):
+    """This machine (``--device local``, or a profile written by ``rep-tune profile`` on this host):
+    the proxy runs here, so the deployment *is* the proxy (direct accuracy) and its cost is
+    *measured* during training; pre-screening, before training, uses the cost model's prediction
+    at the search's schedule and this profile's budget batch size."""
+
+    kind = "local"
+    cost_source = "measured"
+
+    def deployment(self, proxy: RepConfig) -> Deployment:
+        w = self.workload()
+        return Deployment(proxy.backbone.name, proxy.selection.surrogate, proxy.backbone.img_size,
+                          self.deploy_epochs or w.epochs, self.deploy_iters_per_task or w.iters_per_task,
+                          proxy.training.batch_size, "direct", None)
+
+    def deployed_config(self, proxy: RepConfig) -> RepConfig:
+        d = self.deployment(proxy)
+        return proxy.replace(**{"training.epochs": d.epochs, "training.iters_per_task": d.iters_per_task})
+
+    def check(self, proxy: RepConfig) -> None:
+        """Every proxy runs here as it is."""
+
+    def predict(self, config: RepConfig, num_classes: int | None = None) -> Cost:
+        from rep_tune.cost import predict
+        kwargs = {"num_classes": num_classes} if num_classes else {}
+        return predict(config, self.profile, iters_per_task=config.training.iters_per_task,
+                       batch=self.profile.budgets.batch_size, **kwargs)
+
+    def trial_cost(self, predicted: Cost, measured: Cost | None) -> Cost:
+        """The training's own measurement, figure by figure, where it has one."""
+        if measured is None:
+            return predicted
+        return Cost({m: measured.get(m) or predicted.get(m) for m in METRICS})
+
+    def baseline_cost(self, predicted: Cost, train) -> Cost:
+        return train() or predicted
+
+    def where(self, *, long: bool = False) -> str:
+        return "this machine, the proxy at the search's schedule" if long else "this machine"
+
+    def describe_costs(self) -> str:
+        return f"{self.key}: measured on this machine (the proxy at the search's schedule)"
 
 
 def ald_horizon(targets: list[Target], proxy: RepConfig) -> int | None:
     """The iterations per task the proxy's ALD schedule is laid over (``ald.horizon``): the first
     non-local target's deployed task length, so the proxy drops blocks as that deployment does.
     None when every target is local (the proxy is the deployment)."""
-    lengths = [t.deployment(proxy).iterations_per_task for t in targets if not t.local]
+    lengths = [t.deployment(proxy).iterations_per_task for t in targets]   # None for a local target
     return next((n for n in lengths if n), None)
 
 
@@ -194,7 +246,7 @@ def load_targets(devices: list[str], batch_size: int = 16, *, deploy_backbone: s
                  precisions=precisions)
     for spec in devices or []:
         if spec == "local":
-            out.append(Target(local_profile(batch_size), "local", True, None, **extra))
+            out.append(LocalTarget(local_profile(batch_size), "local", None, **extra))
             continue
         p = Path(spec)
         paths = sorted(p.glob("*.yaml")) if p.is_dir() else [p]
@@ -206,7 +258,8 @@ def load_targets(devices: list[str], batch_size: int = 16, *, deploy_backbone: s
                 names = ", ".join(s.stem for s in shipped_profiles())
                 raise FileNotFoundError(f"{spec}: no such device profile (shipped: {names or 'none'}; or 'local')")
             prof = DeviceProfile.load(path)
-            out.append(Target(prof, slug(prof.name), is_this_machine(prof), str(path), **extra))
+            kind = LocalTarget if is_this_machine(prof) else Target
+            out.append(kind(prof, slug(prof.name), str(path), **extra))
     keys = [t.key for t in out]
     dup = {k for k in keys if keys.count(k) > 1}
     if dup:
