@@ -269,8 +269,8 @@ class RepConfig:
 
         A path must lead through sections (mappings) to a field: an unknown section raises KeyError
         naming the path; a path into a value that is not a section (a string, a number, a list such
-        as ``atom.merge.0``) raises SchemaError naming it. The result is converted and type-checked
-        (``from_dict``); ``validate()`` is the caller's.
+        as ``atom.merge.0``) raises SchemaError naming it. The result is converted, type-checked
+        and validated (``from_dict`` calls ``validate``): calling ``validate()`` on it again repeats work.
         """
         data = copy.deepcopy(self.to_dict())
         for key, value in changes.items():

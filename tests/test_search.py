@@ -213,3 +213,41 @@ def test_a_profile_written_on_this_host_is_a_local_target(tmp_path):
     measured = Cost({"latency_ms": Figure(80.0, "ms", "measured")})
     assert here.trial_cost(predicted, measured).latency_ms.value == 80.0      # the training's own figure
     assert shipped.trial_cost(predicted, measured).latency_ms.value == 100.0  # the deployment's prediction
+
+
+def test_each_trial_maps_once_per_device_and_validates_each_config_once(tmp_path, monkeypatch):
+    """Planning a trial with two devices: the sampled config and each deployed config are validated
+    once each (3), the config is mapped onto each device once (2); the budget text is parsed once
+    per search."""
+    from search_fakes import FakeTrain
+
+    from rep_tune.cost import deploy
+    from rep_tune.search import budgets, objective
+    from rep_tune.search import run as run_mod
+    calls = {"map": 0, "validate": 0, "parse": 0}
+
+    def counting(fn, key):
+        def wrapper(*a, **k):
+            calls[key] += 1
+            return fn(*a, **k)
+        return wrapper
+    monkeypatch.setattr(deploy, "map_to_deployment", counting(deploy.map_to_deployment, "map"))
+    monkeypatch.setattr(RepConfig, "validate", counting(RepConfig.validate, "validate"))
+    monkeypatch.setattr(run_mod, "parse_budget", counting(budgets.parse_budget, "parse"))
+    per_plan = []
+    plan = objective.Objective.plan
+
+    def counted_plan(self, study, trial):
+        before = dict(calls)
+        out = plan(self, study, trial)
+        per_plan.append((calls["map"] - before["map"], calls["validate"] - before["validate"]))
+        return out
+    monkeypatch.setattr(objective.Objective, "plan", counted_plan)
+    settings = SearchSettings(confirm_seeds=0, devices=["profiles/jetson_orin.yaml", "profiles/rtx3090.yaml"],
+                              scenario=Scenario(n_tasks=2, max_per_class=8, eval_per_class=20),
+                              overrides={**TINY, "backbone.pretrained": False, "selection.pretrained": False},
+                              n_trials=3, timeout=None, run_dir=str(tmp_path / "run"), budgets={"latency_ms": "0.8x"},
+                              progress=False, seed=3)
+    search(settings, train_fn=FakeTrain(0.0), out=io.StringIO())
+    assert per_plan and set(per_plan) == {(2, 3)}
+    assert calls["parse"] == 1

@@ -152,14 +152,11 @@ def settings_from_args(args: argparse.Namespace):
 
 def run(args: argparse.Namespace) -> int:
     """Exit 130 on Ctrl-C, 143 on SIGTERM (both resumable), 75 on a full disk (free space, then --resume)."""
-    from rep_tune.search.budgets import parse_budget
     from rep_tune.search.run import DiskFull, search
 
     err = os.dup(2)          # the terminal's stderr, whatever a library does to fd 2 meanwhile
     try:
-        settings = settings_from_args(args)
-        for metric, text in settings.budgets.items():
-            parse_budget(text, metric)          # bad budget text stops before any work
+        settings = settings_from_args(args)     # bad budget text stops search() before any work
         threads = set_threads(args.threads)
         print(f"torch threads: {threads}")
         outcome = search(settings)

@@ -253,9 +253,8 @@ class Objective:
         try:
             cfg = self.space.sample(trial, self.base)
             cfg.name = f"{self.space.name}-trial{trial.number}"
-            for t in self.targets:
-                t.check(cfg)
             h = config_hash(cfg)
+            # pricing maps the config onto each deployment once; a config that cannot map raises here
             predicted = {t.key: t.predict(cfg, self.num_classes) for t in self.targets}
         except (ValueError, KeyError) as e:       # MappingError is a ValueError
             w.error(e)

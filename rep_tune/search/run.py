@@ -58,7 +58,7 @@ from rep_tune.figures import METRICS
 from rep_tune.schema import atomic_write_text, dump_mapping, from_dict, read_mapping, to_dict
 from rep_tune.search import optuna_backend, record
 from rep_tune.search.backends import check_flags, get_backend
-from rep_tune.search.budgets import DeviceBudgets, parse_budget, resolve
+from rep_tune.search.budgets import BudgetRequest, DeviceBudgets, parse_budget, resolve
 from rep_tune.search.confirm import CONFIRM_FIDELITY, DEFAULT_SEEDS, DEFAULT_TOP_K
 from rep_tune.search.loop import (Executor, LoopResult, Terminated, check_interrupts, run_trials,
                                   sigterm_interrupts)
@@ -238,8 +238,7 @@ def reference_configs(space: SearchSpace, base: RepConfig, settings: SearchSetti
 
 
 def _resolve_budgets(targets: list[Target], baseline: RepConfig, trainer: Trainer, objective: Objective,
-                     settings: SearchSettings) -> None:
-    requests = {m: parse_budget(v, m) for m, v in settings.budgets.items()}
+                     settings: SearchSettings, requests: dict[str, BudgetRequest]) -> None:
     for t in targets:
         stored = settings.resolved_budgets.get(t.key)
         if stored:
@@ -324,6 +323,7 @@ def prepare(settings: SearchSettings, *, train_fn=None, out=STDOUT) -> Prepared:
     (backend ray: a dead address fails here, in seconds), create or join the study, resolve the
     budgets, enqueue the references. ``search`` runs the loop on it; the Ray Tune searcher
     (``search.ray.tune``) hands its trainings to Tune instead."""
+    requests = {m: parse_budget(text, m) for m, text in settings.budgets.items()}   # parsed once, before any work
     if settings.run_dir:
         if Path(settings.run_dir).exists() and not Path(settings.run_dir).is_dir():
             raise ValueError(f"--run-dir {settings.run_dir}: expected a folder, found an existing file")
@@ -345,18 +345,16 @@ def prepare(settings: SearchSettings, *, train_fn=None, out=STDOUT) -> Prepared:
     with_validation(settings.scenario, out)
     settings.scenario.check_reachable()      # data there, enough classes: once, before the first trial
     _check_before_work(settings, targets, base)
-    for metric, text in settings.budgets.items():
-        parse_budget(text, metric)
     cluster = get_backend(settings.backend).connect_to(settings, out)
     try:
-        return _prepare_study(settings, space, base, targets, train_fn, cluster, out)
+        return _prepare_study(settings, space, base, targets, train_fn, cluster, requests, out)
     except BaseException:
         if cluster is not None:
             cluster.shutdown()
         raise
 
 
-def _prepare_study(settings, space, base, targets, train_fn, cluster, out) -> Prepared:
+def _prepare_study(settings, space, base, targets, train_fn, cluster, requests, out) -> Prepared:
     trainer = Trainer(settings.scenario, train_fn)
     objective = Objective(space, base, targets, trainer, margin=settings.margin, prescreen=settings.prescreen)
     refs = reference_configs(space, base, settings) if settings.references else {}
@@ -375,7 +373,7 @@ def _prepare_study(settings, space, base, targets, train_fn, cluster, out) -> Pr
     optuna_backend.fail_dead_trials(study)
     restore(trainer, study.get_trials(deepcopy=False))
 
-    _resolve_budgets(targets, baseline, trainer, objective, settings)
+    _resolve_budgets(targets, baseline, trainer, objective, settings, requests)
     settings.save(run_dir / "run.yaml")
     for t in targets:
         print(f"budgets applied: {t.budgets.describe()} ({t.cost_source} cost on {t.where()})", file=out)

@@ -429,7 +429,7 @@ class SearchSpace:
             return trial.suggest_categorical(name, p.choices)
 
         _, changes = self._walk(base, ask)
-        return base.replace(**changes).validate()
+        return base.replace(**changes)            # replace() converts and validates it (once)
 
     # ---- inverse: a config as a point of the space (for enqueue_trial) ------------------------
     def params_of(self, cfg: RepConfig) -> dict[str, Any]:
