@@ -107,14 +107,18 @@ def test_nan_loss_is_a_clear_error():
 def test_cli_train_writes_results(tmp_path, capsys):
     from rep_tune.cli import main
     out = tmp_path / "run"
-    rc = main(["train", "--tasks", "2", "--set", "backbone.pretrained=false", "--set", "selection.pretrained=false",
-               "--set", "training.iters_per_task=1", "--out", str(out), "--quiet"])
+    # the default scenario but 20 test images per class (its default 200 costs ~40 s of evaluation here)
+    scen = tmp_path / "scenario.yaml"
+    scen.write_text("n_tasks: 2\neval_per_class: 20\n")
+    assert Scenario().eval_per_class == 200 and Scenario().dataset == "fashion-mnist"
+    rc = main(["train", "--scenario", str(scen), "--set", "backbone.pretrained=false", "--set",
+               "selection.pretrained=false", "--set", "training.iters_per_task=1", "--out", str(out), "--quiet"])
     assert rc == 0
     text = capsys.readouterr().out
     assert "final average accuracy" in text and "measured" in text and str(out / "results.yaml") in text
     res = yaml.safe_load((out / "results.yaml").read_text())
     assert len(res["acc_matrix"]) == 2 and res["scenario"]["dataset"] == "fashion-mnist"   # the default
-    assert res["eval_size"] == 2000 and "on 2,000 test images, sampling error" in text      # 200 per class
+    assert res["eval_size"] == 200 and "on 200 test images, sampling error" in text         # 20 per class
     assert yaml.safe_load((out / "config.yaml").read_text())["training"]["iters_per_task"] == 1
 
 
