@@ -300,6 +300,12 @@ def main(argv=None) -> int:
         f"{m} median {100 * np.median(np.abs([r['lat_err'] for r in rows if r['method'] == m])):.1f}% / signed "
         f"{100 * np.mean([r['lat_err'] for r in rows if r['method'] == m]):+.1f}%" for m in METHODS
         if any(r["method"] == m for r in rows)))
+    # the batch size is where the remaining error splits (issue 16): the block table covers each batch,
+    # so a gap between batches is whole-model (12 blocks' saved activations against a few timed blocks)
+    batches = sorted({int(c.training.batch_size) for c, _ in configs})
+    by_batch = {b: [r["lat_err"] for r, (c, _) in zip(rows, configs) if c.training.batch_size == b] for b in batches}
+    print("per batch: " + ", ".join(f"B{b} median {100 * np.median(np.abs(e)):.1f}% / signed {100 * np.mean(e):+.1f}% "
+                                    f"(n={len(e)})" for b, e in by_batch.items() if e))
     print(f"Spearman(predicted, measured latency) = {rho:.3f}")
     print(f"{n_pred} predictions of distinct configs: {distinct:.2f} s CPU ({1e6 * distinct / n_pred:.0f} us each); "
           f"of one config (memo hits): {same:.2f} s ({1e6 * same / n_pred:.0f} us each); host reference "
