@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import copy
 import csv
+import math
 import os
 import platform
 import random
@@ -173,6 +174,57 @@ def roofline_only(prof: DeviceProfile) -> DeviceProfile:
     return out
 
 
+def bracketed(start: DeviceProfile, end: DeviceProfile) -> DeviceProfile:
+    """``start`` with each timed block run and no-block iteration replaced by the geometric mean of
+    its two timings (``start``'s and ``end``'s, the same grid re-timed after the measurements), refitted:
+    the profile a machine that drifted linearly would have had mid-benchmark. A diagnostic of the
+    model's form with the machine's drift taken out to first order; the user's path is ``start``."""
+    from rep_tune.cost.calibrate import fit
+    out = copy.deepcopy(start)
+    runs = {(r.batch, r.tokens, r.embed_dim, r.dtype): r for r in end.calibration.runs}
+    for r in out.calibration.runs:
+        e = runs.get((r.batch, r.tokens, r.embed_dim, r.dtype))
+        if e is not None:
+            r.fwd_ms, r.fwd_bwd_ms = math.sqrt(r.fwd_ms * e.fwd_ms), math.sqrt(r.fwd_bwd_ms * e.fwd_bwd_ms)
+    its = {(i.method, i.backbone, i.batch, i.dtype): i for i in end.calibration.iterations}
+    for i in out.calibration.iterations:
+        e = its.get((i.method, i.backbone, i.batch, i.dtype))
+        if e is not None:
+            i.ms = math.sqrt(i.ms * e.ms)
+    return fit(out)
+
+
+def errors(prof: DeviceProfile, measured: list[tuple[object, int, list, float]]) -> np.ndarray:
+    """Signed relative latency error of ``prof`` on (config, t, drop patterns, measured ms) rows."""
+    out = []
+    for cfg, t, patterns, meas in measured:
+        key = "latency_ms_cached" if cfg.selection.cache else "latency_ms_first_epoch"
+        pred = statistics.fmean(predict(cfg, prof, t=t, keep=pat).extras[key] for pat in patterns)
+        out.append((pred - meas) / meas)
+    return np.array(out)
+
+
+def summary(e: np.ndarray) -> str:
+    return (f"median {100 * np.median(np.abs(e)):.1f}%, p90 {100 * np.percentile(np.abs(e), 90):.1f}%, "
+            f"mean signed {100 * np.mean(e):+.1f}%")
+
+
+def drift_check(prof: DeviceProfile, args, measured) -> None:
+    """Re-profile after the measurements; print how far the same block shapes moved, and the error
+    with the end profile and with the bracketing one (``bracketed``)."""
+    end = calibrated_profile(args)
+    torch.set_num_threads(args.threads)
+    before = {(r.batch, r.tokens, r.embed_dim, r.dtype): r for r in prof.calibration.runs}
+    fb = np.array([r.fwd_bwd_ms / before[k].fwd_bwd_ms for r in end.calibration.runs
+                   if (k := (r.batch, r.tokens, r.embed_dim, r.dtype)) in before])
+    print(f"\nmachine drift: the profile's {len(fb)} block shapes re-timed after the measurements: fwd+bwd "
+          f"end/start median {np.median(fb):.3f} (10th..90th percentile {np.percentile(fb, 10):.3f}..{np.percentile(fb, 90):.3f}); "
+          f"probes judged noisy at the start {prof.calibration.noisy}, at the end {end.calibration.noisy}")
+    print(f"  priced with the start profile (the user's path, the headline): {summary(errors(prof, measured))}")
+    print(f"  priced with the end profile:                                  {summary(errors(end, measured))}")
+    print(f"  priced with the bracketing profile (geometric mean, refitted): {summary(errors(bracketed(prof, end), measured))}")
+
+
 def spearman(a, b) -> float:
     ra = np.argsort(np.argsort(a)).astype(float)
     rb = np.argsort(np.argsort(b)).astype(float)
@@ -217,6 +269,8 @@ def main(argv=None) -> int:
                          "profile's dtype, which needs the runtime's mixed precision for bf16/fp16")
     ap.add_argument("--worst", type=int, default=8, help="rows in the table of the worst configs")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--no-drift-check", action="store_true",
+                    help="skip re-profiling after the measurements (the machine-drift diagnostic)")
     args = ap.parse_args(argv)
     args.configs = args.configs or (12 if args.quick else 32)
     args.patterns = args.patterns or (2 if args.quick else 4)
@@ -238,7 +292,7 @@ def main(argv=None) -> int:
     print(f"   configs priced and measured at training.precision {precision}; load average now "
           f"{os.getloadavg()[0]:.2f} (1 min; a quiet 2-core machine reads < 1 with this benchmark's one thread)", flush=True)
 
-    rows = []
+    rows, measured = [], []
     roof = roofline_only(prof)
     configs = draw_configs(args.configs, args.seed, precision)
     header = (f"{'':4}{'config':<58} {'t':>5} {'pred':>8} {'meas':>8} {'err':>7}  {'pred':>7} {'meas':>7} {'err':>7}")
@@ -251,6 +305,7 @@ def main(argv=None) -> int:
         pred_ms = statistics.fmean(p.extras[key] for p in preds)
         roof_ms = statistics.fmean(predict(cfg, roof, t=t, keep=pat).extras[key] for pat in m["patterns"])
         meas_ms = statistics.fmean(m["ms"])
+        measured.append((cfg, t, m["patterns"], meas_ms))
         at_t = predict(cfg, prof, t=t)
         every = predict(cfg, prof, t=t, keep=tuple([1.0] * cfg.backbone.arch.depth))
         row = {"name": cfg.name, "method": cfg.prompt.method, "config": describe(cfg), "t": t,
@@ -300,8 +355,7 @@ def main(argv=None) -> int:
         f"{m} median {100 * np.median(np.abs([r['lat_err'] for r in rows if r['method'] == m])):.1f}% / signed "
         f"{100 * np.mean([r['lat_err'] for r in rows if r['method'] == m]):+.1f}%" for m in METHODS
         if any(r["method"] == m for r in rows)))
-    # the batch size is where the remaining error splits (issue 16): the block table covers each batch,
-    # so a gap between batches is whole-model (12 blocks' saved activations against a few timed blocks)
+    # the batch size is where the error of the earlier, rows-folded table split (issue 16: B8 +9 %, B16 -9 %)
     batches = sorted({int(c.training.batch_size) for c, _ in configs})
     by_batch = {b: [r["lat_err"] for r, (c, _) in zip(rows, configs) if c.training.batch_size == b] for b in batches}
     print("per batch: " + ", ".join(f"B{b} median {100 * np.median(np.abs(e)):.1f}% / signed {100 * np.mean(e):+.1f}% "
@@ -310,6 +364,8 @@ def main(argv=None) -> int:
     print(f"{n_pred} predictions of distinct configs: {distinct:.2f} s CPU ({1e6 * distinct / n_pred:.0f} us each); "
           f"of one config (memo hits): {same:.2f} s ({1e6 * same / n_pred:.0f} us each); host reference "
           f"sum(range(100)) {1e6 * ref / n_pred:.2f} us")
+    if not (args.no_drift_check or args.profile):
+        drift_check(prof, args, measured)
     worst = sorted(rows, key=lambda r: -abs(r["lat_err"]))[:args.worst]
     print(f"\nworst {len(worst)} configs by |latency error| (predicted parts: blocks / query / rest, ms):")
     for r in worst:

@@ -17,7 +17,7 @@ from rep_tune.deployable import DeployTarget, Expected, Provenance
 from rep_tune.methods import PromptSection, get_method, method_names
 from rep_tune.methods.l2p import L2PConfig
 from rep_tune.schedule import ramp
-from rep_tune.schema import INT_MAX, INT_MIN, SchemaError, check, from_dict, read_mapping, to_dict, write_mapping
+from rep_tune.schema import INT_MAX, INT_MIN, Document, SchemaError, check, read_mapping
 
 SCHEMA_VERSION = 2   # 2: one prompt section per method (rep_tune.methods); version 1 files migrate on load
 
@@ -143,7 +143,7 @@ class TrainingConfig:
 
 
 @dataclass
-class RepConfig:
+class RepConfig(Document):
     """A complete REP training configuration (and, with target/expected/provenance, a deployable one)."""
 
     version: int = SCHEMA_VERSION
@@ -249,20 +249,10 @@ class RepConfig:
         return self.atom.schedule(self.backbone.arch.depth)
 
     # ---- I/O ----------------------------------------------------------------------------
-    def to_dict(self) -> dict:
-        return to_dict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict, source: str | None = None) -> "RepConfig":
-        return from_dict(cls, data, source=source)
-
     @classmethod
     def load(cls, path: str | Path) -> "RepConfig":
         """Load and validate a YAML/JSON RepConfig; errors name the file and field."""
         return cls.from_dict(read_mapping(path), source=str(path))
-
-    def save(self, path: str | Path) -> Path:
-        return write_mapping(self.to_dict(), path)
 
     def replace(self, **changes: Any) -> "RepConfig":
         """Copy with dotted-path changes, e.g. ``cfg.replace(**{"ald.enabled": False})``.

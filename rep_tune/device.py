@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from rep_tune.figures import METRICS, metric
-from rep_tune.schema import INT_MAX, INT_MIN, check, from_dict, read_mapping, short_value, to_dict, write_mapping
+from rep_tune.schema import INT_MAX, INT_MIN, Document, check, read_mapping, short_value, to_dict
 from rep_tune.shipped import PROFILES, resolve, shipped_dir
 
 PROFILE_VERSION = 1
@@ -248,7 +248,7 @@ class Calibration:
 
 
 @dataclass
-class DeviceProfile:
+class DeviceProfile(Document):
     """A target device for the search."""
 
     name: str
@@ -300,13 +300,6 @@ class DeviceProfile:
         """sha256 of the profile's content (provenance of a config searched against it)."""
         return hashlib.sha256(json.dumps(to_dict(self), sort_keys=True).encode()).hexdigest()[:16]
 
-    def to_dict(self) -> dict:
-        return to_dict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict, source: str | None = None) -> "DeviceProfile":
-        return from_dict(cls, data, source=source)
-
     @classmethod
     def load(cls, path: str | Path) -> "DeviceProfile":
         """Load a profile file, or a shipped profile by name (``jetson_orin``).
@@ -316,9 +309,6 @@ class DeviceProfile:
         """
         p = resolve(path, PROFILES)
         return cls.from_dict(read_mapping(p), source=str(p))
-
-    def save(self, path: str | Path) -> Path:
-        return write_mapping(self.to_dict(), path)
 
 
 def shipped_profiles() -> list[Path]:

@@ -225,6 +225,23 @@ def to_dict(obj: Any) -> Any:
     return obj
 
 
+class Document:
+    """A dataclass that is a whole YAML/JSON document (a config, a device profile, a scenario):
+    its plain-data form, its checked construction from one, and its file. Subclasses add ``load``
+    (each resolves its paths its own way)."""
+
+    def to_dict(self) -> dict:
+        return to_dict(self)
+
+    @classmethod
+    def from_dict(cls: type[T], data: dict, source: str | None = None) -> T:
+        """The document from plain data; errors name ``source`` and the field (``schema.from_dict``)."""
+        return from_dict(cls, data, source=source)
+
+    def save(self, path: str | Path) -> Path:
+        return write_mapping(self.to_dict(), path)
+
+
 def read_mapping(path: str | Path) -> dict:
     """Read a YAML or JSON file into a mapping; every problem raises an error naming the file.
 

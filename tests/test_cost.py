@@ -10,7 +10,8 @@ import pytest
 
 from rep_tune.config import preset
 from rep_tune.cost import check, predict, verdict
-from rep_tune.cost.calibrate import LAUNCHES_BACKWARD_START, fit, run_work
+from rep_tune.cost.calibrate import fit
+from rep_tune.cost.runs import LAUNCHES_BACKWARD_START, run_work
 from rep_tune.cost.counts import LAUNCHES_ITERATION, LAUNCHES_PARAM, PARAM_TENSORS_HEAD, count, embedding
 from rep_tune.cost.latency import peak_flops, rates
 from rep_tune.cost.memory import MiB, resident_bytes

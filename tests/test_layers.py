@@ -1,7 +1,7 @@
 """The layering contract: every import inside ``rep_tune`` (module level or inside a function)
 points down this list, never up and never sideways between two packages of one level.
 
-    0  schema, safe_pickle, progress, extras, shipped, arch_spec, figures, schedule   (leaves)
+    0  schema, safe_pickle, progress, extras, shipped, arch_spec, figures, schedule, registry   (leaves)
     1  arch_probe, checkpoints, deployable
     2  archs              the architecture table (probed shapes of timm models)
     3  methods            torch-free method registry
@@ -25,7 +25,7 @@ from pathlib import Path
 import rep_tune
 
 LEVELS = [
-    {"schema", "safe_pickle", "progress", "extras", "shipped", "arch_spec", "figures", "schedule"},
+    {"schema", "safe_pickle", "progress", "extras", "shipped", "arch_spec", "figures", "schedule", "registry"},
     {"arch_probe", "checkpoints", "deployable"}, {"archs"},
     {"methods"}, {"layout"}, {"config"}, {"device"}, {"data"},
     {"runtime", "cost"}, {"profiler"}, {"export"}, {"search", "verify"}, {"cli"},

@@ -26,11 +26,10 @@ import numpy as np
 
 from rep_tune.cost.latency import bandwidth, peak_flops
 from rep_tune.cost.memory import MiB
-from rep_tune.cost.work import (BlockShape, Numerics, Work, block_backward, block_forward, block_saved_bytes,
-                                block_workspace_bytes)
+from rep_tune.cost.runs import run_passes, run_saved_bytes
+from rep_tune.cost.work import Work
 
 MAX_EFFICIENCY = 1e3     # a class the fit finds free gets this (its time is then negligible)
-LAUNCHES_BACKWARD_START = 4   # the run's loss (sum), ones_like seed, expand, autograd start
 
 
 def _nnls(A: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -42,31 +41,6 @@ def _nnls(A: np.ndarray, b: np.ndarray) -> np.ndarray:
         return np.clip(x, 0.0, None)
 
 
-def run_shape(run) -> BlockShape:
-    """The block shape of a calibration run (plain tokens: no merging, no prefix)."""
-    M = int(run.embed_dim * run.mlp_ratio)
-    return BlockShape(run.batch, run.tokens, run.tokens, run.tokens, run.embed_dim, run.num_heads, M, M)
-
-
-def run_numerics(run) -> Numerics:
-    """How a calibration run computed: an fp32 block under autocast at ``dtype`` (as training runs;
-    ``run.autocast``), or the whole block converted to ``dtype`` (the profiler's runs today)."""
-    dtype = run.dtype or "fp32"
-    return Numerics.of(dtype) if getattr(run, "autocast", False) else Numerics.pure(dtype)
-
-
-def run_work(run) -> tuple[Work, Work]:
-    """(forward, backward) work of all the blocks of one calibration run."""
-    s, n = run_shape(run), run_numerics(run)
-    return run.blocks * block_forward(s, n, atom_metric=False), run.blocks * block_backward(s, n)
-
-
-def run_saved_bytes(run) -> float:
-    """Bytes the memory model expects a calibration run to keep (all blocks, plain tokens) + workspace."""
-    s, n = run_shape(run), run_numerics(run)
-    return run.blocks * block_saved_bytes(s, n) + block_workspace_bytes(s, n)
-
-
 def _row(w: Work, pm: float, pb: float) -> list[float]:
     return [w.matmul_flops * pm, w.attention_flops * pm, w.elementwise_bytes * pb, w.launches, 1.0]
 
@@ -76,12 +50,12 @@ def design(runs, peak: float, bw: float) -> tuple[np.ndarray, np.ndarray]:
     rows, ys = [], []
     pm, pb = 1e3 / peak, 1e3 / bw
     for run in runs:
-        f, b = run_work(run)
+        f, fb = run_passes(run)
         if run.fwd_ms > 0:
             rows.append(_row(f, pm, pb))
             ys.append(run.fwd_ms)
         if run.fwd_bwd_ms > 0:
-            rows.append(_row(f + b + Work(launches=LAUNCHES_BACKWARD_START), pm, pb))
+            rows.append(_row(fb, pm, pb))
             ys.append(run.fwd_bwd_ms)
     return np.asarray(rows, dtype=float), np.asarray(ys, dtype=float)
 

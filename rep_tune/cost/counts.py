@@ -86,7 +86,7 @@ class Counts:
     optimizer_state: float                   # elements (Adam: 2 per trainable)
     input_bytes: float
     width: int = 0                           # the blocks' embedding width
-    query_shape: tuple[int, float] = (0, 0.0)   # (width, batch x tokens) of the model computing the query
+    query_shape: tuple[int, int, float] = (0, 0, 0.0)   # (width, batch, tokens) of the model computing the query
     extras: dict[str, float] = field(default_factory=dict)
 
     def iteration_work(self, first_epoch: bool = False) -> Work:
@@ -306,7 +306,7 @@ def count(config, *, batch: int | None = None, t: int | None = None, iters_per_t
         saved_worst=blocks.saved_worst, saved_expected=blocks.saved_expected, workspace_bytes=blocks.workspace,
         params=params, trainable=trainable, optimizer_state=states * trainable,
         input_bytes=4.0 * B * arch.in_chans * arch.img_size ** 2, width=D,
-        query_shape=(qarch.embed_dim, float(B * (_prefix_tokens(qarch) + qarch.num_patches()))))
+        query_shape=(qarch.embed_dim, B, float(_prefix_tokens(qarch) + qarch.num_patches())))
     counts.extras.update(tokens_first=float(toks[0]), tokens_last=float(toks[-1]),
                          blocks_expected=float(sum(keep)), merges_total=float(sum(eff)),
                          iters_per_task=float(iters))

@@ -72,7 +72,7 @@ def block_ms(c: _counts.Counts, r: Rates, res: ResidualTable | None = None) -> l
     With a residual table, the block's passes are scaled by its measured / roofline ratio."""
     if res is None:
         return [r.time(b.work) for b in c.blocks]
-    return [r.time(b.fwd + b.bwd) * res.ratio(c.width, c.batch * b.tokens, FWD_BWD if b.grad else FWD)
+    return [r.time(b.fwd + b.bwd) * res.ratio(c.width, c.batch, b.tokens, FWD_BWD if b.grad else FWD)
             + r.time(b.match) for b in c.blocks]
 
 
@@ -86,7 +86,7 @@ def blocks_time(c: _counts.Counts, r: Rates, res: ResidualTable | None = None) -
 def query_time(c: _counts.Counts, r: Rates, res: ResidualTable | None = None, first_epoch: bool = False) -> float:
     """Time of the selection query (a no-grad forward of the query model; 0 on a cache hit)."""
     t = r.time(c.query_first_epoch if first_epoch else c.query)
-    return t * res.ratio(c.query_shape[0], c.query_shape[1], FWD) if res is not None and t else t
+    return t * res.ratio(*c.query_shape, FWD) if res is not None and t else t
 
 
 def latency_ms(c: _counts.Counts, r: Rates, first_epoch: bool = False, res: ResidualTable | None = None) -> float:

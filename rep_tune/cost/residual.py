@@ -8,10 +8,12 @@ the calibration's own runs, and -8 % mean signed on held-out training iterations
 
 Like nn-Meter's kernel lookup, the timed blocks ``rep-tune profile`` records (``calibration.runs``:
 a grid of widths, batch sizes and token counts) are kept as a table of ratios, measured / roofline,
-forward and forward + backward. A block of width ``D`` over ``R`` token-rows (batch x tokens) is
-priced at its roofline time times the ratio interpolated piecewise-linearly in log R (held
-constant beyond the grid's ends) and in log D between the two nearest widths; a width outside the
-timed ones is priced by the roofline alone. The roofline still
+forward and forward + backward. A block of width ``D`` over ``B`` sequences of ``N`` tokens is
+priced at its roofline time times the ratio interpolated piecewise-linearly in log N along each
+timed batch size, then in log B between the two nearest batch sizes, then in log D between the two
+nearest widths (held constant beyond the grid's ends in N and B); a width outside the timed ones is
+priced by the roofline alone. Batch and tokens stay two axes: an earlier form folded them into one
+row count (B x N) and interleaved runs whose efficiency differs by 2x (issue 16). The roofline still
 carries what the grid does not vary (prompt prefixes in the keys, merged MLP tokens, eager
 attention); the table carries the size-dependent efficiency. The same ``Work`` arithmetic prices
 the runs and the configs, so a profile's own runs are reproduced exactly.
@@ -26,7 +28,7 @@ from bisect import bisect_left
 from dataclasses import dataclass
 from functools import lru_cache
 
-from rep_tune.cost.calibrate import LAUNCHES_BACKWARD_START, run_work
+from rep_tune.cost.runs import run_passes
 from rep_tune.cost.work import Work
 
 FWD, FWD_BWD = 0, 1
@@ -54,20 +56,54 @@ class RunKey:
 
     def work(self) -> tuple[Work, Work]:
         """(forward, forward + backward) work of the run's blocks, exactly as ``rep_tune.cost.calibrate`` fits them."""
-        f, b = run_work(self)
-        return f, f + b + Work(launches=LAUNCHES_BACKWARD_START)
+        return run_passes(self)
+
+
+def _lerp(xs: tuple[float, ...], ys: tuple, x: float, kind: int | None = None) -> float:
+    """Piecewise-linear ys(x) over sorted xs, held constant beyond the ends (``kind`` picks a pass)."""
+    pick = (lambda y: y[kind]) if kind is not None else (lambda y: y)
+    if x <= xs[0]:
+        return pick(ys[0])
+    if x >= xs[-1]:
+        return pick(ys[-1])
+    j = bisect_left(xs, x)
+    if xs[j] == x:
+        return pick(ys[j])
+    w = (x - xs[j - 1]) / (xs[j] - xs[j - 1])
+    return (1 - w) * pick(ys[j - 1]) + w * pick(ys[j])
+
+
+@dataclass(frozen=True)
+class WidthGrid:
+    """The timed runs of one width: per batch size (sorted, as logs), the log token counts (sorted)
+    and the (fwd, fwd+bwd) measured / roofline ratio at each."""
+
+    batches: tuple[float, ...]                                   # log batch
+    tokens: tuple[tuple[float, ...], ...]                        # log tokens, per batch
+    ratios: tuple[tuple[tuple[float, float], ...], ...]          # per batch and token count
+
+    def ratio(self, lb: float, ln: float, kind: int) -> float:
+        """Linear in log tokens along each timed batch size, then linear in log batch between the two
+        nearest batch sizes (constant beyond the grid's ends)."""
+        along = tuple(_lerp(xs, ys, ln, kind) for xs, ys in zip(self.tokens, self.ratios))
+        return _lerp(self.batches, along, lb)
 
 
 @dataclass(frozen=True)
 class ResidualTable:
-    """Per width (sorted), the log token-rows (sorted) and the measured / roofline ratio of each pass."""
+    """Per timed width (sorted), the grid of measured / roofline ratios over batch size and tokens.
+
+    Batch and tokens are kept apart: at one batch x tokens product, a block over many short
+    sequences and one over few long ones differ in attention's share and in how the kernels tile
+    (on this repository's 2-core host the fwd+bwd ratio is ~1.0 at 197 tokens and ~2 at 17-90 tokens,
+    batch 8-16: folding the two into one row count interleaves them)."""
 
     widths: tuple[int, ...]
-    rows: tuple[tuple[float, ...], ...]                      # log(batch x tokens), per width
-    ratios: tuple[tuple[tuple[float, float], ...], ...]      # (fwd, fwd+bwd), per width and row
+    grids: tuple[WidthGrid, ...]
 
-    def ratio(self, width: float, rows: float, kind: int) -> float:
-        """Measured / roofline for a block of ``width`` over ``rows`` token-rows; ``kind`` FWD or FWD_BWD.
+    def ratio(self, width: float, batch: float, tokens: float, kind: int) -> float:
+        """Measured / roofline for a block of ``width`` over ``batch`` sequences of ``tokens``;
+        ``kind`` FWD or FWD_BWD.
 
         1.0 (the roofline alone) for a width outside the timed ones: efficiency keeps moving with the
         width, so the nearest ratio would be a guess; the profiler times the widths of the backbones
@@ -75,25 +111,13 @@ class ResidualTable:
         ws = self.widths
         if not ws or width < ws[0] or width > ws[-1]:
             return 1.0
-        lr = math.log(max(rows, 1.0))
+        lb, ln = math.log(max(batch, 1.0)), math.log(max(tokens, 1.0))
         j = bisect_left(ws, width)
         if ws[j] == width:
-            return self._along(j, lr, kind)
+            return self.grids[j].ratio(lb, ln, kind)
         a, b = math.log(ws[j - 1]), math.log(ws[j])
         w = (math.log(width) - a) / (b - a)
-        return (1 - w) * self._along(j - 1, lr, kind) + w * self._along(j, lr, kind)
-
-    def _along(self, i: int, lr: float, kind: int) -> float:
-        xs, ys = self.rows[i], self.ratios[i]
-        if lr <= xs[0]:
-            return ys[0][kind]
-        if lr >= xs[-1]:
-            return ys[-1][kind]
-        j = bisect_left(xs, lr)
-        if xs[j] == lr:
-            return ys[j][kind]
-        w = (lr - xs[j - 1]) / (xs[j] - xs[j - 1])
-        return (1 - w) * ys[j - 1][kind] + w * ys[j][kind]
+        return (1 - w) * self.grids[j - 1].ratio(lb, ln, kind) + w * self.grids[j].ratio(lb, ln, kind)
 
 
 def table(profile, rates, dtype: str) -> ResidualTable | None:
@@ -109,25 +133,29 @@ def table(profile, rates, dtype: str) -> ResidualTable | None:
 
 @lru_cache(maxsize=64)
 def _build(keys: tuple[RunKey, ...], rates) -> ResidualTable | None:
-    per: dict[int, dict[float, list[tuple[float, float]]]] = {}
+    per: dict[int, dict[int, dict[int, list[tuple[float, float]]]]] = {}
     for k in keys:
         f, fb = k.work()
         tf, tfb = rates.time(f), rates.time(fb)
         if tf <= 0 or tfb <= 0:
             continue
-        lr = math.log(k.batch * k.tokens)
-        per.setdefault(k.embed_dim, {}).setdefault(lr, []).append((k.fwd_ms / tf, k.fwd_bwd_ms / tfb))
+        per.setdefault(k.embed_dim, {}).setdefault(k.batch, {}).setdefault(k.tokens, []).append(
+            (k.fwd_ms / tf, k.fwd_bwd_ms / tfb))
     if not per:
         return None
-    widths = tuple(sorted(per))
-    rows, ratios = [], []
-    for w in widths:
-        xs = sorted(per[w])
-        rows.append(tuple(xs))
-        # several runs at one row count (e.g. 8 x 90 and 16 x 45): their geometric mean
-        ratios.append(tuple(tuple(math.exp(sum(math.log(v[kind]) for v in per[w][x]) / len(per[w][x]))
-                                  for kind in (FWD, FWD_BWD)) for x in xs))
-    return ResidualTable(widths, tuple(rows), tuple(ratios))
+
+    def gmean(vs: list[tuple[float, float]], kind: int) -> float:   # repeated runs of one shape
+        return math.exp(sum(math.log(v[kind]) for v in vs) / len(vs))
+
+    grids = []
+    for w in sorted(per):
+        bs = sorted(per[w])
+        grids.append(WidthGrid(
+            batches=tuple(math.log(b) for b in bs),
+            tokens=tuple(tuple(math.log(n) for n in sorted(per[w][b])) for b in bs),
+            ratios=tuple(tuple((gmean(per[w][b][n], FWD), gmean(per[w][b][n], FWD_BWD)) for n in sorted(per[w][b]))
+                         for b in bs)))
+    return ResidualTable(tuple(sorted(per)), tuple(grids))
 
 
-__all__ = ["FWD", "FWD_BWD", "ResidualTable", "RunKey", "table"]
+__all__ = ["FWD", "FWD_BWD", "ResidualTable", "RunKey", "WidthGrid", "table"]

@@ -16,6 +16,8 @@ import importlib
 from dataclasses import dataclass
 from typing import Any, Callable
 
+from rep_tune.registry import Registry
+
 
 @dataclass(frozen=True)
 class DatasetSpec:
@@ -34,15 +36,12 @@ class DatasetSpec:
         return fn(*args)
 
 
-DATASETS: dict[str, DatasetSpec] = {}
+DATASETS: Registry[DatasetSpec] = Registry("dataset")
 
 
 def register_dataset(spec: DatasetSpec) -> DatasetSpec:
     """Add ``spec`` (a name registered twice is a programming error)."""
-    if spec.name in DATASETS:
-        raise ValueError(f"register_dataset: {spec.name!r} is registered already")
-    DATASETS[spec.name] = spec
-    return spec
+    return DATASETS.add(spec.name, spec, unique=True)
 
 
 def dataset_names() -> tuple[str, ...]:
@@ -51,10 +50,7 @@ def dataset_names() -> tuple[str, ...]:
 
 def get_dataset(name: str) -> DatasetSpec:
     """The spec of ``name``; ValueError listing the registered names."""
-    try:
-        return DATASETS[name]
-    except KeyError:
-        raise ValueError(f"dataset: expected one of {', '.join(DATASETS)}, found {name!r}") from None
+    return DATASETS.lookup(name)
 
 
 def known_classes(name: str) -> int | None:

@@ -6,14 +6,14 @@ from pathlib import Path
 from typing import Literal
 
 from rep_tune.data.registry import DATASETS, dataset_names, known_classes
-from rep_tune.schema import SchemaError, check, from_dict, read_mapping, to_dict, write_mapping
+from rep_tune.schema import Document, SchemaError, check, read_mapping
 
 MAX_SEED = 2 ** 32 - 1       # numpy RandomState and scikit-learn's random_state range
 MAX_IMAGE_SIZE = 4096
 
 
 @dataclass
-class Scenario:
+class Scenario(Document):
     """Which data, split into how many tasks, in which class order, evaluated on how many images.
 
     ``fashion-mnist`` (the default) is Split Fashion-MNIST: 5 tasks of 2 classes, trained on the
@@ -93,17 +93,11 @@ class Scenario:
               self.n_tasks)
         return classes
 
-    def to_dict(self) -> dict:
-        return to_dict(self)
-
     @classmethod
     def load(cls, path: str | Path) -> "Scenario":
-        s = from_dict(cls, read_mapping(path), source=str(path))
+        s = cls.from_dict(read_mapping(path), source=str(path))
         object.__setattr__(s, "_source", str(path))     # named by check_reachable's errors
         return s
-
-    def save(self, path: str | Path) -> Path:
-        return write_mapping(self.to_dict(), path)
 
 
 def _probe(scenario: Scenario) -> int:

@@ -17,6 +17,7 @@ from typing import Any, Callable, Mapping
 
 from rep_tune.config import RepConfig
 from rep_tune.data.scenario import Scenario
+from rep_tune.registry import Registry
 
 
 class ExportError(ValueError):
@@ -102,14 +103,14 @@ class Capabilities:
 ANY = Capabilities()       # a lossless format (yaml, json): every config, as is
 
 Exporter = Callable[[RepConfig, ExportOptions], ExportResult]
-FORMATS: dict[str, Exporter] = {}
+FORMATS: Registry[Exporter] = Registry("export format")
 CAPABILITIES: dict[str, Capabilities] = {}
 
 
 def register(name: str, capabilities: Capabilities = ANY) -> Callable[[Exporter], Exporter]:
     """Decorator: add an exporter to the registry under ``name``, with what it can express."""
     def deco(fn: Exporter) -> Exporter:
-        FORMATS[name] = fn
+        FORMATS.add(name, fn)
         CAPABILITIES[name] = capabilities
         return fn
     return deco
@@ -122,8 +123,7 @@ def formats() -> list[str]:
 
 def capabilities(fmt: str) -> Capabilities:
     """What format ``fmt`` can express (ValueError naming the formats otherwise)."""
-    if fmt not in CAPABILITIES:
-        raise ValueError(f"export format: expected one of {', '.join(FORMATS)}, found {fmt!r}")
+    FORMATS.lookup(fmt)
     return CAPABILITIES[fmt]
 
 
@@ -134,9 +134,7 @@ def export_targets() -> list[str]:
 
 def export(cfg: RepConfig, fmt: str, **options: Any) -> ExportResult:
     """Export ``cfg`` to ``fmt`` (see :func:`formats`); ``options`` are ExportOptions fields."""
-    if fmt not in FORMATS:
-        raise ValueError(f"export format: expected one of {', '.join(FORMATS)}, found {fmt!r}")
-    return FORMATS[fmt](cfg, ExportOptions(**options))
+    return FORMATS.lookup(fmt)(cfg, ExportOptions(**options))
 
 
 # the format modules register themselves on import

@@ -5,6 +5,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import ClassVar, Literal
 
+from rep_tune.registry import Registry
 from rep_tune.schema import SchemaError, check
 
 
@@ -101,21 +102,18 @@ class PromptMethod:
         check(len(set(layers)) == len(layers), source, field, "distinct block indices", layers)
 
 
-METHODS: dict[str, PromptMethod] = {}
+METHODS: Registry[PromptMethod] = Registry("prompt method")
 
 
 def register_method(cls: type[PromptMethod]) -> type[PromptMethod]:
     """Class decorator: register a PromptMethod under ``cls.name``."""
-    METHODS[cls.name] = cls()
+    METHODS.add(cls.name, cls())
     return cls
 
 
 def get_method(name: str) -> PromptMethod:
     """The registered method ``name``; ValueError naming the registered ones otherwise."""
-    try:
-        return METHODS[name]
-    except KeyError:
-        raise ValueError(f"prompt method: expected one of {', '.join(METHODS)}, found {name!r}") from None
+    return METHODS.lookup(name)
 
 
 def method_names() -> tuple[str, ...]:

@@ -15,6 +15,8 @@ import importlib
 from dataclasses import dataclass
 from typing import Any, Callable
 
+from rep_tune.registry import Registry
+
 
 @dataclass(frozen=True)
 class Backend:
@@ -37,20 +39,16 @@ class Backend:
         return self._load(self.connect)(settings, out) if self.connect else None
 
 
-BACKENDS: dict[str, Backend] = {}
+BACKENDS: Registry[Backend] = Registry("--backend")
 
 
 def register_backend(backend: Backend) -> Backend:
-    BACKENDS[backend.name] = backend
-    return backend
+    return BACKENDS.add(backend.name, backend)
 
 
 def get_backend(name: str) -> Backend:
     """The registered backend ``name``; ValueError naming the registered ones otherwise."""
-    try:
-        return BACKENDS[name]
-    except KeyError:
-        raise ValueError(f"--backend: expected one of {', '.join(BACKENDS)}, found {name!r}") from None
+    return BACKENDS.lookup(name)
 
 
 def check_flags(settings: Any, defaults: Any) -> None:

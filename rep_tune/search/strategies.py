@@ -31,44 +31,40 @@ from optuna.pruners import BasePruner
 from optuna.samplers import BaseSampler
 from optuna.trial import FrozenTrial, TrialState
 
+from rep_tune.registry import Registry
+
 STARTUP_TRIALS = 4
 
-SAMPLERS: dict[str, Callable[[int | None], BaseSampler]] = {}
-PRUNERS: dict[str, Callable[[], BasePruner]] = {}
+SAMPLERS: Registry[Callable[[int | None], BaseSampler]] = Registry("--sampler")
+PRUNERS: Registry[Callable[[], BasePruner]] = Registry("--pruner")
 _PRUNER_ALIASES = {"task-percentile": "percentile", "nop": "none"}
 
 
 def register_sampler(name: str) -> Callable:
     """Decorator: ``fn(seed) -> BaseSampler`` becomes ``--sampler name``."""
     def deco(fn: Callable[[int | None], BaseSampler]) -> Callable[[int | None], BaseSampler]:
-        SAMPLERS[name] = fn
-        return fn
+        return SAMPLERS.add(name, fn)
     return deco
 
 
 def register_pruner(name: str) -> Callable:
     """Decorator: ``fn() -> BasePruner`` becomes ``--pruner name``."""
     def deco(fn: Callable[[], BasePruner]) -> Callable[[], BasePruner]:
-        PRUNERS[name] = fn
-        return fn
+        return PRUNERS.add(name, fn)
     return deco
 
 
 def make_sampler(name: str, seed: int | None) -> BaseSampler:
     """The registered sampler ``name``, seeded; ValueError naming the registered ones otherwise."""
-    if name not in SAMPLERS:
-        raise ValueError(f"--sampler: expected one of {', '.join(SAMPLERS)}, found {name!r}")
+    make = SAMPLERS.lookup(name)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        return SAMPLERS[name](seed)
+        return make(seed)
 
 
 def make_pruner(name: str) -> BasePruner:
     """The registered pruner ``name`` (``task-percentile``/``nop`` are accepted aliases)."""
-    key = _PRUNER_ALIASES.get(name, name)
-    if key not in PRUNERS:
-        raise ValueError(f"--pruner: expected one of {', '.join(PRUNERS)}, found {name!r}")
-    return PRUNERS[key]()
+    return PRUNERS.lookup(_PRUNER_ALIASES.get(name, name))()
 
 
 # ---- samplers ---------------------------------------------------------------------------------
