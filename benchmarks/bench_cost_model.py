@@ -17,10 +17,18 @@
    Spearman rank correlation and the speed of predictions; write
    ``benchmarks/results/cost_model_<host>.csv`` (one row per config) and the profile used.
 
+5. Re-profile after the measurements (``--no-drift-check`` skips it) and print how far the same block
+   shapes moved meanwhile, with the error priced by the end profile and by the geometric mean of the
+   two (the machine's drift taken out to first order: a diagnostic of the model's form; the headline
+   is the start profile, the user's path).
+``--reprice CSV --profile YAML`` prices a committed run's measurements again with the current model
+(nothing timed): the model's form compared on the same numbers.
+
 Targets (issue 11): latency median <= 5 %, p90 <= 10 %, mean signed error within +-3 %; memory median <= 5 %.
 Timings are wall-clock: run on a quiet machine (other processes on the cores inflate measurements).
 
 Run: python benchmarks/bench_cost_model.py [--configs 32] [--threads 1] [--quick] [--reps 3] [--patterns 4]
+     python benchmarks/bench_cost_model.py --reprice results/cost_model_vm_amd.csv --profile results/cost_model_profile_vm_amd.yaml
      ~10 min for 32 configs on one quiet core; --quick (quick profile, 12 configs, 2 patterns) ~3 min.
 """
 from __future__ import annotations
@@ -164,6 +172,19 @@ def measure(cfg, t: int, args, num_classes: int = 100) -> dict:
     return {"patterns": patterns, "ms": ms, "peak_mb": mem.peak_memory_mb.value}
 
 
+def remeasured(cfg, t: int, args, row: dict) -> dict:
+    """``measure``'s result read back from a committed table (``--reprice``): the same drop patterns
+    (the runtime's keep probabilities, stratified), the measured ms and peak as recorded."""
+    from rep_tune.runtime.model import RepModel
+    if row["config"] != describe(cfg):
+        raise SystemExit(f"--reprice: {cfg.name} is {describe(cfg)!r} here but {row['config']!r} in the table "
+                         f"(draw the same --configs and --seed)")
+    torch.manual_seed(0)
+    probs = RepModel(cfg, 100).dropper.probabilities(t)
+    k = args.patterns if cfg.ald.enabled and any(p < 1.0 for p in probs) else 1
+    return {"patterns": stratified(probs, k), "ms": [float(row["meas_ms"])], "peak_mb": float(row["meas_mb"])}
+
+
 def roofline_only(prof: DeviceProfile) -> DeviceProfile:
     """The previous form, for the side-by-side: the fitted roofline alone (no timed-block residual
     table), its fitted per-run constant as the per-iteration overhead (no measured fixed cost)."""
@@ -269,6 +290,10 @@ def main(argv=None) -> int:
                          "profile's dtype, which needs the runtime's mixed precision for bf16/fp16")
     ap.add_argument("--worst", type=int, default=8, help="rows in the table of the worst configs")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--reprice", default=None, metavar="CSV",
+                    help="price the measurements of a committed cost_model_<host>.csv again (with --profile: the "
+                         "profile of that run); nothing is timed, so the current model's form is compared on the "
+                         "same numbers. Output files get the suffix _repriced")
     ap.add_argument("--no-drift-check", action="store_true",
                     help="skip re-profiling after the measurements (the machine-drift diagnostic)")
     args = ap.parse_args(argv)
@@ -292,6 +317,9 @@ def main(argv=None) -> int:
     print(f"   configs priced and measured at training.precision {precision}; load average now "
           f"{os.getloadavg()[0]:.2f} (1 min; a quiet 2-core machine reads < 1 with this benchmark's one thread)", flush=True)
 
+    if args.reprice and not args.profile:
+        raise SystemExit("--reprice needs --profile (the profile the table's run was priced with)")
+    table_rows = {r["name"]: r for r in csv.DictReader(open(args.reprice))} if args.reprice else {}
     rows, measured = [], []
     roof = roofline_only(prof)
     configs = draw_configs(args.configs, args.seed, precision)
@@ -299,7 +327,7 @@ def main(argv=None) -> int:
     bar = ProgressBar(len(configs), "configs", unit="configs", transient=True)
     bar.write(header + "\n" + f"{'':68}{'ms/iteration':^25}  {'peak MiB (all blocks)':^23}")
     for cfg, t in configs:
-        m = measure(cfg, t, args)
+        m = remeasured(cfg, t, args, table_rows[cfg.name]) if args.reprice else measure(cfg, t, args)
         preds = [predict(cfg, prof, t=t, keep=pat) for pat in m["patterns"]]
         key = "latency_ms_cached" if cfg.selection.cache else "latency_ms_first_epoch"
         pred_ms = statistics.fmean(p.extras[key] for p in preds)
@@ -373,15 +401,17 @@ def main(argv=None) -> int:
               f"{100 * r['lat_err']:+6.1f}%  [{r['blocks_ms']:.1f} / {r['query_ms']:.1f} / {r['other_ms']:.1f}]  "
               f"pattern spread {r['spread_ms']:.1f} ms; memory {100 * r['mem_err']:+.1f}%")
     RESULTS.mkdir(parents=True, exist_ok=True)
-    host = platform.node() or "host"
+    host = (Path(args.reprice).stem.removeprefix("cost_model_") + "_repriced") if args.reprice else (platform.node() or "host")
     path = RESULTS / f"cost_model_{host}.csv"
     with path.open("w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=list(rows[0]))
         w.writeheader()
         w.writerows(rows)
-    prof.save(RESULTS / f"cost_model_profile_{host}.yaml")
-    rel = lambda q: q.relative_to(RESULTS.parent.parent)  # noqa: E731
-    print(f"\ntable: {rel(path)}; profile: {rel(RESULTS / f'cost_model_profile_{host}.yaml')}; "
+    profile_path = Path(args.profile) if args.reprice else RESULTS / f"cost_model_profile_{host}.yaml"
+    if not args.reprice:
+        prof.save(profile_path)
+    rel = lambda q: q.resolve().relative_to(RESULTS.parent.parent)  # noqa: E731
+    print(f"\ntable: {rel(path)}; profile: {rel(profile_path)}; "
           f"total {time.perf_counter() - t_start:.0f}s; load average at the end {os.getloadavg()[0]:.2f} (1 min)")
     return 0
 
