@@ -149,6 +149,14 @@ def stratified(probs: list[float], k: int, seed: int = 0) -> list[tuple[bool, ..
     return [tuple(p) for p in pats]
 
 
+def drop_patterns(model, t: int, args) -> list[tuple[bool, ...]]:
+    """The config's stratified ALD drop patterns at iteration ``t``: ``--patterns`` of them when some
+    block may be dropped, else the single all-running one."""
+    probs = model.dropper.probabilities(t)
+    k = args.patterns if model.config.ald.enabled and any(p < 1.0 for p in probs) else 1
+    return stratified(probs, k)
+
+
 def measure(cfg, t: int, args, num_classes: int = 100) -> dict:
     """Per drop pattern: the runtime's median ms per iteration (measure_iterations); peak memory with
     every block running. Returns the patterns, their ms, and the peak in MiB."""
@@ -156,9 +164,8 @@ def measure(cfg, t: int, args, num_classes: int = 100) -> dict:
     from rep_tune.runtime.model import RepModel
     torch.manual_seed(0)
     model = RepModel(cfg, num_classes).train()
-    probs = model.dropper.probabilities(t)
-    k = args.patterns if cfg.ald.enabled and any(p < 1.0 for p in probs) else 1
-    patterns = stratified(probs, k)
+    patterns = drop_patterns(model, t, args)
+    k = len(patterns)
     ms = []
     for pat in patterns:
         model.dropper.fix(pat)
@@ -180,9 +187,8 @@ def remeasured(cfg, t: int, args, row: dict) -> dict:
         raise SystemExit(f"--reprice: {cfg.name} is {describe(cfg)!r} here but {row['config']!r} in the table "
                          f"(draw the same --configs and --seed)")
     torch.manual_seed(0)
-    probs = RepModel(cfg, 100).dropper.probabilities(t)
-    k = args.patterns if cfg.ald.enabled and any(p < 1.0 for p in probs) else 1
-    return {"patterns": stratified(probs, k), "ms": [float(row["meas_ms"])], "peak_mb": float(row["meas_mb"])}
+    return {"patterns": drop_patterns(RepModel(cfg, 100), t, args), "ms": [float(row["meas_ms"])],
+            "peak_mb": float(row["meas_mb"])}
 
 
 def roofline_only(prof: DeviceProfile) -> DeviceProfile:
@@ -195,6 +201,11 @@ def roofline_only(prof: DeviceProfile) -> DeviceProfile:
     return out
 
 
+def shape_key(run) -> tuple:
+    """A timed block run's shape: what two profiles of one grid share."""
+    return run.batch, run.tokens, run.embed_dim, run.dtype
+
+
 def bracketed(start: DeviceProfile, end: DeviceProfile) -> DeviceProfile:
     """``start`` with each timed block run and no-block iteration replaced by the geometric mean of
     its two timings (``start``'s and ``end``'s, the same grid re-timed after the measurements), refitted:
@@ -202,9 +213,9 @@ def bracketed(start: DeviceProfile, end: DeviceProfile) -> DeviceProfile:
     model's form with the machine's drift taken out to first order; the user's path is ``start``."""
     from rep_tune.cost.calibrate import fit
     out = copy.deepcopy(start)
-    runs = {(r.batch, r.tokens, r.embed_dim, r.dtype): r for r in end.calibration.runs}
+    runs = {shape_key(r): r for r in end.calibration.runs}
     for r in out.calibration.runs:
-        e = runs.get((r.batch, r.tokens, r.embed_dim, r.dtype))
+        e = runs.get(shape_key(r))
         if e is not None:
             r.fwd_ms, r.fwd_bwd_ms = math.sqrt(r.fwd_ms * e.fwd_ms), math.sqrt(r.fwd_bwd_ms * e.fwd_bwd_ms)
     its = {(i.method, i.backbone, i.batch, i.dtype): i for i in end.calibration.iterations}
@@ -215,14 +226,19 @@ def bracketed(start: DeviceProfile, end: DeviceProfile) -> DeviceProfile:
     return fit(out)
 
 
+def latency_key(cfg) -> str:
+    """The extras figure a measured iteration corresponds to (the query cached, or computed)."""
+    return "latency_ms_cached" if cfg.selection.cache else "latency_ms_first_epoch"
+
+
+def predicted_ms(prof: DeviceProfile, cfg, t: int, patterns) -> float:
+    """Mean predicted ms per iteration of ``cfg`` over the drop ``patterns`` it was measured under."""
+    return statistics.fmean(predict(cfg, prof, t=t, keep=pat).extras[latency_key(cfg)] for pat in patterns)
+
+
 def errors(prof: DeviceProfile, measured: list[tuple[object, int, list, float]]) -> np.ndarray:
     """Signed relative latency error of ``prof`` on (config, t, drop patterns, measured ms) rows."""
-    out = []
-    for cfg, t, patterns, meas in measured:
-        key = "latency_ms_cached" if cfg.selection.cache else "latency_ms_first_epoch"
-        pred = statistics.fmean(predict(cfg, prof, t=t, keep=pat).extras[key] for pat in patterns)
-        out.append((pred - meas) / meas)
-    return np.array(out)
+    return np.array([(predicted_ms(prof, cfg, t, patterns) - meas) / meas for cfg, t, patterns, meas in measured])
 
 
 def summary(e: np.ndarray) -> str:
@@ -235,9 +251,9 @@ def drift_check(prof: DeviceProfile, args, measured) -> None:
     with the end profile and with the bracketing one (``bracketed``)."""
     end = calibrated_profile(args)
     torch.set_num_threads(args.threads)
-    before = {(r.batch, r.tokens, r.embed_dim, r.dtype): r for r in prof.calibration.runs}
-    fb = np.array([r.fwd_bwd_ms / before[k].fwd_bwd_ms for r in end.calibration.runs
-                   if (k := (r.batch, r.tokens, r.embed_dim, r.dtype)) in before])
+    before = {shape_key(r): r for r in prof.calibration.runs}
+    fb = np.array([r.fwd_bwd_ms / before[shape_key(r)].fwd_bwd_ms for r in end.calibration.runs
+                   if shape_key(r) in before])
     print(f"\nmachine drift: the profile's {len(fb)} block shapes re-timed after the measurements: fwd+bwd "
           f"end/start median {np.median(fb):.3f} (10th..90th percentile {np.percentile(fb, 10):.3f}..{np.percentile(fb, 90):.3f}); "
           f"probes judged noisy at the start {prof.calibration.noisy}, at the end {end.calibration.noisy}")
@@ -329,9 +345,9 @@ def main(argv=None) -> int:
     for cfg, t in configs:
         m = remeasured(cfg, t, args, table_rows[cfg.name]) if args.reprice else measure(cfg, t, args)
         preds = [predict(cfg, prof, t=t, keep=pat) for pat in m["patterns"]]
-        key = "latency_ms_cached" if cfg.selection.cache else "latency_ms_first_epoch"
+        key = latency_key(cfg)
         pred_ms = statistics.fmean(p.extras[key] for p in preds)
-        roof_ms = statistics.fmean(predict(cfg, roof, t=t, keep=pat).extras[key] for pat in m["patterns"])
+        roof_ms = predicted_ms(roof, cfg, t, m["patterns"])
         meas_ms = statistics.fmean(m["ms"])
         measured.append((cfg, t, m["patterns"], meas_ms))
         at_t = predict(cfg, prof, t=t)
