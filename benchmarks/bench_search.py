@@ -7,8 +7,9 @@
 rep-tune: constrained TPE + cost-model pre-screening + per-task pruning + paper/baseline enqueued.
 random:   Optuna's RandomSampler, every sample trained, no pruning (constraints only recorded); the
           paper/baseline references are enqueued too, so both confirm against the same paper preset.
-Both end with the same confirmation stage (``search.confirm``: top K feasible + the paper preset,
-S paired seeds, chosen on validation, test accuracy with 95 % intervals).
+Both end with the same confirmation stage (``search.confirm``: top K feasible + the paper preset on
+S paired seeds, chosen on validation; the choice and the paper preset on R fresh paired seeds, test
+accuracy with 95 % intervals).
 Both: what ``rep-tune search --device profiles/jetson_orin.yaml`` runs by default (Split
 Fashion-MNIST on the embedded ViTs at the search's fidelity, ``SEARCH_FIDELITY`` and
 ``SEARCH_EVAL_PER_CLASS``; costs priced on the profile's deployment workload under its absolute
@@ -36,6 +37,7 @@ from pathlib import Path
 import torch
 
 from rep_tune.data.scenario import Scenario
+from rep_tune.search.confirm import DEFAULT_REPORT_SEEDS, DEFAULT_SEEDS, DEFAULT_TOP_K, answer_from_csv
 from rep_tune.search.record import read_all
 from rep_tune.search.run import SEARCH_EVAL_PER_CLASS, SEARCH_FIDELITY, SearchSettings, search
 
@@ -50,7 +52,7 @@ def run_one(method: str, seed: int, args, root: Path) -> dict:
         overrides={**SEARCH_FIDELITY, **({"training.iters_per_task": args.iters_per_task} if args.iters_per_task else {})},
         n_trials=args.trials, timeout=None, sampler="tpe" if rep else "random", seed=seed,
         pruner="percentile" if rep else "none", prescreen=rep, references=True, margin=args.margin,
-        confirm_top_k=args.confirm[0], confirm_seeds=args.confirm[1],
+        confirm_top_k=args.confirm[0], confirm_seeds=args.confirm[1], confirm_report_seeds=args.confirm[2],
         deploy_backbone=args.deploy_backbone, run_dir=str(run_dir), progress=False)
     if (run_dir / "run.yaml").is_file():      # --into: an earlier, interrupted invocation's search
         settings = SearchSettings.resume(run_dir, progress=False)
@@ -66,12 +68,8 @@ def summarise(run_dir: Path, margin: float) -> dict:
 
     Lets ``--collect`` report searches that finished in an earlier (or interrupted) invocation.
     """
-    import csv
-
     import optuna
     import yaml
-
-    from rep_tune.search.confirm import interval, paired
 
     run = yaml.safe_load((run_dir / "run.yaml").read_text())
     method, seed = run_dir.name.rsplit("-seed", 1)
@@ -104,24 +102,12 @@ def summarise(run_dir: Path, margin: float) -> dict:
         vs_paper = {"acc_points": best - 100 * paper.final_acc,
                     "latency_ratio": best_rec.value_of("latency_ms", key) / paper.value_of("latency_ms", key),
                     "paper_feasible": paper.feasible(key)}
-    confirmed = None
     conf_csv = run_dir / "confirm.csv"
-    if conf_csv.is_file():
-        rows = list(csv.DictReader(conf_csv.open()))
-        by: dict[str, dict[str, dict[int, float]]] = {}
-        for row in rows:
-            if row["test_acc"]:
-                by.setdefault(row["candidate"], {}).setdefault("test", {})[int(row["seed"])] = float(row["test_acc"])
-        chosen = next((row for row in rows if row.get(f"best@{key}") == "yes"), None)
-        ref = next((row["candidate"] for row in rows if row["role"] == "paper"), None)
-        if chosen is not None:
-            test = by[chosen["candidate"]]["test"]
-            vs = paired(test, by[ref]["test"]) if ref and ref in by and chosen["candidate"] != ref else None
-            trial = int(chosen["trial"]) if chosen["trial"] else None
-            confirmed = {"candidate": chosen["candidate"], "test": interval(list(test.values())).to_dict(100.0),
-                         "vs_paper": None if vs is None else {**vs.to_dict(100.0), "resolved": vs.resolved},
-                         "latency_ratio_vs_paper": (trial is not None and paper is not None and
-                                                    _latency_ratio(recs, trial, paper, key))}
+    confirmed = answer_from_csv(conf_csv, key) if conf_csv.is_file() else None
+    if confirmed is not None:
+        trial = confirmed["trial"]
+        confirmed["latency_ratio_vs_paper"] = (trial is not None and paper is not None
+                                               and _latency_ratio(recs, trial, paper, key))
     wall_file = run_dir / "wall_s.txt"
     wall = float(wall_file.read_text()) if wall_file.is_file() else None
     if wall is None and conf_csv.is_file():     # an earlier invocation: folder creation to confirm.csv
@@ -165,8 +151,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--margin", type=float, default=0.1)
     p.add_argument("--deploy-backbone", default=None,
                    help="deployment backbone costs are priced on (default: the profile's workload)")
-    p.add_argument("--confirm", type=int, nargs=2, default=[3, 3], metavar=("K", "S"),
-                   help="confirmation: top K candidates, S paired seeds (the search's default)")
+    p.add_argument("--confirm", type=int, nargs=3, metavar=("K", "S", "R"),
+                   default=[DEFAULT_TOP_K, DEFAULT_SEEDS, DEFAULT_REPORT_SEEDS],
+                   help="confirmation: top K candidates on S paired selection seeds, the choice and the paper preset "
+                        "on R fresh report seeds (0: the selection seeds) (default: the search's)")
     p.add_argument("--out", default="runs/bench_search")
     p.add_argument("--threads", type=int, default=1, help="torch threads (1: the cores are shared)")
     p.add_argument("--into", default=None, metavar="DIR",

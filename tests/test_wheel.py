@@ -108,7 +108,7 @@ def test_a_one_trial_search_from_a_plain_install(installed):
     run = work / "run"
     r = _run([bin_ / "rep-tune", "search", "--device", "profiles/jetson_orin.yaml", "--scenario", "tiny.yaml",
               "--run-dir", run, "--n-trials", "1", "--timeout", "120", "--no-progress", "--iters-per-task", "1",
-              "--threads", "1", "--no-prescreen", "--confirm", "1,1", "--confirm-iters", "1"], work, env,
+              "--threads", "1", "--no-prescreen", "--confirm", "1,1,2", "--confirm-iters", "1"], work, env,
              timeout=300)
     _ok(r)
     best = run / "best_jetson_orin.yaml"

@@ -24,16 +24,20 @@ from rep_tune.search import strategies
 from rep_tune.search.backends import BACKENDS
 
 
-def confirm_pair(text: str) -> tuple[int, int]:
-    """``--confirm K,S``: K candidates >= 1, S seeds >= 1."""
-    k, sep, seeds = text.partition(",")
+def confirm_pair(text: str) -> tuple[int, ...]:
+    """``--confirm K,S[,R]``: K candidates >= 1, S selection seeds >= 1, R report seeds (0: reuse the
+    selection seeds, biased; else >= 2 fresh ones)."""
+    parts = text.split(",")
     try:
-        pair = (int(k), int(seeds))
+        vals = tuple(int(v) for v in parts)
     except ValueError:
-        pair = None
-    if not sep or pair is None or pair[0] < 1 or pair[1] < 1:
-        raise argparse.ArgumentTypeError(f"expected K,S with K >= 1 candidates and S >= 1 seeds (e.g. 3,3), found {text!r}")
-    return pair
+        vals = ()
+    if (len(vals) not in (2, 3) or vals[0] < 1 or vals[1] < 1
+            or (len(vals) == 3 and (vals[2] < 0 or vals[2] == 1))):
+        raise argparse.ArgumentTypeError(f"expected K,S[,R] with K >= 1 candidates, S >= 1 selection seeds and R = 0 "
+                                         f"(report on the selection seeds) or R >= 2 fresh report seeds (e.g. 3,2,4), "
+                                         f"found {text!r}")
+    return vals
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -74,10 +78,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--epochs", type=positive_int, help=f"epochs per task during the search (default {SEARCH_FIDELITY['training.epochs']})")
     p.add_argument("--iters-per-task", type=positive_int,
                    help=f"iteration cap per task during the search (default {SEARCH_FIDELITY['training.iters_per_task']})")
-    p.add_argument("--confirm", type=confirm_pair, metavar="K,S",
-                   help=f"after the search, retrain the top K feasible configs per device and the paper preset with S "
-                        f"paired training seeds, choose by validation accuracy and report test accuracy with 95 %% "
-                        f"intervals (default {d.confirm_top_k},{d.confirm_seeds})")
+    p.add_argument("--confirm", type=confirm_pair, metavar="K,S[,R]",
+                   help=f"after the search, retrain the top K feasible configs per device and the paper preset on S "
+                        f"paired seeds and choose by validation accuracy; then retrain the choice and the paper preset "
+                        f"on R fresh paired seeds and report their test accuracy with 95 %% intervals (R = 0: report "
+                        f"on the S seeds, biased upwards) (default {d.confirm_top_k},{d.confirm_seeds},"
+                        f"{d.confirm_report_seeds})")
     p.add_argument("--confirm-iters", type=positive_int, metavar="N",
                    help=f"iterations per task of the confirmation's retraining (default {d.confirm_iters_per_task})")
     p.add_argument("--no-confirm", action="store_true", help="skip the confirmation (the answer is then unconfirmed)")
@@ -116,7 +122,9 @@ def settings_from_args(args: argparse.Namespace):
     if args.timeout is not None:
         common["timeout"] = timeout
     if args.confirm is not None:
-        common["confirm_top_k"], common["confirm_seeds"] = args.confirm
+        common["confirm_top_k"], common["confirm_seeds"] = args.confirm[:2]
+        if len(args.confirm) == 3:
+            common["confirm_report_seeds"] = args.confirm[2]
     if args.confirm_iters is not None:
         common["confirm_iters_per_task"] = args.confirm_iters
     if args.no_confirm:

@@ -1,23 +1,29 @@
-"""Confirmation: retrain the search's top candidates and the paper preset with paired seeds.
+"""Confirmation: retrain the search's top candidates and the paper preset with paired seeds, in two stages.
 
 The best of N noisy trials overstates its accuracy (winner's curse: about sigma times the expected
-maximum of N standard normals), and the search scores at a reduced fidelity. So, after the trials:
+maximum of N standard normals), and the search scores at a reduced fidelity. Retraining the top
+candidates on a few seeds and reporting the winner's accuracy *on those same seeds* still carries
+the curse: a training seed's luck moves validation and test accuracy together, so the candidate
+that wins on validation is, on average, one whose seeds were lucky on test too (measured on a fake
+trainer in ``tests/test_confirm.py``). So the stage selects and reports on disjoint seeds:
 
 1. candidates = per device, the ``top_k`` feasible trained configs by validation accuracy (the
    search's score), plus the paper preset (the reference every answer is compared with);
-2. each is retrained ``seeds`` times at the confirmation fidelity (``CONFIRM_FIDELITY``), with
-   training seeds 0..seeds-1 shared by every candidate (paired: seed s gives every config the same
-   batch order and prompt initialisation draw);
-3. each run is scored on the validation split (selection) and, once, on the test subset (report);
-4. per device, the confirmed best is the feasible candidate with the highest mean validation
-   accuracy; its test accuracy is reported as a mean with a 95 % t-interval over seeds, and its
-   paired per-seed difference against the paper preset with a 95 % t-interval, "resolved" when
-   that interval excludes 0.
+2. **select**: each is retrained on the selection seeds 0..S-1 at the confirmation fidelity
+   (``CONFIRM_FIDELITY``), paired (seed s gives every config the same batch order and prompt
+   initialisation draw), and scored on the validation split only; per device, the confirmed best
+   is the feasible candidate with the highest mean validation accuracy;
+3. **report**: each device's best and the paper preset are retrained on R fresh seeds S..S+R-1,
+   paired, and scored on the test subset: the best's test accuracy with a 95 % t-interval over
+   those seeds, and its paired per-seed difference against the paper preset with a 95 %
+   t-interval, "resolved" when that interval excludes 0. The selection's luck does not reach
+   these seeds, so the reported figures are unbiased for the chosen config.
 
-The test set is touched only here, after selection, to report; it never chooses. Intervals are
-over training seeds on fixed images: the test subset's own sampling error (binomial) is stated
-beside them. Pure arithmetic (``interval``, ``paired``) is separate from the trainings so that it
-can be tested on a fake trainer with known noise.
+``report_seeds=0`` reuses the selection seeds for the report (one stage; cheaper, biased upwards,
+and said so wherever it is printed or written). The test set is touched only to report; it never
+chooses. Intervals are over training seeds on fixed images: the test subset's own sampling error
+(binomial) is stated beside them. Pure arithmetic (``interval``, ``paired``) is separate from the
+trainings so that it can be tested on a fake trainer with known noise.
 """
 from __future__ import annotations
 
@@ -28,7 +34,7 @@ import statistics
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 from rep_tune.config import RepConfig
 from rep_tune.data.scenario import Scenario
@@ -40,7 +46,10 @@ from rep_tune.search.space import config_hash
 # on 2 CPU cores (README, benchmarks/results)
 CONFIRM_FIDELITY = {"training.epochs": 1, "training.iters_per_task": 32}
 CONFIRM_TEST_PER_CLASS = 100      # test images per class the confirmed answer is reported on
-DEFAULT_TOP_K, DEFAULT_SEEDS = 3, 3
+# top K candidates per device; S selection seeds each; R fresh report seeds for each winner and the
+# paper preset. 3 x 2 + 2 + 2 x 4 = 16 runs by default (the one-stage 3,3 design ran 12, and reported
+# on the seeds it selected with)
+DEFAULT_TOP_K, DEFAULT_SEEDS, DEFAULT_REPORT_SEEDS = 3, 2, 4
 
 
 # ---- arithmetic ---------------------------------------------------------------------------------
@@ -102,6 +111,10 @@ def paired(a: dict[int, float], b: dict[int, float]) -> Interval:
 
 
 # ---- runs -----------------------------------------------------------------------------------------
+def _on(scores: dict[int, float], seeds: Iterable[int] | None) -> list[float]:
+    return [v for s, v in sorted(scores.items()) if seeds is None or s in set(seeds)]
+
+
 @dataclass
 class Candidate:
     """One config retrained: where it came from and its per-seed scores (fractions)."""
@@ -120,11 +133,16 @@ class Candidate:
     def __post_init__(self) -> None:
         self.hash = self.hash or config_hash(self.config)
 
-    def val_interval(self) -> Interval:
-        return interval(list(self.val.values()))
+    def val_interval(self, seeds: Iterable[int] | None = None) -> Interval:
+        """Validation accuracy over ``seeds`` (default: every seed it ran)."""
+        return interval(_on(self.val, seeds))
 
-    def test_interval(self) -> Interval:
-        return interval(list(self.test.values()))
+    def test_interval(self, seeds: Iterable[int] | None = None) -> Interval:
+        """Test accuracy over ``seeds`` (default: every seed it was reported on)."""
+        return interval(_on(self.test, seeds))
+
+    def test_on(self, seeds: Iterable[int]) -> dict[int, float]:
+        return {s: v for s, v in self.test.items() if s in set(seeds)}
 
 
 @dataclass
@@ -134,8 +152,10 @@ class DeviceAnswer:
     key: str
     best: Candidate | None
     feasible: list[str]                # labels of the confirmed candidates that fit this device
-    vs_paper: Interval | None          # test accuracy, best - paper preset, paired over seeds
+    vs_paper: Interval | None          # test accuracy, best - paper preset, paired over the report seeds
     feasible_hashes: set[str] = field(default_factory=set)   # config hashes of the candidates that fit
+    selection_seeds: list[int] = field(default_factory=list)
+    report_seeds: list[int] = field(default_factory=list)
 
     def summary(self) -> dict[str, Any]:
         """What best_<device>.yaml's ``expected.confirmed`` holds."""
@@ -143,8 +163,10 @@ class DeviceAnswer:
             return {}
         b = self.best
         out = {"candidate": b.label, "trial": b.trial, "config_hash": b.hash,
-               "val_acc": b.val_interval().to_dict(), "test_acc": b.test_interval().to_dict(),
-               "seeds": sorted(b.test)}
+               "val_acc": {**b.val_interval(self.selection_seeds).to_dict(), "seeds": list(self.selection_seeds)},
+               "test_acc": b.test_interval(self.report_seeds).to_dict(),
+               "seeds": sorted(b.test_on(self.report_seeds)),
+               "report_on_fresh_seeds": not set(self.report_seeds) & set(self.selection_seeds)}
         if self.vs_paper is not None:
             out["vs_paper_preset"] = {**self.vs_paper.to_dict(), "unit": "fraction (test accuracy, paired over seeds)",
                                       "resolved": self.vs_paper.resolved}
@@ -157,18 +179,32 @@ class Confirmation:
 
     candidates: list[Candidate]
     answers: dict[str, DeviceAnswer]
-    seeds: list[int]
+    selection_seeds: list[int]
+    report_seeds: list[int]
     fidelity: dict[str, Any]
     scenario: Scenario
     val_size: int = 0
     test_size: int = 0
 
+    @property
+    def fresh(self) -> bool:
+        """The report seeds are disjoint from the selection seeds (unbiased report)."""
+        return not set(self.report_seeds) & set(self.selection_seeds)
+
+    @property
+    def seeds(self) -> list[int]:
+        """Every training seed the stage used, in order."""
+        return sorted(set(self.selection_seeds) | set(self.report_seeds))
+
     def describe_fidelity(self) -> str:
+        seeds = (f"selection seeds {self.selection_seeds}, report seeds {self.report_seeds} (fresh)" if self.fresh else
+                 f"training seeds {self.selection_seeds}, selection and report on the same seeds (biased upwards)")
         return (f"{self.fidelity['training.epochs']} epoch(s), {self.fidelity['training.iters_per_task']} iterations "
-                f"per task, training seeds {self.seeds} (paired)")
+                f"per task, {seeds}, paired")
 
     def to_dict(self) -> dict[str, Any]:
-        return {"seeds": self.seeds, "fidelity": dict(self.fidelity), "val_images": self.val_size,
+        return {"seeds": self.seeds, "selection_seeds": self.selection_seeds, "report_seeds": self.report_seeds,
+                "report_on_fresh_seeds": self.fresh, "fidelity": dict(self.fidelity), "val_images": self.val_size,
                 "test_images": self.test_size, "scenario": self.scenario.to_dict()}
 
 
@@ -180,60 +216,98 @@ def confirmation_scenario(scenario: Scenario) -> Scenario:
 
 
 def retrain(candidates: list[Candidate], scenario: Scenario, seeds: Sequence[int], fidelity: dict[str, Any],
-            train_fn: Callable, *, progress: bool = True) -> tuple[int, int]:
-    """Train every candidate at every seed; fill its val/test scores. A failed run is recorded
-    (``errors``) and left out, never fatal. Returns (validation images, test images) per run."""
+            train_fn: Callable, *, progress: bool = True, report_test: bool = True,
+            stage: str = "confirm") -> tuple[int, int]:
+    """Train every candidate at every seed; fill its val (and, with ``report_test``, test) scores. A
+    failed run is recorded (``errors``) and left out, never fatal. Returns (validation images, test
+    images) per run (0 test images without ``report_test``: the test set is not touched)."""
     from rep_tune.progress import ProgressBar
     sizes = (0, 0)
-    jobs = [(c, s) for s in seeds for c in candidates]       # seed-major: every candidate has seed 0 first
-    with ProgressBar(len(jobs), "confirm", unit="runs", enabled=progress) as bar:
+    jobs = [(c, s) for s in seeds for c in candidates]       # seed-major: every candidate has its first seed first
+    with ProgressBar(len(jobs), stage, unit="runs", enabled=progress) as bar:
         for c, seed in jobs:
-            bar.set_description(f"confirm {c.label} seed {seed}")
+            bar.set_description(f"{stage} {c.label} seed {seed}")
             cfg = c.config.replace(**fidelity, **{"training.seed": int(seed)})
             try:
-                res = train_fn(cfg, scenario, progress=False, energy=False, eval_every_task=False, report_test=True)
+                res = train_fn(cfg, scenario, progress=False, energy=False, eval_every_task=False,
+                               report_test=report_test)
             except Exception as e:                            # a crashing run is a failed run
                 c.errors[seed] = f"{type(e).__name__}: {e}"
                 bar.update(1)
                 continue
             c.val[seed] = float(res.final_acc)
-            test = getattr(res, "test_acc", None)
-            c.test[seed] = float(res.final_acc if test is None else test)
+            test = getattr(res, "test_acc", None) if report_test else None
+            if report_test:
+                c.test[seed] = float(res.final_acc if test is None else test)
             c.seconds[seed] = float(getattr(res, "seconds", 0.0))
-            sizes = (int(getattr(res, "eval_size", 0)), int(getattr(res, "test_size", 0) or getattr(res, "eval_size", 0)))
+            test_n = (int(getattr(res, "test_size", 0) or getattr(res, "eval_size", 0))) if report_test else 0
+            sizes = (int(getattr(res, "eval_size", 0)), test_n)
             bar.update(1)
     return sizes
 
 
-def decide(candidates: list[Candidate], feasible: dict[str, set[str]]) -> dict[str, DeviceAnswer]:
-    """Per device key: the feasible candidate with the highest mean validation accuracy, and its
-    paired test-accuracy difference against the paper preset."""
+def decide(candidates: list[Candidate], feasible: dict[str, set[str]], selection_seeds: Sequence[int] | None = None,
+           report_seeds: Sequence[int] | None = None) -> dict[str, DeviceAnswer]:
+    """Per device key: the feasible candidate with the highest mean validation accuracy over the
+    selection seeds, and its paired test-accuracy difference against the paper preset over the
+    report seeds (default: every seed each has)."""
     paper = next((c for c in candidates if c.role == "paper"), None)
+    sel = None if selection_seeds is None else list(selection_seeds)
+    rep = None if report_seeds is None else list(report_seeds)
     out = {}
     for key, ok in feasible.items():
-        pool = [c for c in candidates if c.hash in ok and c.val]
-        best = max(pool, key=lambda c: c.val_interval().mean) if pool else None
-        vs = paired(best.test, paper.test) if best is not None and paper is not None and best is not paper else None
-        out[key] = DeviceAnswer(key, best, [c.label for c in pool], vs, set(ok))
+        pool = [c for c in candidates if c.hash in ok and _on(c.val, sel)]
+        best = max(pool, key=lambda c: c.val_interval(sel).mean) if pool else None
+        vs = None
+        if best is not None and paper is not None and best is not paper:
+            vs = paired(best.test if rep is None else best.test_on(rep), paper.test if rep is None else paper.test_on(rep))
+            vs = vs if vs.n else None
+        out[key] = DeviceAnswer(key, best, [c.label for c in pool], vs, set(ok), list(sel or []), list(rep or []))
     return out
 
 
 def write_csv(conf: Confirmation, path: Path) -> Path:
-    """One row per (candidate, seed): validation and test accuracy, seconds, error.
+    """One row per (candidate, seed) run: its stage (select | report | select+report), validation and
+    test accuracy (empty where the run did not score it), seconds, error.
 
     Written whole and swapped in (``schema.atomic_write_text``): a symlink at ``path`` is replaced,
     never followed."""
     f = io.StringIO(newline="")
     w = csv.writer(f)
-    w.writerow(["candidate", "trial", "role", "config_hash", "seed", "val_acc", "test_acc", "val_images",
+    w.writerow(["candidate", "trial", "role", "config_hash", "stage", "seed", "val_acc", "test_acc", "val_images",
                 "test_images", "seconds", "error", *[f"best@{k}" for k in conf.answers]])
     for c in conf.candidates:
         for s in conf.seeds:
-            w.writerow([c.label, "" if c.trial is None else c.trial, c.role or "", c.hash, s,
-                        _num(c.val.get(s)), _num(c.test.get(s)), conf.val_size, conf.test_size,
+            in_sel, in_rep = s in conf.selection_seeds, s in conf.report_seeds
+            if not in_sel and s not in c.val and s not in c.errors:
+                continue                                      # not reported: it lost the selection everywhere
+            stage = "select+report" if in_sel and in_rep else "select" if in_sel else "report"
+            w.writerow([c.label, "" if c.trial is None else c.trial, c.role or "", c.hash, stage, s,
+                        _num(c.val.get(s)), _num(c.test.get(s)), conf.val_size, conf.test_size if s in c.test else "",
                         _num(c.seconds.get(s), 2), c.errors.get(s, ""),
                         *["yes" if a.best is c else "" for a in conf.answers.values()]])
     return atomic_write_text(path, f.getvalue(), newline="")
+
+
+def answer_from_csv(path: Path, key: str) -> dict[str, Any] | None:
+    """Device ``key``'s confirmed answer read back from a ``confirm.csv`` (``write_csv``): the chosen
+    candidate, its test accuracy and its paired difference against the paper preset, both over the
+    report rows only, in points. None when no candidate was chosen for ``key``."""
+    rows = list(csv.DictReader(Path(path).open(newline="")))
+    test: dict[str, dict[int, float]] = {}
+    for row in rows:
+        if row["test_acc"] and "report" in row.get("stage", "report"):
+            test.setdefault(row["candidate"], {})[int(row["seed"])] = float(row["test_acc"])
+    chosen = next((row for row in rows if row.get(f"best@{key}") == "yes"), None)
+    if chosen is None or chosen["candidate"] not in test:
+        return None
+    ref = next((row["candidate"] for row in rows if row["role"] == "paper"), None)
+    mine = test[chosen["candidate"]]
+    vs = paired(mine, test[ref]) if ref in test and chosen["candidate"] != ref else None
+    return {"candidate": chosen["candidate"], "trial": int(chosen["trial"]) if chosen["trial"] else None,
+            "test": interval(list(mine.values())).to_dict(100.0), "seeds": sorted(mine),
+            "fresh": all(row.get("stage", "select+report") != "select+report" for row in rows),
+            "vs_paper": None if vs is None else {**vs.to_dict(100.0), "resolved": vs.resolved}}
 
 
 def _num(v: float | None, digits: int = 6) -> str:
@@ -251,31 +325,48 @@ def print_table(conf: Confirmation, targets, *, out=None) -> None:
     from rep_tune.data.tasks import sampling_error
 
     console = Console(file=out, width=130)
+    sel, rep = conf.selection_seeds, conf.report_seeds
     table = Table(title=escape(f"confirmation: {conf.describe_fidelity()}; validation {conf.val_size:,} images, "
                                f"test {conf.test_size:,} images; mean [95 % CI over seeds], %"), title_justify="left")
-    for col in ("candidate", "search val %", "val %", "test %", *[f"fits {t.key}" for t in targets]):
+    for col in ("candidate", "search val %", f"val % (seeds {_span(sel)})", f"test % (seeds {_span(rep)})",
+                *[f"fits {t.key}" for t in targets]):
         table.add_column(col, justify="left" if col == "candidate" else "right")
     for c in conf.candidates:
         fits = ["yes" if c.hash in conf.answers[t.key].feasible_hashes else "NO" for t in targets]
-        table.add_row(escape(c.label), "-" if c.search_acc is None else f"{100 * c.search_acc:.2f}",
-                      c.val_interval().text() if c.val else "failed", c.test_interval().text() if c.test else "failed",
-                      *fits)
+        val = c.val_interval(sel).text() if _on(c.val, sel) else "failed"
+        reported = any(s in c.val or s in c.errors for s in rep)
+        test = c.test_interval(rep).text() if c.test_on(rep) else "failed" if reported else "- (not chosen)"
+        table.add_row(escape(c.label), "-" if c.search_acc is None else f"{100 * c.search_acc:.2f}", val, test, *fits)
     console.print(table)
+    if not conf.fresh:
+        console.print("  [yellow]the report reuses the selection seeds: the winner's figures are biased upwards "
+                      "(winner's curse); --confirm K,S,R with R >= 2 reports on fresh seeds[/yellow]")
     for t in targets:
         a = conf.answers.get(t.key)
         if a is None or a.best is None:
             console.print(f"  [red]{escape(t.profile.name)}: no feasible candidate was confirmed[/red]")
             continue
-        ti = a.best.test_interval()
+        ti = a.best.test_interval(rep)
+        if not ti.n:
+            console.print(f"  [red]{escape(t.profile.name)}: confirmed best {escape(a.best.label)}: every report run "
+                          f"failed (confirm.csv has the errors)[/red]")
+            continue
         err = 100 * sampling_error(ti.mean, conf.test_size) if conf.test_size else float("nan")
-        console.print(escape(f"  {t.profile.name}: confirmed best {a.best.label}: test accuracy {ti.text()} % "
-                             f"({ti.n} seeds on {conf.test_size:,} test images; their sampling error ±{err:.2f} points)"))
+        console.print(escape(f"  {t.profile.name}: confirmed best {a.best.label} (validation, {len(sel)} seeds): test "
+                             f"accuracy {ti.text()} % ({ti.n} {'fresh ' if conf.fresh else ''}seeds on "
+                             f"{conf.test_size:,} test images; their sampling error ±{err:.2f} points)"))
         if a.vs_paper is not None:
             verdict = "resolved" if a.vs_paper.resolved else "not resolved (the interval spans 0)"
             console.print(escape(f"    vs the paper preset: {a.vs_paper.text(sign=True)} points, paired over "
                                  f"{a.vs_paper.n} seeds -> {verdict}"))
         elif a.best.role == "paper":
             console.print("    the paper preset itself is the confirmed best")
+
+
+def _span(seeds: Sequence[int]) -> str:
+    s = sorted(seeds)
+    return "-" if not s else str(s[0]) if len(s) == 1 else f"{s[0]}-{s[-1]}" if s == list(range(s[0], s[-1] + 1)) else \
+        ",".join(map(str, s))
 
 
 def candidates_from(recs, targets, paper_record, top_k: int) -> tuple[list[Candidate], dict[str, set[str]]]:
@@ -310,13 +401,30 @@ def candidates_from(recs, targets, paper_record, top_k: int) -> tuple[list[Candi
     return list(chosen.values()), feasible
 
 
-def confirm(recs, targets, paper_record, scenario: Scenario, train_fn: Callable, *, top_k: int = DEFAULT_TOP_K,
-            seeds: int = DEFAULT_SEEDS, fidelity: dict[str, Any] | None = None, progress: bool = True) -> Confirmation:
-    """The whole stage (module docstring): pick, retrain with paired seeds, decide per device."""
+def run_stages(cands: list[Candidate], feasible: dict[str, set[str]], scenario: Scenario, train_fn: Callable, *,
+               seeds: int = DEFAULT_SEEDS, report_seeds: int = DEFAULT_REPORT_SEEDS,
+               fidelity: dict[str, Any] | None = None, progress: bool = True) -> Confirmation:
+    """Select on ``seeds`` paired seeds by validation accuracy; report each device's best and the paper
+    preset on ``report_seeds`` fresh paired seeds (0: on the selection seeds, biased); decide per device."""
     fid = dict(fidelity or CONFIRM_FIDELITY)
+    sel = list(range(int(seeds)))
+    rep = list(range(int(seeds), int(seeds) + int(report_seeds))) if report_seeds else list(sel)
+    fresh = bool(report_seeds)
+    val_n, test_n = retrain(cands, scenario, sel, fid, train_fn, progress=progress, report_test=not fresh,
+                            stage="confirm: select")
+    if fresh:
+        chosen = {id(a.best) for a in decide(cands, feasible, sel).values() if a.best is not None}
+        reported = [c for c in cands if id(c) in chosen or c.role == "paper"]
+        _, test_n = retrain(reported, scenario, rep, fid, train_fn, progress=progress, report_test=True,
+                            stage="confirm: report")
+    return Confirmation(cands, decide(cands, feasible, sel, rep), sel, rep, fid, scenario, val_n, test_n)
+
+
+def confirm(recs, targets, paper_record, scenario: Scenario, train_fn: Callable, *, top_k: int = DEFAULT_TOP_K,
+            seeds: int = DEFAULT_SEEDS, report_seeds: int = DEFAULT_REPORT_SEEDS, fidelity: dict[str, Any] | None = None,
+            progress: bool = True) -> Confirmation:
+    """The whole stage (module docstring): pick the candidates from the search's trial records, then
+    ``run_stages`` on the confirmation's scenario."""
     cands, feasible = candidates_from(recs, targets, paper_record, top_k)
-    scen = confirmation_scenario(scenario)
-    seed_list = list(range(int(seeds)))
-    val_n, test_n = retrain(cands, scen, seed_list, fid, train_fn, progress=progress)
-    answers = decide(cands, feasible)
-    return Confirmation(cands, answers, seed_list, fid, scen, val_n, test_n)
+    return run_stages(cands, feasible, confirmation_scenario(scenario), train_fn, seeds=seeds,
+                      report_seeds=report_seeds, fidelity=fidelity, progress=progress)

@@ -59,7 +59,7 @@ from rep_tune.schema import atomic_write_text, dump_mapping, from_dict, read_map
 from rep_tune.search import optuna_backend, record
 from rep_tune.search.backends import check_flags, get_backend
 from rep_tune.search.budgets import BudgetRequest, DeviceBudgets, parse_budget, resolve
-from rep_tune.search.confirm import CONFIRM_FIDELITY, DEFAULT_SEEDS, DEFAULT_TOP_K
+from rep_tune.search.confirm import CONFIRM_FIDELITY, DEFAULT_REPORT_SEEDS, DEFAULT_SEEDS, DEFAULT_TOP_K
 from rep_tune.search.loop import (Executor, LoopResult, Terminated, check_interrupts, run_trials,
                                   sigterm_interrupts)
 from rep_tune.search.objective import Objective, Trainer, restore
@@ -122,7 +122,8 @@ class SearchSettings:
     study_name: str | None = None
     references: bool = True                  # enqueue paper + baseline first
     confirm_top_k: int = DEFAULT_TOP_K       # confirmation: top configs per device retrained (search.confirm)
-    confirm_seeds: int = DEFAULT_SEEDS       # training seeds each, paired; 0 = no confirmation stage
+    confirm_seeds: int = DEFAULT_SEEDS       # selection seeds each, paired; 0 = no confirmation stage
+    confirm_report_seeds: int = DEFAULT_REPORT_SEEDS   # fresh seeds the winner and paper preset report on; 0 = reuse
     confirm_iters_per_task: int = CONFIRM_FIDELITY["training.iters_per_task"]   # its fidelity (1 epoch, capped)
     progress: bool = True
     export_target: str | None = None         # --export-target: space and deployment restricted to what that format expresses
@@ -277,10 +278,12 @@ def _check_before_work(settings: SearchSettings, targets: list[Target], base: Re
         raise ValueError(f"--n-trials: expected an int >= 1, found {settings.n_trials}")
     if settings.timeout is not None and not settings.timeout > 0:
         raise ValueError(f"--timeout: expected seconds > 0 (0 on the command line: none), found {settings.timeout}")
-    if settings.confirm_top_k < 1 or settings.confirm_seeds < 0 or settings.confirm_iters_per_task < 1:
-        raise ValueError(f"--confirm: expected K >= 1 candidates and S >= 0 seeds (0: no confirmation), at >= 1 "
-                         f"iteration per task; found {settings.confirm_top_k},{settings.confirm_seeds} at "
-                         f"{settings.confirm_iters_per_task}")
+    if (settings.confirm_top_k < 1 or settings.confirm_seeds < 0 or settings.confirm_iters_per_task < 1
+            or settings.confirm_report_seeds < 0 or settings.confirm_report_seeds == 1):
+        raise ValueError(f"--confirm: expected K >= 1 candidates, S >= 0 selection seeds (0: no confirmation) and "
+                         f"R = 0 (report on the selection seeds) or R >= 2 fresh report seeds, at >= 1 iteration per "
+                         f"task; found {settings.confirm_top_k},{settings.confirm_seeds},{settings.confirm_report_seeds} "
+                         f"at {settings.confirm_iters_per_task}")
     if settings.n_workers < 1:
         raise ValueError(f"--n-workers: expected an int >= 1, found {settings.n_workers}")
     for name, value, low in (("--cpus-per-trial", settings.cpus_per_trial, 0.0), ("--gpus-per-trial", settings.gpus_per_trial, None)):
@@ -520,12 +523,16 @@ def run_confirmation(outcome: SearchOutcome, settings: SearchSettings, trainer: 
     recs = report.records(outcome.study)
     paper = report.role_trial(report.scored(recs), "paper")
     fidelity = {**CONFIRM_FIDELITY, "training.iters_per_task": settings.confirm_iters_per_task}
-    print(f"confirming: the top {settings.confirm_top_k} feasible config(s) per device and the paper preset, "
-          f"{settings.confirm_seeds} paired training seeds each, 1 epoch of {settings.confirm_iters_per_task} "
-          f"iterations per task", file=out)
+    r = settings.confirm_report_seeds
+    reporting = (f"then each device's best and the paper preset on {r} fresh paired seeds, scored on the test subset"
+                 if r else "the report on the same seeds (biased upwards: the winner's curse)")
+    print(f"confirming: the top {settings.confirm_top_k} feasible config(s) per device and the paper preset on "
+          f"{settings.confirm_seeds} paired selection seeds, scored on the validation split; {reporting}; 1 epoch of "
+          f"{settings.confirm_iters_per_task} iterations per task", file=out)
     try:
         conf = confirm.confirm(recs, outcome.targets, paper, settings.scenario, trainer.train_fn,
-                               top_k=settings.confirm_top_k, seeds=settings.confirm_seeds, fidelity=fidelity,
+                               top_k=settings.confirm_top_k, seeds=settings.confirm_seeds,
+                               report_seeds=settings.confirm_report_seeds, fidelity=fidelity,
                                progress=settings.progress)
     except KeyboardInterrupt as e:
         raise _interruption(e, f"interrupted during the confirmation: the search's files in {outcome.run_dir} are "
