@@ -154,19 +154,21 @@ class DeviceAnswer:
     feasible: list[str]                # labels of the confirmed candidates that fit this device
     vs_paper: Interval | None          # test accuracy, best - paper preset, paired over the report seeds
     feasible_hashes: set[str] = field(default_factory=set)   # config hashes of the candidates that fit
-    selection_seeds: list[int] = field(default_factory=list)
-    report_seeds: list[int] = field(default_factory=list)
+    selection_seeds: list[int] | None = None   # None: every seed a candidate ran
+    report_seeds: list[int] | None = None
 
     def summary(self) -> dict[str, Any]:
         """What best_<device>.yaml's ``expected.confirmed`` holds."""
         if self.best is None:
             return {}
         b = self.best
+        sel = sorted(b.val) if self.selection_seeds is None else list(self.selection_seeds)
+        rep = sorted(b.test) if self.report_seeds is None else list(self.report_seeds)
         out = {"candidate": b.label, "trial": b.trial, "config_hash": b.hash,
-               "val_acc": {**b.val_interval(self.selection_seeds).to_dict(), "seeds": list(self.selection_seeds)},
-               "test_acc": b.test_interval(self.report_seeds).to_dict(),
-               "seeds": sorted(b.test_on(self.report_seeds)),
-               "report_on_fresh_seeds": not set(self.report_seeds) & set(self.selection_seeds)}
+               "val_acc": {**b.val_interval(sel).to_dict(), "seeds": sel},
+               "test_acc": b.test_interval(rep).to_dict(),
+               "seeds": sorted(b.test_on(rep)),
+               "report_on_fresh_seeds": not set(rep) & set(sel)}
         if self.vs_paper is not None:
             out["vs_paper_preset"] = {**self.vs_paper.to_dict(), "unit": "fraction (test accuracy, paired over seeds)",
                                       "resolved": self.vs_paper.resolved}
@@ -262,7 +264,7 @@ def decide(candidates: list[Candidate], feasible: dict[str, set[str]], selection
         if best is not None and paper is not None and best is not paper:
             vs = paired(best.test if rep is None else best.test_on(rep), paper.test if rep is None else paper.test_on(rep))
             vs = vs if vs.n else None
-        out[key] = DeviceAnswer(key, best, [c.label for c in pool], vs, set(ok), list(sel or []), list(rep or []))
+        out[key] = DeviceAnswer(key, best, [c.label for c in pool], vs, set(ok), sel, rep)
     return out
 
 
@@ -327,13 +329,15 @@ def print_table(conf: Confirmation, targets, *, out=None) -> None:
     console = Console(file=out, width=130)
     sel, rep = conf.selection_seeds, conf.report_seeds
     table = Table(title=escape(f"confirmation: {conf.describe_fidelity()}; validation {conf.val_size:,} images, "
-                               f"test {conf.test_size:,} images; mean [95 % CI over seeds], %"), title_justify="left")
-    for col in ("candidate", "search val %", f"val % (seeds {_span(sel)})", f"test % (seeds {_span(rep)})",
+                               f"test {conf.test_size:,} images; the choice is by mean validation accuracy"), title_justify="left")
+    for col in ("candidate", "search val %", f"val % (seeds {_span(sel)}): mean [min, max]",
+                f"test % (seeds {_span(rep)}): mean [95 % CI]",
                 *[f"fits {t.key}" for t in targets]):
         table.add_column(col, justify="left" if col == "candidate" else "right")
     for c in conf.candidates:
         fits = ["yes" if c.hash in conf.answers[t.key].feasible_hashes else "NO" for t in targets]
-        val = c.val_interval(sel).text() if _on(c.val, sel) else "failed"
+        vals = _on(c.val, sel)
+        val = (f"{100 * statistics.fmean(vals):.2f} [{100 * min(vals):.2f}, {100 * max(vals):.2f}]" if vals else "failed")
         reported = any(s in c.val or s in c.errors for s in rep)
         test = c.test_interval(rep).text() if c.test_on(rep) else "failed" if reported else "- (not chosen)"
         table.add_row(escape(c.label), "-" if c.search_acc is None else f"{100 * c.search_acc:.2f}", val, test, *fits)
