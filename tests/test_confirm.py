@@ -133,6 +133,7 @@ def test_confirmed_search_writes_the_answer_with_intervals(tmp_path):
     confirmed = best_yaml["expected"]["confirmed"]
     assert confirmed["fidelity"]["training.iters_per_task"] == 7 and confirmed["report_on_fresh_seeds"] is True
     assert confirmed["selection_seeds"] == [0, 1] and confirmed["report_seeds"] == [2, 3, 4]
+    assert confirmed["seeds"] == [2, 3, 4] and confirmed["val_acc"]["seeds"] == [0, 1]   # what the figures rest on
     assert best_yaml["expected"]["search_acc"]["value"] == pytest.approx(best.search_acc, abs=1e-6)
     assert "confirmed best" in text and "vs the paper preset" in text or best is paper
     # the answer read back from confirm.csv alone (bench_search) is the same answer

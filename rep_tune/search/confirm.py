@@ -205,7 +205,7 @@ class Confirmation:
                 f"per task, {seeds}, paired")
 
     def to_dict(self) -> dict[str, Any]:
-        return {"seeds": self.seeds, "selection_seeds": self.selection_seeds, "report_seeds": self.report_seeds,
+        return {"selection_seeds": self.selection_seeds, "report_seeds": self.report_seeds,
                 "report_on_fresh_seeds": self.fresh, "fidelity": dict(self.fidelity), "val_images": self.val_size,
                 "test_images": self.test_size, "scenario": self.scenario.to_dict()}
 
