@@ -5,7 +5,7 @@
    profile ``rep-tune profile`` wrote on this machine (``--profile``).
 2. Draw configs over the search space: L2P, DualPrompt and CODA-Prompt; AToM off / ramps / uniform /
    random per-block lists; ALD off / ALD / PLD at an iteration t; selection cached / uncached /
-   base method; batch 8 or 16; two backbones: the embedded 196-patch ``vit_micro_patch2_28`` and
+   base method; batch 8, 16 or 32; two backbones: the embedded 196-patch ``vit_micro_patch2_28`` and
    ViT-Ti/16 at a reduced image size (random weights: ``backbone.pretrained: false``).
 3. Measure each config with the runtime's ``rep_tune.runtime.measure.measure_iterations``: time per
    training iteration (median of ``--reps``) under each of ``--patterns`` ALD drop patterns (the
@@ -83,7 +83,7 @@ def draw_configs(n: int, seed: int = 0, precision: str = "fp32") -> list[tuple[o
         bb = TINY if tiny else MICRO
         cfg = preset("paper", method, bb)
         ch: dict = {"backbone.pretrained": False, "selection.pretrained": False,
-                    "training.batch_size": rng.choice([8, 16]), "training.precision": precision}
+                    "training.batch_size": rng.choice([8, 16, 32]), "training.precision": precision}
         if tiny:
             ch["backbone.img_size"] = rng.choice([96, 112])
         if method == "l2p":

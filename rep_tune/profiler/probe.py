@@ -263,7 +263,7 @@ def calibration_grid(kind: str, quick: bool) -> list[tuple[int, int, int, int]]:
     else:
         widths = [(192, 3), (768, 12)] if quick else [(96, 3), (192, 3), (384, 6), (768, 12)]
     tokens = [17, 65, 197] if quick else [17, 65, 90, 197]
-    batches = [1, 16] if quick else [1, 8, 16]
+    batches = [1, 16] if quick else [1, 8, 16, 32]        # the search's batch sizes 8-32 on the grid, not beyond it
     return [(b, t, d, h) for d, h in widths for t in tokens for b in batches]
 
 
@@ -278,7 +278,7 @@ def run_grid(device: torch.device, grid: Iterable[tuple[int, int, int, int]], dt
     return runs
 
 
-FIXED_COST_BATCHES = (8, 16)
+FIXED_COST_BATCHES = (8, 16, 32)
 
 
 def iteration_runs(device: torch.device, dtype: str, *, backbone: str | None = None, method: str = "l2p",
