@@ -187,8 +187,7 @@ class PerRunNoise:
 def _repeat(reps: int, report_seeds: int) -> tuple[float, float]:
     """Mean over ``reps`` repetitions of (reported test accuracy - truth, reported gain over the paper
     preset) when 3 equally good candidates and the paper preset are confirmed with 2 selection seeds."""
-    from rep_tune.config import preset
-    base = preset("paper", "l2p", PROXY)
+    base = confirm_base()
     errs, gains = [], []
     for rep in range(reps):
         cands = [Candidate(f"c{n}", n, base.replace(**{"prompt.length": n}), 0.8, hash=f"h{n}",

@@ -27,13 +27,13 @@ from rep_tune.search.backends import BACKENDS
 def confirm_pair(text: str) -> tuple[int, ...]:
     """``--confirm K,S[,R]``: K candidates >= 1, S selection seeds >= 1, R report seeds (0: reuse the
     selection seeds, biased; else >= 2 fresh ones)."""
+    from rep_tune.search.confirm import valid_report_seeds
     parts = text.split(",")
     try:
         vals = tuple(int(v) for v in parts)
     except ValueError:
         vals = ()
-    if (len(vals) not in (2, 3) or vals[0] < 1 or vals[1] < 1
-            or (len(vals) == 3 and (vals[2] < 0 or vals[2] == 1))):
+    if len(vals) not in (2, 3) or vals[0] < 1 or vals[1] < 1 or (len(vals) == 3 and not valid_report_seeds(vals[2])):
         raise argparse.ArgumentTypeError(f"expected K,S[,R] with K >= 1 candidates, S >= 1 selection seeds and R = 0 "
                                          f"(report on the selection seeds) or R >= 2 fresh report seeds (e.g. 3,2,4), "
                                          f"found {text!r}")

@@ -111,8 +111,15 @@ def paired(a: dict[int, float], b: dict[int, float]) -> Interval:
 
 
 # ---- runs -----------------------------------------------------------------------------------------
-def _on(scores: dict[int, float], seeds: Iterable[int] | None) -> list[float]:
-    return [v for s, v in sorted(scores.items()) if seeds is None or s in set(seeds)]
+def _on(scores: dict[int, float], seeds: Iterable[int] | None) -> dict[int, float]:
+    """``scores`` restricted to ``seeds`` (None: every seed), in seed order."""
+    keep = None if seeds is None else set(seeds)
+    return {s: v for s, v in sorted(scores.items()) if keep is None or s in keep}
+
+
+def valid_report_seeds(n: int) -> bool:
+    """0 (report on the selection seeds) or at least 2 fresh seeds (one seed has no interval)."""
+    return n == 0 or n >= 2
 
 
 @dataclass
@@ -135,14 +142,15 @@ class Candidate:
 
     def val_interval(self, seeds: Iterable[int] | None = None) -> Interval:
         """Validation accuracy over ``seeds`` (default: every seed it ran)."""
-        return interval(_on(self.val, seeds))
+        return interval(list(_on(self.val, seeds).values()))
 
     def test_interval(self, seeds: Iterable[int] | None = None) -> Interval:
         """Test accuracy over ``seeds`` (default: every seed it was reported on)."""
-        return interval(_on(self.test, seeds))
+        return interval(list(_on(self.test, seeds).values()))
 
-    def test_on(self, seeds: Iterable[int]) -> dict[int, float]:
-        return {s: v for s, v in self.test.items() if s in set(seeds)}
+    def test_on(self, seeds: Iterable[int] | None) -> dict[int, float]:
+        """Per-seed test accuracy over ``seeds`` (None: every seed it was reported on)."""
+        return _on(self.test, seeds)
 
 
 @dataclass
@@ -238,11 +246,12 @@ def retrain(candidates: list[Candidate], scenario: Scenario, seeds: Sequence[int
                 bar.update(1)
                 continue
             c.val[seed] = float(res.final_acc)
-            test = getattr(res, "test_acc", None) if report_test else None
-            if report_test:
-                c.test[seed] = float(res.final_acc if test is None else test)
             c.seconds[seed] = float(getattr(res, "seconds", 0.0))
-            test_n = (int(getattr(res, "test_size", 0) or getattr(res, "eval_size", 0))) if report_test else 0
+            test_n = 0
+            if report_test:
+                test = getattr(res, "test_acc", None)
+                c.test[seed] = float(res.final_acc if test is None else test)
+                test_n = int(getattr(res, "test_size", 0) or getattr(res, "eval_size", 0))
             sizes = (int(getattr(res, "eval_size", 0)), test_n)
             bar.update(1)
     return sizes
@@ -262,7 +271,7 @@ def decide(candidates: list[Candidate], feasible: dict[str, set[str]], selection
         best = max(pool, key=lambda c: c.val_interval(sel).mean) if pool else None
         vs = None
         if best is not None and paper is not None and best is not paper:
-            vs = paired(best.test if rep is None else best.test_on(rep), paper.test if rep is None else paper.test_on(rep))
+            vs = paired(best.test_on(rep), paper.test_on(rep))
             vs = vs if vs.n else None
         out[key] = DeviceAnswer(key, best, [c.label for c in pool], vs, set(ok), sel, rep)
     return out
@@ -336,7 +345,7 @@ def print_table(conf: Confirmation, targets, *, out=None) -> None:
         table.add_column(col, justify="left" if col == "candidate" else "right")
     for c in conf.candidates:
         fits = ["yes" if c.hash in conf.answers[t.key].feasible_hashes else "NO" for t in targets]
-        vals = _on(c.val, sel)
+        vals = list(_on(c.val, sel).values())
         val = (f"{100 * statistics.fmean(vals):.2f} [{100 * min(vals):.2f}, {100 * max(vals):.2f}]" if vals else "failed")
         reported = any(s in c.val or s in c.errors for s in rep)
         test = c.test_interval(rep).text() if c.test_on(rep) else "failed" if reported else "- (not chosen)"
@@ -368,9 +377,11 @@ def print_table(conf: Confirmation, targets, *, out=None) -> None:
 
 
 def _span(seeds: Sequence[int]) -> str:
+    """Seeds as a short label: "2-5" for a run of consecutive seeds, else "0,3"."""
     s = sorted(seeds)
-    return "-" if not s else str(s[0]) if len(s) == 1 else f"{s[0]}-{s[-1]}" if s == list(range(s[0], s[-1] + 1)) else \
-        ",".join(map(str, s))
+    if len(s) > 1 and s == list(range(s[0], s[-1] + 1)):
+        return f"{s[0]}-{s[-1]}"
+    return ",".join(map(str, s)) or "-"
 
 
 def candidates_from(recs, targets, paper_record, top_k: int) -> tuple[list[Candidate], dict[str, set[str]]]:

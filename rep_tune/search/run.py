@@ -59,7 +59,8 @@ from rep_tune.schema import atomic_write_text, dump_mapping, from_dict, read_map
 from rep_tune.search import optuna_backend, record
 from rep_tune.search.backends import check_flags, get_backend
 from rep_tune.search.budgets import BudgetRequest, DeviceBudgets, parse_budget, resolve
-from rep_tune.search.confirm import CONFIRM_FIDELITY, DEFAULT_REPORT_SEEDS, DEFAULT_SEEDS, DEFAULT_TOP_K
+from rep_tune.search.confirm import (CONFIRM_FIDELITY, DEFAULT_REPORT_SEEDS, DEFAULT_SEEDS, DEFAULT_TOP_K,
+                                    valid_report_seeds)
 from rep_tune.search.loop import (Executor, LoopResult, Terminated, check_interrupts, run_trials,
                                   sigterm_interrupts)
 from rep_tune.search.objective import Objective, Trainer, restore
@@ -279,7 +280,7 @@ def _check_before_work(settings: SearchSettings, targets: list[Target], base: Re
     if settings.timeout is not None and not settings.timeout > 0:
         raise ValueError(f"--timeout: expected seconds > 0 (0 on the command line: none), found {settings.timeout}")
     if (settings.confirm_top_k < 1 or settings.confirm_seeds < 0 or settings.confirm_iters_per_task < 1
-            or settings.confirm_report_seeds < 0 or settings.confirm_report_seeds == 1):
+            or not valid_report_seeds(settings.confirm_report_seeds)):
         raise ValueError(f"--confirm: expected K >= 1 candidates, S >= 0 selection seeds (0: no confirmation) and "
                          f"R = 0 (report on the selection seeds) or R >= 2 fresh report seeds, at >= 1 iteration per "
                          f"task; found {settings.confirm_top_k},{settings.confirm_seeds},{settings.confirm_report_seeds} "
