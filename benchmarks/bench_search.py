@@ -37,6 +37,7 @@ from pathlib import Path
 import torch
 
 from rep_tune.data.scenario import Scenario
+from rep_tune.figures import METRICS
 from rep_tune.search.confirm import DEFAULT_REPORT_SEEDS, DEFAULT_SEEDS, DEFAULT_TOP_K, answer_from_csv
 from rep_tune.search.record import read_all
 from rep_tune.search.run import SEARCH_EVAL_PER_CLASS, SEARCH_FIDELITY, SearchSettings, search
@@ -52,6 +53,7 @@ def run_one(method: str, seed: int, args, root: Path) -> dict:
         overrides={**SEARCH_FIDELITY, **({"training.iters_per_task": args.iters_per_task} if args.iters_per_task else {})},
         n_trials=args.trials, timeout=None, sampler="tpe" if rep else "random", seed=seed,
         pruner="percentile" if rep else "none", prescreen=rep, references=True, margin=args.margin,
+        budgets={m: getattr(args, f"budget_{m}") for m in METRICS if getattr(args, f"budget_{m}", None)},
         confirm_top_k=args.confirm[0], confirm_seeds=args.confirm[1], confirm_report_seeds=args.confirm[2],
         deploy_backbone=args.deploy_backbone, run_dir=str(run_dir), progress=False)
     if (run_dir / "run.yaml").is_file():      # --into: an earlier, interrupted invocation's search
@@ -149,6 +151,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--eval-per-class", type=int, default=SEARCH_EVAL_PER_CLASS,
                    help="test images per class (default: the search's)")
     p.add_argument("--margin", type=float, default=0.1)
+    for m in METRICS.values():     # the same budget flags as `rep-tune search`, passed to both methods
+        p.add_argument(f"--{m.flag}-budget", dest=f"budget_{m.name}", metavar="BUDGET",
+                       help=f"{m.label} budget as `rep-tune search` takes it (default: the profile's)")
     p.add_argument("--deploy-backbone", default=None,
                    help="deployment backbone costs are priced on (default: the profile's workload)")
     p.add_argument("--confirm", type=int, nargs=3, metavar=("K", "S", "R"),
