@@ -131,6 +131,8 @@ def _latency_ratio(recs, trial: int, paper, key: str) -> float | None:
 
 def _ci(d: dict) -> str:
     lo, hi = d["ci95"]
+    if lo is None or hi is None:
+        return "[no interval: one seed]"
     return f"[{lo:+.2f}, {hi:+.2f}]" if lo < 0 else f"[{lo:.2f}, {hi:.2f}]"
 
 
