@@ -72,7 +72,9 @@ def searched(tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("search") / "run"
     trainer = Counting(fail={3: RuntimeError("CUDA out of memory (simulated)")})
     out = io.StringIO()
-    outcome = search(_settings(run_dir), train_fn=trainer, out=out)
+    # seed 1: a sampler seed whose proposals include configs the tight budgets rule out (the space's
+    # draws, not the budgets, decide that; re-pick it when the default space changes)
+    outcome = search(_settings(run_dir, seed=1), train_fn=trainer, out=out)
     return outcome, trainer, out.getvalue()
 
 

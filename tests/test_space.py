@@ -298,7 +298,8 @@ def test_rep_argparse_restriction_keeps_integer_ramps_and_the_references():
     assert not {"atom.form", "atom.per_layer"} & set(space.params)
     inflect = space.params["atom.inflect"]
     assert (inflect.type, inflect.low, inflect.high, inflect.step) == ("float", -1.0, 1.0, 1.0)
-    assert space.fixed == {} and space.describe()["export_target"] == "rep-argparse"
+    # the default space offers PLD; REP's reference runtime runs ALD only, so the restriction pins it
+    assert space.fixed == {"ald.schedule": "ald"} and space.describe()["export_target"] == "rep-argparse"
     base = space.base_config("vit_base_patch16_224")
     for role in ("paper", "baseline"):          # the references are points of it, unchanged
         cfg = preset(role, "l2p", "vit_base_patch16_224")
