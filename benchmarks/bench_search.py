@@ -38,7 +38,7 @@ from pathlib import Path
 import torch
 
 from rep_tune.data.scenario import Scenario
-from rep_tune.figures import METRICS
+from rep_tune.cli.search import add_budget_flags, budget_flags
 from rep_tune.search.confirm import DEFAULT_REPORT_SEEDS, DEFAULT_SEEDS, DEFAULT_TOP_K, answer_from_csv
 from rep_tune.search.record import read_all
 from rep_tune.search.run import SEARCH_EVAL_PER_CLASS, SEARCH_FIDELITY, SearchSettings, search
@@ -54,7 +54,7 @@ def run_one(method: str, seed: int, args, root: Path) -> dict:
         overrides={**SEARCH_FIDELITY, **({"training.iters_per_task": args.iters_per_task} if args.iters_per_task else {})},
         n_trials=args.trials, timeout=None, sampler="tpe" if rep else "random", seed=seed,
         pruner="percentile" if rep else "none", prescreen=rep, references=True, margin=args.margin,
-        budgets={m: getattr(args, f"budget_{m}") for m in METRICS if getattr(args, f"budget_{m}", None)},
+        budgets=budget_flags(args),
         confirm_top_k=args.confirm[0], confirm_seeds=args.confirm[1], confirm_report_seeds=args.confirm[2],
         deploy_backbone=args.deploy_backbone, run_dir=str(run_dir), progress=False)
     if (run_dir / "run.yaml").is_file():      # --into: an earlier, interrupted invocation's search
@@ -159,9 +159,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--eval-per-class", type=int, default=SEARCH_EVAL_PER_CLASS,
                    help="test images per class (default: the search's)")
     p.add_argument("--margin", type=float, default=0.1)
-    for m in METRICS.values():     # the same budget flags as `rep-tune search`, passed to both methods
-        p.add_argument(f"--{m.flag}-budget", dest=f"budget_{m.name}", metavar="BUDGET",
-                       help=f"{m.label} budget as `rep-tune search` takes it (default: the profile's)")
+    add_budget_flags(p)            # the same budget flags as `rep-tune search`, passed to both methods
     p.add_argument("--deploy-backbone", default=None,
                    help="deployment backbone costs are priced on (default: the profile's workload)")
     p.add_argument("--confirm", type=int, nargs=3, metavar=("K", "S", "R"),
@@ -197,11 +195,11 @@ def main(argv: list[str] | None = None) -> int:
             rows.append(r)
             print(f"seed {seed} {method:8s} best {r['best']} wasted {r['wasted_s']:.1f}s wall {r['wall_s']:.0f}s "
                   f"prescreened {r['prescreened']} pruned {r['pruned']}", file=sys.stderr)
-    rep_seeds = [s for s in args.seeds if any(r["seed"] == s and r["method"] == "rep-tune" for r in rows)]
-    paired_seeds = [s for s in rep_seeds if any(r["seed"] == s and r["method"] == "random" for r in rows)]
+    by = {(r["method"], r["seed"]): r for r in rows}
+    rep_seeds = [s for s in args.seeds if ("rep-tune", s) in by]
+    paired_seeds = [s for s in rep_seeds if ("random", s) in by]
     for seed in paired_seeds:
-        rnd = next(r for r in rows if r["seed"] == seed and r["method"] == "random")
-        rep = next(r for r in rows if r["seed"] == seed and r["method"] == "rep-tune")
+        rnd, rep = by[("random", seed)], by[("rep-tune", seed)]
         top = max(v for v in (rnd["best"], rep["best"]) if v is not None) if (rnd["best"] or rep["best"]) else None
         for r in (rnd, rep):
             r["to_rand"] = first_reaching(r["curve"], rnd["best"])
@@ -246,8 +244,7 @@ def main(argv: list[str] | None = None) -> int:
           f"{len(wins)} of {n1} seeds (target >= {min(2, n1)} of {n1}): {'MET' if len(wins) >= min(2, n1) else 'MISSED'}")
     fast = []
     for seed in paired_seeds:
-        rep = next(r for r in rows if r["seed"] == seed and r["method"] == "rep-tune")
-        rnd = next(r for r in rows if r["seed"] == seed and r["method"] == "random")
+        rep, rnd = by[("rep-tune", seed)], by[("random", seed)]
         n_rand = first_reaching(rnd["curve"], rnd["best"])
         fast.append(rep["to_rand"] is not None and n_rand is not None and rep["to_rand"] <= n_rand / 2)
         note = ("" if n_rand else "; random's search trials never beat the references (its best is a reference's), "

@@ -40,6 +40,21 @@ def confirm_pair(text: str) -> tuple[int, ...]:
     return vals
 
 
+def add_budget_flags(p: argparse.ArgumentParser) -> None:
+    """One ``--<metric>-budget`` option per registered metric (``rep_tune.figures.METRICS``); shared
+    with ``benchmarks/bench_search.py`` so both take the same budgets."""
+    for m in METRICS.values():
+        p.add_argument(f"--{m.flag}-budget", dest=f"budget_{m.name}", metavar="BUDGET",
+                       help=f"{m.label} in {m.unit} (units: {', '.join(m.scales)}), or relative to the baseline: 0.6x "
+                            "(default: the profile's budget)")
+
+
+def budget_flags(args: argparse.Namespace) -> dict[str, str]:
+    """The budgets given on the command line (``add_budget_flags``), metric -> text, as
+    ``SearchSettings.budgets`` takes them."""
+    return {m: getattr(args, f"budget_{m}") for m in METRICS if getattr(args, f"budget_{m}", None)}
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     from rep_tune.search.run import SEARCH_FIDELITY, SearchSettings
 
@@ -50,10 +65,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--method", choices=method_names(), help=f"default space to use (default {d.method})")
     p.add_argument("--backbone", metavar="NAME", help=f"proxy backbone trained for accuracy (default {d.backbone})")
     p.add_argument("--scenario", help="scenario YAML (default: the embedded benchmark)")
-    for m in METRICS.values():
-        p.add_argument(f"--{m.flag}-budget", dest=f"budget_{m.name}", metavar="BUDGET",
-                       help=f"{m.label} in {m.unit} (units: {', '.join(m.scales)}), or relative to the baseline: 0.6x "
-                            "(default: the profile's budget)")
+    add_budget_flags(p)
     p.add_argument("--deploy-backbone", metavar="NAME",
                    help="deployment backbone the costs are priced on (default: each profile's workload backbone)")
     p.add_argument("--deploy-epochs", type=positive_int, metavar="N", help="deployment epochs per task (default: the profile's workload)")
@@ -150,7 +162,7 @@ def settings_from_args(args: argparse.Namespace):
         "deploy_backbone": args.deploy_backbone, "deploy_epochs": args.deploy_epochs,
         "deploy_iters_per_task": args.deploy_iters_per_task, "sampler": args.sampler, "seed": args.seed,
         "pruner": args.pruner, "margin": args.margin, "run_dir": args.run_dir, "export_target": args.export_target,
-        "budgets": {m: getattr(args, f"budget_{m}") for m in METRICS if getattr(args, f"budget_{m}")},
+        "budgets": budget_flags(args),
         **common,
     }
     if args.no_prescreen:
