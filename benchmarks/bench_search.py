@@ -166,6 +166,8 @@ def main(argv: list[str] | None = None) -> int:
                    default=[DEFAULT_TOP_K, DEFAULT_SEEDS, DEFAULT_REPORT_SEEDS],
                    help="confirmation: top K candidates on S paired selection seeds, the choice and the paper preset "
                         "on R fresh report seeds (0: the selection seeds) (default: the search's)")
+    p.add_argument("--methods", nargs="+", choices=("rep-tune", "random"), default=["rep-tune", "random"],
+                   help="which searches to run (default both; rep-tune alone measures target 1)")
     p.add_argument("--out", default="runs/bench_search")
     p.add_argument("--threads", type=int, default=1, help="torch threads (1: the cores are shared)")
     p.add_argument("--into", default=None, metavar="DIR",
@@ -188,7 +190,7 @@ def main(argv: list[str] | None = None) -> int:
         root = Path(args.into) if args.into else Path(args.out) / time.strftime("%Y%m%d-%H%M%S")
     # rep-tune first for every seed (the answer a user gets, and target 1's evidence), then random: an
     # interrupted run still reports target 1; --into resumes the rest
-    for method in ([] if args.collect else ("rep-tune", "random")):
+    for method in ([] if args.collect else [m for m in ("rep-tune", "random") if m in args.methods]):
         for seed in args.seeds:
             done = root / f"{method}-seed{seed}" / "confirm.csv"
             r = summarise(done.parent, args.margin) if done.is_file() else run_one(method, seed, args, root)

@@ -102,7 +102,15 @@ def test_confirmed_search_writes_the_answer_with_intervals(tmp_path):
     # selection: every candidate on seeds 0, 1, scored on validation only (the test set is not touched)
     assert len(select) == 2 * len(conf.candidates) and not any(rep for *_, rep, _ in select)
     assert all(not every and split == "val" for _, _, every, _, split in retrains)
-    assert any(c.role == "paper" for c in conf.candidates) and len(conf.candidates) <= 3
+    assert any(c.role == "paper" for c in conf.candidates)
+    # the top 2 feasible trained configs by search score besides the paper preset: the preset takes no slot
+    from rep_tune.search.record import read_all
+    recs = [r for r in read_all(outcome.study.trials) if r.scored and r.config and r.feasible("jetson_orin")]
+    paper_hash = next(c.hash for c in conf.candidates if c.role == "paper")
+    others = sorted({r.config_hash: r.final_acc for r in recs if r.config_hash != paper_hash}.items(),
+                    key=lambda kv: -kv[1])
+    assert len(others) >= 2
+    assert {c.hash for c in conf.candidates if c.role is None} == {h for h, _ in others[:2]}
     answer = conf.answers["jetson_orin"]
     best = answer.best
     paper = next(c for c in conf.candidates if c.role == "paper")
@@ -110,9 +118,10 @@ def test_confirmed_search_writes_the_answer_with_intervals(tmp_path):
     reported = {id(best), id(paper)}
     assert len(report) == 3 * len(reported) and all(rep for *_, rep, _ in report)
     assert all(sorted(c.test) == ([2, 3, 4] if id(c) in reported else []) for c in conf.candidates)
-    # the best is the feasible candidate of highest mean validation accuracy over the selection seeds
-    assert best.val_interval([0, 1]).mean == max(c.val_interval([0, 1]).mean for c in conf.candidates
-                                                 if c.hash in answer.feasible_hashes)
+    # the best is the feasible candidate of highest choice score over the selection seeds (seed noise is
+    # shared here, so the paired gains have no spread and the score is the mean validation gain)
+    assert best is max((c for c in conf.candidates if c.hash in answer.feasible_hashes),
+                       key=lambda c: (c.val_interval([0, 1]).mean, c is paper))
     # its test accuracy is mean over the report seeds of (truth - 0.01 + seed noise); a t-interval
     truth = train.mean(best.config) - 0.01 + statistics.fmean(NoisyTrain.SEED_NOISE[s] for s in (2, 3, 4))
     assert best.test_interval([2, 3, 4]).mean == pytest.approx(truth)
@@ -237,3 +246,81 @@ def test_report_seeds_are_fresh_and_only_the_choice_and_the_paper_preset_run_the
 def confirm_base():
     from rep_tune.config import preset
     return preset("paper", "l2p", PROXY)
+
+
+def _cand(label: str, val: dict[int, float], role: str | None = None) -> Candidate:
+    return Candidate(label, None, confirm_base(), None, hash=label, role=role, val=dict(val))
+
+
+def test_the_choice_is_the_paired_gain_over_the_paper_preset_less_one_standard_error():
+    paper = _cand("paper", {0: 0.80, 1: 0.78, 2: 0.81}, role="paper")
+    steady = _cand("steady", {0: 0.82, 1: 0.80, 2: 0.83})          # +2 points every seed
+    swinging = _cand("swinging", {0: 0.86, 1: 0.72, 2: 0.89})      # +3 points on average, +6/-6/+8
+    # score = mean gain - sd / sqrt(n): steady 0.02 - 0; swinging 0.02667 - 0.07572 / sqrt(3)
+    assert confirm.selection_score(steady, paper) == pytest.approx(0.02)
+    gains = [0.06, -0.06, 0.08]
+    assert confirm.selection_score(swinging, paper) == pytest.approx(
+        statistics.fmean(gains) - statistics.stdev(gains) / math.sqrt(3))
+    assert confirm.selection_score(paper, paper) == 0.0
+    pool = {"dev": {"paper", "steady", "swinging"}}
+    assert confirm.decide([paper, steady, swinging], pool, [0, 1, 2])["dev"].best is steady
+    # by the highest mean the swinging candidate would have won
+    assert swinging.val_interval().mean > steady.val_interval().mean
+    # the preset stands unless a candidate beats it by more than its own seed noise (and wins ties)
+    lucky = _cand("lucky", {0: 0.83, 1: 0.77, 2: 0.82})            # gains +3, -1, +1: 1.0 - 1.15 < 0
+    assert confirm.decide([paper, lucky], {"dev": {"paper", "lucky"}}, [0, 1, 2])["dev"].best is paper
+    twin = _cand("twin", dict(paper.val))
+    assert confirm.decide([twin, paper], {"dev": {"paper", "twin"}}, [0, 1, 2])["dev"].best is paper
+    # only the seeds both ran are paired; a candidate with none cannot be compared
+    assert confirm.selection_score(_cand("half", {0: 0.85, 7: 0.99}), paper) == pytest.approx(0.05)
+    assert confirm.selection_score(_cand("none", {7: 0.99}), paper) == float("-inf")
+    # where the preset does not fit, the choice among the others is by their own mean less one SE
+    assert confirm.decide([paper, steady, swinging], {"dev": {"steady", "swinging"}}, [0, 1, 2])["dev"].best is steady
+    # without a scored paper preset: mean validation accuracy less one SE
+    assert confirm.selection_score(steady, None) == pytest.approx(
+        statistics.fmean(steady.val.values()) - statistics.stdev(steady.val.values()) / math.sqrt(3))
+
+
+class Swinging:
+    """Per-run training luck: the paper preset and a steady candidate (+2 points) swing by sd 0.5
+    points; a swinging candidate is +3 points on average but swings by sd 5 (as the prompt.top_k 1
+    picks of bench_search_eqlat_vm did)."""
+
+    MEAN = {5: 0.80, 6: 0.82, 7: 0.83}
+    SD = {5: 0.005, 6: 0.005, 7: 0.05}
+
+    def __init__(self, rep: int):
+        self.rep = rep
+
+    def __call__(self, config, scenario, *, report_test=False, **_):
+        from types import SimpleNamespace
+        n = config.prompt.length
+        rng = np.random.default_rng([self.rep, n, config.training.seed])
+        acc = self.MEAN[n] + rng.normal(0, self.SD[n])
+        return SimpleNamespace(final_acc=acc, test_acc=acc if report_test else None, eval_size=500,
+                               test_size=1000 if report_test else 0, seconds=0.0)
+
+
+def _resolved_rate(reps: int, select_se: float, monkeypatch) -> float:
+    monkeypatch.setattr(confirm, "SELECT_SE", select_se)
+    base, hits = confirm_base(), 0
+    for rep in range(reps):
+        cands = [Candidate(f"c{n}", n, base.replace(**{"prompt.length": n}), 0.8, hash=f"h{n}",
+                           role="paper" if n == 5 else None) for n in (5, 6, 7)]
+        conf = confirm.run_stages(cands, {"dev": {c.hash for c in cands}}, Scenario(n_tasks=2), Swinging(rep),
+                                  seeds=3, report_seeds=4, fidelity=confirm.CONFIRM_FIDELITY, progress=False)
+        vs = conf.answers["dev"].vs_paper
+        hits += bool(vs is not None and vs.resolved and vs.mean > 0)
+    return hits / reps
+
+
+def test_penalising_spread_turns_more_choices_into_resolved_gains(monkeypatch):
+    """Why the choice subtracts a standard error, measured over 100 repetitions of the stage (3
+    selection seeds, 4 report seeds): by the highest mean, the swinging candidate often wins the
+    selection and its report rarely resolves; the steady +2 points resolves on 4 seeds whenever it
+    is chosen. Resolved gains: 39 % by the mean, 60 % less 1 SE (70 % less 2 SE: a wider penalty
+    also keeps real but modest gains from beating the preset, so the rule stays at 1)."""
+    assert confirm.SELECT_SE == 1.0
+    less_se = _resolved_rate(100, 1.0, monkeypatch)
+    by_mean = _resolved_rate(100, 0.0, monkeypatch)
+    assert by_mean < 0.45 and less_se > 0.55

@@ -183,7 +183,7 @@ def test_cli_defaults_and_bad_budget(capsys):
     assert main(["search", "--device", "profiles/jetson_orin.yaml", "--latency-budget", "fast"]) == 2
     assert "latency-budget" in capsys.readouterr().err
     # the confirmation: K,S[,R]; R fresh report seeds by default, 0 = report on the selection seeds
-    assert (s.confirm_top_k, s.confirm_seeds, s.confirm_report_seeds) == (3, 2, 4)
+    assert (s.confirm_top_k, s.confirm_seeds, s.confirm_report_seeds) == (3, 3, 4)
     s = settings_from_args(p.parse_args(["--device", "jetson_orin", "--confirm", "2,3"]))
     assert (s.confirm_top_k, s.confirm_seeds, s.confirm_report_seeds) == (2, 3, 4)
     s = settings_from_args(p.parse_args(["--device", "jetson_orin", "--confirm", "2,3,0"]))

@@ -12,7 +12,11 @@ trainer in ``tests/test_confirm.py``). So the stage selects and reports on disjo
 2. **select**: each is retrained on the selection seeds 0..S-1 at the confirmation fidelity
    (``CONFIRM_FIDELITY``), paired (seed s gives every config the same batch order and prompt
    initialisation draw), and scored on the validation split only; per device, the confirmed best
-   is the feasible candidate with the highest mean validation accuracy;
+   is the feasible candidate with the highest ``selection_score``: its paired validation gain over
+   the paper preset minus one standard error of that gain (the preset scores 0). A candidate that
+   swings across seeds pays for its spread, and the preset stands unless a candidate beats it by
+   more than its own seed noise: the highest *mean* chose configs (``prompt.top_k: 1``) whose
+   report seeds then swung by 3-4 points (``benchmarks/results/bench_search_eqlat_vm.txt``);
 3. **report**: each device's best and the paper preset are retrained on R fresh seeds S..S+R-1,
    paired, and scored on the test subset: the best's test accuracy with a 95 % t-interval over
    those seeds, and its paired per-seed difference against the paper preset with a 95 %
@@ -46,10 +50,14 @@ from rep_tune.search.space import config_hash
 # on 2 CPU cores (README, benchmarks/results)
 CONFIRM_FIDELITY = {"training.epochs": 1, "training.iters_per_task": 32}
 CONFIRM_TEST_PER_CLASS = 100      # test images per class the confirmed answer is reported on
-# top K candidates per device; S selection seeds each; R fresh report seeds for each winner and the
-# paper preset. 3 x 2 + 2 + 2 x 4 = 16 runs by default (the one-stage 3,3 design ran 12, and reported
-# on the seeds it selected with)
-DEFAULT_TOP_K, DEFAULT_SEEDS, DEFAULT_REPORT_SEEDS = 3, 2, 4
+# top K candidates per device besides the paper preset; S selection seeds each (3: a standard error
+# from 2 seeds is itself a coin toss); R fresh report seeds for each winner and the paper preset.
+# (3 + 1) x 3 + 2 x 4 = 20 runs by default
+DEFAULT_TOP_K, DEFAULT_SEEDS, DEFAULT_REPORT_SEEDS = 3, 3, 4
+# the choice maximises the paired validation gain over the paper preset minus this many standard errors
+SELECT_SE = 1.0
+SELECTION_RULE = (f"highest paired validation gain over the paper preset minus {SELECT_SE:g} standard error "
+                  f"(the preset scores 0 and wins ties)")
 
 
 # ---- arithmetic ---------------------------------------------------------------------------------
@@ -172,7 +180,7 @@ class DeviceAnswer:
         b = self.best
         sel = sorted(b.val) if self.selection_seeds is None else list(self.selection_seeds)
         rep = sorted(b.test) if self.report_seeds is None else list(self.report_seeds)
-        out = {"candidate": b.label, "trial": b.trial, "config_hash": b.hash,
+        out = {"candidate": b.label, "trial": b.trial, "config_hash": b.hash, "chosen_by": SELECTION_RULE,
                "val_acc": {**b.val_interval(sel).to_dict(), "seeds": sel},
                "test_acc": b.test_interval(rep).to_dict(),
                "seeds": sorted(b.test_on(rep)),
@@ -257,18 +265,40 @@ def retrain(candidates: list[Candidate], scenario: Scenario, seeds: Sequence[int
     return sizes
 
 
+def _minus_se(values: Sequence[float]) -> float:
+    """Mean of ``values`` less ``SELECT_SE`` standard errors of it (the mean alone for one value)."""
+    if not values:
+        return float("-inf")
+    m = statistics.fmean(values)
+    return m - SELECT_SE * statistics.stdev(values) / math.sqrt(len(values)) if len(values) > 1 else m
+
+
+def selection_score(c: Candidate, paper: Candidate | None, seeds: Sequence[int] | None = None) -> float:
+    """What the choice maximises (fraction): ``c``'s per-seed validation gain over the paper preset,
+    paired over ``seeds``, less ``SELECT_SE`` standard errors of its mean; 0 for the preset itself.
+    Without a scored paper preset, ``c``'s mean validation accuracy less ``SELECT_SE`` standard errors.
+    -inf for a candidate with no run paired with the preset's (it cannot be compared)."""
+    mine = _on(c.val, seeds)
+    ref = _on(paper.val, seeds) if paper is not None else {}
+    if not ref:
+        return _minus_se(list(mine.values()))
+    if c is paper:
+        return 0.0
+    return _minus_se([mine[s] - ref[s] for s in sorted(set(mine) & set(ref))])
+
+
 def decide(candidates: list[Candidate], feasible: dict[str, set[str]], selection_seeds: Sequence[int] | None = None,
            report_seeds: Sequence[int] | None = None) -> dict[str, DeviceAnswer]:
-    """Per device key: the feasible candidate with the highest mean validation accuracy over the
-    selection seeds, and its paired test-accuracy difference against the paper preset over the
-    report seeds (default: every seed each has)."""
+    """Per device key: the feasible candidate with the highest ``selection_score`` over the selection
+    seeds (ties go to the paper preset), and its paired test-accuracy difference against the paper
+    preset over the report seeds (default: every seed each has)."""
     paper = next((c for c in candidates if c.role == "paper"), None)
     sel = None if selection_seeds is None else list(selection_seeds)
     rep = None if report_seeds is None else list(report_seeds)
     out = {}
     for key, ok in feasible.items():
         pool = [c for c in candidates if c.hash in ok and _on(c.val, sel)]
-        best = max(pool, key=lambda c: c.val_interval(sel).mean) if pool else None
+        best = (max(pool, key=lambda c: (selection_score(c, paper, sel), c is paper)) if pool else None)
         vs = None
         if best is not None and paper is not None and best is not paper:
             vs = paired(best.test_on(rep), paper.test_on(rep))
@@ -338,8 +368,10 @@ def print_table(conf: Confirmation, targets, *, out=None) -> None:
     console = Console(file=out, width=130)
     sel, rep = conf.selection_seeds, conf.report_seeds
     table = Table(title=escape(f"confirmation: {conf.describe_fidelity()}; validation {conf.val_size:,} images, "
-                               f"test {conf.test_size:,} images; the choice is by mean validation accuracy"), title_justify="left")
+                               f"test {conf.test_size:,} images; the choice: {SELECTION_RULE}"), title_justify="left")
+    paper = next((c for c in conf.candidates if c.role == "paper"), None)
     for col in ("candidate", "search val %", f"val % (seeds {_span(sel)}): mean [min, max]",
+                f"choice score (points, gain - {SELECT_SE:g} SE)",
                 f"test % (seeds {_span(rep)}): mean [95 % CI]",
                 *[f"fits {t.key}" for t in targets]):
         table.add_column(col, justify="left" if col == "candidate" else "right")
@@ -349,7 +381,9 @@ def print_table(conf: Confirmation, targets, *, out=None) -> None:
         val = (f"{100 * statistics.fmean(vals):.2f} [{100 * min(vals):.2f}, {100 * max(vals):.2f}]" if vals else "failed")
         reported = any(s in c.val or s in c.errors for s in rep)
         test = c.test_interval(rep).text() if c.test_on(rep) else "failed" if reported else "- (not chosen)"
-        table.add_row(escape(c.label), "-" if c.search_acc is None else f"{100 * c.search_acc:.2f}", val, test, *fits)
+        score = selection_score(c, paper, sel) if vals else float("-inf")
+        table.add_row(escape(c.label), "-" if c.search_acc is None else f"{100 * c.search_acc:.2f}", val,
+                      "-" if math.isinf(score) else f"{100 * score:+.2f}", test, *fits)
     console.print(table)
     if not conf.fresh:
         console.print("  [yellow]the report reuses the selection seeds: the winner's figures are biased upwards "
@@ -385,30 +419,29 @@ def _span(seeds: Sequence[int]) -> str:
 
 
 def candidates_from(recs, targets, paper_record, top_k: int) -> tuple[list[Candidate], dict[str, set[str]]]:
-    """Per device the ``top_k`` feasible trained configs by search accuracy (distinct configs, union over
-    devices), plus the paper preset; and per device the hashes of the candidates that fit it."""
+    """Per device the ``top_k`` feasible trained configs by search accuracy besides the paper preset
+    (distinct configs, union over devices), plus the paper preset; and per device the hashes of the
+    candidates that fit it. The preset never takes a candidate's place: it is retrained anyway."""
     chosen: dict[str, Candidate] = {}
     feasible: dict[str, set[str]] = {t.key: set() for t in targets}
     scored = [r for r in recs if r.scored and r.config]
+    paper_hash = paper_record.config_hash if paper_record is not None and paper_record.config else None
     for t in targets:
         ok = sorted((r for r in scored if r.feasible(t.key)), key=lambda r: -r.final_acc)
         seen: set[str] = set()
         for r in ok:
             h = r.config_hash
-            if h in seen:
+            if h in seen or h == paper_hash:
                 continue
             seen.add(h)
             if len(seen) > top_k:
                 break
             if h not in chosen:
                 chosen[h] = Candidate(f"trial {r.number}", r.number, RepConfig.from_dict(r.config), r.final_acc, h)
-    if paper_record is not None and paper_record.config:
-        h = paper_record.config_hash
-        if h in chosen:
-            chosen[h].role, chosen[h].label = "paper", f"paper preset (trial {paper_record.number})"
-        else:
-            chosen[h] = Candidate(f"paper preset (trial {paper_record.number})", paper_record.number,
-                                  RepConfig.from_dict(paper_record.config), paper_record.final_acc, h, role="paper")
+    if paper_hash is not None:
+        chosen[paper_hash] = Candidate(f"paper preset (trial {paper_record.number})", paper_record.number,
+                                       RepConfig.from_dict(paper_record.config), paper_record.final_acc, paper_hash,
+                                       role="paper")
     for t in targets:
         for r in scored:
             if r.config_hash in chosen and r.feasible(t.key):

@@ -45,6 +45,7 @@ from rep_tune.config import RepConfig
 from rep_tune.deployable import DeployTarget, Expected, ExpectedFigure, Provenance
 from rep_tune.figures import METRICS
 from rep_tune.search import record
+from rep_tune.search.confirm import SELECTION_RULE
 from rep_tune.search.optuna_backend import file_lock, is_trained
 from rep_tune.schema import atomic_write_bytes, atomic_write_text, from_dict
 from rep_tune.search.record import TrialRecord, read_all
@@ -168,8 +169,8 @@ def write_confirmed(outcome, settings, conf, recs: Sequence[TrialRecord]) -> Non
             value=round(ti.mean, 6), unit="fraction", source="measured", accuracy=score.accuracy,
             ci95=ti.to_dict()["ci95"], seeds=sorted(answer.best.test_on(conf.report_seeds)), test_images=conf.test_size,
             detail=f"test accuracy after the last task, mean over {ti.n} training seeds at {conf.describe_fidelity()}; "
-                   f"chosen by mean validation accuracy ({conf.val_size} images) over the selection seeds, the test "
-                   f"set only reports it" + ("" if conf.fresh else " (on the selection seeds: biased upwards)"),
+                   f"chosen on validation ({conf.val_size} images) over the selection seeds by the "
+                   f"{SELECTION_RULE}; the test set only reports it" + ("" if conf.fresh else " (on the selection seeds: biased upwards)"),
             proxy=score.proxy, machine=score.machine)
         exp.confirmed = {**answer.summary(), **conf.to_dict(), "candidates": [c.label for c in conf.candidates]}
         if answer.vs_paper is not None and exp.gain_over_paper is not None:
