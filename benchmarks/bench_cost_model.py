@@ -197,8 +197,20 @@ def roofline_only(prof: DeviceProfile) -> DeviceProfile:
     out = copy.deepcopy(prof)
     cal = out.calibration
     cal.overhead_ms = float(cal.fit_error.get("run_intercept_ms", 0.0))
-    cal.runs, cal.iterations = [], []
+    cal.runs, cal.iterations, cal.merges = [], [], []
     return out
+
+
+def without_merges(prof: DeviceProfile) -> DeviceProfile:
+    """``prof`` without its timed merges: merges priced by the roofline (the form before the merge table)."""
+    out = copy.deepcopy(prof)
+    out.calibration.merges = []
+    return out
+
+
+def merges(cfg) -> bool:
+    """Whether ``cfg`` merges tokens (AToM on, some block merging)."""
+    return bool(cfg.atom.enabled and any(cfg.atom.schedule(cfg.backbone.arch.depth)))
 
 
 def shape_key(run) -> tuple:
@@ -218,6 +230,11 @@ def bracketed(start: DeviceProfile, end: DeviceProfile) -> DeviceProfile:
         e = runs.get(shape_key(r))
         if e is not None:
             r.fwd_ms, r.fwd_bwd_ms = math.sqrt(r.fwd_ms * e.fwd_ms), math.sqrt(r.fwd_bwd_ms * e.fwd_bwd_ms)
+    ms = {(m.batch, m.tokens, m.embed_dim, m.merges, m.dtype): m for m in end.calibration.merges}
+    for m in out.calibration.merges:
+        e = ms.get((m.batch, m.tokens, m.embed_dim, m.merges, m.dtype))
+        if e is not None:
+            m.fwd_ms, m.fwd_bwd_ms = math.sqrt(m.fwd_ms * e.fwd_ms), math.sqrt(m.fwd_bwd_ms * e.fwd_bwd_ms)
     its = {(i.method, i.backbone, i.batch, i.dtype): i for i in end.calibration.iterations}
     for i in out.calibration.iterations:
         e = its.get((i.method, i.backbone, i.batch, i.dtype))
@@ -338,6 +355,7 @@ def main(argv=None) -> int:
     table_rows = {r["name"]: r for r in csv.DictReader(open(args.reprice))} if args.reprice else {}
     rows, measured = [], []
     roof = roofline_only(prof)
+    no_merge = without_merges(prof)
     configs = draw_configs(args.configs, args.seed, precision)
     header = (f"{'':4}{'config':<58} {'t':>5} {'pred':>8} {'meas':>8} {'err':>7}  {'pred':>7} {'meas':>7} {'err':>7}")
     bar = ProgressBar(len(configs), "configs", unit="configs", transient=True)
@@ -348,6 +366,7 @@ def main(argv=None) -> int:
         key = latency_key(cfg)
         pred_ms = statistics.fmean(p.extras[key] for p in preds)
         roof_ms = predicted_ms(roof, cfg, t, m["patterns"])
+        no_merge_ms = predicted_ms(no_merge, cfg, t, m["patterns"])
         meas_ms = statistics.fmean(m["ms"])
         measured.append((cfg, t, m["patterns"], meas_ms))
         at_t = predict(cfg, prof, t=t)
@@ -361,6 +380,8 @@ def main(argv=None) -> int:
                "spread_ms": max(m["ms"]) - min(m["ms"])}
         row["lat_err"] = (row["pred_ms"] - row["meas_ms"]) / row["meas_ms"]
         row["roofline_err"] = (roof_ms - row["meas_ms"]) / row["meas_ms"]
+        row["merges"] = merges(cfg)
+        row["no_merge_table_err"] = (no_merge_ms - row["meas_ms"]) / row["meas_ms"]
         row["mem_err"] = (row["pred_mb"] - row["meas_mb"]) / row["meas_mb"]
         rows.append(row)
         bar.write(f"{row['name']:<4}{row['config']:<58} {t:>5} {pred_ms:8.1f} {meas_ms:8.1f} {100 * row['lat_err']:+6.1f}%"
@@ -396,6 +417,14 @@ def main(argv=None) -> int:
           f"{100 * np.percentile(np.abs(old), 90):.1f}%, mean signed {100 * np.mean(old):+.1f}%; with the table and the "
           f"measured fixed cost ({prof.calibration.overhead_ms:.2f} ms/iteration) median {100 * stats['latency median']:.1f}%, "
           f"p90 {100 * stats['latency p90']:.1f}%, mean signed {100 * stats['latency mean signed']:+.1f}%")
+    nm = np.array([r["no_merge_table_err"] for r in rows])
+    print(f"side by side, same measurements: merges priced by the roofline (no timed merges) {summary(nm)}; with "
+          f"the {len(prof.calibration.merges)} timed merges {summary(lat)}")
+    for label, pick in (("configs that merge", True), ("configs that do not", False)):
+        sel = np.array([r["merges"] == pick for r in rows])
+        if sel.any():
+            print(f"  {label} (n={int(sel.sum())}): with timed merges {summary(lat[sel])}; merges by the roofline "
+                  f"{summary(nm[sel])}")
     print(f"latency p90 signed   {100 * np.percentile(lat, 10):+.1f}% .. {100 * np.percentile(lat, 90):+.1f}% "
           f"(10th..90th percentile); memory p90 |err| {100 * np.percentile(np.abs(mem), 90):.1f}%, mean signed "
           f"{100 * np.mean(mem):+.1f}%")

@@ -198,6 +198,32 @@ class IterationRun:
 
 
 @dataclass
+class MergeRun:
+    """One timed AToM merge (``rep_tune.runtime.atom.merge_tokens``) of ``merges`` pairs among
+    ``batch`` x ``tokens`` mergeable tokens of width ``embed_dim``: forward (no grad) and forward +
+    backward to the input. The merge's gathers, scatters and argsort do not run at the block
+    grid's efficiencies, so the cost model prices merges by their own measured / roofline ratio
+    (``rep_tune.cost.residual.merge_table``)."""
+
+    batch: int
+    tokens: int
+    embed_dim: int
+    merges: int
+    fwd_ms: float = 0.0
+    fwd_bwd_ms: float = 0.0
+    dtype: str = "fp32"
+
+    def check_ranges(self, source: str | None, field_name: str) -> None:
+        for name in ("batch", "tokens", "embed_dim", "merges"):
+            check(getattr(self, name) >= 1, source, f"{field_name}.{name}", "int >= 1", getattr(self, name))
+        check(self.merges <= self.tokens // 2, source, f"{field_name}.merges", f"int <= tokens / 2 ({self.tokens // 2})",
+              self.merges)
+        for name in ("fwd_ms", "fwd_bwd_ms"):
+            check(getattr(self, name) >= 0, source, f"{field_name}.{name}", "a finite number >= 0 (ms)",
+                  getattr(self, name))
+
+
+@dataclass
 class Calibration:
     """Measured efficiency factors (fraction of peak reached) and fitted overheads."""
 
@@ -209,6 +235,7 @@ class Calibration:
     memory_overhead_mb: float = 0.0    # framework / allocator overhead
     runs: list[CalibrationRun] = field(default_factory=list)
     iterations: list[IterationRun] = field(default_factory=list)   # timed iterations with no block: the fixed cost
+    merges: list[MergeRun] = field(default_factory=list)           # timed AToM merges: their own price
     fit_error: dict[str, float] = field(default_factory=dict)    # e.g. {"latency_median_rel": 0.06}
     # agreement of the profiler's repeated probes (rep_tune.profiler.probe.spread: (median - fastest) / median
     # of each probe's repeats); noisy: one exceeded probe.AGREEMENT (a busy machine: the runs are unreliable)
@@ -222,6 +249,8 @@ class Calibration:
             plain.pop("spreads", None)
         if not self.iterations:
             plain.pop("iterations", None)
+        if not self.merges:
+            plain.pop("merges", None)
         return plain
 
     def check_ranges(self, source: str | None) -> None:
@@ -241,6 +270,8 @@ class Calibration:
             run.check_ranges(source, f"calibration.runs[{i}]")
         for i, it in enumerate(self.iterations):
             it.check_ranges(source, f"calibration.iterations[{i}]")
+        for i, m in enumerate(self.merges):
+            m.check_ranges(source, f"calibration.merges[{i}]")
         for k, v in self.fit_error.items():
             check(v >= 0, source, f"calibration.fit_error.{k}", "a finite number >= 0", v)
         for k, v in self.spreads.items():

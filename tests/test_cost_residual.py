@@ -118,3 +118,73 @@ def test_a_real_no_block_iteration_is_timed_with_every_block_dropped():
     assert "iterations" not in prof.to_dict()["calibration"]
     prof.calibration.iterations = runs
     assert DeviceProfile.from_dict(prof.to_dict()).calibration.iterations == runs
+
+
+# ---- AToM merges: their own measured ratio -----------------------------------------------------
+def _merges(prof: DeviceProfile, ratio) -> list:
+    """Timed merges whose times are the roofline's x ratio(kind), at widths 64/96, batch 1 and 4."""
+    from rep_tune.cost.residual import MergeKey
+    from rep_tune.device import MergeRun
+    r = rates(prof, "fp32")
+    out = []
+    for d, _ in WIDTHS:
+        for tokens in (6, 17, 65):
+            for b in (1, 4):
+                m = MergeRun(batch=b, tokens=tokens, embed_dim=d, merges=max(1, tokens // 8), dtype="fp32")
+                f, fb = MergeKey.of(m).work()
+                m.fwd_ms, m.fwd_bwd_ms = r.time(f) * ratio(FWD), r.time(fb) * ratio(FWD_BWD)
+                out.append(m)
+    return out
+
+
+def test_merges_are_priced_at_their_own_measured_ratio():
+    from rep_tune.cost.counts import count
+    from rep_tune.cost.residual import merge_table
+    cfg = tiny_config(**{"training.batch_size": 4, "atom.enabled": True, "atom.merge": [0, 1, 0, 0, 0, 1]})
+    base = _profile(lambda d, b, n, kind: 1.0)                     # blocks at the roofline
+    timed = copy.deepcopy(base)
+    timed.calibration.merges = _merges(timed, lambda kind: 4.0 if kind == FWD_BWD else 2.5)
+    r = rates(base, "fp32")
+    assert merge_table(base, r, "fp32") is None and merge_table(timed, r, "fp32").ratio(64, 4, 5, FWD_BWD) == 4.0
+    a, b = predict(cfg, base), predict(cfg, timed)
+    c = count(cfg, batch=4, iters_per_task=a.extras["iters_per_task"])
+    match = [(blk.keep, r.time(blk.match), blk.grad) for blk in c.blocks if blk.merges]
+    assert len(match) == 2 and all(t > 0 for _, t, _ in match)
+    # only the merges change: by (ratio - 1) x their roofline time, weighted by ALD's keep probability
+    want = sum(k * t * ((4.0 if grad else 2.5) - 1.0) for k, t, grad in match)
+    assert b.extras["blocks_ms"] - a.extras["blocks_ms"] == pytest.approx(want, rel=1e-9)
+    assert b.latency_ms.value - a.latency_ms.value == pytest.approx(want, rel=1e-9)
+    assert "timed merges" in b.latency_ms.detail and "timed merges" not in a.latency_ms.detail
+    # a config that merges nothing is priced as before, and says nothing of merges
+    plain = tiny_config(**{"training.batch_size": 4})
+    assert predict(plain, timed).latency_ms.value == pytest.approx(predict(plain, base).latency_ms.value, rel=1e-12)
+    assert "timed merges" not in predict(plain, timed).latency_ms.detail
+    # merges timed at another dtype say nothing about fp32 ones
+    for m in timed.calibration.merges:
+        m.dtype = "bf16"
+    assert merge_table(timed, r, "fp32") is None
+
+
+def test_a_real_merge_is_timed_and_kept_in_the_profile():
+    from rep_tune.device import MergeRun
+    from rep_tune.profiler import probe
+    torch.set_num_threads(1)
+    rec = probe.Repeats()
+    m = probe.merge_run(torch.device("cpu"), 4, 65, 64, 8, reps=3, repeats=rec)
+    assert (m.batch, m.tokens, m.embed_dim, m.merges, m.dtype) == (4, 65, 64, 8, "fp32")
+    assert 0 < m.fwd_ms < m.fwd_bwd_ms < 5_000
+    assert set(rec.groups.values()) == {probe.MERGE_RUNS}
+    # the grid: the block grid's widths and tokens at the training batch sizes, an eighth merged
+    grid = probe.merge_grid("cpu", quick=True)
+    assert {(d, t) for _, t, d, _ in grid} == {(d, t) for _, t, d, _ in probe.calibration_grid("cpu", True)}
+    assert {b for b, *_ in grid} == {16} and all(r == max(1, t // 8) for _, t, _, r in grid)
+    # the YAML keeps them; profiles without them keep their old form; a bad one is named
+    prof = cpu_profile(calibrated=True)
+    assert "merges" not in prof.to_dict()["calibration"]
+    prof.calibration.merges = [m]
+    assert DeviceProfile.from_dict(prof.to_dict()).calibration.merges == [m]
+    bad = prof.to_dict()
+    bad["calibration"]["merges"][0]["merges"] = 40
+    with pytest.raises(ValueError, match=r"calibration\.merges\[0\]\.merges.*tokens / 2.*40"):
+        DeviceProfile.from_dict(bad)
+    assert MergeRun(batch=1, tokens=2, embed_dim=1, merges=1).fwd_ms == 0.0

@@ -62,6 +62,12 @@ def test_quick_profile_has_calibration_runs(quick_profile):
     assert all(i.ms > 0 for i in its)
     gaps = sorted(fixed_cost(p))
     assert p.calibration.overhead_ms == pytest.approx(max(0.0, gaps[1]), abs=1e-6)      # the median of 3
+    # AToM merges timed on the grid's widths and tokens, judged with the other probes
+    from rep_tune.profiler.probe import MERGE_RUNS, merge_grid
+    ms = p.calibration.merges
+    assert [(m.batch, m.tokens, m.embed_dim, m.merges) for m in ms] == merge_grid("cpu", quick=True)
+    assert all(0 < m.fwd_ms < m.fwd_bwd_ms and m.dtype == p.dtype for m in ms)
+    assert MERGE_RUNS in p.calibration.spreads
 
 
 def test_devices_cli_lists_user_profile(quick_profile, capsys):

@@ -52,6 +52,7 @@ class BlockCount:
     bwd: Work                # ZERO when grad is False
     match: Work              # AToM matching + merge (with its backward when grad)
     saved_bytes: float       # activations kept for backward when the block runs (all merges made)
+    eligible: float = 0.0    # tokens the merge matches (the mergeable ones entering the block)
 
     @property
     def work(self) -> Work:
@@ -217,7 +218,8 @@ def _view(*args) -> tuple[BlockCount, ...]:
                               block_forward(shape, numerics),
                               block_backward(shape, numerics) if grad else ZERO,
                               merge_work(shape, eligible, numerics, grad) if r else ZERO,
-                              block_saved_bytes(planned, numerics, pre, planned_eligible) if grad else 0.0))
+                              block_saved_bytes(planned, numerics, pre, planned_eligible) if grad else 0.0,
+                              eligible))
     return tuple(out)
 
 

@@ -67,20 +67,30 @@ def task_schedule(config, batch: int | None = None, *, images_per_task: int | No
     return TaskSchedule(n, n / E, E, None)
 
 
-def block_ms(c: _counts.Counts, r: Rates, res: ResidualTable | None = None) -> list[float]:
+def block_ms(c: _counts.Counts, r: Rates, res: ResidualTable | None = None,
+             merges: ResidualTable | None = None) -> list[float]:
     """Time of each block when it runs (forward, matching, backward, launches); needs detail counts.
-    With a residual table, the block's passes are scaled by its measured / roofline ratio."""
-    if res is None:
+    With a residual table, the block's passes are scaled by its measured / roofline ratio; with a
+    merge table (``residual.merge_table``), its merge by the timed merges' ratio."""
+    if res is None and merges is None:
         return [r.time(b.work) for b in c.blocks]
-    return [r.time(b.fwd + b.bwd) * res.ratio(c.width, c.batch, b.tokens, FWD_BWD if b.grad else FWD)
-            + r.time(b.match) for b in c.blocks]
+    out = []
+    for b in c.blocks:
+        kind = FWD_BWD if b.grad else FWD
+        passes = r.time(b.fwd + b.bwd) * (res.ratio(c.width, c.batch, b.tokens, kind) if res is not None else 1.0)
+        match = r.time(b.match)
+        if match and merges is not None:
+            match *= merges.ratio(c.width, c.batch, b.eligible, kind)
+        out.append(passes + match)
+    return out
 
 
-def blocks_time(c: _counts.Counts, r: Rates, res: ResidualTable | None = None) -> float:
+def blocks_time(c: _counts.Counts, r: Rates, res: ResidualTable | None = None,
+                merges: ResidualTable | None = None) -> float:
     """Expected time of the blocks under ALD (each weighted by its keep probability)."""
-    if res is None:
+    if res is None and merges is None:
         return r.time(c.blocks_work)
-    return sum(b.keep * t for b, t in zip(c.blocks, block_ms(c, r, res)))
+    return sum(b.keep * t for b, t in zip(c.blocks, block_ms(c, r, res, merges)))
 
 
 def query_time(c: _counts.Counts, r: Rates, res: ResidualTable | None = None, first_epoch: bool = False) -> float:
@@ -89,11 +99,12 @@ def query_time(c: _counts.Counts, r: Rates, res: ResidualTable | None = None, fi
     return t * res.ratio(*c.query_shape, FWD) if res is not None and t else t
 
 
-def latency_ms(c: _counts.Counts, r: Rates, first_epoch: bool = False, res: ResidualTable | None = None) -> float:
+def latency_ms(c: _counts.Counts, r: Rates, first_epoch: bool = False, res: ResidualTable | None = None,
+               merges: ResidualTable | None = None) -> float:
     """Expected time of one iteration (ALD-weighted blocks + query + the rest + overhead)."""
-    if res is None:
+    if res is None and merges is None:
         return r.overhead + r.time(c.iteration_work(first_epoch))
-    return r.overhead + blocks_time(c, r, res) + query_time(c, r, res, first_epoch) + r.time(c.other)
+    return r.overhead + blocks_time(c, r, res, merges) + query_time(c, r, res, first_epoch) + r.time(c.other)
 
 
 def predict(config, profile, *, iters_per_task: int | None = None, t: int | None = None,
@@ -115,8 +126,9 @@ def predict(config, profile, *, iters_per_task: int | None = None, t: int | None
     sched = task_schedule(config, B, images_per_task=images_per_task, iters_per_task=iters_per_task, epochs=epochs)
     r = rates(profile, prec)
     res = _residual.table(profile, r, prec)
+    mres = _residual.merge_table(profile, r, prec)
     c = _counts.count(config, batch=B, t=t, iters_per_task=sched.iterations, num_classes=num_classes,
-                      precision=prec, detail=res is not None, keep=keep)
+                      precision=prec, detail=res is not None or mres is not None, keep=keep)
     cal = profile.calibration if profile.calibrated else None
     source, detail = ("predicted", "calibrated cost model") if cal is not None else ("estimated", "uncalibrated")
     detail += f", {prec}" + ("" if r.peak_dtype == prec else f" at the {r.peak_dtype} peak (no {prec} figure)")
@@ -124,8 +136,10 @@ def predict(config, profile, *, iters_per_task: int | None = None, t: int | None
         detail += f", efficiency fitted at {cal.dtype}"
     if res is not None:
         detail += ", timed-block residuals"
+    if mres is not None and c.match.launches:
+        detail += ", timed merges"
     machine = profile.name
-    cached, first = latency_ms(c, r, res=res), latency_ms(c, r, first_epoch=True, res=res)
+    cached, first = latency_ms(c, r, res=res, merges=mres), latency_ms(c, r, first_epoch=True, res=res, merges=mres)
     lat = sched.mean(cached, first)
     mem_over = cal.memory_overhead_mb if cal is not None else allocator_overhead_mb(profile)
     mem = peak_bytes(c, mem_over) / MiB
@@ -142,7 +156,7 @@ def predict(config, profile, *, iters_per_task: int | None = None, t: int | None
         epochs=float(sched.epochs),
         query_ms=query_time(c, r, res),
         query_ms_first_epoch=query_time(c, r, res, first_epoch=True),
-        blocks_ms=blocks_time(c, r, res),
+        blocks_ms=blocks_time(c, r, res, mres),
         other_ms=r.time(c.other) + r.overhead,
         flops_fwd=c.fwd.flops + c.query.flops + c.other.matmul_flops,
         flops_bwd=c.bwd.flops,

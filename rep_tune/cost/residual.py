@@ -20,6 +20,12 @@ the runs and the configs, so a profile's own runs are reproduced exactly.
 
 Only runs at the priced dtype are used (a bf16 calibration says nothing about fp32 blocks); with
 none, ``table`` returns None and the roofline prices alone.
+
+AToM's merges get a table of their own (``merge_table``) from the profile's timed merges
+(``calibration.merges``), over width, batch and the tokens the merge matches: their argsort,
+gathers and scatters run far from the block grid's efficiencies (on the AMD host, configs that
+merge were under-predicted by ~10 % while those that do not were within 1 % on average,
+``benchmarks/results/cost_model_vm_amd_b32.csv``).
 """
 from __future__ import annotations
 
@@ -28,7 +34,7 @@ from bisect import bisect_left
 from dataclasses import dataclass
 from functools import lru_cache
 
-from rep_tune.cost.runs import run_passes
+from rep_tune.cost.runs import merge_run_passes, run_passes
 from rep_tune.cost.work import Work
 
 FWD, FWD_BWD = 0, 1
@@ -131,8 +137,43 @@ def table(profile, rates, dtype: str) -> ResidualTable | None:
     return _build(keys, rates) if keys else None
 
 
+@dataclass(frozen=True)
+class MergeKey:
+    """The parts of a timed merge (``rep_tune.device.MergeRun``) the merge table needs (hashable)."""
+
+    batch: int
+    tokens: int
+    embed_dim: int
+    merges: int
+    fwd_ms: float
+    fwd_bwd_ms: float
+    dtype: str
+
+    @staticmethod
+    def of(run) -> "MergeKey":
+        return MergeKey(run.batch, run.tokens, run.embed_dim, run.merges, float(run.fwd_ms), float(run.fwd_bwd_ms),
+                        run.dtype or "fp32")
+
+    def work(self) -> tuple[Work, Work]:
+        return merge_run_passes(self)
+
+
+def merge_table(profile, rates, dtype: str) -> ResidualTable | None:
+    """Measured / roofline ratios of the profile's timed AToM merges at ``dtype``, over width, batch
+    and matched tokens (FWD: a merge in a block without gradient, FWD_BWD: with its backward), or
+    None (no merge timed at that dtype: merges are priced by the roofline alone)."""
+    cal = profile.calibration if profile.calibrated else None
+    if cal is None:
+        return None
+    keys = tuple(MergeKey.of(m) for m in getattr(cal, "merges", ())
+                 if (m.dtype or "fp32") == dtype and m.fwd_ms > 0 and m.fwd_bwd_ms > 0)
+    return _build(keys, rates) if keys else None
+
+
 @lru_cache(maxsize=64)
-def _build(keys: tuple[RunKey, ...], rates) -> ResidualTable | None:
+def _build(keys: tuple, rates) -> ResidualTable | None:
+    """The table of ``keys`` (``RunKey`` or ``MergeKey``: anything with batch, tokens, embed_dim,
+    fwd_ms, fwd_bwd_ms and ``work()``) priced by ``rates``."""
     per: dict[int, dict[int, dict[int, list[tuple[float, float]]]]] = {}
     for k in keys:
         f, fb = k.work()
@@ -158,4 +199,4 @@ def _build(keys: tuple[RunKey, ...], rates) -> ResidualTable | None:
     return ResidualTable(tuple(sorted(per)), tuple(grids))
 
 
-__all__ = ["FWD", "FWD_BWD", "ResidualTable", "RunKey", "WidthGrid", "table"]
+__all__ = ["FWD", "FWD_BWD", "MergeKey", "ResidualTable", "RunKey", "WidthGrid", "merge_table", "table"]

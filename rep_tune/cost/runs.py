@@ -6,7 +6,7 @@ prices configs. The fit (``rep_tune.cost.calibrate``) and the residual table
 from __future__ import annotations
 
 from rep_tune.cost.work import (BlockShape, Numerics, Work, block_backward, block_forward, block_saved_bytes,
-                                block_workspace_bytes)
+                                block_workspace_bytes, merge_work)
 
 LAUNCHES_BACKWARD_START = 4   # the run's loss (sum), ones_like seed, expand, autograd start
 
@@ -43,4 +43,16 @@ def run_passes(run) -> tuple[Work, Work]:
     return f, f + b + Work(launches=LAUNCHES_BACKWARD_START)
 
 
-__all__ = ["LAUNCHES_BACKWARD_START", "run_numerics", "run_passes", "run_saved_bytes", "run_shape", "run_work"]
+def merge_run_passes(run) -> tuple[Work, Work]:
+    """(forward, forward + backward) work of a timed merge (``rep_tune.device.MergeRun``): every token
+    eligible, ``merges`` pairs merged, by the ``merge_work`` that prices a config's merges; the
+    backward starts with the run's loss and autograd seed (``LAUNCHES_BACKWARD_START``)."""
+    D = run.embed_dim
+    s = BlockShape(run.batch, run.tokens, run.tokens - run.merges, run.tokens, D, 1, 4 * D, D)
+    n = Numerics.of(run.dtype or "fp32")
+    return (merge_work(s, run.tokens, n, backward=False),
+            merge_work(s, run.tokens, n, backward=True) + Work(launches=LAUNCHES_BACKWARD_START))
+
+
+__all__ = ["LAUNCHES_BACKWARD_START", "merge_run_passes", "run_numerics", "run_passes", "run_saved_bytes",
+           "run_shape", "run_work"]

@@ -160,7 +160,8 @@ def _agreement(rec: probe.Repeats) -> tuple[dict[str, float], dict, tuple[str, f
     judged = rec.judged()
     worst = rec.worst()
     record = {"rule": (f"each probe's repeats (>= {probe.MIN_REPEATS}) agree: (median - fastest) / median "
-                       f"<= {probe.AGREEMENT:g}; {probe.CALIBRATION_RUNS} judged together, time-weighted; "
+                       f"<= {probe.AGREEMENT:g}; {probe.CALIBRATION_RUNS} judged together, time-weighted, and so "
+                       f"are {probe.MERGE_RUNS}; "
                        f"probes under {probe.JUDGED_MIN_MS:g} ms not judged (timer/launch jitter)"),
               "limit": probe.AGREEMENT,
               "worst": worst[0] if worst else None,
@@ -262,7 +263,7 @@ def _profile(quick: bool, device: str | None, power_w: float | None, threads: in
     grid = probe.calibration_grid("cpu" if dev.type == "cpu" else "gpu", quick)
     dtypes = probe.supported_dtypes(dev)
     rec = probe.Repeats(timer)
-    bar = ProgressBar(6 + len(dtypes) + len(grid), "profile", unit="steps", enabled=progress, transient=True)
+    bar = ProgressBar(7 + len(dtypes) + len(grid), "profile", unit="steps", enabled=progress, transient=True)
 
     def step(text: str) -> None:
         bar.set_postfix_str(text)
@@ -298,6 +299,9 @@ def _profile(quick: bool, device: str | None, power_w: float | None, threads: in
     bar.set_postfix_str("fixed cost per iteration")
     iterations = probe.iteration_runs(dev, dtype, reps=s["reps"])
     step("fixed cost")
+    bar.set_postfix_str("AToM merges")
+    merges = probe.merge_runs(dev, dtype, quick=quick, reps=s["reps"], repeats=rec)
+    step("merges")
     bar.close()
     spreads, agreement, busy = _agreement(rec)
     if busy is not None and not allow_noisy:
@@ -321,7 +325,8 @@ def _profile(quick: bool, device: str | None, power_w: float | None, threads: in
                   idle_power_w=None if idle_w is None else round(idle_w, 2), cpu=ident["cpu"]),
         budgets=_default_budgets(usable),
         calibration=Calibration(measured_on=f"{ident['host']} {dt.datetime.now().isoformat(timespec='seconds')}",
-                                dtype=dtype, runs=runs, iterations=iterations, noisy=busy is not None, spreads=spreads),
+                                dtype=dtype, runs=runs, iterations=iterations, merges=merges, noisy=busy is not None,
+                                spreads=spreads),
         telemetry=monitor.telemetry if not monitor.estimated else "none",
         identity=ident,
         sources=[f"rep-tune profile ({'quick' if quick else 'full'}) on {ident['host']}"]
@@ -347,7 +352,8 @@ def summary(profile: DeviceProfile, path: str | Path | None = None) -> str:
               f"  memory: {sp.memory_mb:.0f} MB total, {sp.usable_memory_mb or 0:.0f} MB usable{tag('spec.usable_memory_mb')}",
               f"  power: idle {sp.idle_power_w} W{tag('spec.idle_power_w')}, loaded {sp.power_w} W{tag('spec.power_w')}",
               f"  telemetry: {profile.telemetry}",
-              f"  calibration: {len(profile.calibration.runs) if profile.calibration else 0} ViT-block runs; "
+              f"  calibration: {len(profile.calibration.runs) if profile.calibration else 0} ViT-block runs, "
+              f"{len(profile.calibration.merges) if profile.calibration else 0} AToM merges; "
               f"efficiency {'fitted' if profile.calibrated else 'empty'} ({profile.identity.get('efficiency_fit', '')})",
               f"  budgets: latency {profile.budgets.latency_ms} ms, peak memory {profile.budgets.peak_memory_mb} MB "
               f"at batch {profile.budgets.batch_size}"]

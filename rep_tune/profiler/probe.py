@@ -19,7 +19,7 @@ from typing import Callable, Iterable
 
 import torch
 
-from rep_tune.device import CalibrationRun, IterationRun
+from rep_tune.device import CalibrationRun, IterationRun, MergeRun
 from rep_tune.runtime.measure import PeakMemory, sync, time_ms
 from rep_tune.runtime.step import DTYPES
 
@@ -27,7 +27,7 @@ __all__ = ["DTYPES", "identity", "supported_dtypes", "matmul_tflops", "copy_band
            "memory_mb", "calibration_run", "calibration_grid", "run_grid", "pick_cpu_threads",
            "autocast_block_ms", "FAST_DTYPE_MATMUL", "FAST_DTYPE_BLOCK", "choose_dtype",
            "AGREEMENT", "MIN_REPEATS", "JUDGED_MIN_MS", "CALIBRATION_RUNS", "repeat_ms", "time_repeats",
-           "spread", "Repeats"]
+           "spread", "Repeats", "MERGE_RUNS", "merge_run", "merge_grid", "merge_runs"]
 
 
 # ---- repeated probes and their agreement -----------------------------------------------------------
@@ -36,6 +36,7 @@ MIN_REPEATS = 3        # repeats of every judged probe (the median needs a major
 JUDGED_MIN_MS = 1.0    # probes whose repeats total less (median) are too short to judge: timer and
                        # kernel-launch jitter, not load, dominates them (recorded, not judged)
 CALIBRATION_RUNS = "ViT-block runs"   # the grid's fwd / fwd+bwd repeats, judged as one time-weighted probe
+MERGE_RUNS = "AToM merge runs"        # the merge grid's repeats, judged the same way
 
 
 def spread(times: Iterable[float]) -> float:
@@ -276,6 +277,54 @@ def run_grid(device: torch.device, grid: Iterable[tuple[int, int, int, int]], dt
             progress(f"block d={d} N={t} B={b}")
         runs.append(calibration_run(device, b, t, d, h, dtype=dtype, reps=reps, repeats=repeats))
     return runs
+
+
+def merge_run(device: torch.device, batch: int, tokens: int, dim: int, merges: int, *, dtype: str = "fp32",
+              reps: int = 3, repeats: Repeats | None = None) -> MergeRun:
+    """Time the runtime's AToM merge (``rep_tune.runtime.atom.merge_tokens``, no protected token) of
+    ``merges`` pairs among ``batch`` x ``tokens`` tokens of width ``dim``: forward (no grad) and forward
+    + backward to the input. The tokens are the fp32 residual stream and the matching metric (the
+    keys averaged over heads) is in the compute dtype, as a block under ``training.precision`` has
+    them. Repeats recorded under ``MERGE_RUNS``."""
+    from rep_tune.runtime.atom import TokenState, merge_tokens
+    torch.manual_seed(0)
+    x = torch.randn(batch, tokens, dim, device=device)
+    metric = torch.randn(batch, tokens, dim, device=device).to(DTYPES[dtype])
+
+    def fwd() -> None:
+        with torch.no_grad():
+            merge_tokens(x, metric, merges, 0, TokenState())
+
+    def fwd_bwd() -> None:
+        xi = x.detach().requires_grad_(True)
+        out, _ = merge_tokens(xi, metric, merges, 0, TokenState())
+        out.sum().backward()
+
+    rec = repeats or Repeats()
+    name = f"merge d={dim} N={tokens} B={batch} r={merges}"
+    fwd_ms = rec.median_ms(f"{name} fwd", fwd, device, group=MERGE_RUNS, warmup=1, reps=reps)
+    fwd_bwd_ms = rec.median_ms(f"{name} fwd+bwd", fwd_bwd, device, group=MERGE_RUNS, warmup=1, reps=reps)
+    return MergeRun(batch=batch, tokens=tokens, embed_dim=dim, merges=merges, fwd_ms=round(fwd_ms, 4),
+                    fwd_bwd_ms=round(fwd_bwd_ms, 4), dtype=dtype)
+
+
+def merge_grid(kind: str, quick: bool) -> list[tuple[int, int, int, int]]:
+    """(batch, tokens, width, merges) of the merge runs: the block grid's widths and token counts
+    (``calibration_grid``) at training batch sizes, merging an eighth of the tokens (a merge's cost
+    is set by the tokens it matches, hardly by how many pairs it merges)."""
+    blocks = calibration_grid(kind, quick)
+    widths = sorted({d for _, _, d, _ in blocks})
+    tokens = sorted({t for _, t, _, _ in blocks})
+    batches = [16] if quick else [8, 16, 32]
+    return [(b, t, d, max(1, t // 8)) for d in widths for t in tokens for b in batches]
+
+
+def merge_runs(device: torch.device, dtype: str, *, quick: bool = False, reps: int = 3,
+               repeats: Repeats | None = None) -> list[MergeRun]:
+    """The merge grid (``merge_grid``) timed on ``device`` at ``dtype``."""
+    kind = "cpu" if torch.device(device).type == "cpu" else "gpu"
+    return [merge_run(device, b, t, d, r, dtype=dtype, reps=reps, repeats=repeats)
+            for b, t, d, r in merge_grid(kind, quick)]
 
 
 FIXED_COST_BATCHES = (8, 16, 32)
