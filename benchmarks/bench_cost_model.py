@@ -271,8 +271,10 @@ def drift_check(prof: DeviceProfile, args, measured) -> None:
     before = {shape_key(r): r for r in prof.calibration.runs}
     fb = np.array([r.fwd_bwd_ms / before[shape_key(r)].fwd_bwd_ms for r in end.calibration.runs
                    if shape_key(r) in before])
-    print(f"\nmachine drift: the profile's {len(fb)} block shapes re-timed after the measurements: fwd+bwd "
-          f"end/start median {np.median(fb):.3f} (10th..90th percentile {np.percentile(fb, 10):.3f}..{np.percentile(fb, 90):.3f}); "
+    moved = (f"fwd+bwd end/start median {np.median(fb):.3f} (10th..90th percentile {np.percentile(fb, 10):.3f}.."
+             f"{np.percentile(fb, 90):.3f})" if len(fb) else
+             "no block shape of the start profile was timed again (the end profile probed other shapes)")
+    print(f"\nmachine drift: the profile's {len(fb)} block shapes re-timed after the measurements: {moved}; "
           f"probes judged noisy at the start {prof.calibration.noisy}, at the end {end.calibration.noisy}")
     print(f"  priced with the start profile (the user's path, the headline): {summary(errors(prof, measured))}")
     print(f"  priced with the end profile:                                  {summary(errors(end, measured))}")
