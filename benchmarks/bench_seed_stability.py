@@ -33,15 +33,15 @@ COLLAPSE_PT = 5.0     # a run this many points below its config's median validat
 def _configs(run: Path, trials: list[int]) -> dict[int, dict]:
     """Trial number -> config dict, read from the run's Optuna study (SQLite, no pickles)."""
     import optuna
-    from rep_tune.search.record import read_all
+    from rep_tune.search.report import records, role_trial
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     storage = f"sqlite:///{run / 'study.db'}"
     names = optuna.get_all_study_names(storage)
-    recs = read_all(optuna.load_study(study_name=names[0], storage=storage).trials)
+    recs = records(optuna.load_study(study_name=names[0], storage=storage))
     by_number = {r.number: r for r in recs}
-    paper = next((r.number for r in recs if r.role == "paper"), None)
+    paper = role_trial(recs, "paper")
     out = {}
-    for n in ([paper] if paper is not None else []) + trials:
+    for n in ([paper.number] if paper is not None else []) + trials:
         rec = by_number.get(n)
         if rec is None or not rec.config:
             raise SystemExit(f"{run / 'study.db'}: trial {n}: expected a trained trial with a config, found none")
@@ -88,6 +88,12 @@ def _rows(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
 
 
+def collapsed(runs: dict[int, dict]) -> list[int]:
+    """Seeds whose validation accuracy is more than ``COLLAPSE_PT`` points below the median of ``runs`` (seed -> row)."""
+    med = statistics.median(r["val_acc"] for r in runs.values())
+    return [s for s in sorted(runs) if 100 * (med - runs[s]["val_acc"]) > COLLAPSE_PT]
+
+
 def collect(path: Path) -> None:
     rows = _rows(path)
     by: dict[int, dict[int, dict]] = {}
@@ -102,8 +108,7 @@ def collect(path: Path) -> None:
     for n in sorted(by, key=lambda k: (k != paper, k)):
         d = by[n]
         val = [d[s]["val_acc"] for s in sorted(d)]
-        med = statistics.median(val)
-        bad = [s for s in sorted(d) if 100 * (med - d[s]["val_acc"]) > COLLAPSE_PT]
+        bad = collapsed(d)
         p = len(bad) / len(val)
         vs = "-"
         if paper is not None and n != paper:
@@ -115,11 +120,8 @@ def collect(path: Path) -> None:
               f"{len(bad)} {bad} | {ti.text()} | {vs} | {(1 - p) ** 3:.2f} |")
     for n in sorted(by):
         d = by[n]
-        val = [d[s]["val_acc"] for s in sorted(d)]
-        med = statistics.median(val)
-        for s in sorted(d):
-            if 100 * (med - d[s]["val_acc"]) > COLLAPSE_PT:
-                print(f"  collapsed: trial {n} seed {s}: val {100 * d[s]['val_acc']:.1f}, accuracy per task after the "
+        for s in collapsed(d):
+            print(f"  collapsed: trial {n} seed {s}: val {100 * d[s]['val_acc']:.1f}, accuracy per task after the "
                       f"last {d[s]['final_row']}, just after learning each {d[s]['diag']}")
 
 
