@@ -61,11 +61,12 @@ def measure(args) -> None:
     scenario = confirmation_scenario(Scenario.from_dict(meta["scenario"], source=str(run / "run.yaml")))
     configs = _configs(run, args.trials)
     out = Path(args.out)
-    done = {(r["trial"], r["seed"]) for r in _rows(out)}
+    done = {_key(r) for r in _rows(out)}
     if args.threads:
         import torch
         torch.set_num_threads(args.threads)
-    jobs = [(n, s) for s in range(args.seeds) for n in configs if (n, s) not in done]
+    jobs = [(n, s) for s in range(args.seeds) for n in configs
+            if _key({"run": str(run), "trial": n, "role": configs[n]["role"], "seed": s}) not in done]
     print(f"{len(jobs)} runs to go ({len(done)} in {out}); fidelity {CONFIRM_FIDELITY}, scenario {scenario.to_dict()}",
           flush=True)
     for i, (n, seed) in enumerate(jobs):
@@ -88,6 +89,16 @@ def _rows(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
 
 
+def _key(row: dict) -> tuple:
+    """One run's identity in the JSONL: the paper preset is one config shared by every search of the same
+    scenario (its trial 0), so its seeds are pooled; any other trial is named by its search run and number."""
+    return ("paper", row["seed"]) if row["role"] == "paper" else (row["run"], row["trial"], row["seed"])
+
+
+def _label(row: dict) -> str:
+    return "paper preset" if row["role"] == "paper" else f"{Path(row['run']).name} trial {row['trial']}"
+
+
 def collapsed(runs: dict[int, dict]) -> list[int]:
     """Seeds whose validation accuracy is more than ``COLLAPSE_PT`` points below the median of ``runs`` (seed -> row)."""
     med = statistics.median(r["val_acc"] for r in runs.values())
@@ -96,33 +107,33 @@ def collapsed(runs: dict[int, dict]) -> list[int]:
 
 def collect(path: Path) -> None:
     rows = _rows(path)
-    by: dict[int, dict[int, dict]] = {}
+    by: dict[str, dict[int, dict]] = {}
     for r in rows:
-        by.setdefault(r["trial"], {})[r["seed"]] = r
-    paper = next((n for n, d in by.items() if any(r["role"] == "paper" for r in d.values())), None)
-    print(f"seed stability at the confirmation fidelity {CONFIRM_FIDELITY}; source {rows[0]['run'] if rows else '-'}; "
+        by.setdefault(_label(r), {}).setdefault(r["seed"], r)
+    paper = "paper preset" if "paper preset" in by else None
+    runs = sorted({r["run"] for r in rows})
+    print(f"seed stability at the confirmation fidelity {CONFIRM_FIDELITY}; source {', '.join(runs) or '-'}; "
           f"collapse = validation more than {COLLAPSE_PT:g} points below the config's median over its seeds")
-    print("| trial | seeds | val % mean [95 % CI] | val % min..max | collapsed | test % mean [95 % CI] "
+    print("| config | seeds | val % mean [95 % CI] | val % min..max | collapsed | test % mean [95 % CI] "
           "| test vs paper, paired [95 % CI] | P(no collapse in 3 seeds) |")
     print("|---|---|---|---|---|---|---|---|")
-    for n in sorted(by, key=lambda k: (k != paper, k)):
-        d = by[n]
+    for label in sorted(by, key=lambda k: (k != paper, k)):
+        d = by[label]
         val = [d[s]["val_acc"] for s in sorted(d)]
         bad = collapsed(d)
         p = len(bad) / len(val)
         vs = "-"
-        if paper is not None and n != paper:
+        if paper is not None and label != paper:
             v = paired({s: d[s]["test_acc"] for s in d}, {s: r["test_acc"] for s, r in by[paper].items()})
             vs = v.text(sign=True) + (" resolved" if v.resolved else " not resolved")
         ti = interval([d[s]["test_acc"] for s in sorted(d)])
-        label = f"{n} (paper preset)" if n == paper else str(n)
         print(f"| {label} | {len(val)} | {interval(val).text()} | {100 * min(val):.1f}..{100 * max(val):.1f} | "
               f"{len(bad)} {bad} | {ti.text()} | {vs} | {(1 - p) ** 3:.2f} |")
-    for n in sorted(by):
-        d = by[n]
+    for label in sorted(by):
+        d = by[label]
         for s in collapsed(d):
-            print(f"  collapsed: trial {n} seed {s}: val {100 * d[s]['val_acc']:.1f}, accuracy per task after the "
-                      f"last {d[s]['final_row']}, just after learning each {d[s]['diag']}")
+            print(f"  collapsed: {label} seed {s}: val {100 * d[s]['val_acc']:.1f}, accuracy per task after the "
+                  f"last {d[s]['final_row']}, just after learning each {d[s]['diag']}")
 
 
 def main(argv=None) -> None:
