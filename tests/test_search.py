@@ -183,9 +183,9 @@ def test_cli_defaults_and_bad_budget(capsys):
     assert main(["search", "--device", "profiles/jetson_orin.yaml", "--latency-budget", "fast"]) == 2
     assert "latency-budget" in capsys.readouterr().err
     # the confirmation: K,S[,R]; R fresh report seeds by default, 0 = report on the selection seeds
-    assert (s.confirm_top_k, s.confirm_seeds, s.confirm_report_seeds) == (3, 3, 4)
-    s = settings_from_args(p.parse_args(["--device", "jetson_orin", "--confirm", "2,3"]))
-    assert (s.confirm_top_k, s.confirm_seeds, s.confirm_report_seeds) == (2, 3, 4)
+    assert (s.confirm_top_k, s.confirm_seeds, s.confirm_report_seeds) == (2, 3, 6)
+    s = settings_from_args(p.parse_args(["--device", "jetson_orin", "--confirm", "3,2"]))
+    assert (s.confirm_top_k, s.confirm_seeds, s.confirm_report_seeds) == (3, 2, 6)
     s = settings_from_args(p.parse_args(["--device", "jetson_orin", "--confirm", "2,3,0"]))
     assert (s.confirm_top_k, s.confirm_seeds, s.confirm_report_seeds) == (2, 3, 0)
     for bad in ("3", "3,2,1", "0,2", "3,2,4,5", "a,b"):
