@@ -82,7 +82,8 @@ def summarise(run_dir: Path, margin: float) -> dict:
     limits = {m: b["value"] for m, b in budgets.items() if isinstance(b, dict) and "value" in b}
     recs = sorted(read_all(study.get_trials(deepcopy=False)), key=lambda r: r.number)
     curve, best, best_rec, wasted, ref_s, n_pre, n_pruned = [], float("-inf"), None, 0.0, 0.0, 0, 0
-    ref_best = float("-inf")
+    ref_best = own_best = float("-inf")
+    own_curve = []          # own_curve[i - 1]: best feasible among the first i search trials alone (no references)
     paper = None
     for r in recs:
         n_pre += r.prescreened
@@ -104,6 +105,9 @@ def summarise(run_dir: Path, margin: float) -> dict:
             ref_best = best     # the level before any search trial
         else:
             curve.append(best)
+            if r.scored and r.feasible(key):
+                own_best = max(own_best, 100 * r.final_acc)
+            own_curve.append(own_best)
     curve = [ref_best] + curve  # curve[i]: best feasible after the references and i search trials
     vs_paper = None
     if best_rec is not None and paper is not None:
@@ -120,7 +124,7 @@ def summarise(run_dir: Path, margin: float) -> dict:
     wall = float(wall_file.read_text()) if wall_file.is_file() else None
     if wall is None and conf_csv.is_file():     # an earlier invocation: folder creation to confirm.csv
         wall = conf_csv.stat().st_mtime - (run_dir / "run.yaml").stat().st_mtime
-    return {"method": method, "seed": int(seed), "curve": curve, "confirmed": confirmed,
+    return {"method": method, "seed": int(seed), "curve": curve, "own_curve": own_curve, "confirmed": confirmed,
             "best": best if best > float("-inf") else None, "wasted_s": wasted, "ref_s": ref_s,
             "prescreened": n_pre, "pruned": n_pruned,
             "wall_s": wall,
@@ -140,6 +144,11 @@ def _ci(d: dict) -> str:
     if lo is None or hi is None:
         return "[no interval: one seed]"
     return f"[{lo:+.2f}, {hi:+.2f}]" if lo < 0 else f"[{lo:.2f}, {hi:.2f}]"
+
+
+def _trials_to(own_curve: list[float], level: float) -> int | None:
+    """Search trials (1-based) until ``own_curve`` (best among the first i trials) reaches ``level``."""
+    return next((i + 1 for i, v in enumerate(own_curve) if v >= level - 1e-9), None)
 
 
 def first_reaching(curve: list[float], level: float | None) -> int | None:
@@ -253,8 +262,32 @@ def main(argv: list[str] | None = None) -> int:
                 f"rep-tune's best {rep['best']:.2f} % after {first_reaching(rep['curve'], rep['best'])}")
         print(f"seed {seed}: rep-tune reached random's final best ({rnd['best']:.2f} %) after {rep['to_rand']} search "
               f"trials; random after {n_rand} of {len(rnd['curve']) - 1}{note}")
-    print(f"target 2: rep-tune reaches random's best in <= 1/2 of random's trials in {sum(fast)} of {n} seeds: "
+    print(f"target 2, references counted: rep-tune reaches random's best in <= 1/2 of random's trials in {sum(fast)} "
+          f"of {n} seeds: "
           f"{'MET' if fast and all(fast) else 'MISSED' if fast else 'not measured (no seed with both methods finished)'}")
+    # The line above cannot be met in a seed where random's search trials never beat the enqueued references
+    # (random "reached" its best after 0 trials). The references are the same trials in both arms and say
+    # nothing about the strategies, so the judged form compares the search trials alone: the level is the
+    # best that random's own trials found, and each arm counts its own trials to reach it.
+    own_fast = []
+    for seed in paired_seeds:
+        rep, rnd = by[("rep-tune", seed)], by[("random", seed)]
+        level = rnd["own_curve"][-1] if rnd.get("own_curve") else None
+        if level is None:
+            continue
+        if level == float("-inf"):      # random's trials found nothing feasible: met if rep-tune's did
+            own_fast.append(bool(rep.get("own_curve")) and rep["own_curve"][-1] > float("-inf"))
+            print(f"seed {seed}: search trials alone: random's {len(rnd['own_curve'])} trials found no feasible config; "
+                  f"rep-tune's first after {_trials_to(rep['own_curve'], float('-inf') + 1)} of {len(rep['own_curve'])}")
+            continue
+        n_rand, n_rep = (_trials_to(r["own_curve"], level) for r in (rnd, rep))
+        own_fast.append(n_rep is not None and n_rep <= n_rand / 2)
+        print(f"seed {seed}: search trials alone: random's own best {level:.2f} % after {n_rand} of "
+              f"{len(rnd['own_curve'])} trials; rep-tune reached it after {n_rep} of {len(rep['own_curve'])} "
+              f"(rep-tune's own best {rep['own_curve'][-1]:.2f} %)")
+    print(f"target 2, search trials alone: rep-tune reaches random's own best in <= 1/2 of random's trials in "
+          f"{sum(own_fast)} of {len(own_fast)} seeds: "
+          f"{'MET' if own_fast and all(own_fast) else 'MISSED' if own_fast else 'not measured'}")
     root.mkdir(parents=True, exist_ok=True)
     (root / "bench_search.json").write_text(json.dumps(rows, indent=1, default=str))
     print(f"per-seed results: {root / 'bench_search.json'}")

@@ -17,6 +17,7 @@ resumes where it stopped. ``--collect`` prints the table from the file alone.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import statistics
 import sys
@@ -27,6 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from rep_tune.search.confirm import CONFIRM_FIDELITY, confirmation_scenario, interval, paired  # noqa: E402
 
+REPORT_SIZES = (4, 6)   # report seeds compared: the confirmation's old default and its default now
 COLLAPSE_PT = 5.0     # a run this many points below its config's median validation accuracy "collapsed"
 
 
@@ -105,6 +107,16 @@ def collapsed(runs: dict[int, dict]) -> list[int]:
     return [s for s in sorted(runs) if 100 * (med - runs[s]["val_acc"]) > COLLAPSE_PT]
 
 
+def _resolved_share(diffs: dict[int, float], r: int) -> str:
+    """Share of the ``r``-seed subsets of ``diffs`` (seed -> paired test gain) whose 95 % t-interval
+    lies above 0: the chance that a report on ``r`` fresh seeds, drawn from these, resolves the gain."""
+    subsets = list(itertools.combinations(sorted(diffs), r))
+    if not subsets:
+        return "-"
+    hits = sum(interval([diffs[s] for s in sub]).low > 0 for sub in subsets)
+    return f"{hits / len(subsets):.2f} ({hits}/{len(subsets)})"
+
+
 def collect(path: Path) -> None:
     rows = _rows(path)
     by: dict[str, dict[int, dict]] = {}
@@ -129,6 +141,15 @@ def collect(path: Path) -> None:
         ti = interval([d[s]["test_acc"] for s in sorted(d)])
         print(f"| {label} | {len(val)} | {interval(val).text()} | {100 * min(val):.1f}..{100 * max(val):.1f} | "
               f"{len(bad)} {bad} | {ti.text()} | {vs} | {(1 - p) ** 3:.2f} |")
+    if paper is not None:
+        print("how often a report on R fresh seeds would resolve the config's gain over the paper preset: the share "
+              "of the R-seed subsets of its paired seeds whose paired test interval lies above 0 (the subsets "
+              "overlap, so this is a resampling estimate from these seeds, not independent trials)")
+        print("| config | paired seeds | " + " | ".join(f"R = {r}" for r in REPORT_SIZES) + " |")
+        print("|---|---|" + "---|" * len(REPORT_SIZES))
+        for label in sorted(k for k in by if k != paper):
+            diffs = {s: by[label][s]["test_acc"] - by[paper][s]["test_acc"] for s in by[label] if s in by[paper]}
+            print(f"| {label} | {len(diffs)} | " + " | ".join(_resolved_share(diffs, r) for r in REPORT_SIZES) + " |")
     for label in sorted(by):
         d = by[label]
         for s in collapsed(d):
