@@ -324,3 +324,34 @@ def test_penalising_spread_turns_more_choices_into_resolved_gains(monkeypatch):
     less_se = _resolved_rate(100, 1.0, monkeypatch)
     by_mean = _resolved_rate(100, 0.0, monkeypatch)
     assert by_mean < 0.45 and less_se > 0.55
+
+
+def test_the_answer_shows_each_report_seed_against_the_paper_preset_and_flags_a_lost_seed():
+    """A mean gain and its interval hide a seed on which the choice fell far below the preset (the
+    prompt.top_k 1 pick that forgot a task on 2 of 8 seeds): the answer lists the paired gain per report
+    seed, the seeds below the preset, and flags those more than LOSS_FLAG_PT points below."""
+    from types import SimpleNamespace
+    paper = _cand("paper", {0: 0.80, 1: 0.80, 2: 0.80}, role="paper")
+    pick = _cand("pick", {0: 0.84, 1: 0.84, 2: 0.84})
+    paper.test = {3: 0.76, 4: 0.74, 5: 0.75, 6: 0.72}
+    pick.test = {3: 0.70, 4: 0.77, 5: 0.78, 6: 0.70}        # -6, +3, +3, -2 points
+    answers = confirm.decide([paper, pick], {"dev": {"paper", "pick"}}, [0, 1, 2], [3, 4, 5, 6])
+    a = answers["dev"]
+    assert a.best is pick
+    assert a.per_seed_vs_paper(paper) == pytest.approx({3: -0.06, 4: 0.03, 5: 0.03, 6: -0.02})
+    vs = a.summary()["vs_paper_preset"]
+    assert vs["per_seed"] == pytest.approx({3: -0.06, 4: 0.03, 5: 0.03, 6: -0.02})
+    assert vs["seeds_below_paper"] == [3, 6] and vs["seeds_far_below_paper"] == [3]
+    assert vs["mean"] == pytest.approx(-0.005) and not vs["resolved"]
+    conf = confirm.Confirmation([paper, pick], answers, [0, 1, 2], [3, 4, 5, 6], dict(confirm.CONFIRM_FIDELITY),
+                                Scenario(n_tasks=2), 500, 1000)
+    target = SimpleNamespace(key="dev", profile=SimpleNamespace(name="dev"))
+    out = io.StringIO()
+    confirm.print_table(conf, [target], out=out)
+    text = " ".join(out.getvalue().split())
+    assert "per seed: seed 3 -6.0, seed 4 +3.0, seed 5 +3.0, seed 6 -2.0; below the paper preset on 2 of 4 seeds" in text
+    assert "on seed(s) 3 it fell more than 5 points below the paper preset" in text
+    # a steady choice: nothing flagged
+    pick.test = {3: 0.78, 4: 0.76, 5: 0.77, 6: 0.74}
+    steady = confirm.decide([paper, pick], {"dev": {"paper", "pick"}}, [0, 1, 2], [3, 4, 5, 6])["dev"]
+    assert steady.summary()["vs_paper_preset"]["seeds_far_below_paper"] == [] and steady.vs_paper.resolved
