@@ -83,7 +83,7 @@ def summarise(run_dir: Path, margin: float) -> dict:
     recs = sorted(read_all(study.get_trials(deepcopy=False)), key=lambda r: r.number)
     curve, best, best_rec, wasted, ref_s, n_pre, n_pruned = [], float("-inf"), None, 0.0, 0.0, 0, 0
     ref_best = own_best = float("-inf")
-    own_curve = []          # own_curve[i - 1]: best feasible among the first i search trials alone (no references)
+    own_curve = [float("-inf")]   # own_curve[i]: best feasible among the first i search trials alone (no references)
     paper = None
     for r in recs:
         n_pre += r.prescreened
@@ -144,11 +144,6 @@ def _ci(d: dict) -> str:
     if lo is None or hi is None:
         return "[no interval: one seed]"
     return f"[{lo:+.2f}, {hi:+.2f}]" if lo < 0 else f"[{lo:.2f}, {hi:.2f}]"
-
-
-def _trials_to(own_curve: list[float], level: float) -> int | None:
-    """Search trials (1-based) until ``own_curve`` (best among the first i trials) reaches ``level``."""
-    return next((i + 1 for i, v in enumerate(own_curve) if v >= level - 1e-9), None)
 
 
 def first_reaching(curve: list[float], level: float | None) -> int | None:
@@ -275,15 +270,17 @@ def main(argv: list[str] | None = None) -> int:
         level = rnd["own_curve"][-1] if rnd.get("own_curve") else None
         if level is None:
             continue
+        n_trials = len(rnd["own_curve"]) - 1
         if level == float("-inf"):      # random's trials found nothing feasible: met if rep-tune's did
-            own_fast.append(bool(rep.get("own_curve")) and rep["own_curve"][-1] > float("-inf"))
-            print(f"seed {seed}: search trials alone: random's {len(rnd['own_curve'])} trials found no feasible config; "
-                  f"rep-tune's first after {_trials_to(rep['own_curve'], float('-inf') + 1)} of {len(rep['own_curve'])}")
+            first = next((i for i, v in enumerate(rep["own_curve"]) if v > level), None)
+            own_fast.append(first is not None)
+            print(f"seed {seed}: search trials alone: random's {n_trials} trials found no feasible config; "
+                  f"rep-tune's first after {first} of {len(rep['own_curve']) - 1}")
             continue
-        n_rand, n_rep = (_trials_to(r["own_curve"], level) for r in (rnd, rep))
+        n_rand, n_rep = (first_reaching(r["own_curve"], level) for r in (rnd, rep))
         own_fast.append(n_rep is not None and n_rep <= n_rand / 2)
         print(f"seed {seed}: search trials alone: random's own best {level:.2f} % after {n_rand} of "
-              f"{len(rnd['own_curve'])} trials; rep-tune reached it after {n_rep} of {len(rep['own_curve'])} "
+              f"{n_trials} trials; rep-tune reached it after {n_rep} of {len(rep['own_curve']) - 1} "
               f"(rep-tune's own best {rep['own_curve'][-1]:.2f} %)")
     print(f"target 2, search trials alone: rep-tune reaches random's own best in <= 1/2 of random's trials in "
           f"{sum(own_fast)} of {len(own_fast)} seeds: "

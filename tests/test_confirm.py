@@ -338,7 +338,7 @@ def test_the_answer_shows_each_report_seed_against_the_paper_preset_and_flags_a_
     answers = confirm.decide([paper, pick], {"dev": {"paper", "pick"}}, [0, 1, 2], [3, 4, 5, 6])
     a = answers["dev"]
     assert a.best is pick
-    assert a.per_seed_vs_paper(paper) == pytest.approx({3: -0.06, 4: 0.03, 5: 0.03, 6: -0.02})
+    assert a.per_seed_vs_paper() == pytest.approx({3: -0.06, 4: 0.03, 5: 0.03, 6: -0.02})
     vs = a.summary()["vs_paper_preset"]
     assert vs["per_seed"] == pytest.approx({3: -0.06, 4: 0.03, 5: 0.03, 6: -0.02})
     assert vs["seeds_below_paper"] == [3, 6] and vs["seeds_far_below_paper"] == [3]

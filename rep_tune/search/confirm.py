@@ -129,9 +129,10 @@ def paired(a: dict[int, float], b: dict[int, float]) -> Interval:
     return interval([a[s] - b[s] for s in seeds])
 
 
-def flagged_seeds(per_seed: dict[int, float]) -> list[int]:
-    """Seeds whose paired difference (fraction) is more than ``LOSS_FLAG_PT`` points below 0."""
-    return [s for s, d in sorted(per_seed.items()) if 100 * d < -LOSS_FLAG_PT]
+def seeds_below(per_seed: dict[int, float], points: float = 0.0) -> list[int]:
+    """Seeds whose paired difference (fraction) is more than ``points`` points below 0 (``LOSS_FLAG_PT``:
+    the flagged ones)."""
+    return [s for s, d in sorted(per_seed.items()) if 100 * d < -points]
 
 
 # ---- runs -----------------------------------------------------------------------------------------
@@ -190,11 +191,11 @@ class DeviceAnswer:
     report_seeds: list[int] | None = None
     paper: Candidate | None = None             # the paper preset the gain is paired against
 
-    def per_seed_vs_paper(self, paper: Candidate | None) -> dict[int, float]:
+    def per_seed_vs_paper(self) -> dict[int, float]:
         """The choice's test accuracy less the paper preset's, per report seed both have (fraction)."""
-        if self.best is None or paper is None or self.best is paper:
+        if self.best is None or self.paper is None or self.best is self.paper:
             return {}
-        mine, ref = self.best.test_on(self.report_seeds), paper.test_on(self.report_seeds)
+        mine, ref = self.best.test_on(self.report_seeds), self.paper.test_on(self.report_seeds)
         return {s: mine[s] - ref[s] for s in sorted(set(mine) & set(ref))}
 
     def summary(self) -> dict[str, Any]:
@@ -212,12 +213,10 @@ class DeviceAnswer:
         if self.vs_paper is not None:
             out["vs_paper_preset"] = {**self.vs_paper.to_dict(), "unit": "fraction (test accuracy, paired over seeds)",
                                       "resolved": self.vs_paper.resolved}
-            if self.paper is not None:
-                per = self.per_seed_vs_paper(self.paper)
-                out["vs_paper_preset"].update(
-                    per_seed={int(k): round(v, 6) for k, v in per.items()},
-                    seeds_below_paper=[k for k, v in per.items() if v < 0],
-                    seeds_far_below_paper=flagged_seeds(per))
+            per = self.per_seed_vs_paper()
+            out["vs_paper_preset"].update(per_seed={int(k): round(v, 6) for k, v in per.items()},
+                                          seeds_below_paper=seeds_below(per),
+                                          seeds_far_below_paper=seeds_below(per, LOSS_FLAG_PT))
         return out
 
 
@@ -436,13 +435,15 @@ def print_table(conf: Confirmation, targets, *, out=None) -> None:
             verdict = "resolved" if a.vs_paper.resolved else "not resolved (the interval spans 0)"
             console.print(escape(f"    vs the paper preset: {a.vs_paper.text(sign=True)} points, paired over "
                                  f"{a.vs_paper.n} seeds -> {verdict}"))
-            per = a.per_seed_vs_paper(paper)
-            below = [s for s, d in per.items() if d < 0]
+            per = a.per_seed_vs_paper()
             console.print(escape("    per seed: " + ", ".join(f"seed {s} {100 * d:+.1f}" for s, d in per.items())
-                                 + f"; below the paper preset on {len(below)} of {len(per)} seeds"))
-            far = flagged_seeds(per)
+                                 + f"; below the paper preset on {len(seeds_below(per))} of {len(per)} seeds"))
+            far = seeds_below(per, LOSS_FLAG_PT)
             if far:
-                console.print(f"    [yellow]{escape(f'on seed(s) {_span(far)} it fell more than {LOSS_FLAG_PT:g} points below the paper preset (a task forgotten?): it is less reliable than its mean says; check confirm.csv before shipping it')}[/yellow]")
+                warn = (f"on seed(s) {_span(far)} it fell more than {LOSS_FLAG_PT:g} points below the paper preset "
+                        f"(a task forgotten?): it is less reliable than its mean says; check confirm.csv before "
+                        f"shipping it")
+                console.print(f"    [yellow]{escape(warn)}[/yellow]")
         elif a.best.role == "paper":
             console.print("    the paper preset itself is the confirmed best")
 
