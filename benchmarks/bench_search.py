@@ -56,7 +56,7 @@ def run_one(method: str, seed: int, args, root: Path) -> dict:
         pruner="percentile" if rep else "none", prescreen=rep, references=True, margin=args.margin,
         budgets=budget_flags(args),
         confirm_top_k=args.confirm[0], confirm_seeds=args.confirm[1], confirm_report_seeds=args.confirm[2],
-        deploy_backbone=args.deploy_backbone, run_dir=str(run_dir), progress=False)
+        time_limit=args.time_limit or None, deploy_backbone=args.deploy_backbone, run_dir=str(run_dir), progress=False)
     if (run_dir / "run.yaml").is_file():      # --into: an earlier, interrupted invocation's search
         settings = SearchSettings.resume(run_dir, progress=False)
     t0 = time.perf_counter()
@@ -170,6 +170,9 @@ def main(argv: list[str] | None = None) -> int:
                    default=[DEFAULT_TOP_K, DEFAULT_SEEDS, DEFAULT_REPORT_SEEDS],
                    help="confirmation: top K candidates on S paired selection seeds, the choice and the paper preset "
                         "on R fresh report seeds (0: the selection seeds) (default: the search's)")
+    p.add_argument("--time-limit", type=float, default=SearchSettings().time_limit, metavar="SECONDS",
+                   help="each search's time limit, which fixes its report's seed count (rep-tune search "
+                        "--time-limit; default the search's; 0: none, R exactly)")
     p.add_argument("--methods", nargs="+", choices=("rep-tune", "random"), default=["rep-tune", "random"],
                    help="which searches to run (default both; rep-tune alone measures target 1)")
     p.add_argument("--out", default="runs/bench_search")

@@ -88,7 +88,8 @@ def test_confirmed_search_writes_the_answer_with_intervals(tmp_path):
     settings = SearchSettings(devices=["jetson_orin"], space=write_space(tmp_path / "space.yaml"), backbone=PROXY,
                               scenario=Scenario(n_tasks=2, max_per_class=8, eval_per_class=5), n_trials=6,
                               timeout=None, run_dir=str(tmp_path / "run"), progress=False, seed=0,
-                              confirm_top_k=2, confirm_seeds=2, confirm_report_seeds=3, confirm_iters_per_task=7)
+                              confirm_top_k=2, confirm_seeds=2, confirm_report_seeds=3, confirm_iters_per_task=7,
+                              time_limit=None)
     out = io.StringIO()
     outcome = search(settings, train_fn=train, out=out)
     text = out.getvalue()
@@ -241,6 +242,69 @@ def test_report_seeds_are_fresh_and_only_the_choice_and_the_paper_preset_run_the
     conf0 = confirm.run_stages(cands, {"dev": {"h6", "h7"}}, Scenario(n_tasks=2), train, seeds=2, report_seeds=0,
                                fidelity=confirm.CONFIRM_FIDELITY, progress=False)
     assert conf0.report_seeds == [0, 1] and not conf0.fresh and "biased upwards" in conf0.describe_fidelity()
+
+
+def test_the_report_seed_count_fits_the_time_limit_between_its_floor_and_cap():
+    plan = confirm.plan_report_seeds
+    assert plan(6, 80.0, None) == 6 and plan(0, 80.0, 10.0) == 0              # no limit; one-stage report
+    assert plan(6, 80.0, 6 * 80 + 1) == 6 and plan(6, 80.0, 9 * 80 + 79) == 9   # as many as fit
+    assert plan(6, 80.0, 5 * 80) == 5                                          # shrinks to end in time
+    assert plan(6, 80.0, 10.0) == 3 and plan(6, 80.0, -50.0) == 3              # never below 3 ...
+    assert plan(2, 80.0, 10.0) == 2                                            # ... or below what was asked
+    assert plan(6, 80.0, 100 * 80) == 12                                       # at most 2R
+
+
+class Clocked:
+    """A trainer on a fake clock: each run advances it by its config's seconds (prompt length 5: the
+    paper preset, 30 s; 6: 50 s; 7: 40 s); accuracy rises with the prompt length, so 7 is chosen."""
+
+    SECONDS = {5: 30.0, 6: 50.0, 7: 40.0}
+
+    def __init__(self):
+        self.now, self.runs = 1000.0, []
+
+    def clock(self) -> float:
+        return self.now
+
+    def __call__(self, config, scenario, *, report_test=False, **_):
+        from types import SimpleNamespace
+        n, seed = config.prompt.length, config.training.seed
+        self.now += self.SECONDS[n]
+        self.runs.append((n, seed, report_test))
+        acc = 0.75 + 0.01 * n + 0.002 * (seed % 3)
+        return SimpleNamespace(final_acc=acc, test_acc=acc if report_test else None, eval_size=500,
+                               test_size=1000 if report_test else 0, seconds=self.SECONDS[n])
+
+
+@pytest.mark.parametrize("spare, want", [(4, 4), (9, 9), (40, 12), (1, 3)])
+def test_the_report_runs_as_many_fresh_seeds_as_end_before_the_deadline(spare, want):
+    """Selection: 3 configs x 2 seeds = 240 fake seconds. Then the choice (40 s a run) and the paper
+    preset (30 s) cost REPORT_SLACK x 70 planned seconds a seed: a deadline ``spare`` seeds past the
+    selection and the reserve gives ``spare`` report seeds (6 requested), within 3..12. The count
+    is fixed before the first report run; the report ends by the deadline unless the floor overran it."""
+    per = confirm.REPORT_SLACK * 70
+    train = Clocked()
+    cands = [Candidate(f"c{n}", n, confirm_base().replace(**{"prompt.length": n}), 0.8, hash=f"h{n}",
+                       role="paper" if n == 5 else None) for n in (5, 6, 7)]
+    deadline = 1000.0 + 240 + confirm.REPORT_RESERVE_S + spare * per + 1
+    out = io.StringIO()
+    conf = confirm.run_stages(cands, {"dev": {"h5", "h6", "h7"}}, Scenario(n_tasks=2), train, seeds=2,
+                              report_seeds=6, fidelity=confirm.CONFIRM_FIDELITY, progress=False,
+                              deadline=deadline, clock=train.clock, out=out)
+    assert conf.answers["dev"].best.label == "c7"
+    assert conf.report_seeds == list(range(2, 2 + want)) and conf.fresh
+    assert sorted((n, s) for n, s, rep in train.runs if rep) == sorted(
+        (n, s) for n in (5, 7) for s in range(2, 2 + want))
+    assert [c.wall for c in cands if c.label == "c6"] == [{0: 50.0, 1: 50.0}]   # measured on the clock
+    assert conf.report_plan.startswith(f"{want} report seeds (requested 6)") and f"{per:.0f} s planned per seed" in conf.report_plan
+    assert conf.report_plan in out.getvalue() and conf.to_dict()["report_seeds_planned"] == conf.report_plan
+    assert (train.now <= deadline) == (want <= spare) and ("overrun" in conf.report_plan) == (want > spare)
+    # no deadline: R exactly, and nothing planned
+    train2 = Clocked()
+    conf2 = confirm.run_stages(cands, {"dev": {"h5", "h6", "h7"}}, Scenario(n_tasks=2), train2, seeds=2,
+                               report_seeds=6, fidelity=confirm.CONFIRM_FIDELITY, progress=False, clock=train2.clock)
+    assert conf2.report_seeds == [2, 3, 4, 5, 6, 7] and conf2.report_plan == ""
+    assert "report_seeds_planned" not in conf2.to_dict()
 
 
 def confirm_base():

@@ -192,6 +192,12 @@ def test_cli_defaults_and_bad_budget(capsys):
         assert main(["search", "--device", "profiles/jetson_orin.yaml", "--confirm", bad]) == 2
         err = capsys.readouterr().err
         assert "--confirm" in err and "K,S[,R]" in err and repr(bad) in err, err
+    # the whole command's time limit the report plans within: 20 minutes by default, 0 = none (R exactly)
+    assert settings_from_args(p.parse_args(["--device", "jetson_orin"])).time_limit == 1200.0
+    assert settings_from_args(p.parse_args(["--device", "jetson_orin", "--time-limit", "300"])).time_limit == 300.0
+    assert settings_from_args(p.parse_args(["--device", "jetson_orin", "--time-limit", "0"])).time_limit is None
+    assert main(["search", "--device", "profiles/jetson_orin.yaml", "--time-limit", "-5"]) == 2
+    assert "--time-limit" in capsys.readouterr().err
 
 
 def test_targets_from_folder_and_names():

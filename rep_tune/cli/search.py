@@ -96,6 +96,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         f"on R fresh paired seeds and report their test accuracy with 95 %% intervals (R = 0: report "
                         f"on the S seeds, biased upwards) (default {d.confirm_top_k},{d.confirm_seeds},"
                         f"{d.confirm_report_seeds})")
+    p.add_argument("--time-limit", type=non_negative_float, metavar="SECONDS",
+                   help=f"wall time of the whole command (default {d.time_limit:g}; 0 = none): after the selection, "
+                        f"the report's seed count is fixed from its measured run times to end within it (fewer than R "
+                        f"when R would overrun it, never below 3; up to 2R when time is left)")
     p.add_argument("--confirm-iters", type=positive_int, metavar="N",
                    help=f"iterations per task of the confirmation's retraining (default {d.confirm_iters_per_task})")
     p.add_argument("--no-confirm", action="store_true", help="skip the confirmation (the answer is then unconfirmed)")
@@ -137,6 +141,8 @@ def settings_from_args(args: argparse.Namespace):
         common["confirm_top_k"], common["confirm_seeds"] = args.confirm[:2]
         if len(args.confirm) == 3:
             common["confirm_report_seeds"] = args.confirm[2]
+    if args.time_limit is not None:
+        common["time_limit"] = args.time_limit or None
     if args.confirm_iters is not None:
         common["confirm_iters_per_task"] = args.confirm_iters
     if args.no_confirm:
@@ -144,9 +150,10 @@ def settings_from_args(args: argparse.Namespace):
     if args.no_progress:
         common["progress"] = False
     if args.resume:
-        s = SearchSettings.resume(args.resume, **{k: v for k, v in common.items() if k != "timeout"})
-        if "timeout" in common:
-            s.timeout = common["timeout"]
+        s = SearchSettings.resume(args.resume, **{k: v for k, v in common.items() if k not in ("timeout", "time_limit")})
+        for key in ("timeout", "time_limit"):            # 0 on the command line: None, which replace() would skip
+            if key in common:
+                setattr(s, key, common[key])
         return s
     if not args.device:
         raise ValueError("--device: expected at least one device profile (e.g. profiles/jetson_orin.yaml), or --resume RUN_DIR")
@@ -167,7 +174,7 @@ def settings_from_args(args: argparse.Namespace):
     }
     if args.no_prescreen:
         given["prescreen"] = False
-    return SearchSettings(**{k: v for k, v in given.items() if v is not None or k == "timeout"})
+    return SearchSettings(**{k: v for k, v in given.items() if v is not None or k in ("timeout", "time_limit")})
 
 
 def run(args: argparse.Namespace) -> int:

@@ -23,6 +23,13 @@ trainer in ``tests/test_confirm.py``). So the stage selects and reports on disjo
    t-interval, "resolved" when that interval excludes 0. The selection's luck does not reach
    these seeds, so the reported figures are unbiased for the chosen config.
 
+With a time limit (``rep-tune search --time-limit``, default 20 minutes for the whole command), R is
+fixed after the selection from the measured selection run times (``plan_report_seeds``): fewer seeds
+when R would end past the limit (never below ``MIN_REPORT_SEEDS``), up to ``REPORT_GROWTH`` x R when
+time is left, for a narrower paired interval. The count depends on the clock only, never on a report
+result, so reporting on R seeds chosen this way is still unbiased; ``report_seeds_planned`` in
+``best_<device>.yaml`` says how it was fixed.
+
 ``report_seeds=0`` reuses the selection seeds for the report (one stage; cheaper, biased upwards,
 and said so wherever it is printed or written). The test set is touched only to report; it never
 chooses. Intervals are over training seeds on fixed images: the test subset's own sampling error
@@ -36,6 +43,7 @@ import io
 import math
 import statistics
 import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
@@ -61,6 +69,14 @@ CONFIRM_TEST_PER_CLASS = 100      # test images per class the confirmed answer i
 # points, against +2.1, +3.5 and +2.5 for the choice), so its 3 runs buy 2 of the 4 extra report runs
 # (benchmarks/results/seed_stability_vm.txt, bench_search_eqlat_se_vm/*/confirm.csv)
 DEFAULT_TOP_K, DEFAULT_SEEDS, DEFAULT_REPORT_SEEDS = 2, 3, 6
+# the time limit (``plan_report_seeds``): the report never runs on fewer seeds than this (a t-interval
+# on 2 seeds has a quantile of 12.7), and on at most this many times R when time is left; planned
+# seconds per run are the reported candidates' mean selection run times times REPORT_SLACK (report runs
+# took 0.91-1.02x their selection runs' mean in the four 2,3,6 searches of benchmarks/results), and
+# the files written after the report get REPORT_RESERVE_S. Why grow: a gain of 1.2 points at a per-seed sd
+# of 1.7 needs about 11 paired seeds to resolve (benchmarks/results/seed_stability_vm.txt), and the
+# equal-latency searches ended 180-290 s inside the 20 minutes (bench_search_eqlat_236_vm.txt)
+MIN_REPORT_SEEDS, REPORT_GROWTH, REPORT_SLACK, REPORT_RESERVE_S = 3, 2, 1.05, 15.0
 # the choice maximises the paired validation gain over the paper preset minus this many standard errors
 SELECT_SE = 1.0
 # a report seed on which the choice's test accuracy falls this many points below the paper preset's is
@@ -147,6 +163,18 @@ def valid_report_seeds(n: int) -> bool:
     return n == 0 or n >= 2
 
 
+def plan_report_seeds(requested: int, seconds_per_seed: float, seconds_left: float | None) -> int:
+    """How many fresh report seeds to run, fixed before the first report run (so the count depends on
+    the clock, never on a report result: no optional stopping). ``seconds_per_seed`` is what one seed
+    costs (every reported config once); ``seconds_left`` is the time limit's remainder (None: no
+    limit, ``requested`` exactly). As many as fit, between ``min(requested, MIN_REPORT_SEEDS)`` (the
+    floor: the limit is then overrun, and said so) and ``REPORT_GROWTH * requested``."""
+    if not requested or seconds_left is None or not seconds_per_seed > 0:
+        return requested
+    fit = int(max(seconds_left, 0.0) // seconds_per_seed)
+    return max(min(requested, MIN_REPORT_SEEDS), min(fit, REPORT_GROWTH * requested))
+
+
 @dataclass
 class Candidate:
     """One config retrained: where it came from and its per-seed scores (fractions)."""
@@ -160,6 +188,7 @@ class Candidate:
     val: dict[int, float] = field(default_factory=dict)
     test: dict[int, float] = field(default_factory=dict)
     seconds: dict[int, float] = field(default_factory=dict)
+    wall: dict[int, float] = field(default_factory=dict)     # wall seconds of each run, evaluation included
     errors: dict[int, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -232,6 +261,7 @@ class Confirmation:
     scenario: Scenario
     val_size: int = 0
     test_size: int = 0
+    report_plan: str = ""              # how the report's seed count was fixed (the time limit), if it was
 
     @property
     def fresh(self) -> bool:
@@ -251,6 +281,7 @@ class Confirmation:
 
     def to_dict(self) -> dict[str, Any]:
         return {"selection_seeds": self.selection_seeds, "report_seeds": self.report_seeds,
+                **({"report_seeds_planned": self.report_plan} if self.report_plan else {}),
                 "report_on_fresh_seeds": self.fresh, "fidelity": dict(self.fidelity), "val_images": self.val_size,
                 "test_images": self.test_size, "scenario": self.scenario.to_dict()}
 
@@ -264,7 +295,7 @@ def confirmation_scenario(scenario: Scenario) -> Scenario:
 
 def retrain(candidates: list[Candidate], scenario: Scenario, seeds: Sequence[int], fidelity: dict[str, Any],
             train_fn: Callable, *, progress: bool = True, report_test: bool = True,
-            stage: str = "confirm") -> tuple[int, int]:
+            stage: str = "confirm", clock: Callable[[], float] = time.perf_counter) -> tuple[int, int]:
     """Train every candidate at every seed; fill its val (and, with ``report_test``, test) scores. A
     failed run is recorded (``errors``) and left out, never fatal. Returns (validation images, test
     images) per run (0 test images without ``report_test``: the test set is not touched)."""
@@ -275,6 +306,7 @@ def retrain(candidates: list[Candidate], scenario: Scenario, seeds: Sequence[int
         for c, seed in jobs:
             bar.set_description(f"{stage} {c.label} seed {seed}")
             cfg = c.config.replace(**fidelity, **{"training.seed": int(seed)})
+            start = clock()
             try:
                 res = train_fn(cfg, scenario, progress=False, energy=False, eval_every_task=False,
                                report_test=report_test)
@@ -282,6 +314,8 @@ def retrain(candidates: list[Candidate], scenario: Scenario, seeds: Sequence[int
                 c.errors[seed] = f"{type(e).__name__}: {e}"
                 bar.update(1)
                 continue
+            finally:
+                c.wall[seed] = clock() - start
             c.val[seed] = float(res.final_acc)
             c.seconds[seed] = float(getattr(res, "seconds", 0.0))
             test_n = 0
@@ -487,30 +521,54 @@ def candidates_from(recs, targets, paper_record, top_k: int) -> tuple[list[Candi
     return list(chosen.values()), feasible
 
 
+def seconds_per_report_seed(reported: list[Candidate], seeds: Sequence[int]) -> float:
+    """Planned wall seconds of one report seed: each reported config's mean selection run time
+    (``wall``, over ``seeds``) times ``REPORT_SLACK``, summed; 0 when a config has none."""
+    per = [list(_on(c.wall, seeds).values()) for c in reported]
+    if not per or not all(per):
+        return 0.0
+    return REPORT_SLACK * sum(statistics.fmean(w) for w in per)
+
+
 def run_stages(cands: list[Candidate], feasible: dict[str, set[str]], scenario: Scenario, train_fn: Callable, *,
                seeds: int = DEFAULT_SEEDS, report_seeds: int = DEFAULT_REPORT_SEEDS,
-               fidelity: dict[str, Any] | None = None, progress: bool = True) -> Confirmation:
+               fidelity: dict[str, Any] | None = None, progress: bool = True, deadline: float | None = None,
+               clock: Callable[[], float] = time.time, out=None) -> Confirmation:
     """Select on ``seeds`` paired seeds by validation accuracy; report each device's best and the paper
-    preset on ``report_seeds`` fresh paired seeds (0: on the selection seeds, biased); decide per device."""
+    preset on fresh paired seeds (``report_seeds``; 0: on the selection seeds, biased); decide per device.
+
+    With a ``deadline`` (a ``clock()`` time: the command's time limit), the report's seed count is
+    fixed after the selection from its measured run times (``plan_report_seeds``): fewer than
+    ``report_seeds`` when they would end past it, up to ``REPORT_GROWTH`` times more when time is left."""
     fid = dict(fidelity or CONFIRM_FIDELITY)
     sel = list(range(int(seeds)))
-    rep = list(range(int(seeds), int(seeds) + int(report_seeds))) if report_seeds else list(sel)
     fresh = bool(report_seeds)
     val_n, test_n = retrain(cands, scenario, sel, fid, train_fn, progress=progress, report_test=not fresh,
-                            stage="confirm: select")
+                            stage="confirm: select", clock=clock)
+    rep, plan = list(sel), ""
     if fresh:
         chosen = {id(a.best) for a in decide(cands, feasible, sel).values() if a.best is not None}
         reported = [c for c in cands if id(c) in chosen or c.role == "paper"]
+        n = int(report_seeds)
+        if deadline is not None:
+            per = seconds_per_report_seed(reported, sel)
+            left = deadline - clock() - REPORT_RESERVE_S
+            n = plan_report_seeds(n, per, left)
+            plan = (f"{n} report seeds (requested {report_seeds}): {max(left, 0):.0f} s left before the time limit, "
+                    f"{per:.0f} s planned per seed ({len(reported)} run(s))"
+                    + ("; the limit will be overrun" if n * per > left else ""))
+            print(f"  confirm: {plan}", file=out or sys.stdout)
+        rep = list(range(int(seeds), int(seeds) + n))
         _, test_n = retrain(reported, scenario, rep, fid, train_fn, progress=progress, report_test=True,
-                            stage="confirm: report")
-    return Confirmation(cands, decide(cands, feasible, sel, rep), sel, rep, fid, scenario, val_n, test_n)
+                            stage="confirm: report", clock=clock)
+    return Confirmation(cands, decide(cands, feasible, sel, rep), sel, rep, fid, scenario, val_n, test_n, plan)
 
 
 def confirm(recs, targets, paper_record, scenario: Scenario, train_fn: Callable, *, top_k: int = DEFAULT_TOP_K,
             seeds: int = DEFAULT_SEEDS, report_seeds: int = DEFAULT_REPORT_SEEDS, fidelity: dict[str, Any] | None = None,
-            progress: bool = True) -> Confirmation:
+            progress: bool = True, deadline: float | None = None, out=None) -> Confirmation:
     """The whole stage (module docstring): pick the candidates from the search's trial records, then
-    ``run_stages`` on the confirmation's scenario."""
+    ``run_stages`` on the confirmation's scenario (``deadline``: a ``time.time()`` the report plans to end by)."""
     cands, feasible = candidates_from(recs, targets, paper_record, top_k)
     return run_stages(cands, feasible, confirmation_scenario(scenario), train_fn, seeds=seeds,
-                      report_seeds=report_seeds, fidelity=fidelity, progress=progress)
+                      report_seeds=report_seeds, fidelity=fidelity, progress=progress, deadline=deadline, out=out)

@@ -72,6 +72,10 @@ ROLES = ("paper", "baseline")
 SEARCH_FIDELITY = {"training.epochs": 1, "training.iters_per_task": 12}
 SEARCH_EVAL_PER_CLASS = 50    # test images per class of the search's scenario (the confirmation reports on more)
 SEARCH_VAL_PER_CLASS = 50     # validation images per class held out of the training pool: what candidates are scored on
+# the whole command's wall time the confirmation's report plans within: the issue's "the default search,
+# confirmation included, fits 20 minutes on 2 cores" held with 25 s to spare at a fixed 6 report seeds
+# (benchmarks/results/search_default_236_vm.txt); the limit turns that margin into a guarantee
+DEFAULT_TIME_LIMIT_S = 1200.0
 MIN_FREE_MIB = 50             # free space a run folder needs before a search starts (and after a full disk)
 EXIT_DISK_FULL = 75           # EX_TEMPFAIL: free space, then --resume
 
@@ -126,6 +130,8 @@ class SearchSettings:
     confirm_seeds: int = DEFAULT_SEEDS       # selection seeds each, paired; 0 = no confirmation stage
     confirm_report_seeds: int = DEFAULT_REPORT_SEEDS   # fresh seeds the winner and paper preset report on; 0 = reuse
     confirm_iters_per_task: int = CONFIRM_FIDELITY["training.iters_per_task"]   # its fidelity (1 epoch, capped)
+    time_limit: float | None = DEFAULT_TIME_LIMIT_S   # seconds of the whole command the confirmation's report
+                                                      # plans within (confirm.plan_report_seeds); None: R exactly
     progress: bool = True
     export_target: str | None = None         # --export-target: space and deployment restricted to what that format expresses
     resolved_budgets: dict[str, dict] = field(default_factory=dict)   # filled on first run
@@ -279,6 +285,8 @@ def _check_before_work(settings: SearchSettings, targets: list[Target], base: Re
         raise ValueError(f"--n-trials: expected an int >= 1, found {settings.n_trials}")
     if settings.timeout is not None and not settings.timeout > 0:
         raise ValueError(f"--timeout: expected seconds > 0 (0 on the command line: none), found {settings.timeout}")
+    if settings.time_limit is not None and not 0 < settings.time_limit < float("inf"):
+        raise ValueError(f"--time-limit: expected seconds > 0 (0 on the command line: none), found {settings.time_limit}")
     if (settings.confirm_top_k < 1 or settings.confirm_seeds < 0 or settings.confirm_iters_per_task < 1
             or not valid_report_seeds(settings.confirm_report_seeds)):
         raise ValueError(f"--confirm: expected K >= 1 candidates, S >= 0 selection seeds (0: no confirmation) and "
@@ -471,6 +479,7 @@ def search(settings: SearchSettings, *, train_fn=None, out=STDOUT) -> SearchOutc
 
     Ctrl-C or SIGTERM (handled while it runs, in the main thread): ``SearchInterrupted`` /
     ``SearchTerminated``; a full disk: ``DiskFull`` (module docstring)."""
+    started = time.time()                    # the time limit counts from here (a resume: from its start)
     with sigterm_interrupts():
         with _guard(settings):
             p = prepare(settings, train_fn=train_fn, out=out)
@@ -478,7 +487,7 @@ def search(settings: SearchSettings, *, train_fn=None, out=STDOUT) -> SearchOutc
         resume = f"continue with: rep-tune search --resume {run_dir}"
         try:
             with _guard(settings):
-                outcome = _search(p, settings, out)
+                outcome = _search(p, settings, out, started)
             check_interrupts()               # a Ctrl-C Python dropped after the loop (weakref callback)
             return outcome
         except KeyboardInterrupt as e:
@@ -496,7 +505,7 @@ def _count_trained(study: optuna.Study) -> str:
         return "the"
 
 
-def _search(p: Prepared, settings: SearchSettings, out) -> SearchOutcome:
+def _search(p: Prepared, settings: SearchSettings, out, started: float) -> SearchOutcome:
     study, run_dir = p.study, p.run_dir
     from rep_tune.search.report import ProgressBar
     try:
@@ -513,19 +522,25 @@ def _search(p: Prepared, settings: SearchSettings, out) -> SearchOutcome:
     write_outputs(outcome, settings, out=out)                 # its dashboard notes and artifacts write to the study
     optuna_backend.checkpoint(study._storage, truncate=True)     # the log back to zero bytes (best effort)
     if settings.confirm_seeds > 0:
-        run_confirmation(outcome, settings, p.trainer, out=out)
+        deadline = None if settings.time_limit is None else started + settings.time_limit
+        run_confirmation(outcome, settings, p.trainer, out=out, deadline=deadline)
         optuna_backend.checkpoint(study._storage, truncate=True)
     return outcome
 
 
-def run_confirmation(outcome: SearchOutcome, settings: SearchSettings, trainer: Trainer, *, out=STDOUT) -> None:
-    """The confirmation stage (``search.confirm``): retrain, decide, rewrite best_<device>.yaml, write confirm.csv."""
+def run_confirmation(outcome: SearchOutcome, settings: SearchSettings, trainer: Trainer, *, out=STDOUT,
+                     deadline: float | None = None) -> None:
+    """The confirmation stage (``search.confirm``): retrain, decide, rewrite best_<device>.yaml, write
+    confirm.csv. ``deadline`` (``time.time()``): the report's seed count is fixed to end by it."""
     from rep_tune.search import confirm, report
     recs = report.records(outcome.study)
     paper = report.role_trial(report.scored(recs), "paper")
     fidelity = {**CONFIRM_FIDELITY, "training.iters_per_task": settings.confirm_iters_per_task}
     r = settings.confirm_report_seeds
-    reporting = (f"then each device's best and the paper preset on {r} fresh paired seeds, scored on the test subset"
+    seeds = (f"{r} fresh paired seeds" if deadline is None else
+             f"fresh paired seeds ({r} requested; as many as end by the {settings.time_limit:g} s time limit, "
+             f"{min(r, confirm.MIN_REPORT_SEEDS)} to {confirm.REPORT_GROWTH * r})")
+    reporting = (f"then each device's best and the paper preset on {seeds}, scored on the test subset"
                  if r else "the report on the same seeds (biased upwards: the winner's curse)")
     print(f"confirming: the top {settings.confirm_top_k} feasible config(s) per device and the paper preset on "
           f"{settings.confirm_seeds} paired selection seeds, scored on the validation split; {reporting}; 1 epoch of "
@@ -534,7 +549,7 @@ def run_confirmation(outcome: SearchOutcome, settings: SearchSettings, trainer: 
         conf = confirm.confirm(recs, outcome.targets, paper, settings.scenario, trainer.train_fn,
                                top_k=settings.confirm_top_k, seeds=settings.confirm_seeds,
                                report_seeds=settings.confirm_report_seeds, fidelity=fidelity,
-                               progress=settings.progress)
+                               progress=settings.progress, deadline=deadline, out=out)
     except KeyboardInterrupt as e:
         raise _interruption(e, f"interrupted during the confirmation: the search's files in {outcome.run_dir} are "
                                f"written (unconfirmed); confirm again with: rep-tune search --resume "
