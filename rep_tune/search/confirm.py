@@ -23,12 +23,11 @@ trainer in ``tests/test_confirm.py``). So the stage selects and reports on disjo
    t-interval, "resolved" when that interval excludes 0. The selection's luck does not reach
    these seeds, so the reported figures are unbiased for the chosen config.
 
-With a time limit (``rep-tune search --time-limit``, default 20 minutes for the whole command), R is
-fixed after the selection from the measured selection run times (``plan_report_seeds``): fewer seeds
-when R would end past the limit (never below ``MIN_REPORT_SEEDS``), up to ``REPORT_GROWTH`` x R when
-time is left, for a narrower paired interval. The count depends on the clock only, never on a report
-result, so reporting on R seeds chosen this way is still unbiased; ``report_seeds_planned`` in
-``best_<device>.yaml`` says how it was fixed.
+With a time limit (``rep-tune search --time-limit``, default 20 minutes for the whole command), the
+report runs seed by seed while the next seed can end before the limit (``another_report_seed``,
+``ReportTimer``): fewer than R seeds when R would overrun it (never below ``MIN_REPORT_SEEDS``), up
+to ``REPORT_GROWTH`` x R when time is left, for a narrower paired interval. The rule reads the clock
+(run times), never a report result; ``report_seeds_planned`` in ``best_<device>.yaml`` says what it did.
 
 ``report_seeds=0`` reuses the selection seeds for the report (one stage; cheaper, biased upwards,
 and said so wherever it is printed or written). The test set is touched only to report; it never
@@ -69,13 +68,14 @@ CONFIRM_TEST_PER_CLASS = 100      # test images per class the confirmed answer i
 # points, against +2.1, +3.5 and +2.5 for the choice), so its 3 runs buy 2 of the 4 extra report runs
 # (benchmarks/results/seed_stability_vm.txt, bench_search_eqlat_se_vm/*/confirm.csv)
 DEFAULT_TOP_K, DEFAULT_SEEDS, DEFAULT_REPORT_SEEDS = 2, 3, 6
-# the time limit (``plan_report_seeds``): the report never runs on fewer seeds than this (a t-interval
-# on 2 seeds has a quantile of 12.7), and on at most this many times R when time is left; planned
-# seconds per run are the reported candidates' mean selection run times times REPORT_SLACK (report runs
-# took 0.91-1.02x their selection runs' mean in the four 2,3,6 searches of benchmarks/results), and
-# the files written after the report get REPORT_RESERVE_S. Why grow: a gain of 1.2 points at a per-seed sd
-# of 1.7 needs about 11 paired seeds to resolve (benchmarks/results/seed_stability_vm.txt), and the
-# equal-latency searches ended 180-290 s inside the 20 minutes (bench_search_eqlat_236_vm.txt)
+# the time limit (``another_report_seed``): the report never runs on fewer seeds than this (a t-interval
+# on 2 seeds has a quantile of 12.7), and on at most this many times R when time is left. Before each
+# seed it plans REPORT_SLACK times the last report seed's wall time (before the first: the reported
+# configs' mean selection run times), and keeps REPORT_RESERVE_S for the files written after it.
+# Seed by seed, not a count fixed up front: this host's speed drifts 1.2-1.46x within minutes, and a
+# count fixed from the selection's run times overran 20 minutes by 254 s when the report's runs took
+# 1.4x their selection runs (benchmarks/results/search_default_tl_vm.txt). Why grow: a gain of 1.2
+# points at a per-seed sd of 1.7 needs about 11 paired seeds to resolve (seed_stability_vm.txt)
 MIN_REPORT_SEEDS, REPORT_GROWTH, REPORT_SLACK, REPORT_RESERVE_S = 3, 2, 1.05, 15.0
 # the choice maximises the paired validation gain over the paper preset minus this many standard errors
 SELECT_SE = 1.0
@@ -163,16 +163,17 @@ def valid_report_seeds(n: int) -> bool:
     return n == 0 or n >= 2
 
 
-def plan_report_seeds(requested: int, seconds_per_seed: float, seconds_left: float | None) -> int:
-    """How many fresh report seeds to run, fixed before the first report run (so the count depends on
-    the clock, never on a report result: no optional stopping). ``seconds_per_seed`` is what one seed
-    costs (every reported config once); ``seconds_left`` is the time limit's remainder (None: no
-    limit, ``requested`` exactly). As many as fit, between ``min(requested, MIN_REPORT_SEEDS)`` (the
-    floor: the limit is then overrun, and said so) and ``REPORT_GROWTH * requested``."""
-    if not requested or seconds_left is None or not seconds_per_seed > 0:
-        return requested
-    fit = int(max(seconds_left, 0.0) // seconds_per_seed)
-    return max(min(requested, MIN_REPORT_SEEDS), min(fit, REPORT_GROWTH * requested))
+def another_report_seed(done: int, requested: int, seconds_per_seed: float, seconds_left: float | None) -> bool:
+    """Whether the report starts one more fresh seed, having run ``done``: ``requested`` exactly
+    without a time limit (``seconds_left`` None); with one, always up to ``min(requested,
+    MIN_REPORT_SEEDS)`` (the floor: the limit may then be overrun, and is said to be), never past
+    ``REPORT_GROWTH * requested``, and in between while a seed (``seconds_per_seed``: every reported
+    config once) still ends before the limit. The rule reads the clock only, never a report result."""
+    if seconds_left is None or not requested:
+        return done < requested
+    if done < min(requested, MIN_REPORT_SEEDS):
+        return True
+    return done < REPORT_GROWTH * requested and seconds_per_seed <= seconds_left
 
 
 @dataclass
@@ -294,38 +295,50 @@ def confirmation_scenario(scenario: Scenario) -> Scenario:
 
 
 def retrain(candidates: list[Candidate], scenario: Scenario, seeds: Sequence[int], fidelity: dict[str, Any],
-            train_fn: Callable, *, progress: bool = True, report_test: bool = True,
-            stage: str = "confirm", clock: Callable[[], float] = time.perf_counter) -> tuple[int, int]:
-    """Train every candidate at every seed; fill its val (and, with ``report_test``, test) scores. A
-    failed run is recorded (``errors``) and left out, never fatal. Returns (validation images, test
-    images) per run (0 test images without ``report_test``: the test set is not touched)."""
+            train_fn: Callable, *, progress: bool = True, report_test: bool = True, stage: str = "confirm",
+            clock: Callable[[], float] = time.perf_counter,
+            another: Callable[[list[int]], bool] | None = None) -> tuple[int, int, list[int]]:
+    """Train every candidate at every seed, seed by seed; fill its val (and, with ``report_test``,
+    test) scores and its wall time. A failed run is recorded (``errors``) and left out, never fatal.
+    ``another(seeds run so far)`` is asked before each seed after the first and stops the stage when
+    False. Returns (validation images, test images) per run (0 test images without ``report_test``:
+    the test set is not touched) and the seeds run."""
     from rep_tune.progress import ProgressBar
-    sizes = (0, 0)
-    jobs = [(c, s) for s in seeds for c in candidates]       # seed-major: every candidate has its first seed first
-    with ProgressBar(len(jobs), stage, unit="runs", enabled=progress) as bar:
-        for c, seed in jobs:
-            bar.set_description(f"{stage} {c.label} seed {seed}")
-            cfg = c.config.replace(**fidelity, **{"training.seed": int(seed)})
-            start = clock()
-            try:
-                res = train_fn(cfg, scenario, progress=False, energy=False, eval_every_task=False,
-                               report_test=report_test)
-            except Exception as e:                            # a crashing run is a failed run
-                c.errors[seed] = f"{type(e).__name__}: {e}"
-                bar.update(1)
-                continue
-            finally:
-                c.wall[seed] = clock() - start
-            c.val[seed] = float(res.final_acc)
-            c.seconds[seed] = float(getattr(res, "seconds", 0.0))
-            test_n = 0
-            if report_test:
-                test = getattr(res, "test_acc", None)
-                c.test[seed] = float(res.final_acc if test is None else test)
-                test_n = int(getattr(res, "test_size", 0) or getattr(res, "eval_size", 0))
-            sizes = (int(getattr(res, "eval_size", 0)), test_n)
-            bar.update(1)
-    return sizes
+    sizes, ran = (0, 0), []
+    with ProgressBar(len(seeds) * len(candidates), stage, unit="runs", enabled=progress) as bar:
+        for seed in seeds:                                   # seed-major: every candidate has its first seed first
+            if ran and another is not None and not another(list(ran)):
+                break
+            ran.append(seed)
+            for c in candidates:
+                sizes = _run_one(c, seed, scenario, fidelity, train_fn, report_test, clock, bar, stage) or sizes
+    return sizes[0], sizes[1], ran
+
+
+def _run_one(c: Candidate, seed: int, scenario: Scenario, fidelity: dict[str, Any], train_fn: Callable,
+             report_test: bool, clock: Callable[[], float], bar, stage: str) -> tuple[int, int] | None:
+    """One retraining of ``c`` at ``seed`` (``retrain``): its scores, or its error; the run's image counts."""
+    bar.set_description(f"{stage} {c.label} seed {seed}")
+    cfg = c.config.replace(**fidelity, **{"training.seed": int(seed)})
+    start = clock()
+    try:
+        res = train_fn(cfg, scenario, progress=False, energy=False, eval_every_task=False,
+                       report_test=report_test)
+    except Exception as e:                            # a crashing run is a failed run
+        c.errors[seed] = f"{type(e).__name__}: {e}"
+        bar.update(1)
+        return None
+    finally:
+        c.wall[seed] = clock() - start
+    c.val[seed] = float(res.final_acc)
+    c.seconds[seed] = float(getattr(res, "seconds", 0.0))
+    test_n = 0
+    if report_test:
+        test = getattr(res, "test_acc", None)
+        c.test[seed] = float(res.final_acc if test is None else test)
+        test_n = int(getattr(res, "test_size", 0) or getattr(res, "eval_size", 0))
+    bar.update(1)
+    return int(getattr(res, "eval_size", 0)), test_n
 
 
 def _minus_se(values: Sequence[float]) -> float:
@@ -521,13 +534,33 @@ def candidates_from(recs, targets, paper_record, top_k: int) -> tuple[list[Candi
     return list(chosen.values()), feasible
 
 
-def seconds_per_report_seed(reported: list[Candidate], seeds: Sequence[int]) -> float:
-    """Planned wall seconds of one report seed: each reported config's mean selection run time
-    (``wall``, over ``seeds``) times ``REPORT_SLACK``, summed; 0 when a config has none."""
-    per = [list(_on(c.wall, seeds).values()) for c in reported]
-    if not per or not all(per):
-        return 0.0
-    return REPORT_SLACK * sum(statistics.fmean(w) for w in per)
+class ReportTimer:
+    """The report's stopping rule under a time limit (``another_report_seed``), seed by seed: it plans
+    ``REPORT_SLACK`` times the last report seed's wall time (before the first: the reported configs'
+    mean selection run times) and keeps ``REPORT_RESERVE_S`` for the files written after the report."""
+
+    def __init__(self, reported: list[Candidate], selection_seeds: Sequence[int], requested: int,
+                 deadline: float, clock: Callable[[], float]) -> None:
+        self.reported, self.requested, self.deadline, self.clock = reported, requested, deadline, clock
+        self.per_seed = REPORT_SLACK * sum(statistics.fmean(_on(c.wall, selection_seeds).values() or [0.0])
+                                           for c in reported)
+
+    def __call__(self, done: list[int]) -> bool:
+        """Another seed after ``done`` (the report seeds run so far)?"""
+        self.per_seed = REPORT_SLACK * sum(c.wall.get(done[-1], 0.0) for c in self.reported)
+        left = self.deadline - self.clock() - REPORT_RESERVE_S
+        return another_report_seed(len(done), self.requested, self.per_seed, left)
+
+    def describe(self, seeds: list[int]) -> str:
+        """What the rule did over the report ``seeds``, for the output and best_<device>.yaml
+        (``report_seeds_planned``)."""
+        over, floor, ran = self.clock() - self.deadline, min(self.requested, MIN_REPORT_SEEDS), len(seeds)
+        last = sum(c.wall.get(seeds[-1], 0.0) for c in self.reported) if seeds else 0.0
+        why = f"the floor of {floor} seeds" if ran <= floor else "a seed ran longer than planned"
+        return (f"{ran} report seeds (requested {self.requested}), each started while it could end before the "
+                f"time limit (the last took {last:.0f} s); "
+                + (f"the limit overrun by {over:.0f} s ({why})" if over > 0 else
+                   f"{-over:.0f} s before the limit"))
 
 
 def run_stages(cands: list[Candidate], feasible: dict[str, set[str]], scenario: Scenario, train_fn: Callable, *,
@@ -537,30 +570,31 @@ def run_stages(cands: list[Candidate], feasible: dict[str, set[str]], scenario: 
     """Select on ``seeds`` paired seeds by validation accuracy; report each device's best and the paper
     preset on fresh paired seeds (``report_seeds``; 0: on the selection seeds, biased); decide per device.
 
-    With a ``deadline`` (a ``clock()`` time: the command's time limit), the report's seed count is
-    fixed after the selection from its measured run times (``plan_report_seeds``): fewer than
-    ``report_seeds`` when they would end past it, up to ``REPORT_GROWTH`` times more when time is left."""
+    With a ``deadline`` (a ``clock()`` time: the command's time limit), the report runs seed by seed
+    while the next seed ends before it (``another_report_seed``): fewer than ``report_seeds`` when
+    they would overrun it (never below ``MIN_REPORT_SEEDS``), up to ``REPORT_GROWTH`` times more when
+    time is left."""
     fid = dict(fidelity or CONFIRM_FIDELITY)
     sel = list(range(int(seeds)))
     fresh = bool(report_seeds)
-    val_n, test_n = retrain(cands, scenario, sel, fid, train_fn, progress=progress, report_test=not fresh,
-                            stage="confirm: select", clock=clock)
+    val_n, test_n, _ = retrain(cands, scenario, sel, fid, train_fn, progress=progress, report_test=not fresh,
+                               stage="confirm: select", clock=clock)
     rep, plan = list(sel), ""
     if fresh:
         chosen = {id(a.best) for a in decide(cands, feasible, sel).values() if a.best is not None}
         reported = [c for c in cands if id(c) in chosen or c.role == "paper"]
         n = int(report_seeds)
-        if deadline is not None:
-            per = seconds_per_report_seed(reported, sel)
-            left = deadline - clock() - REPORT_RESERVE_S
-            n = plan_report_seeds(n, per, left)
-            plan = (f"{n} report seeds (requested {report_seeds}): {max(left, 0):.0f} s left before the time limit, "
-                    f"{per:.0f} s planned per seed ({len(reported)} run(s))"
-                    + ("; the limit will be overrun" if n * per > left else ""))
+        timer = None if deadline is None else ReportTimer(reported, sel, n, deadline, clock)
+        if timer is not None:
+            print(f"  confirm: the report runs fresh seeds while each can end before the time limit: "
+                  f"{deadline - clock():.0f} s left, about {timer.per_seed:.0f} s a seed ({len(reported)} run(s)); "
+                  f"{n} requested, {min(n, MIN_REPORT_SEEDS)} to {REPORT_GROWTH * n}", file=out or sys.stdout)
+        last = int(seeds) + (n if timer is None else REPORT_GROWTH * n)
+        _, test_n, rep = retrain(reported, scenario, range(int(seeds), last), fid, train_fn, progress=progress,
+                                 report_test=True, stage="confirm: report", clock=clock, another=timer)
+        if timer is not None:
+            plan = timer.describe(rep)
             print(f"  confirm: {plan}", file=out or sys.stdout)
-        rep = list(range(int(seeds), int(seeds) + n))
-        _, test_n = retrain(reported, scenario, rep, fid, train_fn, progress=progress, report_test=True,
-                            stage="confirm: report", clock=clock)
     return Confirmation(cands, decide(cands, feasible, sel, rep), sel, rep, fid, scenario, val_n, test_n, plan)
 
 

@@ -131,7 +131,7 @@ class SearchSettings:
     confirm_report_seeds: int = DEFAULT_REPORT_SEEDS   # fresh seeds the winner and paper preset report on; 0 = reuse
     confirm_iters_per_task: int = CONFIRM_FIDELITY["training.iters_per_task"]   # its fidelity (1 epoch, capped)
     time_limit: float | None = DEFAULT_TIME_LIMIT_S   # seconds of the whole command the confirmation's report
-                                                      # plans within (confirm.plan_report_seeds); None: R exactly
+                                                      # stays within (confirm.ReportTimer); None: R exactly
     progress: bool = True
     export_target: str | None = None         # --export-target: space and deployment restricted to what that format expresses
     resolved_budgets: dict[str, dict] = field(default_factory=dict)   # filled on first run
