@@ -135,7 +135,7 @@ def test_confirmed_search_writes_the_answer_with_intervals(tmp_path):
     # the confirmed test accuracy on the report seeds
     rows = (tmp_path / "run" / "confirm.csv").read_text().splitlines()
     assert len(rows) == 1 + len(select) + len(report)
-    assert rows[0].startswith("candidate,trial,role,config_hash,stage,seed")
+    assert rows[0].startswith("candidate,trial,role,config_hash,stage,seed") and ",seconds,wall_s,error," in rows[0]
     assert sorted(r.split(",")[4] for r in rows[1:]) == sorted(["select"] * len(select) + ["report"] * len(report))
     best_yaml = yaml.safe_load((tmp_path / "run" / "best_jetson_orin.yaml").read_text())
     fa = best_yaml["expected"]["final_acc"]

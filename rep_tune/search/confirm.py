@@ -385,14 +385,15 @@ def decide(candidates: list[Candidate], feasible: dict[str, set[str]], selection
 
 def write_csv(conf: Confirmation, path: Path) -> Path:
     """One row per (candidate, seed) run: its stage (select | report | select+report), validation and
-    test accuracy (empty where the run did not score it), seconds, error.
+    test accuracy (empty where the run did not score it), training seconds, the run's wall seconds
+    (training and evaluation: what the time limit plans with), error.
 
     Written whole and swapped in (``schema.atomic_write_text``): a symlink at ``path`` is replaced,
     never followed."""
     f = io.StringIO(newline="")
     w = csv.writer(f)
     w.writerow(["candidate", "trial", "role", "config_hash", "stage", "seed", "val_acc", "test_acc", "val_images",
-                "test_images", "seconds", "error", *[f"best@{k}" for k in conf.answers]])
+                "test_images", "seconds", "wall_s", "error", *[f"best@{k}" for k in conf.answers]])
     for c in conf.candidates:
         for s in conf.seeds:
             in_sel, in_rep = s in conf.selection_seeds, s in conf.report_seeds
@@ -401,7 +402,7 @@ def write_csv(conf: Confirmation, path: Path) -> Path:
             stage = "select+report" if in_sel and in_rep else "select" if in_sel else "report"
             w.writerow([c.label, "" if c.trial is None else c.trial, c.role or "", c.hash, stage, s,
                         _num(c.val.get(s)), _num(c.test.get(s)), conf.val_size, conf.test_size if s in c.test else "",
-                        _num(c.seconds.get(s), 2), c.errors.get(s, ""),
+                        _num(c.seconds.get(s), 2), _num(c.wall.get(s), 2), c.errors.get(s, ""),
                         *["yes" if a.best is c else "" for a in conf.answers.values()]])
     return atomic_write_text(path, f.getvalue(), newline="")
 
