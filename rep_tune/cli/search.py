@@ -97,9 +97,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         f"on the S seeds, biased upwards) (default {d.confirm_top_k},{d.confirm_seeds},"
                         f"{d.confirm_report_seeds})")
     p.add_argument("--time-limit", type=non_negative_float, metavar="SECONDS",
-                   help=f"wall time of the whole command (default {d.time_limit:g}; 0 = none): after the selection, "
-                        f"the report's seed count is fixed from its measured run times to end within it (fewer than R "
-                        f"when R would overrun it, never below 3; up to 2R when time is left)")
+                   help=f"wall time of the whole command (default {d.time_limit:g}; 0 = none): the report runs "
+                        f"fresh seeds one at a time while the next can end within it, timed on the last one (fewer "
+                        f"than R when R would overrun it, never below 3; up to 2R when time is left)")
     p.add_argument("--confirm-iters", type=positive_int, metavar="N",
                    help=f"iterations per task of the confirmation's retraining (default {d.confirm_iters_per_task})")
     p.add_argument("--no-confirm", action="store_true", help="skip the confirmation (the answer is then unconfirmed)")

@@ -262,7 +262,7 @@ class Confirmation:
     scenario: Scenario
     val_size: int = 0
     test_size: int = 0
-    report_plan: str = ""              # how the report's seed count was fixed (the time limit), if it was
+    report_plan: str = ""              # what the time limit's rule (ReportTimer) did, if there was one
 
     @property
     def fresh(self) -> bool:
