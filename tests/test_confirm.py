@@ -311,6 +311,12 @@ def test_the_report_runs_fresh_seeds_while_each_can_end_before_the_deadline(spar
                                report_seeds=6, fidelity=confirm.CONFIRM_FIDELITY, progress=False, clock=train2.clock)
     assert conf2.report_seeds == [2, 3, 4, 5, 6, 7] and conf2.report_plan == ""
     assert "report_seeds_planned" not in conf2.to_dict()
+    # the paper preset the choice (nothing else fits): no gain to narrow, so time left buys no seed past R
+    train3 = Clocked()
+    conf3 = confirm.run_stages(cands, {"dev": {"h5"}}, Scenario(n_tasks=2), train3, seeds=2, report_seeds=6,
+                               fidelity=confirm.CONFIRM_FIDELITY, progress=False, deadline=train3.now + 1e6,
+                               clock=train3.clock)
+    assert conf3.answers["dev"].best.role == "paper" and conf3.report_seeds == [2, 3, 4, 5, 6, 7]
 
 
 def confirm_base():

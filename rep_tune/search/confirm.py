@@ -574,7 +574,8 @@ def run_stages(cands: list[Candidate], feasible: dict[str, set[str]], scenario: 
     With a ``deadline`` (a ``clock()`` time: the command's time limit), the report runs seed by seed
     while the next seed ends before it (``another_report_seed``): fewer than ``report_seeds`` when
     they would overrun it (never below ``MIN_REPORT_SEEDS``), up to ``REPORT_GROWTH`` times more when
-    time is left."""
+    time is left and some device's choice is not the paper preset (more seeds narrow a gain's interval;
+    the preset alone has no gain to resolve)."""
     fid = dict(fidelity or CONFIRM_FIDELITY)
     sel = list(range(int(seeds)))
     fresh = bool(report_seeds)
@@ -586,11 +587,14 @@ def run_stages(cands: list[Candidate], feasible: dict[str, set[str]], scenario: 
         reported = [c for c in cands if id(c) in chosen or c.role == "paper"]
         n = int(report_seeds)
         timer = None if deadline is None else ReportTimer(reported, sel, n, deadline, clock)
+        # growth narrows a gain's interval: with the paper preset the choice everywhere, there is none
+        grows = timer is not None and any(c.role != "paper" for c in reported)
         if timer is not None:
             print(f"  confirm: the report runs fresh seeds while each can end before the time limit: "
                   f"{deadline - clock():.0f} s left, about {timer.per_seed:.0f} s a seed ({len(reported)} run(s)); "
-                  f"{n} requested, {min(n, MIN_REPORT_SEEDS)} to {REPORT_GROWTH * n}", file=out or sys.stdout)
-        last = int(seeds) + (n if timer is None else REPORT_GROWTH * n)
+                  f"{n} requested, {min(n, MIN_REPORT_SEEDS)} to {REPORT_GROWTH * n if grows else n}",
+                  file=out or sys.stdout)
+        last = int(seeds) + (REPORT_GROWTH * n if grows else n)
         _, test_n, rep = retrain(reported, scenario, range(int(seeds), last), fid, train_fn, progress=progress,
                                  report_test=True, stage="confirm: report", clock=clock, another=timer)
         if timer is not None:
