@@ -171,7 +171,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="confirmation: top K candidates on S paired selection seeds, the choice and the paper preset "
                         "on R fresh report seeds (0: the selection seeds) (default: the search's)")
     p.add_argument("--time-limit", type=float, default=SearchSettings().time_limit, metavar="SECONDS",
-                   help="each search's time limit, which fixes its report's seed count (rep-tune search "
+                   help="each search's time limit, within which its report runs seed by seed (rep-tune search "
                         "--time-limit; default the search's; 0: none, R exactly)")
     p.add_argument("--methods", nargs="+", choices=("rep-tune", "random"), default=["rep-tune", "random"],
                    help="which searches to run (default both; rep-tune alone measures target 1)")

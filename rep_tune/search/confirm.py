@@ -163,17 +163,18 @@ def valid_report_seeds(n: int) -> bool:
     return n == 0 or n >= 2
 
 
-def another_report_seed(done: int, requested: int, seconds_per_seed: float, seconds_left: float | None) -> bool:
+def another_report_seed(done: int, requested: int, seconds_per_seed: float, seconds_left: float | None,
+                        growth: int = REPORT_GROWTH) -> bool:
     """Whether the report starts one more fresh seed, having run ``done``: ``requested`` exactly
     without a time limit (``seconds_left`` None); with one, always up to ``min(requested,
     MIN_REPORT_SEEDS)`` (the floor: the limit may then be overrun, and is said to be), never past
-    ``REPORT_GROWTH * requested``, and in between while a seed (``seconds_per_seed``: every reported
-    config once) still ends before the limit. The rule reads the clock only, never a report result."""
+    ``growth * requested``, and in between while a seed (``seconds_per_seed``: every reported config
+    once) still ends before the limit. The rule reads the clock only, never a report result."""
     if seconds_left is None or not requested:
         return done < requested
     if done < min(requested, MIN_REPORT_SEEDS):
         return True
-    return done < REPORT_GROWTH * requested and seconds_per_seed <= seconds_left
+    return done < growth * requested and seconds_per_seed <= seconds_left
 
 
 @dataclass
@@ -375,11 +376,10 @@ def decide(candidates: list[Candidate], feasible: dict[str, set[str]], selection
     for key, ok in feasible.items():
         pool = [c for c in candidates if c.hash in ok and _on(c.val, sel)]
         best = (max(pool, key=lambda c: (selection_score(c, paper, sel), c is paper)) if pool else None)
-        vs = None
-        if best is not None and paper is not None and best is not paper:
-            vs = paired(best.test_on(rep), paper.test_on(rep))
-            vs = vs if vs.n else None
-        out[key] = DeviceAnswer(key, best, [c.label for c in pool], vs, set(ok), sel, rep, paper)
+        answer = DeviceAnswer(key, best, [c.label for c in pool], None, set(ok), sel, rep, paper)
+        per = answer.per_seed_vs_paper()                     # the paired differences (``paired``'s, per seed)
+        answer.vs_paper = interval(list(per.values())) if per else None
+        out[key] = answer
     return out
 
 
@@ -538,25 +538,40 @@ def candidates_from(recs, targets, paper_record, top_k: int) -> tuple[list[Candi
 class ReportTimer:
     """The report's stopping rule under a time limit (``another_report_seed``), seed by seed: it plans
     ``REPORT_SLACK`` times the last report seed's wall time (before the first: the reported configs'
-    mean selection run times) and keeps ``REPORT_RESERVE_S`` for the files written after the report."""
+    mean selection run times) and keeps ``REPORT_RESERVE_S`` for the files written after the report.
+    It grows the report past ``requested`` only when a reported config is not the paper preset: more
+    seeds narrow a gain's interval, and the preset alone has no gain to resolve."""
 
     def __init__(self, reported: list[Candidate], selection_seeds: Sequence[int], requested: int,
                  deadline: float, clock: Callable[[], float]) -> None:
         self.reported, self.requested, self.deadline, self.clock = reported, requested, deadline, clock
+        self.growth = REPORT_GROWTH if any(c.role != "paper" for c in reported) else 1
+        self.most = self.growth * requested                     # the cap: seeds the report may run
         self.per_seed = REPORT_SLACK * sum(statistics.fmean(_on(c.wall, selection_seeds).values() or [0.0])
                                            for c in reported)
 
+    def seed_wall(self, seed: int) -> float:
+        """Wall seconds the reported configs took at ``seed`` together."""
+        return sum(c.wall.get(seed, 0.0) for c in self.reported)
+
     def __call__(self, done: list[int]) -> bool:
         """Another seed after ``done`` (the report seeds run so far)?"""
-        self.per_seed = REPORT_SLACK * sum(c.wall.get(done[-1], 0.0) for c in self.reported)
+        self.per_seed = REPORT_SLACK * self.seed_wall(done[-1])
         left = self.deadline - self.clock() - REPORT_RESERVE_S
-        return another_report_seed(len(done), self.requested, self.per_seed, left)
+        return another_report_seed(len(done), self.requested, self.per_seed, left, self.growth)
+
+    def announce(self) -> str:
+        """The rule, before the report's first seed."""
+        return (f"the report runs fresh seeds while each can end before the time limit: "
+                f"{self.deadline - self.clock():.0f} s left, about {self.per_seed:.0f} s a seed "
+                f"({len(self.reported)} run(s)); {self.requested} requested, "
+                f"{min(self.requested, MIN_REPORT_SEEDS)} to {self.most}")
 
     def describe(self, seeds: list[int]) -> str:
         """What the rule did over the report ``seeds``, for the output and best_<device>.yaml
         (``report_seeds_planned``)."""
         over, floor, ran = self.clock() - self.deadline, min(self.requested, MIN_REPORT_SEEDS), len(seeds)
-        last = sum(c.wall.get(seeds[-1], 0.0) for c in self.reported) if seeds else 0.0
+        last = self.seed_wall(seeds[-1]) if seeds else 0.0
         why = f"the floor of {floor} seeds" if ran <= floor else "a seed ran longer than planned"
         return (f"{ran} report seeds (requested {self.requested}), each started while it could end before the "
                 f"time limit (the last took {last:.0f} s); "
@@ -574,8 +589,7 @@ def run_stages(cands: list[Candidate], feasible: dict[str, set[str]], scenario: 
     With a ``deadline`` (a ``clock()`` time: the command's time limit), the report runs seed by seed
     while the next seed ends before it (``another_report_seed``): fewer than ``report_seeds`` when
     they would overrun it (never below ``MIN_REPORT_SEEDS``), up to ``REPORT_GROWTH`` times more when
-    time is left and some device's choice is not the paper preset (more seeds narrow a gain's interval;
-    the preset alone has no gain to resolve)."""
+    time is left and some device's choice is not the paper preset (``ReportTimer``)."""
     fid = dict(fidelity or CONFIRM_FIDELITY)
     sel = list(range(int(seeds)))
     fresh = bool(report_seeds)
@@ -587,14 +601,9 @@ def run_stages(cands: list[Candidate], feasible: dict[str, set[str]], scenario: 
         reported = [c for c in cands if id(c) in chosen or c.role == "paper"]
         n = int(report_seeds)
         timer = None if deadline is None else ReportTimer(reported, sel, n, deadline, clock)
-        # growth narrows a gain's interval: with the paper preset the choice everywhere, there is none
-        grows = timer is not None and any(c.role != "paper" for c in reported)
         if timer is not None:
-            print(f"  confirm: the report runs fresh seeds while each can end before the time limit: "
-                  f"{deadline - clock():.0f} s left, about {timer.per_seed:.0f} s a seed ({len(reported)} run(s)); "
-                  f"{n} requested, {min(n, MIN_REPORT_SEEDS)} to {REPORT_GROWTH * n if grows else n}",
-                  file=out or sys.stdout)
-        last = int(seeds) + (REPORT_GROWTH * n if grows else n)
+            print(f"  confirm: {timer.announce()}", file=out or sys.stdout)
+        last = int(seeds) + (n if timer is None else timer.most)
         _, test_n, rep = retrain(reported, scenario, range(int(seeds), last), fid, train_fn, progress=progress,
                                  report_test=True, stage="confirm: report", clock=clock, another=timer)
         if timer is not None:

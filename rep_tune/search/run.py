@@ -531,15 +531,14 @@ def _search(p: Prepared, settings: SearchSettings, out, started: float) -> Searc
 def run_confirmation(outcome: SearchOutcome, settings: SearchSettings, trainer: Trainer, *, out=STDOUT,
                      deadline: float | None = None) -> None:
     """The confirmation stage (``search.confirm``): retrain, decide, rewrite best_<device>.yaml, write
-    confirm.csv. ``deadline`` (``time.time()``): the report's seed count is fixed to end by it."""
+    confirm.csv. ``deadline`` (``time.time()``): the report starts a seed only while it can end by it."""
     from rep_tune.search import confirm, report
     recs = report.records(outcome.study)
     paper = report.role_trial(report.scored(recs), "paper")
     fidelity = {**CONFIRM_FIDELITY, "training.iters_per_task": settings.confirm_iters_per_task}
     r = settings.confirm_report_seeds
     seeds = (f"{r} fresh paired seeds" if deadline is None else
-             f"fresh paired seeds ({r} requested; as many as end by the {settings.time_limit:g} s time limit, "
-             f"{min(r, confirm.MIN_REPORT_SEEDS)} to {confirm.REPORT_GROWTH * r})")
+             f"fresh paired seeds ({r} requested; as many as the {settings.time_limit:g} s time limit allows)")
     reporting = (f"then each device's best and the paper preset on {seeds}, scored on the test subset"
                  if r else "the report on the same seeds (biased upwards: the winner's curse)")
     print(f"confirming: the top {settings.confirm_top_k} feasible config(s) per device and the paper preset on "
