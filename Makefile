@@ -49,7 +49,7 @@ search: $(STAMP) data ## hardware-aware search for a Jetson AGX Orin on the embe
 	$(BIN)/rep-tune search --device profiles/jetson_orin.yaml
 
 test: $(STAMP) data   ## the test suite (GPU/Jetson/RAPL tests skip where the hardware is absent)
-	$(BIN)/python -m pytest -q --durations=15
+	$(BIN)/python -m pytest -q -n auto --maxprocesses 4 --dist loadgroup --durations=15
 
 bench: $(STAMP) data   ## side-by-side benchmarks (minutes to an hour on 2 cores; results in benchmarks/results/)
 	$(BIN)/python benchmarks/bench_runtime.py

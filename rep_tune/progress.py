@@ -35,6 +35,12 @@ class ProgressBar:
         if self._progress is not None:
             self._progress.update(self._task, advance=n)
 
+    def set_total(self, total: int | None) -> None:
+        """Change the number of steps: work that ends early by design (a time limit) ends at a full bar."""
+        self.total = total
+        if self._progress is not None:
+            self._progress.update(self._task, total=total)
+
     def set_description(self, desc: str) -> None:
         self._desc = desc
         if self._progress is not None:

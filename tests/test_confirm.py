@@ -319,6 +319,19 @@ def test_the_report_runs_fresh_seeds_while_each_can_end_before_the_deadline(spar
     assert conf3.answers["dev"].best.role == "paper" and conf3.report_seeds == [2, 3, 4, 5, 6, 7]
 
 
+def test_a_report_stopped_by_the_time_limit_ends_at_a_full_progress_bar(capsys):
+    """The bar counts to the seeds planned at most (2 configs x 4 seeds); stopped after 2 seeds it is
+    re-totalled, so it ends at 4/4 runs, not 4/8 (off a terminal rich prints the bar once, at its end)."""
+    train = Clocked()
+    cands = [Candidate(f"c{n}", n, confirm_base().replace(**{"prompt.length": n}), 0.8, hash=f"h{n}")
+             for n in (5, 7)]
+    _, _, ran = confirm.retrain(cands, Scenario(n_tasks=2), range(3, 7), confirm.CONFIRM_FIDELITY, train,
+                                stage="report", clock=train.clock, another=lambda done: len(done) < 2)
+    assert ran == [3, 4] and len(train.runs) == 4
+    err = capsys.readouterr().err
+    assert "4/4" in err and "/8" not in err, err
+
+
 def confirm_base():
     from rep_tune.config import preset
     return preset("paper", "l2p", PROXY)

@@ -6,6 +6,7 @@ so these tests run whatever the embedded default's token layout is.
 """
 from __future__ import annotations
 
+import dataclasses
 import io
 import math
 
@@ -198,6 +199,24 @@ def test_cli_defaults_and_bad_budget(capsys):
     assert settings_from_args(p.parse_args(["--device", "jetson_orin", "--time-limit", "0"])).time_limit is None
     assert main(["search", "--device", "profiles/jetson_orin.yaml", "--time-limit", "-5"]) == 2
     assert "--time-limit" in capsys.readouterr().err
+
+
+def test_the_search_phase_keeps_within_its_share_of_the_time_limit():
+    """The trials get half of --time-limit when a confirmation follows (all of it without one), or
+    --timeout if that is sooner; the default (600 s of 1200 s) is unchanged and says nothing."""
+    from rep_tune.search.run import search_phase_timeout
+    s = SearchSettings()
+    assert (s.timeout, s.time_limit, s.confirm_seeds > 0) == (600.0, 1200.0, True)
+    assert search_phase_timeout(s) == (600.0, "")
+    t, why = search_phase_timeout(dataclasses.replace(s, time_limit=600.0))
+    assert t == 300.0 and why == ("search: the trials stop after 300 s, 50% of the 600 s time limit (the rest is "
+                                  "the confirmation's), before --timeout 600 s")
+    assert search_phase_timeout(dataclasses.replace(s, time_limit=600.0, confirm_seeds=0))[0] == 600.0
+    assert search_phase_timeout(dataclasses.replace(s, time_limit=900.0, confirm_seeds=0)) == (600.0, "")
+    t, why = search_phase_timeout(dataclasses.replace(s, time_limit=800.0, timeout=None))
+    assert t == 400.0 and "--timeout" not in why
+    assert search_phase_timeout(dataclasses.replace(s, time_limit=None, timeout=None)) == (None, "")
+    assert search_phase_timeout(dataclasses.replace(s, time_limit=None, timeout=50.0)) == (50.0, "")
 
 
 def test_targets_from_folder_and_names():

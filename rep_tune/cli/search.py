@@ -99,7 +99,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--time-limit", type=non_negative_float, metavar="SECONDS",
                    help=f"wall time of the whole command (default {d.time_limit:g}; 0 = none): the report runs "
                         f"fresh seeds one at a time while the next can end within it, timed on the last one (fewer "
-                        f"than R when R would overrun it, never below 3; up to 2R when time is left)")
+                        f"than R when R would overrun it, never below 3; up to 2R when time is left); the search's "
+                        f"trials stop at half of it, or --timeout if sooner (all of it with --no-confirm)")
     p.add_argument("--confirm-iters", type=positive_int, metavar="N",
                    help=f"iterations per task of the confirmation's retraining (default {d.confirm_iters_per_task})")
     p.add_argument("--no-confirm", action="store_true", help="skip the confirmation (the answer is then unconfirmed)")

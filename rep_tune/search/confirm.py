@@ -309,6 +309,7 @@ def retrain(candidates: list[Candidate], scenario: Scenario, seeds: Sequence[int
     with ProgressBar(len(seeds) * len(candidates), stage, unit="runs", enabled=progress) as bar:
         for seed in seeds:                                   # seed-major: every candidate has its first seed first
             if ran and another is not None and not another(list(ran)):
+                bar.set_total(bar.n)                         # stopped by design: the bar ends full
                 break
             ran.append(seed)
             for c in candidates:

@@ -76,6 +76,9 @@ SEARCH_VAL_PER_CLASS = 50     # validation images per class held out of the trai
 # confirmation included, fits 20 minutes on 2 cores" held with 25 s to spare at a fixed 6 report seeds
 # (benchmarks/results/search_default_236_vm.txt); the limit turns that margin into a guarantee
 DEFAULT_TIME_LIMIT_S = 1200.0
+# the share of --time-limit the search phase may use when a confirmation follows (the rest is the
+# confirmation's): the default --timeout 600 s is this share of the default limit, so the default is unchanged
+SEARCH_SHARE_OF_TIME_LIMIT = 0.5
 MIN_FREE_MIB = 50             # free space a run folder needs before a search starts (and after a full disk)
 EXIT_DISK_FULL = 75           # EX_TEMPFAIL: free space, then --resume
 
@@ -505,14 +508,36 @@ def _count_trained(study: optuna.Study) -> str:
         return "the"
 
 
+def search_phase_timeout(settings: SearchSettings) -> tuple[float | None, str]:
+    """The search phase's wall limit in seconds (None: none) and, when ``--time-limit`` set it, why.
+
+    ``--timeout`` alone bounds the trials; ``--time-limit`` bounds the whole command, so the phase also
+    ends after ``SEARCH_SHARE_OF_TIME_LIMIT`` of it (all of it with no confirmation; counted, as
+    ``--timeout`` is, from the trials' start, seconds after the command's). Without that,
+    ``--time-limit 600`` alone let the trials take all 600 s and the report's floor of 3 seeds overran it."""
+    if settings.time_limit is None:
+        return settings.timeout, ""
+    share = SEARCH_SHARE_OF_TIME_LIMIT if settings.confirm_seeds > 0 else 1.0
+    share_s = share * settings.time_limit
+    if settings.timeout is not None and settings.timeout <= share_s:
+        return settings.timeout, ""
+    why = (f"search: the trials stop after {share_s:.0f} s, {share:.0%} of the {settings.time_limit:g} s time limit"
+           + (" (the rest is the confirmation's)" if share < 1 else "")
+           + (f", before --timeout {settings.timeout:g} s" if settings.timeout is not None else ""))
+    return share_s, why
+
+
 def _search(p: Prepared, settings: SearchSettings, out, started: float) -> SearchOutcome:
     study, run_dir = p.study, p.run_dir
     from rep_tune.search.report import ProgressBar
+    timeout, why = search_phase_timeout(settings)
+    if why:
+        print(f"  {why}", file=out)
     try:
         executor = make_executor(p)
         with ProgressBar(settings.n_trials, p.targets, enabled=settings.progress,
                          done=optuna_backend.count_trained(study)) as bar:
-            loop = run_trials(study, p.objective, executor, n_trials=settings.n_trials, timeout=settings.timeout,
+            loop = run_trials(study, p.objective, executor, n_trials=settings.n_trials, timeout=timeout,
                               on_trial=bar.update, lock=optuna_backend.planning_lock(run_dir), out=out)
     finally:
         if p.cluster is not None:
