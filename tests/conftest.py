@@ -36,7 +36,7 @@ def _has_rapl() -> bool:
     return any(os.access(p, os.R_OK) for p in glob.glob("/sys/class/powercap/intel-rapl:*/energy_uj"))
 
 
-# the suite runs on pytest-xdist workers (`make test`: -n auto --dist loadgroup); each test file is one
+# the suite runs on pytest-xdist workers (`make test`: -n auto --maxprocesses 4 --dist loadgroup); each test file is one
 # group, so a module's fixtures (a Ray cluster, a built wheel) are built once, on one worker; the files
 # that start Ray share a group, so two Ray instances never start on this machine at once
 RAY_FILES = {"test_ray_cluster.py", "test_ray_tune.py"}
