@@ -301,7 +301,7 @@ def test_the_report_runs_fresh_seeds_while_each_can_end_before_the_deadline(spar
     assert [c.wall for c in cands if c.label == "c6"] == [{0: 50.0, 1: 50.0}]   # measured on the clock
     assert f"about {per:.0f} s a seed" in out.getvalue()
     assert conf.report_plan.startswith(f"{want} report seeds (requested 6)")
-    assert f"the last took {70 * slow:.0f} s" in conf.report_plan
+    assert f"the last seed took {70 * slow:.0f} s" in conf.report_plan
     assert conf.report_plan in out.getvalue() and conf.to_dict()["report_seeds_planned"] == conf.report_plan
     assert (train.now <= deadline) == (want <= spare)
     assert ("overrun" in conf.report_plan) == (want > spare) and ("floor of 3" in conf.report_plan) == (want > spare)

@@ -199,6 +199,12 @@ def test_cli_defaults_and_bad_budget(capsys):
     assert settings_from_args(p.parse_args(["--device", "jetson_orin", "--time-limit", "0"])).time_limit is None
     assert main(["search", "--device", "profiles/jetson_orin.yaml", "--time-limit", "-5"]) == 2
     assert "--time-limit" in capsys.readouterr().err
+    # the confirmation's retrainings at once: auto (None) by default, or as many as asked, never 0
+    assert settings_from_args(p.parse_args(["--device", "jetson_orin"])).confirm_workers is None
+    assert settings_from_args(p.parse_args(["--device", "jetson_orin", "--confirm-workers", "2"])).confirm_workers == 2
+    capsys.readouterr()
+    assert main(["search", "--device", "profiles/jetson_orin.yaml", "--confirm-workers", "0"]) == 2
+    assert "--confirm-workers" in capsys.readouterr().err
 
 
 def test_the_search_phase_keeps_within_its_share_of_the_time_limit():

@@ -98,11 +98,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         f"{d.confirm_report_seeds})")
     p.add_argument("--time-limit", type=non_negative_float, metavar="SECONDS",
                    help=f"wall time of the whole command (default {d.time_limit:g}; 0 = none): the report runs "
-                        f"fresh seeds one at a time while the next can end within it, timed on the last one (fewer "
-                        f"than R when R would overrun it, never below 3; up to 2R when time is left); the search's "
+                        f"fresh seeds while the next ones can end within it, timed on the last ones (fewer than R "
+                        f"when R would overrun it, never below 3; up to 2R when time is left); the search's "
                         f"trials stop at half of it, or --timeout if sooner (all of it with --no-confirm)")
     p.add_argument("--confirm-iters", type=positive_int, metavar="N",
                    help=f"iterations per task of the confirmation's retraining (default {d.confirm_iters_per_task})")
+    p.add_argument("--confirm-workers", type=positive_int, metavar="N",
+                   help="the confirmation's retrainings at once, each on an equal share of the torch threads "
+                        "(default: one per torch CPU thread, at most 4; 1 on a GPU). They are independent: this "
+                        "changes no choice, only how soon it comes and so how many report seeds fit the time limit")
     p.add_argument("--no-confirm", action="store_true", help="skip the confirmation (the answer is then unconfirmed)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="dotted RepConfig override for every candidate, e.g. training.lr=0.05")
@@ -146,6 +150,8 @@ def settings_from_args(args: argparse.Namespace):
         common["time_limit"] = args.time_limit or None
     if args.confirm_iters is not None:
         common["confirm_iters_per_task"] = args.confirm_iters
+    if args.confirm_workers is not None:
+        common["confirm_workers"] = args.confirm_workers
     if args.no_confirm:
         common["confirm_seeds"] = 0
     if args.no_progress:

@@ -264,6 +264,8 @@ class Confirmation:
     val_size: int = 0
     test_size: int = 0
     report_plan: str = ""              # what the time limit's rule (ReportTimer) did, if there was one
+    workers: int = 1                   # retrainings at once (search.parallel)
+    threads_per_run: int | None = None  # torch CPU threads each of them had (None: one at a time, as set)
 
     @property
     def fresh(self) -> bool:
@@ -279,12 +281,17 @@ class Confirmation:
         seeds = (f"selection seeds {self.selection_seeds}, report seeds {self.report_seeds} (fresh)" if self.fresh else
                  f"training seeds {self.selection_seeds}, selection and report on the same seeds (biased upwards)")
         return (f"{self.fidelity['training.epochs']} epoch(s), {self.fidelity['training.iters_per_task']} iterations "
-                f"per task, {seeds}, paired")
+                f"per task, {seeds}, paired"
+                + (f"; {self.workers} runs at a time, {self.threads_per_run} torch thread(s) each"
+                   if self.workers > 1 else ""))
 
     def to_dict(self) -> dict[str, Any]:
         return {"selection_seeds": self.selection_seeds, "report_seeds": self.report_seeds,
                 **({"report_seeds_planned": self.report_plan} if self.report_plan else {}),
-                "report_on_fresh_seeds": self.fresh, "fidelity": dict(self.fidelity), "val_images": self.val_size,
+                "report_on_fresh_seeds": self.fresh, "fidelity": dict(self.fidelity),
+                "runs_at_once": self.workers,
+                **({"torch_threads_per_run": self.threads_per_run} if self.threads_per_run else {}),
+                "val_images": self.val_size,
                 "test_images": self.test_size, "scenario": self.scenario.to_dict()}
 
 
@@ -298,28 +305,46 @@ def confirmation_scenario(scenario: Scenario) -> Scenario:
 def retrain(candidates: list[Candidate], scenario: Scenario, seeds: Sequence[int], fidelity: dict[str, Any],
             train_fn: Callable, *, progress: bool = True, report_test: bool = True, stage: str = "confirm",
             clock: Callable[[], float] = time.perf_counter,
-            another: Callable[[list[int]], bool] | None = None) -> tuple[int, int, list[int]]:
-    """Train every candidate at every seed, seed by seed; fill its val (and, with ``report_test``,
-    test) scores and its wall time. A failed run is recorded (``errors``) and left out, never fatal.
-    ``another(seeds run so far)`` is asked before each seed after the first and stops the stage when
-    False. Returns (validation images, test images) per run (0 test images without ``report_test``:
+            another: Callable[[list[int]], bool] | None = None, workers: int = 1) -> tuple[int, int, list[int]]:
+    """Train every candidate at every seed, seed-major; fill its val (and, with ``report_test``, test)
+    scores and its wall time. A failed run is recorded (``errors``) and left out, never fatal.
+
+    ``workers`` > 1 runs that many trainings at once on worker threads, each on an equal share of
+    torch's threads (``search.parallel``); which thread runs a (candidate, seed) changes no score.
+    Without ``another`` every run is queued at once, seed-major. With it the seeds go in rounds of
+    ``seeds_per_round(workers, len(candidates))`` (every candidate's run at each seed of the round),
+    and ``another(seeds run so far)`` is asked before each round after the first; False stops the
+    stage. Returns (validation images, test images) per run (0 test images without ``report_test``:
     the test set is not touched) and the seeds run."""
     from rep_tune.progress import ProgressBar
-    sizes, ran = (0, 0), []
+    from rep_tune.search.parallel import run_all
+    seeds, sizes, ran = [int(s) for s in seeds], (0, 0), []
+    per_round = len(seeds) if another is None else seeds_per_round(workers, len(candidates))
+    run = lambda job: _run_one(job[0], job[1], scenario, fidelity, train_fn, report_test, clock, bar, stage)  # noqa: E731
     with ProgressBar(len(seeds) * len(candidates), stage, unit="runs", enabled=progress) as bar:
-        for seed in seeds:                                   # seed-major: every candidate has its first seed first
+        for i in range(0, len(seeds), max(1, per_round)):
             if ran and another is not None and not another(list(ran)):
                 bar.set_total(bar.n)                         # stopped by design: the bar ends full
                 break
-            ran.append(seed)
-            for c in candidates:
-                sizes = _run_one(c, seed, scenario, fidelity, train_fn, report_test, clock, bar, stage) or sizes
+            batch = seeds[i:i + max(1, per_round)]
+            ran.extend(batch)
+            jobs = [(c, seed) for seed in batch for c in candidates]   # seed-major: every candidate's first seed first
+            for _, got in run_all(jobs, run, workers, label="confirm"):
+                sizes = got or sizes
+                bar.update(1)
     return sizes[0], sizes[1], ran
+
+
+def seeds_per_round(workers: int, n_configs: int) -> int:
+    """Seeds a timed stage (the report) runs between two looks at the clock: enough that every worker
+    has a run (2 workers, 2 configs: 1 seed; 2 workers, the paper preset alone: 2 seeds)."""
+    return max(1, int(workers) // max(1, int(n_configs)))
 
 
 def _run_one(c: Candidate, seed: int, scenario: Scenario, fidelity: dict[str, Any], train_fn: Callable,
              report_test: bool, clock: Callable[[], float], bar, stage: str) -> tuple[int, int] | None:
-    """One retraining of ``c`` at ``seed`` (``retrain``): its scores, or its error; the run's image counts."""
+    """One retraining of ``c`` at ``seed`` (``retrain``): its scores, or its error; the run's image
+    counts. Safe on worker threads: it writes only ``c``'s entries for ``seed``."""
     bar.set_description(f"{stage} {c.label} seed {seed}")
     cfg = c.config.replace(**fidelity, **{"training.seed": int(seed)})
     start = clock()
@@ -328,7 +353,6 @@ def _run_one(c: Candidate, seed: int, scenario: Scenario, fidelity: dict[str, An
                        report_test=report_test)
     except Exception as e:                            # a crashing run is a failed run
         c.errors[seed] = f"{type(e).__name__}: {e}"
-        bar.update(1)
         return None
     finally:
         c.wall[seed] = clock() - start
@@ -339,7 +363,6 @@ def _run_one(c: Candidate, seed: int, scenario: Scenario, fidelity: dict[str, An
         test = getattr(res, "test_acc", None)
         c.test[seed] = float(res.final_acc if test is None else test)
         test_n = int(getattr(res, "test_size", 0) or getattr(res, "eval_size", 0))
-    bar.update(1)
     return int(getattr(res, "eval_size", 0)), test_n
 
 
@@ -537,45 +560,56 @@ def candidates_from(recs, targets, paper_record, top_k: int) -> tuple[list[Candi
 
 
 class ReportTimer:
-    """The report's stopping rule under a time limit (``another_report_seed``), seed by seed: it plans
-    ``REPORT_SLACK`` times the last report seed's wall time (before the first: the reported configs'
-    mean selection run times) and keeps ``REPORT_RESERVE_S`` for the files written after the report.
-    It grows the report past ``requested`` only when a reported config is not the paper preset: more
-    seeds narrow a gain's interval, and the preset alone has no gain to resolve."""
+    """The report's stopping rule under a time limit (``another_report_seed``), round by round
+    (``retrain``: a round is ``seeds_per_round`` seeds, one with 1 worker or 2 configs on 2
+    workers): before each round it plans ``REPORT_SLACK`` times the last round's wall time on the
+    clock (before the first: the reported configs' mean selection run times, in as many waves as
+    the workers need) and keeps ``REPORT_RESERVE_S`` for the files written after the report. It
+    grows the report past ``requested`` only when a reported config is not the paper preset: more
+    seeds narrow a gain's interval, and the preset alone has no gain to resolve. Made right before
+    the report's first round: the first round's wall counts from here."""
 
     def __init__(self, reported: list[Candidate], selection_seeds: Sequence[int], requested: int,
-                 deadline: float, clock: Callable[[], float]) -> None:
+                 deadline: float, clock: Callable[[], float], workers: int = 1) -> None:
         self.reported, self.requested, self.deadline, self.clock = reported, requested, deadline, clock
         self.growth = REPORT_GROWTH if any(c.role != "paper" for c in reported) else 1
         self.most = self.growth * requested                     # the cap: seeds the report may run
-        self.per_seed = REPORT_SLACK * sum(statistics.fmean(_on(c.wall, selection_seeds).values() or [0.0])
-                                           for c in reported)
+        self.round = seeds_per_round(workers, len(reported))
+        waves = math.ceil(self.round * len(reported) / max(1, int(workers)))
+        mean_run = statistics.fmean([statistics.fmean(_on(c.wall, selection_seeds).values() or [0.0])
+                                     for c in reported] or [0.0])
+        self.per_round = REPORT_SLACK * waves * mean_run
+        self.mark, self.last, self.stopped = clock(), 0.0, False
 
-    def seed_wall(self, seed: int) -> float:
-        """Wall seconds the reported configs took at ``seed`` together."""
-        return sum(c.wall.get(seed, 0.0) for c in self.reported)
+    def _lap(self) -> float:
+        """Wall seconds since the last round began (the round just run), and a new mark."""
+        now = self.clock()
+        self.last, self.mark = now - self.mark, now
+        return self.last
 
     def __call__(self, done: list[int]) -> bool:
-        """Another seed after ``done`` (the report seeds run so far)?"""
-        self.per_seed = REPORT_SLACK * self.seed_wall(done[-1])
+        """Another round after ``done`` (the report seeds run so far)?"""
+        self.per_round = REPORT_SLACK * self._lap()
         left = self.deadline - self.clock() - REPORT_RESERVE_S
-        return another_report_seed(len(done), self.requested, self.per_seed, left, self.growth)
+        self.stopped = not another_report_seed(len(done), self.requested, self.per_round, left, self.growth)
+        return not self.stopped
 
     def announce(self) -> str:
-        """The rule, before the report's first seed."""
+        """The rule, before the report's first round."""
+        per = f"{self.round} seeds" if self.round > 1 else "a seed"
         return (f"the report runs fresh seeds while each can end before the time limit: "
-                f"{self.deadline - self.clock():.0f} s left, about {self.per_seed:.0f} s a seed "
-                f"({len(self.reported)} run(s)); {self.requested} requested, "
+                f"{self.deadline - self.clock():.0f} s left, about {self.per_round:.0f} s {per} "
+                f"({len(self.reported)} run(s) each); {self.requested} requested, "
                 f"{min(self.requested, MIN_REPORT_SEEDS)} to {self.most}")
 
     def describe(self, seeds: list[int]) -> str:
         """What the rule did over the report ``seeds``, for the output and best_<device>.yaml
-        (``report_seeds_planned``)."""
+        (``report_seeds_planned``). Called once, right after the report's last round."""
+        last = self.last if self.stopped or not seeds else self._lap()   # stopped: the last look timed it
         over, floor, ran = self.clock() - self.deadline, min(self.requested, MIN_REPORT_SEEDS), len(seeds)
-        last = self.seed_wall(seeds[-1]) if seeds else 0.0
         why = f"the floor of {floor} seeds" if ran <= floor else "a seed ran longer than planned"
         return (f"{ran} report seeds (requested {self.requested}), each started while it could end before the "
-                f"time limit (the last took {last:.0f} s); "
+                f"time limit (the last {'round' if self.round > 1 else 'seed'} took {last:.0f} s); "
                 + (f"the limit overrun by {over:.0f} s ({why})" if over > 0 else
                    f"{-over:.0f} s before the limit"))
 
@@ -583,41 +617,48 @@ class ReportTimer:
 def run_stages(cands: list[Candidate], feasible: dict[str, set[str]], scenario: Scenario, train_fn: Callable, *,
                seeds: int = DEFAULT_SEEDS, report_seeds: int = DEFAULT_REPORT_SEEDS,
                fidelity: dict[str, Any] | None = None, progress: bool = True, deadline: float | None = None,
-               clock: Callable[[], float] = time.time, out=None) -> Confirmation:
+               clock: Callable[[], float] = time.time, out=None, workers: int = 1) -> Confirmation:
     """Select on ``seeds`` paired seeds by validation accuracy; report each device's best and the paper
     preset on fresh paired seeds (``report_seeds``; 0: on the selection seeds, biased); decide per device.
 
     With a ``deadline`` (a ``clock()`` time: the command's time limit), the report runs seed by seed
     while the next seed ends before it (``another_report_seed``): fewer than ``report_seeds`` when
     they would overrun it (never below ``MIN_REPORT_SEEDS``), up to ``REPORT_GROWTH`` times more when
-    time is left and some device's choice is not the paper preset (``ReportTimer``)."""
+    time is left and some device's choice is not the paper preset (``ReportTimer``). ``workers``:
+    retrainings at once in both stages (``retrain``, ``search.parallel``)."""
+    from rep_tune.search.parallel import threads_per_run
     fid = dict(fidelity or CONFIRM_FIDELITY)
+    threads = threads_per_run(workers) if workers > 1 else None
     sel = list(range(int(seeds)))
     fresh = bool(report_seeds)
     val_n, test_n, _ = retrain(cands, scenario, sel, fid, train_fn, progress=progress, report_test=not fresh,
-                               stage="confirm: select", clock=clock)
+                               stage="confirm: select", clock=clock, workers=workers)
     rep, plan = list(sel), ""
     if fresh:
         chosen = {id(a.best) for a in decide(cands, feasible, sel).values() if a.best is not None}
         reported = [c for c in cands if id(c) in chosen or c.role == "paper"]
         n = int(report_seeds)
-        timer = None if deadline is None else ReportTimer(reported, sel, n, deadline, clock)
+        timer = None if deadline is None else ReportTimer(reported, sel, n, deadline, clock, workers)
         if timer is not None:
             print(f"  confirm: {timer.announce()}", file=out or sys.stdout)
         last = int(seeds) + (n if timer is None else timer.most)
         _, test_n, rep = retrain(reported, scenario, range(int(seeds), last), fid, train_fn, progress=progress,
-                                 report_test=True, stage="confirm: report", clock=clock, another=timer)
+                                 report_test=True, stage="confirm: report", clock=clock, another=timer,
+                                 workers=workers)
         if timer is not None:
             plan = timer.describe(rep)
             print(f"  confirm: {plan}", file=out or sys.stdout)
-    return Confirmation(cands, decide(cands, feasible, sel, rep), sel, rep, fid, scenario, val_n, test_n, plan)
+    return Confirmation(cands, decide(cands, feasible, sel, rep), sel, rep, fid, scenario, val_n, test_n, plan,
+                        workers, threads)
 
 
 def confirm(recs, targets, paper_record, scenario: Scenario, train_fn: Callable, *, top_k: int = DEFAULT_TOP_K,
             seeds: int = DEFAULT_SEEDS, report_seeds: int = DEFAULT_REPORT_SEEDS, fidelity: dict[str, Any] | None = None,
-            progress: bool = True, deadline: float | None = None, out=None) -> Confirmation:
+            progress: bool = True, deadline: float | None = None, out=None, workers: int = 1) -> Confirmation:
     """The whole stage (module docstring): pick the candidates from the search's trial records, then
-    ``run_stages`` on the confirmation's scenario (``deadline``: a ``time.time()`` the report plans to end by)."""
+    ``run_stages`` on the confirmation's scenario (``deadline``: a ``time.time()`` the report plans to end by;
+    ``workers``: retrainings at once)."""
     cands, feasible = candidates_from(recs, targets, paper_record, top_k)
     return run_stages(cands, feasible, confirmation_scenario(scenario), train_fn, seeds=seeds,
-                      report_seeds=report_seeds, fidelity=fidelity, progress=progress, deadline=deadline, out=out)
+                      report_seeds=report_seeds, fidelity=fidelity, progress=progress, deadline=deadline, out=out,
+                      workers=workers)

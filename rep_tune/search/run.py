@@ -133,6 +133,7 @@ class SearchSettings:
     confirm_seeds: int = DEFAULT_SEEDS       # selection seeds each, paired; 0 = no confirmation stage
     confirm_report_seeds: int = DEFAULT_REPORT_SEEDS   # fresh seeds the winner and paper preset report on; 0 = reuse
     confirm_iters_per_task: int = CONFIRM_FIDELITY["training.iters_per_task"]   # its fidelity (1 epoch, capped)
+    confirm_workers: int | None = None       # its retrainings at once (search.parallel); None: auto_workers()
     time_limit: float | None = DEFAULT_TIME_LIMIT_S   # seconds of the whole command the confirmation's report
                                                       # stays within (confirm.ReportTimer); None: R exactly
     progress: bool = True
@@ -298,6 +299,8 @@ def _check_before_work(settings: SearchSettings, targets: list[Target], base: Re
                          f"at {settings.confirm_iters_per_task}")
     if settings.n_workers < 1:
         raise ValueError(f"--n-workers: expected an int >= 1, found {settings.n_workers}")
+    if settings.confirm_workers is not None and settings.confirm_workers < 1:
+        raise ValueError(f"--confirm-workers: expected an int >= 1, found {settings.confirm_workers}")
     for name, value, low in (("--cpus-per-trial", settings.cpus_per_trial, 0.0), ("--gpus-per-trial", settings.gpus_per_trial, None)):
         if not (value < float("inf") and (value > low if low is not None else value >= 0)):
             raise ValueError(f"{name}: expected a finite number {'> 0' if low is not None else '>= 0'}, found {value}")
@@ -558,7 +561,9 @@ def run_confirmation(outcome: SearchOutcome, settings: SearchSettings, trainer: 
     """The confirmation stage (``search.confirm``): retrain, decide, rewrite best_<device>.yaml, write
     confirm.csv. ``deadline`` (``time.time()``): the report starts a seed only while it can end by it."""
     from rep_tune.search import confirm, report
+    from rep_tune.search.parallel import auto_workers, threads_per_run
     recs = report.records(outcome.study)
+    workers = settings.confirm_workers or auto_workers()
     paper = report.role_trial(report.scored(recs), "paper")
     fidelity = {**CONFIRM_FIDELITY, "training.iters_per_task": settings.confirm_iters_per_task}
     r = settings.confirm_report_seeds
@@ -568,12 +573,14 @@ def run_confirmation(outcome: SearchOutcome, settings: SearchSettings, trainer: 
                  if r else "the report on the same seeds (biased upwards: the winner's curse)")
     print(f"confirming: the top {settings.confirm_top_k} feasible config(s) per device and the paper preset on "
           f"{settings.confirm_seeds} paired selection seeds, scored on the validation split; {reporting}; 1 epoch of "
-          f"{settings.confirm_iters_per_task} iterations per task", file=out)
+          f"{settings.confirm_iters_per_task} iterations per task"
+          + (f"; {workers} runs at a time, {threads_per_run(workers)} torch thread(s) each" if workers > 1 else ""),
+          file=out)
     try:
         conf = confirm.confirm(recs, outcome.targets, paper, settings.scenario, trainer.train_fn,
                                top_k=settings.confirm_top_k, seeds=settings.confirm_seeds,
                                report_seeds=settings.confirm_report_seeds, fidelity=fidelity,
-                               progress=settings.progress, deadline=deadline, out=out)
+                               progress=settings.progress, deadline=deadline, out=out, workers=workers)
     except KeyboardInterrupt as e:
         raise _interruption(e, f"interrupted during the confirmation: the search's files in {outcome.run_dir} are "
                                f"written (unconfirmed); confirm again with: rep-tune search --resume "
