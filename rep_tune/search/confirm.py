@@ -29,6 +29,10 @@ report runs seed by seed while the next seed can end before the limit (``another
 to ``REPORT_GROWTH`` x R when time is left, for a narrower paired interval. The rule reads the clock
 (run times), never a report result; ``report_seeds_planned`` in ``best_<device>.yaml`` says what it did.
 
+Both stages run their retrainings side by side (``workers``, ``search.parallel``: 2 on 2 cores at 1
+torch thread each, by default); the timed report then goes in rounds of ``seeds_per_round`` seeds
+(one, for the choice and the paper preset on 2 workers), each planned on the last round's wall time.
+
 ``report_seeds=0`` reuses the selection seeds for the report (one stage; cheaper, biased upwards,
 and said so wherever it is printed or written). The test set is touched only to report; it never
 chooses. Intervals are over training seeds on fixed images: the test subset's own sampling error
