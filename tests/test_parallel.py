@@ -157,3 +157,19 @@ def test_a_timed_report_runs_in_rounds_that_keep_every_worker_busy(two_threads):
                                 workers=2)
     assert asked == [[3, 4], [3, 4, 5, 6]] and ran == [3, 4, 5, 6] and sorted(paper.test) == ran
     assert confirm.seeds_per_round(2, 2) == 1 and confirm.seeds_per_round(2, 1) == 2 and confirm.seeds_per_round(1, 1) == 1
+
+
+def test_the_searchs_worker_threads_share_torchs_threads_until_closed(two_threads):
+    """``--n-workers 2`` on 2 threads: each trial on 1 thread while the executor lives, 2 again after
+    (closing twice, as an interrupted loop does, restores once); 1 worker leaves torch alone."""
+    from rep_tune.search.loop import ThreadExecutor
+    ex = ThreadExecutor(None, None, n_workers=2)
+    assert torch.get_num_threads() == 1
+    ex.close()
+    torch.set_num_threads(2)          # what the next stage set: a second close must not undo it
+    ex.close()
+    assert torch.get_num_threads() == 2
+    one = ThreadExecutor(None, None, n_workers=1)
+    assert torch.get_num_threads() == 2
+    one.close()
+    assert torch.get_num_threads() == 2

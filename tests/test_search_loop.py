@@ -244,7 +244,10 @@ def searched(tmp_path_factory):
     # (long prompts, no merging) are over it: fixed here, so the test does not move with the shipped one
     prof = DeviceProfile.load("jetson_orin")
     prof.budgets.latency_ms = 125.0
-    outcome = search(_settings(tmp, devices=[str(prof.save(tmp / "jetson_orin.yaml"))]), train_fn=fake,
+    # one worker: which configs TPE proposes after its startup trials depends on the order trials finish
+    # in, and with 2 worker threads that order moved with the host's load (a slow CI host sampled no
+    # feasible config less accurate than the baseline). The two-worker executor has its own tests below.
+    outcome = search(_settings(tmp, devices=[str(prof.save(tmp / "jetson_orin.yaml"))], n_workers=1), train_fn=fake,
                      out=io.StringIO())
     return outcome, tmp
 
@@ -297,8 +300,8 @@ def test_outputs_are_the_deployment(searched):
     run = outcome.run_dir
     cfg = RepConfig.load(run / "best_jetson_orin.yaml")
     w = outcome.targets[0].profile.workload
-    # the surrogate maps to the deployment's when the proxy used one (which trial wins depends on how the
-    # two worker threads' trials interleave, so the test must not assume it did)
+    # the surrogate maps to the deployment's when the proxy used one (the test does not assume which
+    # trial wins, so that it holds for any draw of the sampler)
     proxy = next(r.config for r in record.read_all(outcome.study.get_trials()) if r.number == cfg.provenance.trial)
     used = bool(proxy["selection"]["surrogate"])
     assert cfg.backbone.name == w.backbone and cfg.selection.surrogate == (w.surrogate if used else None)

@@ -74,8 +74,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--n-trials", type=positive_int, help=f"trained trials (prescreened ones are free; default {d.n_trials})")
     p.add_argument("--timeout", type=non_negative_float, help=f"seconds (default {d.timeout:g}; 0 = none); a training in flight then "
                                                  "stops at its next task boundary (pruned, stopped: search timeout)")
-    p.add_argument("--n-workers", type=positive_int, help=f"parallel trainings in this process (default {d.n_workers}); other "
-                                                   "processes may join with --resume RUN_DIR")
+    p.add_argument("--n-workers", type=positive_int, help=f"parallel trainings in this process (default {d.n_workers}), each on "
+                                                   "an equal share of --threads; other processes may join with --resume RUN_DIR")
     p.add_argument("--sampler", choices=list(strategies.SAMPLERS), help=f"default {d.sampler}")
     p.add_argument("--pruner", choices=list(strategies.PRUNERS), help=f"default {d.pruner}")
     p.add_argument("--seed", type=int, help=f"default {d.seed}")

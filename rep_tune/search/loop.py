@@ -244,6 +244,10 @@ class ThreadExecutor:
     (``runtime.measure.prepare_profiler``): the trainings' CPU memory windows then open in worker
     threads without kineto's "External init callback must run in same thread as registerClient"
     line on stderr, and no worker ever redirects a file descriptor.
+
+    With several workers, each training runs on an equal share of torch's CPU threads until
+    ``close`` (``search.parallel.threads_per_run``): 2 workers on 2 threads run 1 thread each, not 2
+    each on 2 cores (oversubscribed OpenMP threads run several times slower).
     """
 
     def __init__(self, study: optuna.Study, trainer: Trainer, n_workers: int = 1):
@@ -251,6 +255,13 @@ class ThreadExecutor:
         if threading.current_thread() is threading.main_thread():
             from rep_tune.runtime.measure import prepare_profiler
             prepare_profiler()
+        self._threads_before: int | None = None
+        if self.slots > 1:
+            import torch
+
+            from rep_tune.search.parallel import threads_per_run
+            self._threads_before = torch.get_num_threads()
+            torch.set_num_threads(threads_per_run(self.slots, self._threads_before))
         self._done: queue.Queue = queue.Queue()
         self._abort = threading.Event()
 
@@ -285,7 +296,11 @@ class ThreadExecutor:
         self._abort.set()
 
     def close(self) -> None:
-        pass
+        """Give torch back the threads it had (once; ``close`` may be called again)."""
+        if self._threads_before is not None:
+            import torch
+            torch.set_num_threads(self._threads_before)
+            self._threads_before = None
 
 
 def thread_executor(p) -> ThreadExecutor:
