@@ -323,14 +323,14 @@ def retrain(candidates: list[Candidate], scenario: Scenario, seeds: Sequence[int
     from rep_tune.progress import ProgressBar
     from rep_tune.search.parallel import run_all
     seeds, sizes, ran = [int(s) for s in seeds], (0, 0), []
-    per_round = len(seeds) if another is None else seeds_per_round(workers, len(candidates))
+    per_round = max(1, len(seeds)) if another is None else seeds_per_round(workers, len(candidates))
     run = lambda job: _run_one(job[0], job[1], scenario, fidelity, train_fn, report_test, clock, bar, stage)  # noqa: E731
     with ProgressBar(len(seeds) * len(candidates), stage, unit="runs", enabled=progress) as bar:
-        for i in range(0, len(seeds), max(1, per_round)):
+        for i in range(0, len(seeds), per_round):
             if ran and another is not None and not another(list(ran)):
                 bar.set_total(bar.n)                         # stopped by design: the bar ends full
                 break
-            batch = seeds[i:i + max(1, per_round)]
+            batch = seeds[i:i + per_round]
             ran.extend(batch)
             jobs = [(c, seed) for seed in batch for c in candidates]   # seed-major: every candidate's first seed first
             for _, got in run_all(jobs, run, workers, label="confirm"):

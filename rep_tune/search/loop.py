@@ -255,13 +255,10 @@ class ThreadExecutor:
         if threading.current_thread() is threading.main_thread():
             from rep_tune.runtime.measure import prepare_profiler
             prepare_profiler()
-        self._threads_before: int | None = None
+        self._threads = contextlib.ExitStack()          # torch's threads shared out until close()
         if self.slots > 1:
-            import torch
-
-            from rep_tune.search.parallel import threads_per_run
-            self._threads_before = torch.get_num_threads()
-            torch.set_num_threads(threads_per_run(self.slots, self._threads_before))
+            from rep_tune.search.parallel import shared_threads
+            self._threads.enter_context(shared_threads(self.slots))
         self._done: queue.Queue = queue.Queue()
         self._abort = threading.Event()
 
@@ -297,10 +294,7 @@ class ThreadExecutor:
 
     def close(self) -> None:
         """Give torch back the threads it had (once; ``close`` may be called again)."""
-        if self._threads_before is not None:
-            import torch
-            torch.set_num_threads(self._threads_before)
-            self._threads_before = None
+        self._threads.close()
 
 
 def thread_executor(p) -> ThreadExecutor:

@@ -12,7 +12,7 @@ of a training comes from its own seeded ``torch.Generator`` (``tests/test_parall
 models both ways). Its floating-point result does depend on its torch thread count (the order of
 reductions), so every run of one stage runs at the same count, and paired runs stay paired.
 
-Worker threads are named ``loop.THREAD_PREFIX`` + job: ``loop.trainings_alive`` counts them, so
+Worker threads are named ``loop.THREAD_PREFIX`` + a label: ``loop.trainings_alive`` counts them, so
 Ctrl-C leaves as promptly as it does during the search's trials (``cli.search``).
 
 The search's own trials keep ``--n-workers`` (default 1): their results feed the sampler, and
@@ -51,6 +51,11 @@ def threads_per_run(workers: int, threads: int | None = None) -> int:
     import torch
     total = torch.get_num_threads() if threads is None else int(threads)
     return max(1, total // max(1, int(workers)))
+
+
+def describe(workers: int) -> str:
+    """How runs go side by side, for output ("2 runs at a time, 1 torch thread(s) each"; "" for one)."""
+    return f"{workers} runs at a time, {threads_per_run(workers)} torch thread(s) each" if workers > 1 else ""
 
 
 @contextlib.contextmanager

@@ -561,7 +561,7 @@ def run_confirmation(outcome: SearchOutcome, settings: SearchSettings, trainer: 
     """The confirmation stage (``search.confirm``): retrain, decide, rewrite best_<device>.yaml, write
     confirm.csv. ``deadline`` (``time.time()``): the report starts a seed only while it can end by it."""
     from rep_tune.search import confirm, report
-    from rep_tune.search.parallel import auto_workers, threads_per_run
+    from rep_tune.search.parallel import auto_workers, describe
     recs = report.records(outcome.study)
     workers = settings.confirm_workers or auto_workers()
     paper = report.role_trial(report.scored(recs), "paper")
@@ -574,7 +574,7 @@ def run_confirmation(outcome: SearchOutcome, settings: SearchSettings, trainer: 
     print(f"confirming: the top {settings.confirm_top_k} feasible config(s) per device and the paper preset on "
           f"{settings.confirm_seeds} paired selection seeds, scored on the validation split; {reporting}; 1 epoch of "
           f"{settings.confirm_iters_per_task} iterations per task"
-          + (f"; {workers} runs at a time, {threads_per_run(workers)} torch thread(s) each" if workers > 1 else ""),
+          + (f"; {describe(workers)}" if workers > 1 else ""),
           file=out)
     try:
         conf = confirm.confirm(recs, outcome.targets, paper, settings.scenario, trainer.train_fn,
