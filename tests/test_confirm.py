@@ -319,6 +319,39 @@ def test_the_report_runs_fresh_seeds_while_each_can_end_before_the_deadline(spar
     assert conf3.answers["dev"].best.role == "paper" and conf3.report_seeds == [2, 3, 4, 5, 6, 7]
 
 
+def test_the_reports_first_plan_adds_the_test_evaluation_and_waits_for_the_slowest_run():
+    """Before its first round the report has only the selection's runs to plan on. A report run also
+    scores the test subset (1,000 images here against 500 validation images: twice the run's final
+    validation pass), and side by side a round lasts as long as its slowest run: the default search
+    announced 75 s a seed from the two configs' mean selection run, then ran rounds of 94-102 s
+    (benchmarks/results/search_default_par_vm.txt)."""
+    from types import SimpleNamespace
+    choice = Candidate("c", 7, confirm_base(), 0.8, hash="h7")
+    paper = Candidate("p", 0, confirm_base(), 0.7, hash="h0", role="paper")
+    for s in (0, 1, 2):
+        choice.wall[s], choice.evals[s] = 80.0, 8.0
+        paper.wall[s], paper.evals[s] = 60.0, 6.0
+    sel = [0, 1, 2]
+    ratio = confirm.test_per_val(Scenario(eval_per_class=100, val_per_class=50, eval_split="val"))
+    assert ratio == 2.0
+    assert confirm.first_round([choice, paper], sel, 1, 2, ratio) == 96.0            # side by side: the slowest
+    assert confirm.first_round([choice, paper], sel, 1, 1, ratio) == 96.0 + 72.0     # one at a time: both
+    assert confirm.first_round([choice, paper], sel, 1, 2, None) == 80.0             # test subset unknown
+    assert confirm.first_round([paper], sel, 2, 2, ratio) == 72.0                    # the preset alone, 2 seeds at once
+    assert confirm.test_per_val(Scenario(eval_split="test")) == 0.0                  # the test score is the final pass
+    assert confirm.test_per_val(Scenario(eval_per_class=None, val_per_class=50, eval_split="val")) is None
+    timer = confirm.ReportTimer([choice, paper], sel, 6, deadline=1e9, clock=lambda: 0.0, workers=2,
+                                test_per_val=ratio)
+    assert f"about {confirm.REPORT_SLACK * 96:.0f} s a seed" in timer.announce()
+    # a real run records its final validation pass: the last task's evaluation seconds
+    res = SimpleNamespace(final_acc=0.8, seconds=50.0, eval_size=500,
+                          per_task=[SimpleNamespace(eval_seconds=0.0), SimpleNamespace(eval_seconds=7.5)])
+    c = Candidate("c", 7, confirm_base(), 0.8, hash="h7")
+    confirm._run_one(c, 3, Scenario(n_tasks=2), confirm.CONFIRM_FIDELITY, lambda cfg, sc, **kw: res, False,
+                     iter([0.0, 10.0]).__next__, SimpleNamespace(set_description=lambda d: None), "select")
+    assert c.evals == {3: 7.5} and c.wall == {3: 10.0} and c.val == {3: 0.8}
+
+
 def test_a_report_stopped_by_the_time_limit_ends_at_a_full_progress_bar(capsys):
     """The bar counts to the seeds planned at most (2 configs x 4 seeds); stopped after 2 seeds it is
     re-totalled, so it ends at 4/4 runs, not 4/8 (off a terminal rich prints the bar once, at its end)."""

@@ -75,7 +75,8 @@ DEFAULT_TOP_K, DEFAULT_SEEDS, DEFAULT_REPORT_SEEDS = 2, 3, 6
 # the time limit (``another_report_seed``): the report never runs on fewer seeds than this (a t-interval
 # on 2 seeds has a quantile of 12.7), and on at most this many times R when time is left. Before each
 # seed it plans REPORT_SLACK times the last report seed's wall time (before the first: the reported
-# configs' mean selection run times), and keeps REPORT_RESERVE_S for the files written after it.
+# configs' selection runs plus their test evaluation, ``first_round``), and keeps REPORT_RESERVE_S for
+# the files written after it.
 # Seed by seed, not a count fixed up front: this host's speed drifts 1.2-1.46x within minutes, and a
 # count fixed from the selection's run times overran 20 minutes by 254 s when the report's runs took
 # 1.4x their selection runs (benchmarks/results/search_default_tl_vm.txt). Why grow: a gain of 1.2
@@ -195,6 +196,7 @@ class Candidate:
     test: dict[int, float] = field(default_factory=dict)
     seconds: dict[int, float] = field(default_factory=dict)
     wall: dict[int, float] = field(default_factory=dict)     # wall seconds of each run, evaluation included
+    evals: dict[int, float] = field(default_factory=dict)    # seconds of each run's final validation pass
     errors: dict[int, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -306,6 +308,18 @@ def confirmation_scenario(scenario: Scenario) -> Scenario:
     return dataclasses.replace(scenario, eval_per_class=None if per is None else max(per, CONFIRM_TEST_PER_CLASS))
 
 
+def test_per_val(scenario: Scenario) -> float | None:
+    """Test images a report run scores per validation image (``ReportTimer``'s first plan): 0 when
+    the scenario scores on the test split (the test figure is the final validation), the ratio of the
+    per-class caps on a validation split, None where the test subset is the whole test set (its
+    size is not known before the data is read)."""
+    if scenario.eval_split == "test":
+        return 0.0
+    if scenario.eval_per_class is None or not scenario.val_per_class:
+        return None
+    return scenario.eval_per_class / scenario.val_per_class
+
+
 def retrain(candidates: list[Candidate], scenario: Scenario, seeds: Sequence[int], fidelity: dict[str, Any],
             train_fn: Callable, *, progress: bool = True, report_test: bool = True, stage: str = "confirm",
             clock: Callable[[], float] = time.perf_counter,
@@ -362,6 +376,8 @@ def _run_one(c: Candidate, seed: int, scenario: Scenario, fidelity: dict[str, An
         c.wall[seed] = clock() - start
     c.val[seed] = float(res.final_acc)
     c.seconds[seed] = float(getattr(res, "seconds", 0.0))
+    records = getattr(res, "per_task", None) or []
+    c.evals[seed] = float(getattr(records[-1], "eval_seconds", 0.0)) if records else 0.0
     test_n = 0
     if report_test:
         test = getattr(res, "test_acc", None)
@@ -563,26 +579,48 @@ def candidates_from(recs, targets, paper_record, top_k: int) -> tuple[list[Candi
     return list(chosen.values()), feasible
 
 
+def first_round(reported: list[Candidate], selection_seeds: Sequence[int], seeds: int, workers: int,
+                test_per_val: float | None = None) -> float:
+    """Wall seconds one report round of ``seeds`` seeds should take, from the selection's runs of
+    ``reported`` (``ReportTimer``): per config its mean selection run plus ``test_per_val`` times its
+    mean final validation pass (the test evaluation a report run adds); the round is that many runs
+    in ``ceil(runs / workers)`` waves of the mean run, and at least the slowest run."""
+    runs = []
+    for c in reported:
+        wall = list(_on(c.wall, selection_seeds).values()) or [0.0]
+        evals = list(_on(c.evals, selection_seeds).values()) or [0.0]
+        runs.append(statistics.fmean(wall) + (test_per_val or 0.0) * statistics.fmean(evals))
+    if not runs:
+        return 0.0
+    waves = math.ceil(seeds * len(runs) / max(1, int(workers)))
+    return max(waves * statistics.fmean(runs), max(runs))
+
+
 class ReportTimer:
     """The report's stopping rule under a time limit (``another_report_seed``), round by round
     (``retrain``: a round is ``seeds_per_round`` seeds, one with 1 worker or 2 configs on 2
     workers): before each round it plans ``REPORT_SLACK`` times the last round's wall time on the
-    clock (before the first: the reported configs' mean selection run times, in as many waves as
-    the workers need) and keeps ``REPORT_RESERVE_S`` for the files written after the report. It
-    grows the report past ``requested`` only when a reported config is not the paper preset: more
-    seeds narrow a gain's interval, and the preset alone has no gain to resolve. Made right before
-    the report's first round: the first round's wall counts from here."""
+    clock and keeps ``REPORT_RESERVE_S`` for the files written after the report. It grows the report
+    past ``requested`` only when a reported config is not the paper preset: more seeds narrow a
+    gain's interval, and the preset alone has no gain to resolve. Made right before the report's
+    first round: the first round's wall counts from here.
+
+    Before the first round it has no round to go by, so it plans one from the selection
+    (``first_round``): each reported config's mean selection run, plus its test evaluation
+    (``test_per_val`` test images per validation image times the run's final validation pass; a
+    report run also scores the test subset, which a selection run never touches), in as many waves
+    as the workers need and never shorter than the slowest run (side by side, a round lasts as long
+    as its slowest run). Only the announcement reads that plan: every decision is made on a
+    measured round."""
 
     def __init__(self, reported: list[Candidate], selection_seeds: Sequence[int], requested: int,
-                 deadline: float, clock: Callable[[], float], workers: int = 1) -> None:
+                 deadline: float, clock: Callable[[], float], workers: int = 1,
+                 test_per_val: float | None = None) -> None:
         self.reported, self.requested, self.deadline, self.clock = reported, requested, deadline, clock
         self.growth = REPORT_GROWTH if any(c.role != "paper" for c in reported) else 1
         self.most = self.growth * requested                     # the cap: seeds the report may run
         self.round = seeds_per_round(workers, len(reported))
-        waves = math.ceil(self.round * len(reported) / max(1, int(workers)))
-        mean_run = statistics.fmean([statistics.fmean(_on(c.wall, selection_seeds).values() or [0.0])
-                                     for c in reported] or [0.0])
-        self.per_round = REPORT_SLACK * waves * mean_run
+        self.per_round = REPORT_SLACK * first_round(reported, selection_seeds, self.round, workers, test_per_val)
         self.mark, self.last, self.stopped = clock(), 0.0, False
 
     def _lap(self) -> float:
@@ -642,7 +680,8 @@ def run_stages(cands: list[Candidate], feasible: dict[str, set[str]], scenario: 
         chosen = {id(a.best) for a in decide(cands, feasible, sel).values() if a.best is not None}
         reported = [c for c in cands if id(c) in chosen or c.role == "paper"]
         n = int(report_seeds)
-        timer = None if deadline is None else ReportTimer(reported, sel, n, deadline, clock, workers)
+        timer = None if deadline is None else ReportTimer(reported, sel, n, deadline, clock, workers,
+                                                          test_per_val(scenario))
         if timer is not None:
             print(f"  confirm: {timer.announce()}", file=out or sys.stdout)
         last = int(seeds) + (n if timer is None else timer.most)
