@@ -52,7 +52,7 @@ def run_one(method: str, seed: int, args, root: Path) -> dict:
         devices=[args.device], scenario=Scenario(n_tasks=args.tasks, max_per_class=args.max_per_class,
                                                  eval_per_class=args.eval_per_class),
         overrides={**SEARCH_FIDELITY, **({"training.iters_per_task": args.iters_per_task} if args.iters_per_task else {})},
-        n_trials=args.trials, timeout=None, sampler="tpe" if rep else "random", seed=seed,
+        n_trials=args.trials, n_workers=args.n_workers, timeout=None, sampler="tpe" if rep else "random", seed=seed,
         pruner="percentile" if rep else "none", prescreen=rep, references=True, margin=args.margin,
         budgets=budget_flags(args),
         confirm_top_k=args.confirm[0], confirm_seeds=args.confirm[1], confirm_report_seeds=args.confirm[2],
@@ -157,6 +157,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default="profiles/jetson_orin.yaml")
     p.add_argument("--trials", type=int, default=16, help="trained trials per search (rep-tune search's default)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--n-workers", type=int, default=SearchSettings().n_workers,
+                   help="trials trained side by side, sharing --threads (rep-tune search's --n-workers)")
     p.add_argument("--tasks", type=int, default=5)
     p.add_argument("--iters-per-task", type=int, default=None, help="default: the search's (SEARCH_FIDELITY)")
     p.add_argument("--max-per-class", type=int, default=None, help="cap training images per class (default: all)")
@@ -219,7 +221,7 @@ def main(argv: list[str] | None = None) -> int:
         return (statistics.mean(vals), len(vals)) if vals else (None, 0)
 
     n = len(paired_seeds)
-    print(f"\nbench_search: {args.trials} trained trials per search, seeds {args.seeds} (rep-tune finished {rep_seeds}, "
+    print(f"\nbench_search: {args.trials} trained trials per search ({args.n_workers} at a time), seeds {args.seeds} (rep-tune finished {rep_seeds}, "
           f"both methods {paired_seeds}), device {args.device}, "
           f"{Scenario().dataset} {args.tasks} tasks, {args.iters_per_task or SEARCH_FIDELITY['training.iters_per_task']} "
           f"iters/task, train cap {args.max_per_class or 'none'}/class, eval {args.eval_per_class}/class")
