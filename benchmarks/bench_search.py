@@ -38,6 +38,7 @@ from pathlib import Path
 import torch
 
 from rep_tune.data.scenario import Scenario
+from rep_tune.cli.common import positive_int
 from rep_tune.cli.search import add_budget_flags, budget_flags
 from rep_tune.search.confirm import DEFAULT_REPORT_SEEDS, DEFAULT_SEEDS, DEFAULT_TOP_K, answer_from_csv
 from rep_tune.search.record import read_all
@@ -129,7 +130,7 @@ def summarise(run_dir: Path, margin: float) -> dict:
             "prescreened": n_pre, "pruned": n_pruned,
             "wall_s": wall,
             "vs_paper": vs_paper, "budgets": ", ".join(f"{m} <= {v:g}" for m, v in limits.items()),
-            "run_dir": str(run_dir)}
+            "n_trials": run["n_trials"], "n_workers": run["n_workers"], "run_dir": str(run_dir)}
 
 
 def _latency_ratio(recs, trial: int, paper, key: str) -> float | None:
@@ -155,9 +156,10 @@ def first_reaching(curve: list[float], level: float | None) -> int | None:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default="profiles/jetson_orin.yaml")
-    p.add_argument("--trials", type=int, default=16, help="trained trials per search (rep-tune search's default)")
+    p.add_argument("--trials", type=positive_int, default=SearchSettings().n_trials,
+                   help="trained trials per search (rep-tune search's default)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    p.add_argument("--n-workers", type=int, default=SearchSettings().n_workers,
+    p.add_argument("--n-workers", type=positive_int, default=SearchSettings().n_workers,
                    help="trials trained side by side, sharing --threads (rep-tune search's --n-workers)")
     p.add_argument("--tasks", type=int, default=5)
     p.add_argument("--iters-per-task", type=int, default=None, help="default: the search's (SEARCH_FIDELITY)")
@@ -221,7 +223,9 @@ def main(argv: list[str] | None = None) -> int:
         return (statistics.mean(vals), len(vals)) if vals else (None, 0)
 
     n = len(paired_seeds)
-    print(f"\nbench_search: {args.trials} trained trials per search ({args.n_workers} at a time), seeds {args.seeds} (rep-tune finished {rep_seeds}, "
+    def ran(field: str) -> str:     # what the searches ran (their run.yaml), not this invocation's flags:
+        return "/".join(str(v) for v in sorted({r[field] for r in rows}))   # --collect and --into read old runs
+    print(f"\nbench_search: {ran('n_trials')} trained trials per search ({ran('n_workers')} at a time), seeds {args.seeds} (rep-tune finished {rep_seeds}, "
           f"both methods {paired_seeds}), device {args.device}, "
           f"{Scenario().dataset} {args.tasks} tasks, {args.iters_per_task or SEARCH_FIDELITY['training.iters_per_task']} "
           f"iters/task, train cap {args.max_per_class or 'none'}/class, eval {args.eval_per_class}/class")
