@@ -319,6 +319,48 @@ def test_the_report_runs_fresh_seeds_while_each_can_end_before_the_deadline(spar
     assert conf3.answers["dev"].best.role == "paper" and conf3.report_seeds == [2, 3, 4, 5, 6, 7]
 
 
+@pytest.mark.parametrize("margin, third", [(1.0, True), (-1.0, False)])
+def test_the_selection_gives_up_its_third_seed_before_the_reports_floor_would_overrun_the_limit(margin, third):
+    """Selection: 3 configs (30, 50, 40 fake seconds a run; mean 40) on 3 requested seeds, one at a time.
+    When seed 2's first run is about to start, the timer plans seed 2 at 3 x 40 = 120 s and the
+    report's floor at 3 seeds x 2 configs x 40 s x REPORT_SLACK = 252 s. A deadline that holds both
+    (and the reserve) ``margin`` s later runs seed 2; one short of it skips seed 2 for every config
+    (pairs stay whole), says why, and the choice stands on seeds 0 and 1. Before, the selection queued
+    every run and a slow host's report could only overrun the limit at its floor."""
+    train = Clocked()
+    cands = [Candidate(f"c{n}", n, confirm_base().replace(**{"prompt.length": n}), 0.8, hash=f"h{n}",
+                       role="paper" if n == 5 else None) for n in (5, 6, 7)]
+    seed2, floor = 3 * 40.0, confirm.REPORT_SLACK * 3 * 2 * 40.0
+    deadline = 1000.0 + 240.0 + seed2 + floor + confirm.REPORT_RESERVE_S + margin
+    out = io.StringIO()
+    conf = confirm.run_stages(cands, {"dev": {"h5", "h6", "h7"}}, Scenario(n_tasks=2), train, seeds=3,
+                              report_seeds=6, fidelity=confirm.CONFIRM_FIDELITY, progress=False,
+                              deadline=deadline, clock=train.clock, out=out)
+    selected = sorted((n, s) for n, s, rep in train.runs if not rep)
+    assert conf.answers["dev"].best.label == "c7"
+    if third:
+        assert conf.selection_seeds == [0, 1, 2] and selected == [(n, s) for n in (5, 6, 7) for s in (0, 1, 2)]
+        assert conf.selection_plan == "" and "selection_seeds_planned" not in conf.to_dict()
+    else:
+        assert conf.selection_seeds == [0, 1] and selected == [(n, s) for n in (5, 6, 7) for s in (0, 1)]
+        assert all(sorted(s for s in c.val if s < 3) == [0, 1] for c in cands)   # seed 2 ran for none
+        assert conf.selection_plan == (f"2 selection seeds (requested 3): seed 2's runs (about 120 s) and then the "
+                                       f"report's floor of 3 seeds (about {floor:.0f} s) would end after the time "
+                                       f"limit ({seed2 + floor - 1:.0f} s left)")
+        assert conf.selection_plan in out.getvalue()
+        assert conf.to_dict()["selection_seeds_planned"] == conf.selection_plan
+        assert conf.answers["dev"].summary()["val_acc"]["seeds"] == [0, 1]
+    # the report seeds stay fresh and start after the requested selection seeds either way
+    assert conf.report_seeds[0] == 3 and conf.fresh and len(conf.report_seeds) >= confirm.MIN_REPORT_SEEDS
+    # the rule's arithmetic on 2 workers: 3 runs take 2 waves; the 2 reported configs share a wave
+    fresh = [Candidate(f"c{n}", n, confirm_base(), 0.8, hash=f"h{n}", wall={0: w, 1: w}, evals={0: 5.0, 1: 5.0})
+             for n, w in ((5, 30.0), (6, 50.0), (7, 40.0))]
+    timer = confirm.SelectionTimer(fresh, 3, 6, 2, deadline=0.0, clock=lambda: 0.0, workers=2, test_per_val=2.0)
+    assert timer.needs() == (2 * 40.0, confirm.REPORT_SLACK * 3 * (40.0 + 2.0 * 5.0))
+    assert timer(0) and timer(1) and not timer(2) and not timer(3)        # the floor of 2 seeds always runs
+    assert confirm.SelectionTimer([], 3, 6, 2, 0.0, lambda: 0.0).needs() is None
+
+
 def test_the_reports_first_plan_adds_the_test_evaluation_and_waits_for_the_slowest_run():
     """Before its first round the report has only the selection's runs to plan on. A report run also
     scores the test subset (1,000 images here against 500 validation images: twice the run's final

@@ -28,6 +28,9 @@ report runs seed by seed while the next seed can end before the limit (``another
 ``ReportTimer``): fewer than R seeds when R would overrun it (never below ``MIN_REPORT_SEEDS``), up
 to ``REPORT_GROWTH`` x R when time is left, for a narrower paired interval. The rule reads the clock
 (run times), never a report result; ``report_seeds_planned`` in ``best_<device>.yaml`` says what it did.
+The selection is bounded too (``SelectionTimer``): a selection seed past ``MIN_SELECTION_SEEDS`` starts
+only while its runs and the report's floor can still end before the limit, so a slow host gives up a
+selection seed before it overruns the limit (``selection_seeds_planned`` says so).
 
 Both stages run their retrainings side by side (``workers``, ``search.parallel``: 2 on 2 cores at 1
 torch thread each, by default); the timed report then goes in rounds of ``seeds_per_round`` seeds
@@ -82,6 +85,9 @@ DEFAULT_TOP_K, DEFAULT_SEEDS, DEFAULT_REPORT_SEEDS = 2, 3, 6
 # 1.4x their selection runs (benchmarks/results/search_default_tl_vm.txt). Why grow: a gain of 1.2
 # points at a per-seed sd of 1.7 needs about 11 paired seeds to resolve (seed_stability_vm.txt)
 MIN_REPORT_SEEDS, REPORT_GROWTH, REPORT_SLACK, REPORT_RESERVE_S = 3, 2, 1.05, 15.0
+# the time limit (``SelectionTimer``): the selection always runs this many seeds (a standard error needs 2);
+# a later selection seed starts only while its runs and then the report's floor can end before the limit
+MIN_SELECTION_SEEDS = 2
 # the choice maximises the paired validation gain over the paper preset minus this many standard errors
 SELECT_SE = 1.0
 # a report seed on which the choice's test accuracy falls this many points below the paper preset's is
@@ -270,6 +276,7 @@ class Confirmation:
     val_size: int = 0
     test_size: int = 0
     report_plan: str = ""              # what the time limit's rule (ReportTimer) did, if there was one
+    selection_plan: str = ""           # what the time limit did to the selection (SelectionTimer), if it cut it
     workers: int = 1                   # retrainings at once (search.parallel)
     threads_per_run: int | None = None  # torch CPU threads each of them had (None: one at a time, as set)
 
@@ -294,6 +301,7 @@ class Confirmation:
     def to_dict(self) -> dict[str, Any]:
         return {"selection_seeds": self.selection_seeds, "report_seeds": self.report_seeds,
                 **({"report_seeds_planned": self.report_plan} if self.report_plan else {}),
+                **({"selection_seeds_planned": self.selection_plan} if self.selection_plan else {}),
                 "report_on_fresh_seeds": self.fresh, "fidelity": dict(self.fidelity),
                 "runs_at_once": self.workers,
                 **({"torch_threads_per_run": self.threads_per_run} if self.threads_per_run else {}),
@@ -323,7 +331,8 @@ def test_per_val(scenario: Scenario) -> float | None:
 def retrain(candidates: list[Candidate], scenario: Scenario, seeds: Sequence[int], fidelity: dict[str, Any],
             train_fn: Callable, *, progress: bool = True, report_test: bool = True, stage: str = "confirm",
             clock: Callable[[], float] = time.perf_counter,
-            another: Callable[[list[int]], bool] | None = None, workers: int = 1) -> tuple[int, int, list[int]]:
+            another: Callable[[list[int]], bool] | None = None, workers: int = 1,
+            gate: Callable[[int], bool] | None = None) -> tuple[int, int, list[int]]:
     """Train every candidate at every seed, seed-major; fill its val (and, with ``report_test``, test)
     scores and its wall time. A failed run is recorded (``errors``) and left out, never fatal.
 
@@ -332,13 +341,22 @@ def retrain(candidates: list[Candidate], scenario: Scenario, seeds: Sequence[int
     Without ``another`` every run is queued at once, seed-major. With it the seeds go in rounds of
     ``seeds_per_round(workers, len(candidates))`` (every candidate's run at each seed of the round),
     and ``another(seeds run so far)`` is asked before each round after the first; False stops the
-    stage. Returns (validation images, test images) per run (0 test images without ``report_test``:
-    the test set is not touched) and the seeds run."""
+    stage. ``gate(seed)`` is asked as each run is about to start (``SelectionTimer``): False skips
+    the run (nothing is recorded for it; the gate answers for a whole seed, so pairs stay whole).
+    Returns (validation images, test images) per run (0 test images without ``report_test``: the
+    test set is not touched) and the seeds run (without a seed the gate refused)."""
     from rep_tune.progress import ProgressBar
     from rep_tune.search.parallel import run_all
     seeds, sizes, ran = [int(s) for s in seeds], (0, 0), []
     per_round = max(1, len(seeds)) if another is None else seeds_per_round(workers, len(candidates))
-    run = lambda job: _run_one(job[0], job[1], scenario, fidelity, train_fn, report_test, clock, bar, stage)  # noqa: E731
+    refused: set[int] = set()
+
+    def run(job: tuple[Candidate, int]) -> tuple[int, int] | None:
+        if gate is not None and not gate(job[1]):
+            refused.add(job[1])
+            return None
+        return _run_one(job[0], job[1], scenario, fidelity, train_fn, report_test, clock, bar, stage)
+
     with ProgressBar(len(seeds) * len(candidates), stage, unit="runs", enabled=progress) as bar:
         for i in range(0, len(seeds), per_round):
             if ran and another is not None and not another(list(ran)):
@@ -350,7 +368,7 @@ def retrain(candidates: list[Candidate], scenario: Scenario, seeds: Sequence[int
             for _, got in run_all(jobs, run, workers, label="confirm"):
                 sizes = got or sizes
                 bar.update(1)
-    return sizes[0], sizes[1], ran
+    return sizes[0], sizes[1], [s for s in ran if s not in refused]
 
 
 def seeds_per_round(workers: int, n_configs: int) -> int:
@@ -656,6 +674,67 @@ class ReportTimer:
                    f"{-over:.0f} s before the limit"))
 
 
+class SelectionTimer:
+    """The selection's stopping rule under a time limit (``retrain``'s ``gate``): seeds below
+    ``MIN_SELECTION_SEEDS`` always run; a later seed starts only while, at the mean selection run so
+    far, that seed's runs and then the report's floor end before the deadline less
+    ``REPORT_RESERVE_S``. The first run of a seed decides for all its runs (seed-major order), so
+    every candidate keeps the same selection seeds as the paper preset, and a refused seed refuses
+    every later one. With no finished run to go by it lets the seed run.
+
+    The report's floor is ``MIN_REPORT_SEEDS`` seeds (fewer if fewer were asked) of ``n_reported``
+    configs (each device's choice and the paper preset) in ``seeds_per_round`` rounds, each planned
+    as ``first_round`` plans one, on the mean of every candidate's selection runs (the choice is not
+    known yet) and ``REPORT_SLACK`` over it. Why: the selection queued all its runs at once, so on a
+    slow host it could leave the report less than its floor and the command overran the limit; now
+    it gives up a selection seed (the choice then stands on 2 paired seeds) before the report's floor
+    would overrun. Thread-safe: worker threads ask it."""
+
+    def __init__(self, cands: list[Candidate], requested: int, report_seeds: int, n_reported: int,
+                 deadline: float, clock: Callable[[], float], workers: int = 1,
+                 test_per_val: float | None = None) -> None:
+        import threading
+        self.cands, self.requested, self.deadline, self.clock = cands, int(requested), deadline, clock
+        self.workers, self.test_per_val = max(1, int(workers)), test_per_val
+        self.n_reported = max(1, min(int(n_reported), len(cands)))
+        self.floor_seeds = min(int(report_seeds), MIN_REPORT_SEEDS)
+        self.answers: dict[int, bool] = {}
+        self.why = ""
+        self._lock = threading.Lock()
+
+    def needs(self) -> tuple[float, float] | None:
+        """(seconds one more selection seed takes, seconds the report's floor takes) at the selection
+        runs so far; None before any run has finished."""
+        walls = [w for c in self.cands for w in c.wall.values()]
+        if not walls:
+            return None
+        run = statistics.fmean(walls)
+        evals = [e for c in self.cands for e in c.evals.values()] or [0.0]
+        report_run = run + (self.test_per_val or 0.0) * statistics.fmean(evals)
+        seed_s = math.ceil(len(self.cands) / self.workers) * run
+        per = seeds_per_round(self.workers, self.n_reported)
+        per_round = max(math.ceil(per * self.n_reported / self.workers) * report_run, report_run)
+        floor_s = REPORT_SLACK * math.ceil(self.floor_seeds / per) * per_round if self.floor_seeds else 0.0
+        return seed_s, floor_s
+
+    def __call__(self, seed: int) -> bool:
+        """May a run of selection seed ``seed`` start now?"""
+        with self._lock:
+            if seed in self.answers:
+                return self.answers[seed]
+            ok = seed < MIN_SELECTION_SEEDS or (all(self.answers.get(s, True) for s in range(seed)))
+            need = self.needs() if ok and seed >= MIN_SELECTION_SEEDS else None
+            if need is not None:
+                left = self.deadline - self.clock() - REPORT_RESERVE_S
+                ok = sum(need) <= left
+                if not ok and not self.why:
+                    self.why = (f"{seed} selection seeds (requested {self.requested}): seed {seed}'s runs (about "
+                                f"{need[0]:.0f} s) and then the report's floor of {self.floor_seeds} seeds (about "
+                                f"{need[1]:.0f} s) would end after the time limit ({left:.0f} s left)")
+            self.answers[seed] = ok
+            return ok
+
+
 def run_stages(cands: list[Candidate], feasible: dict[str, set[str]], scenario: Scenario, train_fn: Callable, *,
                seeds: int = DEFAULT_SEEDS, report_seeds: int = DEFAULT_REPORT_SEEDS,
                fidelity: dict[str, Any] | None = None, progress: bool = True, deadline: float | None = None,
@@ -671,10 +750,15 @@ def run_stages(cands: list[Candidate], feasible: dict[str, set[str]], scenario: 
     from rep_tune.search.parallel import threads_per_run
     fid = dict(fidelity or CONFIRM_FIDELITY)
     threads = threads_per_run(workers) if workers > 1 else None
-    sel = list(range(int(seeds)))
     fresh = bool(report_seeds)
-    val_n, test_n, _ = retrain(cands, scenario, sel, fid, train_fn, progress=progress, report_test=not fresh,
-                               stage="confirm: select", clock=clock, workers=workers)
+    gate = None if deadline is None else SelectionTimer(
+        cands, seeds, report_seeds, min(len(cands), len(feasible) + 1), deadline, clock, workers,
+        test_per_val(scenario))
+    val_n, test_n, sel = retrain(cands, scenario, range(int(seeds)), fid, train_fn, progress=progress,
+                                 report_test=not fresh, stage="confirm: select", clock=clock, workers=workers,
+                                 gate=gate)
+    if gate is not None and gate.why:
+        print(f"  confirm: {gate.why}", file=out or sys.stdout)
     rep, plan = list(sel), ""
     if fresh:
         chosen = {id(a.best) for a in decide(cands, feasible, sel).values() if a.best is not None}
@@ -692,7 +776,7 @@ def run_stages(cands: list[Candidate], feasible: dict[str, set[str]], scenario: 
             plan = timer.describe(rep)
             print(f"  confirm: {plan}", file=out or sys.stdout)
     return Confirmation(cands, decide(cands, feasible, sel, rep), sel, rep, fid, scenario, val_n, test_n, plan,
-                        workers, threads)
+                        gate.why if gate is not None else "", workers, threads)
 
 
 def confirm(recs, targets, paper_record, scenario: Scenario, train_fn: Callable, *, top_k: int = DEFAULT_TOP_K,

@@ -571,8 +571,12 @@ def run_confirmation(outcome: SearchOutcome, settings: SearchSettings, trainer: 
              f"fresh paired seeds ({r} requested; as many as the {settings.time_limit:g} s time limit allows)")
     reporting = (f"then each device's best and the paper preset on {seeds}, scored on the test subset"
                  if r else "the report on the same seeds (biased upwards: the winner's curse)")
+    sel = (f"{settings.confirm_seeds} paired selection seeds" if deadline is None
+           or settings.confirm_seeds <= confirm.MIN_SELECTION_SEEDS else
+           f"{settings.confirm_seeds} paired selection seeds (past {confirm.MIN_SELECTION_SEEDS} only while the "
+           f"report's floor still fits the time limit)")
     print(f"confirming: the top {settings.confirm_top_k} feasible config(s) per device and the paper preset on "
-          f"{settings.confirm_seeds} paired selection seeds, scored on the validation split; {reporting}; 1 epoch of "
+          f"{sel}, scored on the validation split; {reporting}; 1 epoch of "
           f"{settings.confirm_iters_per_task} iterations per task"
           + (f"; {describe(workers)}" if workers > 1 else ""),
           file=out)
