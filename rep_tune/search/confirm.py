@@ -705,11 +705,12 @@ class SelectionTimer:
     def needs(self) -> tuple[float, float] | None:
         """(seconds one more selection seed takes, seconds the report's floor takes) at the selection
         runs so far; None before any run has finished."""
-        walls = [w for c in self.cands for w in c.wall.values()]
+        # tuple(values()) copies each dict in one step: worker threads add runs to them meanwhile
+        walls = [w for c in self.cands for w in tuple(c.wall.values())]
         if not walls:
             return None
         run = statistics.fmean(walls)
-        evals = [e for c in self.cands for e in c.evals.values()] or [0.0]
+        evals = [e for c in self.cands for e in tuple(c.evals.values())] or [0.0]
         report_run = run + (self.test_per_val or 0.0) * statistics.fmean(evals)
         seed_s = math.ceil(len(self.cands) / self.workers) * run
         per = seeds_per_round(self.workers, self.n_reported)
