@@ -98,7 +98,12 @@ def _key(row: dict) -> tuple:
 
 
 def _label(row: dict) -> str:
-    return "paper preset" if row["role"] == "paper" else f"{Path(row['run']).name} trial {row['trial']}"
+    """The config's name in the tables: its run folder's parent and name (``bench_search_`` dropped) and
+    trial number; the parent tells apart searches of the same seed in different benchmark runs."""
+    if row["role"] == "paper":
+        return "paper preset"
+    run = Path(row["run"])
+    return f"{run.parent.name.removeprefix('bench_search_')}/{run.name} trial {row['trial']}"
 
 
 def collapsed(runs: dict[int, dict]) -> list[int]:

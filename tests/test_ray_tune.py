@@ -151,14 +151,31 @@ def test_references_train_to_the_end_and_the_best_is_the_best_feasible(tmp_path)
     over the latency budget, ends the most accurate: it is Tune's best, not rep-tune's."""
     t0 = time.monotonic()
     fake = TaskTrain(0.3, str(tmp_path / "log"), scripted={"-trial0": (0.02, 0.5), "-trial1": (0.01, 0.995)})
-    searcher = RepSearcher(_settings(tmp_path), train_fn=fake, out=io.StringIO())
+    settings = _settings(tmp_path, confirm_top_k=1, confirm_seeds=2, confirm_report_seeds=2)
+    searcher = RepSearcher(settings, train_fn=fake, out=io.StringIO())
     results = _tuner(searcher, tmp_path, Started()).fit()
     out = io.StringIO()
     outcome = searcher.write_outputs(out=out)
     best = searcher.best()
     best_result = searcher.best_result(results)
     tune_best = results.get_best_result(metric=ACC, mode="max")
+    # the confirmation, as `rep-tune search` runs it after its trials, in this (the driver's) process
+    n_before = len(list((tmp_path / "log").glob("*.json")))
+    confirmed = searcher.confirm(outcome, time_limit=600.0, out=out)
     searcher.close()
+    conf = confirmed.confirmation
+    answer = conf.answers["jetson_orin"]
+    assert answer.best is not None and answer.best.hash == best.config_hash      # the fakes have no seed noise
+    assert conf.selection_seeds == [0, 1] and conf.report_seeds[:2] == [2, 3] and conf.fresh
+    assert answer.vs_paper.mean == pytest.approx(best.final_acc - 0.5, abs=1e-5) and answer.vs_paper.resolved
+    assert len(list((tmp_path / "log").glob("*.json"))) - n_before == 2 * 2 + 2 * len(conf.report_seeds)
+    rows = (tmp_path / "run" / "confirm.csv").read_text().splitlines()
+    assert len(rows) == 1 + 2 * 2 + 2 * len(conf.report_seeds)
+    import yaml
+    expected = yaml.safe_load((tmp_path / "run" / "best_jetson_orin.yaml").read_text())["expected"]
+    assert expected["confirmed"]["config_hash"] == best.config_hash and expected["confirmed"]["selection_seeds"] == [0, 1]
+    with pytest.raises(ValueError, match="confirm_seeds: expected >= 1 to confirm, found 0"):
+        RepSearcher(_settings(tmp_path, run_dir=str(tmp_path / "run0")), train_fn=fake, out=io.StringIO()).confirm()
     recs = {r.number: r for r in record.read_all(outcome.study.get_trials())}
     others = [r for r in recs.values() if r.trained and not r.role]
     trained = [(r.number, r.role, r.state.name, r.task_acc, r.feasible("jetson_orin")) for r in recs.values() if r.trained]

@@ -18,6 +18,7 @@ For users who sweep with ``tune.Tuner``::
     results = tuner.fit()
     best = searcher.best_result(results)    # the most accurate trial within the budgets (not results.get_best_result())
     searcher.write_outputs()                # best_<device>.yaml, pareto_<device>.csv/.png, trials.csv
+    searcher.confirm()                      # retrain the top configs on paired seeds: the confirmed answer
 
 ``RepSearcher`` drives the same Optuna study, through the same per-trial steps, as
 ``rep-tune search`` (``loop.TrialFlow``): each ``suggest`` asks the study and plans the trial
@@ -529,6 +530,37 @@ class RepSearcher(Searcher):
         st = self._open()
         outcome = st.prepared.outcome(st.flow.result)
         write_outputs(outcome, st.prepared.settings, out=out or self.out)
+        return outcome
+
+    def confirm(self, outcome: Any = None, *, time_limit: float | None = None, out=None) -> Any:
+        """The confirmation stage on this search's trials, as ``rep-tune search`` runs it after its own
+        (``search.confirm``; ``confirm_top_k`` / ``confirm_seeds`` / ``confirm_report_seeds`` of the
+        settings, default 2,3,6): the top feasible configs per device and the paper preset retrained
+        on paired selection seeds, the choice and the preset on fresh report seeds with intervals;
+        confirm.csv written and best_<device>.yaml rewritten with the confirmed answer. Without it the
+        answer is the best of noisy trials at the search's fidelity (the winner's curse).
+
+        Runs in this process (the driver), ``confirm_workers`` retrainings at a time, after
+        ``tuner.fit()``. ``time_limit``: seconds from now the stage ends within as far as its floors
+        allow (the selection's third seed and the report's seeds are planned on the clock, as under
+        ``--time-limit``); None: no limit (Tune's ``time_budget_s`` bounds the trials, not this).
+        ``outcome``: a ``write_outputs()`` result (None: written now). Returns the SearchOutcome, its
+        ``confirmation`` set. ValueError before any work when the settings ask for no confirmation."""
+        import time
+
+        from rep_tune.search.run import run_confirmation
+
+        st = self._open()
+        settings = st.prepared.settings
+        if settings.confirm_seeds <= 0:
+            raise ValueError(f"SearchSettings.confirm_seeds: expected >= 1 to confirm, found {settings.confirm_seeds}")
+        if time_limit is not None and not 0 < time_limit < float("inf"):
+            raise ValueError(f"time_limit: expected seconds > 0 or None, found {time_limit}")
+        deadline = None if time_limit is None else time.time() + time_limit
+        outcome = outcome if outcome is not None else self.write_outputs(out=out)
+        run_confirmation(outcome, dataclasses.replace(settings, time_limit=time_limit), st.prepared.trainer,
+                         out=out or self.out, deadline=deadline)
+        optuna_backend.checkpoint(outcome.study._storage, truncate=True)
         return outcome
 
     def close(self) -> None:
