@@ -174,8 +174,10 @@ def test_references_train_to_the_end_and_the_best_is_the_best_feasible(tmp_path)
     import yaml
     expected = yaml.safe_load((tmp_path / "run" / "best_jetson_orin.yaml").read_text())["expected"]
     assert expected["confirmed"]["config_hash"] == best.config_hash and expected["confirmed"]["selection_seeds"] == [0, 1]
+    unconfirmed = RepSearcher(_settings(tmp_path, run_dir=str(tmp_path / "run0")), train_fn=fake, out=io.StringIO())
     with pytest.raises(ValueError, match="confirm_seeds: expected >= 1 to confirm, found 0"):
-        RepSearcher(_settings(tmp_path, run_dir=str(tmp_path / "run0")), train_fn=fake, out=io.StringIO()).confirm()
+        unconfirmed.confirm()
+    unconfirmed.close()                                   # its heartbeat stops with the test
     recs = {r.number: r for r in record.read_all(outcome.study.get_trials())}
     others = [r for r in recs.values() if r.trained and not r.role]
     trained = [(r.number, r.role, r.state.name, r.task_acc, r.feasible("jetson_orin")) for r in recs.values() if r.trained]
