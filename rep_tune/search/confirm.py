@@ -49,6 +49,7 @@ import io
 import math
 import statistics
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -608,6 +609,13 @@ def first_round(reported: list[Candidate], selection_seeds: Sequence[int], seeds
         wall = list(_on(c.wall, selection_seeds).values()) or [0.0]
         evals = list(_on(c.evals, selection_seeds).values()) or [0.0]
         runs.append(statistics.fmean(wall) + (test_per_val or 0.0) * statistics.fmean(evals))
+    return round_seconds(runs, seeds, workers)
+
+
+def round_seconds(runs: Sequence[float], seeds: int, workers: int) -> float:
+    """Wall seconds of ``seeds`` seeds of configs whose runs take ``runs`` seconds each, ``workers`` at
+    a time: ``ceil(seeds * configs / workers)`` waves of the mean run, and at least the slowest run
+    (side by side, a round lasts as long as its slowest run). 0 without runs."""
     if not runs:
         return 0.0
     waves = math.ceil(seeds * len(runs) / max(1, int(workers)))
@@ -684,8 +692,8 @@ class SelectionTimer:
 
     The report's floor is ``MIN_REPORT_SEEDS`` seeds (fewer if fewer were asked) of ``n_reported``
     configs (each device's choice and the paper preset) in ``seeds_per_round`` rounds, each planned
-    as ``first_round`` plans one, on the mean of every candidate's selection runs (the choice is not
-    known yet) and ``REPORT_SLACK`` over it. Why: the selection queued all its runs at once, so on a
+    as ``first_round`` plans one (``round_seconds``), on the mean of every candidate's selection
+    runs (the choice is not known yet) and ``REPORT_SLACK`` over it. Why: the selection queued all its runs at once, so on a
     slow host it could leave the report less than its floor and the command overran the limit; now
     it gives up a selection seed (the choice then stands on 2 paired seeds) before the report's floor
     would overrun. Thread-safe: worker threads ask it."""
@@ -693,7 +701,6 @@ class SelectionTimer:
     def __init__(self, cands: list[Candidate], requested: int, report_seeds: int, n_reported: int,
                  deadline: float, clock: Callable[[], float], workers: int = 1,
                  test_per_val: float | None = None) -> None:
-        import threading
         self.cands, self.requested, self.deadline, self.clock = cands, int(requested), deadline, clock
         self.workers, self.test_per_val = max(1, int(workers)), test_per_val
         self.n_reported = max(1, min(int(n_reported), len(cands)))
@@ -712,9 +719,9 @@ class SelectionTimer:
         run = statistics.fmean(walls)
         evals = [e for c in self.cands for e in tuple(c.evals.values())] or [0.0]
         report_run = run + (self.test_per_val or 0.0) * statistics.fmean(evals)
-        seed_s = math.ceil(len(self.cands) / self.workers) * run
+        seed_s = round_seconds([run] * len(self.cands), 1, self.workers)
         per = seeds_per_round(self.workers, self.n_reported)
-        per_round = max(math.ceil(per * self.n_reported / self.workers) * report_run, report_run)
+        per_round = round_seconds([report_run] * self.n_reported, per, self.workers)
         floor_s = REPORT_SLACK * math.ceil(self.floor_seeds / per) * per_round if self.floor_seeds else 0.0
         return seed_s, floor_s
 

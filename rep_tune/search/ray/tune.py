@@ -87,6 +87,7 @@ import inspect
 import json
 import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -546,8 +547,6 @@ class RepSearcher(Searcher):
         ``--time-limit``); None: no limit (Tune's ``time_budget_s`` bounds the trials, not this).
         ``outcome``: a ``write_outputs()`` result (None: written now). Returns the SearchOutcome, its
         ``confirmation`` set. ValueError before any work when the settings ask for no confirmation."""
-        import time
-
         from rep_tune.search.run import run_confirmation
 
         st = self._open()
